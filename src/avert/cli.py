@@ -1,0 +1,282 @@
+"""The `avert` command: generate, compare, info, samplers and bench.
+
+Flags for request fields are built from `avert.schema.PARAMS`, so defaults, bounds and help text are
+declared once. Errors print as one clear message (field, value, what is allowed), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from avert.errors import AvertError, FieldProblem, ValidationError
+from avert.schema import PARAMS, Limits, Param
+
+LIMITS = Limits()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ValidationError as exc:
+        print("avert: error: invalid request:", *(f"  {p}" for p in exc.problems), sep="\n", file=sys.stderr)
+    except AvertError as exc:
+        print(f"avert: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("avert: interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avert", description="Text-to-image with negative prompts as a "
+                                     "first-class control.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _generate_parser(sub)
+    _compare_parser(sub)
+    info = sub.add_parser("info", help="print the generation parameters stored in a PNG")
+    info.add_argument("image", type=Path)
+    info.add_argument("--json", action="store_true", help="print the structured record as JSON")
+    info.set_defaults(run=_run_info)
+    samplers = sub.add_parser("samplers", help="list the samplers by their AUTOMATIC1111 names")
+    samplers.set_defaults(run=_run_samplers)
+    bench = sub.add_parser("bench", help="benchmarks that print a table and write it to docs/")
+    bench.add_argument("what", choices=("engine",))
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--docs", type=Path, default=Path("docs"), help="folder the table is written to")
+    bench.set_defaults(run=_run_bench)
+    return parser
+
+
+def _generate_parser(sub) -> None:
+    p = sub.add_parser("generate", help="render images from a prompt and a negative prompt")
+    _add_request_flags(p, skip=())
+    p.add_argument("--from", dest="from_image", type=Path, metavar="IMAGE",
+                   help="re-make an image from the parameters stored in it (flags given override them)")
+    p.add_argument("-o", "--output", type=Path, default=None, metavar="FILE_OR_DIR",
+                   help="a .png file, or a folder (default: ./outputs)")
+    _add_model_flags(p)
+    p.set_defaults(run=_run_generate)
+
+
+def _compare_parser(sub) -> None:
+    p = sub.add_parser("compare", help="the same seed side by side without and with each negative")
+    _add_request_flags(p, skip=("negative_prompt",))
+    p.add_argument("-n", "--negative-prompt", dest="negatives", action="append", required=True, metavar="TEXT",
+                   help="a negative prompt; repeat for one column each")
+    p.add_argument("-o", "--output", type=Path, default=None, metavar="FILE_OR_DIR",
+                   help="the grid's .png file, or a folder (default: ./outputs)")
+    _add_model_flags(p)
+    p.set_defaults(run=_run_compare)
+
+
+def _add_request_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...]) -> None:
+    """One flag per schema parameter; defaults stay None so that `--from` can tell what was given."""
+    for param in PARAMS:
+        if param.name in skip:
+            continue
+        help_text = f"{param.help} (default: {param.default if param.default is not None else 'model native'})"
+        if param.name == "prompt":
+            parser.add_argument("prompt", nargs="?", default=None, type=_typed(param), help=param.help)
+            continue
+        names = [param.flag] + ([param.short] if param.short else [])
+        parser.add_argument(*names, dest=param.name, default=None, type=_typed(param), help=help_text,
+                            metavar=param.type.__name__.upper() if not param.choices else "NAME")
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="a diffusers folder or an SD .safetensors file "
+                        "(default: $AVERT_MODEL, else the embedded model)")
+    parser.add_argument("--config", dest="config_dir", type=Path, default=None,
+                        help="diffusers config folder for a single-file checkpoint (default: chosen from its keys)")
+    parser.add_argument("--prediction-type", default=None, choices=("epsilon", "v_prediction"),
+                        help="override the model's prediction type (e.g. an SD 2.x 512 base single file: epsilon)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow .ckpt/.pt files, read with torch.load(weights_only=True)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="fp32 (exact) or bf16 autocast (faster on CPUs with AVX-512 bf16)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _typed(param: Param):
+    """An argparse type that converts to the parameter's type, with the schema's wording on failure."""
+
+    def convert(text: str):
+        try:
+            return param.type(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(str(FieldProblem(param.name, text, param.describe_allowed(LIMITS))))
+
+    convert.__name__ = param.name
+    return convert
+
+
+def _request_from_args(args, base=None):
+    from avert.request import GenerationRequest
+
+    given = {p.name: getattr(args, p.name) for p in PARAMS if getattr(args, p.name, None) is not None}
+    return (base or GenerationRequest()).replace(**given)
+
+
+def _runtime(args):
+    from avert.pipeline.runtime import Runtime
+
+    return Runtime(device=args.device, precision=args.precision)
+
+
+def _load(args):
+    from avert import api
+
+    _quiet_libraries()
+    return api.load(args.model, allow_pickle=args.allow_pickle, config_dir=args.config_dir,
+                    prediction_type=args.prediction_type)
+
+
+def _run_generate(args) -> int:
+    from avert.pipeline.generate import generate
+
+    request = _request_from_args(args, _request_from_image(args.from_image) if args.from_image else None)
+    if not request.prompt and not args.from_image:
+        raise ValidationError([FieldProblem("prompt", request.prompt, "give a prompt (or --from IMAGE)")])
+    components = _load(args)
+    with _progress(args, "Sampling") as on_step:
+        result = generate(request, components, runtime=_runtime(args), limits=LIMITS, on_step=on_step)
+    _print_warnings(result.warnings)
+    for generated, path in zip(result.images, _output_paths(args.output, result.seeds)):
+        from avert.output.pnginfo import save_png
+
+        save_png(generated.image, path, generated.infotext, generated.record)
+        print(f"{path}  seed {generated.seed}")
+    return 0
+
+
+def _run_compare(args) -> int:
+    from avert.output.pnginfo import save_png
+    from avert.pipeline.compare import compare
+    from avert.request import GenerationRequest
+
+    request = _request_from_args(args, GenerationRequest())
+    components = _load(args)
+    with _progress(args, "Comparing") as on_step:
+        comparison = compare(request, args.negatives, components, runtime=_runtime(args), limits=LIMITS,
+                             on_step=on_step)
+    first = comparison.columns[0]
+    _print_warnings(sorted({w for c in comparison.columns for w in c.warnings}))
+    path = _output_paths(args.output, first.seeds[:1], prefix="compare-")[0]
+    record = {"compare": [c.images[0].record for c in comparison.columns], "labels": comparison.labels()}
+    save_png(comparison.grid(), path, first.images[0].infotext, record)
+    print(f"{path}  seeds {', '.join(map(str, first.seeds))}")
+    return 0
+
+
+def _request_from_image(path: Path):
+    from avert.output.pnginfo import parse_parameters, read_png_metadata
+    from avert.pipeline.metadata import request_from_a1111, request_from_record
+
+    meta = read_png_metadata(path)
+    if meta.record and "request" in meta.record:
+        return request_from_record(meta.record)
+    if meta.parameters:
+        return request_from_a1111(parse_parameters(meta.parameters))
+    raise AvertError(f"--from: {str(path)!r} holds no generation parameters")
+
+
+def _run_info(args) -> int:
+    from avert.output.pnginfo import read_png_metadata
+
+    meta = read_png_metadata(args.image)
+    if args.json:
+        print(json.dumps(meta.record, indent=2, ensure_ascii=False))
+    elif meta.parameters is None and meta.record is None:
+        print(f"{args.image}: no generation parameters stored")
+        return 1
+    else:
+        print(meta.parameters if meta.parameters is not None else "(no A1111 parameters chunk)")
+    return 0
+
+
+def _run_samplers(args) -> int:
+    from avert.sampling.samplers import SAMPLERS
+
+    for spec in SAMPLERS.values():
+        options = ", ".join(f"{k}={v}" for k, v in spec.options)
+        print(f"{spec.name:<22} {spec.scheduler}{f'({options})' if options else ''}")
+    return 0
+
+
+def _run_bench(args) -> int:
+    from avert.bench.engine import run_engine_benchmark
+
+    _quiet_libraries()
+    run_engine_benchmark(repeats=args.repeats, docs=args.docs)
+    return 0
+
+
+def _output_paths(output: Path | None, seeds: Sequence[int], prefix: str = "") -> list[Path]:
+    """Where images go: the .png given (numbered for a batch), or `NNNNN-SEED.png` in a folder, A1111 style."""
+    if output is not None and output.suffix.lower() == ".png":
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if len(seeds) == 1:
+            return [output]
+        return [output.with_name(f"{output.stem}-{i}.png") for i in range(len(seeds))]
+    folder = output or Path("outputs")
+    folder.mkdir(parents=True, exist_ok=True)
+    start = _next_index(folder)
+    return [folder / f"{prefix}{start + i:05d}-{seed}.png" for i, seed in enumerate(seeds)]
+
+
+def _next_index(folder: Path) -> int:
+    numbers = [int(p.name.split("-")[-2]) for p in folder.glob("*.png") if p.name.split("-")[-2:-1]
+               and p.name.split("-")[-2].isdigit()]
+    return max(numbers, default=-1) + 1
+
+
+def _print_warnings(warnings) -> None:
+    for w in warnings:
+        print(f"avert: warning: {w}", file=sys.stderr)
+
+
+class _progress:
+    """A tqdm progress bar fed by the sampling loop's step events (one bar per generation)."""
+
+    def __init__(self, args, label: str):
+        self.enabled = not args.quiet
+        self.label = label
+        self.bar = None
+
+    def __enter__(self):
+        return self.update if self.enabled else None
+
+    def update(self, event) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None or self.bar.total != event.total or event.done == 1:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = tqdm(total=event.total, desc=self.label, unit="step", file=sys.stderr, leave=False)
+        self.bar.update(event.done - self.bar.n)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _quiet_libraries() -> None:
+    """Loading progress bars and advisory warnings of diffusers/transformers are noise at the CLI."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The loaded parts of a Stable-Diffusion-format model, as one frozen value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model came from: shown in results and PNG metadata (A1111 `Model`, `Model hash`)."""
+
+    path: Path
+    name: str  # A1111 shows the file stem (or folder name)
+    hash: str  # first 10 hex digits of the SHA-256 (A1111's "Model hash")
+    kind: str  # "diffusers-folder" | "single-file"
+
+
+@dataclass(frozen=True)
+class Components:
+    """Model parts used by the engine.
+
+    `vae` is None for a pixel-space model (the UNet works on the image itself, values in [-1, 1]).
+    `scheduler_config` is the model's own scheduler config; samplers are built from it.
+    """
+
+    unet: Any  # diffusers.UNet2DConditionModel
+    vae: Any | None  # diffusers.AutoencoderKL
+    text_encoder: Any  # transformers.PreTrainedModel (CLIPTextModel, BertModel, ...)
+    tokenizer: Any  # transformers tokenizer
+    scheduler_config: dict
+    source: ModelSource
+
+    @property
+    def vae_scale_factor(self) -> int:
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)

@@ -1,0 +1,148 @@
+"""Loading models offline: diffusers folders and single-file checkpoints, never touching a hub.
+
+- A diffusers folder (`model_index.json`) is loaded component by component with diffusers' and
+  transformers' own classes, safetensors only unless pickles are explicitly allowed.
+- A single `.safetensors` in the original SD layout goes through `avert.models.single_file`.
+- `.ckpt` / `.pt` / `.pth` / `.bin` are pickles: refused unless `allow_pickle`, and then read with
+  `torch.load(weights_only=True)` and converted to safetensors before diffusers sees them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from avert.errors import ModelLoadError  # noqa: E402
+from avert.models.components import Components, ModelSource  # noqa: E402
+from avert.models.hashing import model_hash  # noqa: E402
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+TEXT_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection", "BertModel")
+TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast", "BertTokenizer", "BertTokenizerFast", "AutoTokenizer")
+
+
+def load_model(
+    path: str | Path,
+    *,
+    allow_pickle: bool = False,
+    config_dir: Path | None = None,
+    prediction_type: str | None = None,
+) -> Components:
+    """Load a model from a diffusers folder or a single checkpoint file, offline.
+
+    `prediction_type` ("epsilon" or "v_prediction") overrides the model's scheduler config; for an SD 2.x
+    single file it also picks the 512 base (epsilon) or 768-v configs.
+    """
+    components = _load_any(Path(path).expanduser(), allow_pickle, config_dir, prediction_type)
+    if prediction_type is not None:
+        config = {**components.scheduler_config, "prediction_type": prediction_type}
+        components = dataclasses.replace(components, scheduler_config=config)
+    return components
+
+
+def _load_any(path: Path, allow_pickle: bool, config_dir: Path | None, prediction_type: str | None) -> Components:
+    if not path.exists():
+        raise ModelLoadError(f"model: {str(path)!r} does not exist; give a diffusers folder or a .safetensors file")
+    if not os.access(path, os.R_OK):
+        raise ModelLoadError(f"model: {str(path)!r} is not readable")
+    if path.is_dir():
+        return _load_folder(path, allow_pickle)
+    if path.suffix == ".safetensors":
+        return _load_single(path, path, config_dir, prediction_type)
+    if path.suffix in PICKLE_SUFFIXES:
+        return _load_pickle(path, allow_pickle, config_dir, prediction_type)
+    raise ModelLoadError(
+        f"model: {str(path)!r} has an unknown type; expected a diffusers folder (with model_index.json) "
+        "or a .safetensors checkpoint"
+    )
+
+
+def _load_folder(path: Path, allow_pickle: bool) -> Components:
+    index = _read_index(path)
+    if "text_encoder_2" in index or "unet" not in index:
+        raise ModelLoadError(
+            f"model: {str(path)!r} is not a Stable Diffusion 1.x/2.x folder (SDXL and other pipelines are "
+            "not supported yet)"
+        )
+    try:
+        return _folder_components(path, index, use_safetensors=not allow_pickle)
+    except (OSError, ValueError, KeyError, TypeError, EnvironmentError) as exc:
+        hint = "" if allow_pickle else " (only .safetensors weights are read unless --allow-pickle is given)"
+        raise ModelLoadError(f"model: cannot load {str(path)!r}: {exc}{hint}") from exc
+
+
+def _read_index(path: Path) -> dict:
+    try:
+        return json.loads((path / "model_index.json").read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"model: folder {str(path)!r} has no model_index.json; is it a diffusers model?")
+    except ValueError as exc:
+        raise ModelLoadError(f"model: {str(path / 'model_index.json')!r} is not valid JSON: {exc}") from exc
+
+
+def _folder_components(path: Path, index: dict, use_safetensors: bool) -> Components:
+    import diffusers
+    import transformers
+
+    text_cls = _allowed_class(index, "text_encoder", TEXT_ENCODERS)
+    tok_cls = _allowed_class(index, "tokenizer", TOKENIZERS)
+    unet = diffusers.UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=use_safetensors)
+    vae = None
+    if index.get("vae", [None])[0] is not None:
+        vae = diffusers.AutoencoderKL.from_pretrained(path / "vae", use_safetensors=use_safetensors)
+    text_encoder = getattr(transformers, text_cls).from_pretrained(
+        path / "text_encoder", use_safetensors=use_safetensors
+    )
+    tokenizer = getattr(transformers, tok_cls).from_pretrained(path / "tokenizer")
+    scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    return _assemble(unet, vae, text_encoder, tokenizer, scheduler_config, path, "diffusers-folder")
+
+
+def _allowed_class(index: dict, component: str, allowed: tuple[str, ...]) -> str:
+    entry = index.get(component) or [None, None]
+    if entry[1] not in allowed:
+        raise ModelLoadError(f"model: {component} class {entry[1]!r} is not supported; allowed: {', '.join(allowed)}")
+    return entry[1]
+
+
+def _load_single(path: Path, source: Path, config_dir: Path | None, prediction_type: str | None) -> Components:
+    from avert.models.single_file import load_single_file
+
+    pipe = load_single_file(path, config_dir=config_dir, prediction_type=prediction_type)
+    return _assemble(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config),
+                     source, "single-file")
+
+
+def _load_pickle(path: Path, allow_pickle: bool, config_dir: Path | None, prediction_type: str | None) -> Components:
+    if not allow_pickle:
+        raise ModelLoadError(
+            f"model: {str(path)!r} is a pickle file ({path.suffix}), which can run arbitrary code when loaded; "
+            "convert it to .safetensors, or pass --allow-pickle to read it with torch.load(weights_only=True)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for unsafe or broken files
+        raise ModelLoadError(f"model: {str(path)!r} could not be read safely (weights_only=True): {exc}") from exc
+    state = state.get("state_dict", state)
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        converted = Path(tmp) / (path.stem + ".safetensors")
+        save_file({k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}, str(converted))
+        return _load_single(converted, path, config_dir, prediction_type)
+
+
+def _assemble(unet, vae, text_encoder, tokenizer, scheduler_config, path: Path, kind: str) -> Components:
+    for module in (unet, vae, text_encoder):
+        if module is not None:
+            module.eval().requires_grad_(False)
+    source = ModelSource(path=path, name=path.stem if path.is_file() else path.name, hash=model_hash(path),
+                         kind=kind)
+    return Components(unet, vae, text_encoder, tokenizer, dict(scheduler_config), source)

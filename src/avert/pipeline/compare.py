@@ -1,0 +1,57 @@
+"""The guide's comparison: the same seeds and settings without a negative, then with each negative."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from PIL import Image
+
+from avert.models.components import Components
+from avert.output.grid import compare_grid
+from avert.pipeline.generate import generate, resolve
+from avert.pipeline.result import GenerationResult
+from avert.pipeline.runtime import Runtime
+from avert.request import GenerationRequest
+from avert.sampling.loop import StepEvent
+from avert.schema import Limits
+from avert.validation import validate
+
+NO_NEGATIVE = "No negative prompt"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One result per column: `columns[0]` has no negative, `columns[k]` has `negatives[k - 1]`."""
+
+    negatives: tuple[str, ...]
+    columns: tuple[GenerationResult, ...]
+
+    def labels(self) -> tuple[str, ...]:
+        return (NO_NEGATIVE,) + tuple(f"Negative prompt: {n}" for n in self.negatives)
+
+    def grid(self, min_cell: int = 256) -> Image.Image:
+        """The labelled side-by-side figure: one column per negative, one row per seed."""
+        columns = [(label, [g.image for g in r.images]) for label, r in zip(self.labels(), self.columns)]
+        rows = [f"seed {s}" for s in self.columns[0].seeds]
+        return compare_grid(columns, title=self.columns[0].request.prompt, row_labels=rows, min_cell=min_cell)
+
+
+def compare(
+    request: GenerationRequest,
+    negatives: Sequence[str],
+    components: Components,
+    *,
+    runtime: Runtime = Runtime(),
+    limits: Limits = Limits(),
+    on_step: Callable[[StepEvent], None] | None = None,
+) -> Comparison:
+    """Render `request` without a negative and with each of `negatives`, all with the same resolved seed."""
+    for negative in negatives:
+        validate(request.replace(negative_prompt=negative), limits)
+    base = resolve(validate(request, limits), components)
+    columns = tuple(
+        generate(base.replace(negative_prompt=n), components, runtime=runtime, limits=limits, on_step=on_step)
+        for n in ("", *negatives)
+    )
+    return Comparison(tuple(negatives), columns)

@@ -1,0 +1,122 @@
+"""The generation pipeline, as numbered steps, each a call into its module."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from avert.conditioning.text import encode_texts
+from avert.guidance.denoiser import Denoiser
+from avert.guidance.strategy import NEGATIVE, POSITIVE, CFGGuidance
+from avert.models.components import Components
+from avert.pipeline import metadata
+from avert.pipeline.result import GeneratedImage, GenerationResult
+from avert.pipeline.runtime import Runtime
+from avert.request import GenerationRequest
+from avert.sampling.loop import StepEvent, sample
+from avert.sampling.noise import image_seeds, initial_noise, resolve_seed
+from avert.sampling.samplers import sampler_spec
+from avert.schema import Limits
+from avert.validation import validate
+
+
+@torch.inference_mode()
+def generate(
+    request: GenerationRequest,
+    components: Components,
+    *,
+    runtime: Runtime = Runtime(),
+    limits: Limits = Limits(),
+    on_step: Callable[[StepEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> GenerationResult:
+    """Render `request.batch_size` images; image i uses seed + i and equals that seed rendered alone."""
+    started = time.perf_counter()
+    request = resolve(validate(request, limits), components)                       # 1. validate, fill defaults
+    seeds = image_seeds(request.seed, request.batch_size)
+    conditioning, warnings = condition(request, components, runtime)                # 2. text -> hidden states
+    guidance = CFGGuidance(request.cfg_scale)                                        # 3. guidance and denoiser
+    denoiser = Denoiser(components.unet, conditioning, guidance, runtime.autocast_dtype)
+    schedulers = make_schedulers(request, components, seeds, runtime)               # 4. one scheduler per image
+    noise, generators = initial_noise(seeds, latent_shape(request, components), runtime.device)
+    latents = sample(denoiser, schedulers, noise, generators, on_step, should_stop)  # 5. the one loop
+    pictures = decode(latents, components, runtime)                                  # 6. latents -> images
+    images = tuple(                                                                  # 7. metadata
+        GeneratedImage(img, s, metadata.infotext(request, s, components.source),
+                       metadata.record(request, s, i, components.source))
+        for i, (img, s) in enumerate(zip(pictures, seeds))
+    )
+    return GenerationResult(request, images, warnings + negative_warnings(request), denoiser.count.forwards,
+                            time.perf_counter() - started)
+
+
+def resolve(request: GenerationRequest, components: Components) -> GenerationRequest:
+    """Fill the random seed and the model's native size where the request leaves them open."""
+    native = native_size(components)
+    return request.replace(seed=resolve_seed(request.seed), width=request.width or native,
+                           height=request.height or native)
+
+
+def native_size(components: Components) -> int:
+    """The image size the model was trained at, as diffusers computes its default height and width."""
+    sample_size = components.unet.config.sample_size
+    sample_size = sample_size if isinstance(sample_size, int) else sample_size[0]
+    return int(sample_size) * components.vae_scale_factor
+
+
+def condition(request: GenerationRequest, components: Components, runtime: Runtime):
+    """Hidden states per branch, one row per image, and warnings about truncated text."""
+    texts = [request.prompt] + ([request.negative_prompt] if request.cfg_scale != 1.0 else [])
+    encoded = encode_texts(components.text_encoder, components.tokenizer, texts, runtime.device)
+    rows = request.batch_size
+    conditioning = {POSITIVE: encoded.lookup(request.prompt).expand(rows, -1, -1)}
+    if request.cfg_scale != 1.0:
+        conditioning[NEGATIVE] = encoded.lookup(request.negative_prompt).expand(rows, -1, -1)
+    fields = {"prompt": request.prompt, "negative_prompt": request.negative_prompt}
+    limit = components.tokenizer.model_max_length
+    warnings = tuple(
+        f"{name}: longer than the text encoder's {limit} tokens; this part was ignored: {cut!r}"
+        for text, cut in encoded.truncated for name, value in fields.items() if value == text
+    )
+    return conditioning, warnings
+
+
+def negative_warnings(request: GenerationRequest) -> tuple[str, ...]:
+    """Tell the user when the negative prompt cannot steer away (never drop it silently)."""
+    if not request.negative_prompt or request.cfg_scale > 1.0:
+        return ()
+    if request.cfg_scale == 1.0:
+        return (f"negative_prompt has no effect at cfg_scale {request.cfg_scale:g}: guidance e_n + w (e_c - e_n) "
+                "is the prompt's prediction alone at w = 1; use a cfg_scale above 1",)
+    return (f"negative_prompt does not steer away at cfg_scale {request.cfg_scale:g}: below 1, guidance "
+            "e_n + w (e_c - e_n) pulls the image toward the negative; use a cfg_scale above 1",)
+
+
+def make_schedulers(request: GenerationRequest, components: Components, seeds, runtime: Runtime) -> list:
+    spec = sampler_spec(request.sampler)
+    schedulers = [spec.build(components.scheduler_config, seed) for seed in seeds]
+    for s in schedulers:
+        s.set_timesteps(request.steps, device=runtime.device)
+    return schedulers
+
+
+def latent_shape(request: GenerationRequest, components: Components) -> tuple[int, int, int]:
+    factor = components.vae_scale_factor
+    return (components.latent_channels, request.height // factor, request.width // factor)
+
+
+@torch.no_grad()
+def decode(latents: torch.Tensor, components: Components, runtime: Runtime) -> list[Image.Image]:
+    """Latents to PIL images as diffusers does: VAE decode of latents / scaling_factor, x / 2 + 0.5, round."""
+    if components.vae is not None:
+        dtype = runtime.autocast_dtype
+        autocast = torch.autocast(latents.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with autocast:
+            latents = components.vae.decode(latents / components.vae.config.scaling_factor, return_dict=False)[0]
+    pixels = (latents.float() / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(p) for p in (pixels * 255).round().astype(np.uint8)]

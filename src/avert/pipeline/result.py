@@ -1,0 +1,34 @@
+"""What a generation returns: images with their seeds and metadata, as frozen values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+from avert.request import GenerationRequest
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One image, the seed that re-makes it alone, its A1111 infotext and its structured record."""
+
+    image: Image.Image
+    seed: int
+    infotext: str
+    record: dict
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """All images of a request (seeds seed .. seed + n - 1), the request as run, and what the user must know."""
+
+    request: GenerationRequest  # with the resolved seed and size
+    images: tuple[GeneratedImage, ...]
+    warnings: tuple[str, ...]
+    unet_forwards: int
+    seconds: float
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(i.seed for i in self.images)

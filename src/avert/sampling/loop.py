@@ -1,0 +1,65 @@
+"""The one sampling loop: a denoiser callable over diffusers schedulers, one scheduler per image.
+
+Each image has its own scheduler instance and its own `torch.Generator`, so stochastic samplers draw
+per-image noise and image i of a batch equals the same seed rendered alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from avert.errors import AvertError
+from avert.guidance.strategy import StepContext
+
+
+class Cancelled(AvertError):
+    """The run was stopped by its caller before it finished."""
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """Reported after every model evaluation: `done` of `total`."""
+
+    done: int
+    total: int
+
+
+def sample(
+    denoiser: Callable[[torch.Tensor, torch.Tensor, StepContext], torch.Tensor],
+    schedulers: Sequence,
+    noise: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    on_step: Callable[[StepEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> torch.Tensor:
+    """Denoise `noise` ([batch, C, H, W], unit variance) along the schedulers' timesteps."""
+    timesteps = schedulers[0].timesteps
+    x = noise * schedulers[0].init_noise_sigma
+    step_kwargs = [_step_kwargs(s, g) for s, g in zip(schedulers, generators)]
+    for i, t in enumerate(timesteps):
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"stopped at step {i} of {len(timesteps)}")
+        model_in = torch.cat([s.scale_model_input(x[j : j + 1], t) for j, s in enumerate(schedulers)])
+        prediction = denoiser(model_in, t, StepContext(i, len(timesteps), float(t)))
+        x = torch.cat([
+            s.step(prediction[j : j + 1], t, x[j : j + 1], **kw, return_dict=False)[0]
+            for j, (s, kw) in enumerate(zip(schedulers, step_kwargs))
+        ])
+        if on_step is not None:
+            on_step(StepEvent(i + 1, len(timesteps)))
+    return x
+
+
+def _step_kwargs(scheduler, generator: torch.Generator) -> dict:
+    """The extra `step` arguments a scheduler accepts, as diffusers' `prepare_extra_step_kwargs` passes them."""
+    accepted = inspect.signature(scheduler.step).parameters
+    kwargs = {}
+    if "eta" in accepted:
+        kwargs["eta"] = 0.0
+    if "generator" in accepted:
+        kwargs["generator"] = generator
+    return kwargs

@@ -1,0 +1,65 @@
+"""Samplers by their AUTOMATIC1111 names, each mapped to a diffusers scheduler with the right options.
+
+The mapping follows diffusers' own table ("A1111/k-diffusion -> diffusers" in the schedulers
+overview): e.g. "DPM++ 2M Karras" is `DPMSolverMultistepScheduler(use_karras_sigmas=True)`.
+Every scheduler is built from the model's own scheduler config, so the model's noise schedule and
+prediction type (epsilon or v) are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import diffusers
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """An A1111 sampler name, the diffusers scheduler class implementing it and the options it needs."""
+
+    name: str
+    scheduler: str  # class name in diffusers
+    options: tuple[tuple[str, Any], ...] = field(default=())
+    seeded_noise_sampler: bool = False  # draws its noise from a Brownian tree seeded by the image seed
+
+    def build(self, base_config: dict, seed: int) -> Any:
+        """A fresh scheduler for one image (schedulers hold per-run state, so one per image)."""
+        cls = getattr(diffusers, self.scheduler)
+        options = dict(self.options)
+        if self.seeded_noise_sampler:
+            options["noise_sampler_seed"] = seed
+        return cls.from_config(base_config, **options)
+
+
+_KARRAS = (("use_karras_sigmas", True),)
+_SPECS = (
+    SamplerSpec("Euler a", "EulerAncestralDiscreteScheduler"),
+    SamplerSpec("Euler", "EulerDiscreteScheduler"),
+    SamplerSpec("LMS", "LMSDiscreteScheduler"),
+    SamplerSpec("LMS Karras", "LMSDiscreteScheduler", _KARRAS),
+    SamplerSpec("Heun", "HeunDiscreteScheduler"),
+    SamplerSpec("DPM2", "KDPM2DiscreteScheduler"),
+    SamplerSpec("DPM2 Karras", "KDPM2DiscreteScheduler", _KARRAS),
+    SamplerSpec("DPM2 a", "KDPM2AncestralDiscreteScheduler"),
+    SamplerSpec("DPM2 a Karras", "KDPM2AncestralDiscreteScheduler", _KARRAS),
+    SamplerSpec("DPM++ 2M", "DPMSolverMultistepScheduler"),
+    SamplerSpec("DPM++ 2M Karras", "DPMSolverMultistepScheduler", _KARRAS),
+    SamplerSpec("DPM++ 2M SDE", "DPMSolverMultistepScheduler", (("algorithm_type", "sde-dpmsolver++"),)),
+    SamplerSpec("DPM++ 2M SDE Karras", "DPMSolverMultistepScheduler",
+                (("algorithm_type", "sde-dpmsolver++"),) + _KARRAS),
+    SamplerSpec("DPM++ SDE", "DPMSolverSDEScheduler", seeded_noise_sampler=True),
+    SamplerSpec("DPM++ SDE Karras", "DPMSolverSDEScheduler", _KARRAS, seeded_noise_sampler=True),
+    SamplerSpec("DDIM", "DDIMScheduler"),
+    SamplerSpec("PLMS", "PNDMScheduler", (("skip_prk_steps", True),)),
+    SamplerSpec("PNDM", "PNDMScheduler", (("skip_prk_steps", False),)),
+    SamplerSpec("UniPC", "UniPCMultistepScheduler"),
+)
+
+SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in _SPECS}
+SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
+
+
+def sampler_spec(name: str) -> SamplerSpec:
+    """The spec for an A1111 sampler name (exact match; validation has already checked it)."""
+    return SAMPLERS[name]

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny seeded SD components, built once per test session, fully offline."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    from avert.testing.tiny import build_tiny_sd_folder
+
+    return build_tiny_sd_folder(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_v_folder(tmp_path_factory) -> Path:
+    from avert.testing.tiny import build_tiny_sd_folder
+
+    return build_tiny_sd_folder(tmp_path_factory.mktemp("tiny-v"), prediction_type="v_prediction")
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_folder):
+    from avert.models.loader import load_model
+
+    return load_model(tiny_folder)
+
+
+@pytest.fixture(scope="session")
+def diffusers_pipe(tiny_folder):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_folder, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,150 @@
+"""The `avert` command end to end on the tiny model: files, metadata, re-making, comparison, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from avert.cli import main
+from avert.output.pnginfo import format_parameters, parse_parameters, read_png_metadata, save_png
+
+FLAGS = ["--steps", "3", "-W", "64", "-H", "64", "-q"]
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_writes_pngs_with_a1111_parameters_and_record(tiny_folder, tmp_path, capsys):
+    code, out, _ = run(capsys, "generate", "a red house", "-n", "blue tree", "--model", tiny_folder,
+                       "--seed", 11, "-b", 2, "-o", tmp_path, *FLAGS)
+    assert code == 0
+    files = sorted(tmp_path.glob("*.png"))
+    assert [f.name for f in files] == ["00000-11.png", "00001-12.png"]
+    meta = read_png_metadata(files[1])
+    parsed = parse_parameters(meta.parameters)
+    assert (parsed.prompt, parsed.negative_prompt) == ("a red house", "blue tree")
+    assert parsed.get("Seed") == "12" and parsed.get("Steps") == "3" and parsed.get("Sampler") == "Euler a"
+    assert parsed.get("Size") == "64x64" and len(parsed.get("Model hash")) == 10
+    assert meta.record["seed"] == 12 and meta.record["request"]["negative_prompt"] == "blue tree"
+    assert "seed 12" in out
+
+
+def test_from_image_remakes_it_exactly(tiny_folder, tmp_path, capsys):
+    run(capsys, "generate", "a red house", "-n", "blue tree", "--model", tiny_folder, "--seed", 3, "-b", 2,
+        "-o", tmp_path / "batch", "--sampler", "DPM++ 2M Karras", *FLAGS)
+    second = tmp_path / "batch" / "00001-4.png"
+    code, _, _ = run(capsys, "generate", "--from", second, "--model", tiny_folder, "-o", tmp_path / "re.png", "-q")
+    assert code == 0  # image 2 of a batch, re-made alone: equal up to float rounding of the batched forward
+    remade = np.asarray(Image.open(tmp_path / "re.png"), dtype=np.int16)
+    assert np.abs(np.asarray(Image.open(second), dtype=np.int16) - remade).max() <= 1
+
+
+def test_from_image_with_only_an_a1111_infotext(tiny_folder, tmp_path, capsys):
+    text = format_parameters("a red house", "blue tree", [("Steps", 3), ("Sampler", "DDIM"), ("CFG scale", 6.5),
+                                                          ("Seed", 5), ("Size", "64x64"), ("Model", "x")])
+    source = tmp_path / "a1111.png"
+    Image.new("RGB", (8, 8)).save(source, pnginfo=_text_chunk(text))
+    run(capsys, "generate", "--from", source, "--model", tiny_folder, "-o", tmp_path / "re.png", "-q")
+    parsed = parse_parameters(read_png_metadata(tmp_path / "re.png").parameters)
+    assert parsed.get("Sampler") == "DDIM" and parsed.get("Seed") == "5" and parsed.get("CFG scale") == "6.5"
+    assert parsed.negative_prompt == "blue tree"
+
+
+def _text_chunk(text):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    return info
+
+
+def test_flags_override_the_image_they_remake(tiny_folder, tmp_path, capsys):
+    run(capsys, "generate", "a red house", "--model", tiny_folder, "--seed", 3, "-o", tmp_path / "a.png", *FLAGS)
+    run(capsys, "generate", "--from", tmp_path / "a.png", "--steps", 2, "--model", tiny_folder, "-o",
+        tmp_path / "b.png", "-q")
+    assert read_png_metadata(tmp_path / "b.png").record["request"]["steps"] == 2
+
+
+def test_info_prints_parameters_and_json(tiny_folder, tmp_path, capsys):
+    run(capsys, "generate", "a red house", "-n", "blue tree", "--model", tiny_folder, "--seed", 1, "-o",
+        tmp_path / "a.png", *FLAGS)
+    code, out, _ = run(capsys, "info", tmp_path / "a.png")
+    assert code == 0 and out.startswith("a red house\nNegative prompt: blue tree\nSteps: 3")
+    code, out, _ = run(capsys, "info", "--json", tmp_path / "a.png")
+    assert json.loads(out)["request"]["prompt"] == "a red house"
+
+
+def test_compare_writes_one_labelled_grid(tiny_folder, tmp_path, capsys):
+    code, out, _ = run(capsys, "compare", "a red house", "-n", "blue tree", "-n", "cat", "--model", tiny_folder,
+                       "--seed", 9, "-b", 2, "-o", tmp_path / "grid.png", *FLAGS)
+    assert code == 0 and "seeds 9, 10" in out
+    record = read_png_metadata(tmp_path / "grid.png").record
+    assert record["labels"] == ["No negative prompt", "Negative prompt: blue tree", "Negative prompt: cat"]
+    assert [c["request"]["negative_prompt"] for c in record["compare"]] == ["", "blue tree", "cat"]
+    assert {c["seed"] for c in record["compare"]} == {9}
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.width > 3 * 256 and grid.height > 2 * 256  # 3 columns, 2 rows, upscaled cells
+
+
+def test_compare_columns_equal_separate_generations(tiny_folder, tmp_path, capsys):
+    from avert import api
+    from avert.request import GenerationRequest
+
+    request = GenerationRequest("a red house", seed=9, steps=3, width=64, height=64)
+    comparison = api.compare(request, ["blue tree"], tiny_folder)
+    alone = api.generate(request.replace(negative_prompt="blue tree"), tiny_folder)
+    assert np.array_equal(np.asarray(comparison.columns[1].images[0].image), np.asarray(alone.images[0].image))
+    plain = api.generate(request, tiny_folder)
+    assert np.array_equal(np.asarray(comparison.columns[0].images[0].image), np.asarray(plain.images[0].image))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "x", "--steps", "0"], "steps: 0 is not allowed; must be an integer from 1 to 150"),
+    (["generate", "x", "--sampler", "Euler A"], "sampler: 'Euler A' is not allowed; must be one of: Euler a"),
+    (["generate", "x", "-W", "100"], "width: 100 is not allowed; must be an integer from 64 to 2048, a multiple of 8"),
+    (["generate", "x", "--seed", "-5"], "seed: -5 is not allowed"),
+    (["generate", "x", "--model", "/nonexistent/model"], "model: '/nonexistent/model' does not exist"),
+    (["generate", "--steps", "3"], "prompt: '' is not allowed; give a prompt"),
+    (["info", "/nonexistent.png"], "/nonexistent.png"),
+])
+def test_errors_are_one_clear_message_without_traceback(tiny_folder, capsys, argv, message):
+    if "--model" not in argv and argv[0] == "generate":
+        argv = argv + ["--model", str(tiny_folder)]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_flag_type_names_the_field(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "x", "--steps", "many"])
+    assert exit_info.value.code == 2
+    assert "steps: 'many' is not allowed; must be an integer from 1 to 150" in capsys.readouterr().err
+
+
+def test_negative_at_cfg_one_warns_on_the_console(tiny_folder, tmp_path, capsys):
+    code, _, err = run(capsys, "generate", "x", "-n", "blue tree", "--cfg-scale", 1, "--model", tiny_folder,
+                       "-o", tmp_path / "a.png", *FLAGS)
+    assert code == 0 and "avert: warning: negative_prompt has no effect at cfg_scale 1" in err
+
+
+def test_console_script_runs(tiny_folder, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "avert.cli", "generate", "a cat", "--model", str(tiny_folder),
+                           "-o", str(tmp_path / "a.png"), "--seed", "1", *FLAGS], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "a.png").exists()
+
+
+def test_png_written_by_save_png_keeps_the_image(tmp_path):
+    image = Image.new("RGB", (4, 4), (10, 200, 30))
+    save_png(image, tmp_path / "x.png", "p", {"a": 1})
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "x.png")), np.asarray(image))

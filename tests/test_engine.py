@@ -1,0 +1,137 @@
+"""The engine against diffusers on the same components, and relational properties of the engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avert.guidance.denoiser import Denoiser
+from avert.pipeline.generate import generate
+from avert.request import GenerationRequest
+from avert.sampling.samplers import sampler_spec
+
+BASE = GenerationRequest("a red house", "blue tree", seed=1234, steps=5, cfg_scale=7.5, width=64, height=64)
+PARITY_SAMPLERS = ["Euler a", "Euler", "DPM++ 2M Karras", "DDIM", "Heun", "DPM++ SDE Karras", "UniPC", "LMS",
+                   "PLMS", "DPM2 a"]
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def diffusers_image(pipe, components, request: GenerationRequest, **overrides):
+    """The reference: diffusers' StableDiffusionPipeline on the same components and scheduler."""
+    pipe.scheduler = sampler_spec(request.sampler).build(components.scheduler_config, request.seed)
+    kwargs = dict(negative_prompt=request.negative_prompt or None, num_inference_steps=request.steps,
+                  guidance_scale=request.cfg_scale, width=request.width, height=request.height,
+                  generator=torch.Generator("cpu").manual_seed(request.seed))
+    kwargs.update(overrides)
+    prompt = kwargs.pop("prompt", request.prompt)
+    return pipe(prompt, **kwargs).images[0]
+
+
+@pytest.mark.parametrize("sampler", PARITY_SAMPLERS)
+@pytest.mark.parametrize("negative", ["blue tree", ""])
+def test_image_equals_diffusers_within_one_level(tiny, diffusers_pipe, sampler, negative):
+    request = BASE.replace(sampler=sampler, negative_prompt=negative)
+    ours = pixels(generate(request, tiny).images[0].image)
+    theirs = pixels(diffusers_image(diffusers_pipe, tiny, request))
+    assert np.abs(ours - theirs).max() <= 1
+
+
+def test_v_prediction_model_equals_diffusers(tiny_v_folder):
+    from diffusers import StableDiffusionPipeline
+
+    from avert.models.loader import load_model
+
+    components = load_model(tiny_v_folder)
+    assert components.scheduler_config["prediction_type"] == "v_prediction"
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_v_folder, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    request = BASE.replace(sampler="DPM++ 2M")
+    assert np.abs(pixels(generate(request, components).images[0].image)
+                  - pixels(diffusers_image(pipe, components, request))).max() <= 1
+
+
+def test_negative_changes_the_image(tiny):
+    """Guards the parity tests against a model on which the negative does nothing."""
+    with_negative = pixels(generate(BASE, tiny).images[0].image)
+    without = pixels(generate(BASE.replace(negative_prompt=""), tiny).images[0].image)
+    assert np.abs(with_negative - without).max() > 5
+
+
+def test_string_negative_equals_precomputed_negative_embeddings(tiny, diffusers_pipe):
+    from avert.conditioning.text import encode_texts
+
+    encoded = encode_texts(tiny.text_encoder, tiny.tokenizer, [BASE.prompt, BASE.negative_prompt])
+    theirs = diffusers_image(diffusers_pipe, tiny, BASE, prompt=None, negative_prompt=None,
+                             prompt_embeds=encoded.lookup(BASE.prompt)[None],
+                             negative_prompt_embeds=encoded.lookup(BASE.negative_prompt)[None])
+    assert np.abs(pixels(generate(BASE, tiny).images[0].image) - pixels(theirs)).max() <= 1
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ SDE Karras", "DPM++ 2M", "DDIM"])
+def test_batch_equals_singles(tiny, sampler):
+    request = BASE.replace(sampler=sampler, batch_size=3)
+    batch = generate(request, tiny)
+    assert batch.seeds == (1234, 1235, 1236)
+    for generated in batch.images:
+        alone = generate(request.replace(seed=generated.seed, batch_size=1), tiny).images[0]
+        assert np.abs(pixels(generated.image) - pixels(alone.image)).max() <= 1
+
+
+def test_same_seed_same_image_and_other_seed_other_image(tiny):
+    a, b = (generate(BASE, tiny).images[0].image for _ in range(2))
+    c = generate(BASE.replace(seed=BASE.seed + 7), tiny).images[0].image
+    assert np.array_equal(pixels(a), pixels(b))
+    assert not np.array_equal(pixels(a), pixels(c))
+
+
+def test_random_seed_is_drawn_and_reported(tiny):
+    result = generate(BASE.replace(seed=-1, batch_size=2), tiny)
+    assert 0 <= result.request.seed <= 2**32 - 1
+    assert result.seeds == (result.request.seed, (result.request.seed + 1) % 2**32)
+    again = generate(BASE.replace(seed=result.seeds[1]), tiny)
+    assert np.abs(pixels(again.images[0].image) - pixels(result.images[1].image)).max() <= 1
+
+
+def test_batched_forward_runs_prompt_and_negative_together(tiny):
+    result = generate(BASE, tiny)
+    assert result.unet_forwards == BASE.steps  # one forward per step, both branches inside it
+
+
+def count_forwards(monkeypatch) -> list[int]:
+    """Record the batch size of every UNet forward the denoiser makes."""
+    sizes: list[int] = []
+    original = Denoiser.__call__
+
+    def spy(self, x, t, ctx):
+        sizes.append(len(self.guidance.branches(ctx)) * x.shape[0])
+        return original(self, x, t, ctx)
+
+    monkeypatch.setattr(Denoiser, "__call__", spy)
+    return sizes
+
+
+def test_cfg_scale_one_skips_the_negative_and_says_so(tiny, monkeypatch):
+    sizes = count_forwards(monkeypatch)
+    result = generate(BASE.replace(cfg_scale=1.0), tiny)
+    assert sizes == [1] * BASE.steps
+    assert any("no effect" in w and "negative_prompt" in w for w in result.warnings)
+    plain = generate(BASE.replace(cfg_scale=1.0, negative_prompt=""), tiny)
+    assert np.array_equal(pixels(result.images[0].image), pixels(plain.images[0].image))
+    assert plain.warnings == ()
+
+
+def test_cfg_scale_below_one_keeps_the_negative_and_warns(tiny, monkeypatch):
+    sizes = count_forwards(monkeypatch)
+    result = generate(BASE.replace(cfg_scale=0.5), tiny)
+    assert sizes == [2] * BASE.steps
+    assert any("toward the negative" in w for w in result.warnings)
+
+
+def test_long_prompt_truncation_is_reported(tiny):
+    long_negative = " ".join(["red house"] * 60)
+    result = generate(BASE.replace(negative_prompt=long_negative), tiny)
+    assert any(w.startswith("negative_prompt: longer than") for w in result.warnings)

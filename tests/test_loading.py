@@ -1,0 +1,131 @@
+"""Loading offline: diffusers folders, SD-layout single files, refused pickles, model hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import write_tiny_single_file
+
+from avert.errors import ModelLoadError
+from avert.models.loader import load_model
+from avert.pipeline.generate import generate
+from avert.request import GenerationRequest
+
+REQUEST = GenerationRequest("a red house", "blue tree", seed=7, steps=4, width=64, height=64)
+
+
+@pytest.fixture(scope="module")
+def single_file(tiny_folder, tmp_path_factory):
+    return write_tiny_single_file(tiny_folder, tmp_path_factory.mktemp("single") / "tiny-v1.safetensors")
+
+
+def image(components) -> np.ndarray:
+    return np.asarray(generate(REQUEST, components).images[0].image, dtype=np.int16)
+
+
+def test_single_file_renders_the_same_image_as_the_folder(tiny, tiny_folder, single_file):
+    loaded = load_model(single_file, config_dir=tiny_folder)
+    assert loaded.source.kind == "single-file" and loaded.source.name == "tiny-v1"
+    assert np.abs(image(loaded) - image(tiny)).max() <= 1
+
+
+def test_model_hash_is_a1111_sha256_prefix(single_file, tiny_folder):
+    loaded = load_model(single_file, config_dir=tiny_folder)
+    assert loaded.source.hash == hashlib.sha256(single_file.read_bytes()).hexdigest()[:10]
+
+
+def test_folder_hash_is_stable_and_changes_with_weights(tiny, tiny_folder, tmp_path):
+    copy = shutil.copytree(tiny_folder, tmp_path / "copy")
+    assert load_model(copy).source.hash == tiny.source.hash
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(weights)
+    state[next(iter(state))] += 1
+    save_file(state, weights)
+    assert load_model(copy).source.hash != tiny.source.hash
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt"])
+def test_pickles_are_refused_unless_allowed(single_file, tiny_folder, tmp_path, suffix):
+    from safetensors.torch import load_file
+
+    pickle = tmp_path / f"model{suffix}"
+    torch.save({"state_dict": load_file(single_file)}, pickle)
+    with pytest.raises(ModelLoadError, match="pickle.*--allow-pickle"):
+        load_model(pickle, config_dir=tiny_folder)
+    loaded = load_model(pickle, config_dir=tiny_folder, allow_pickle=True)
+    assert loaded.source.name == "model" and loaded.source.path == pickle
+
+
+def test_allowed_pickle_is_still_read_weights_only(tmp_path, tiny_folder):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": Payload()}, evil)
+    with pytest.raises(ModelLoadError, match="weights_only"):
+        load_model(evil, config_dir=tiny_folder, allow_pickle=True)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("missing", "does not exist"),
+    ("weights.onnx", "unknown type"),
+    ("empty-folder", "no model_index.json"),
+])
+def test_bad_paths_are_clear_errors(tmp_path, name, message):
+    path = tmp_path / name
+    if name == "weights.onnx":
+        path.write_bytes(b"x")
+    if name == "empty-folder":
+        path.mkdir()
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(path)
+
+
+def test_sdxl_folder_is_refused_by_name(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"],
+                                                            "text_encoder_2": ["transformers", "X"]}))
+    with pytest.raises(ModelLoadError, match="SDXL"):
+        load_model(tmp_path)
+
+
+def test_unknown_text_encoder_class_is_refused(tiny_folder, tmp_path):
+    copy = shutil.copytree(tiny_folder, tmp_path / "copy")
+    index = json.loads((copy / "model_index.json").read_text())
+    index["text_encoder"] = ["transformers", "SomethingElse"]
+    (copy / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match="text_encoder class 'SomethingElse'"):
+        load_model(copy)
+
+
+def test_folder_with_only_pickled_weights_needs_allow_pickle(tiny_folder, tmp_path):
+    copy = shutil.copytree(tiny_folder, tmp_path / "copy")
+    unet_dir = copy / "unet"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(unet_dir / "diffusion_pytorch_model.safetensors"), unet_dir / "diffusion_pytorch_model.bin")
+    (unet_dir / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="--allow-pickle"):
+        load_model(copy)
+
+
+def test_prediction_type_override(tiny_folder):
+    assert load_model(tiny_folder, prediction_type="v_prediction").scheduler_config["prediction_type"] == "v_prediction"
+
+
+def test_loading_never_reaches_a_hub(tiny_folder, monkeypatch):
+    import huggingface_hub
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("hub access attempted")
+
+    for name in ("hf_hub_download", "snapshot_download", "model_info"):
+        monkeypatch.setattr(huggingface_hub, name, refuse)
+    load_model(tiny_folder)
