@@ -109,7 +109,7 @@ def test_compare_columns_equal_separate_generations(tiny_folder, tmp_path, capsy
 @pytest.mark.parametrize("argv, message", [
     (["generate", "x", "--steps", "0"], "steps: 0 is not allowed; must be an integer from 1 to 150"),
     (["generate", "x", "--sampler", "Euler A"], "sampler: 'Euler A' is not allowed; must be one of: Euler a"),
-    (["generate", "x", "-W", "100"], "width: 100 is not allowed; must be an integer from 64 to 2048, a multiple of 8"),
+    (["generate", "x", "-W", "100"], "width: 100 is not allowed; must be an integer from 16 to 2048, a multiple of 8"),
     (["generate", "x", "--seed", "-5"], "seed: -5 is not allowed"),
     (["generate", "x", "--model", "/nonexistent/model"], "model: '/nonexistent/model' does not exist"),
     (["generate", "--steps", "3"], "prompt: '' is not allowed; give a prompt"),
@@ -148,3 +148,19 @@ def test_png_written_by_save_png_keeps_the_image(tmp_path):
     image = Image.new("RGB", (4, 4), (10, 200, 30))
     save_png(image, tmp_path / "x.png", "p", {"a": 1})
     assert np.array_equal(np.asarray(Image.open(tmp_path / "x.png")), np.asarray(image))
+
+
+def test_small_images_are_saved_enlarged_and_the_factor_recorded(tiny_folder, tmp_path, capsys):
+    run(capsys, "generate", "x", "--model", tiny_folder, "--seed", 1, "-o", tmp_path / "auto.png", *FLAGS)
+    run(capsys, "generate", "x", "--model", tiny_folder, "--seed", 1, "-o", tmp_path / "one.png", "--upscale", 1,
+        *FLAGS)
+    auto, one = Image.open(tmp_path / "auto.png"), Image.open(tmp_path / "one.png")
+    assert one.size == (64, 64) and auto.size == (256, 256)
+    assert read_png_metadata(tmp_path / "auto.png").record["saved_scale"] == 4
+    assert np.array_equal(np.asarray(auto)[::4, ::4], np.asarray(one))
+
+
+def test_upscale_out_of_range_is_refused_before_any_work(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "x", "--upscale", "0"])
+    assert "upscale: '0' is not allowed; must be an integer from 1 to 16" in capsys.readouterr().err

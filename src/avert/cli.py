@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        return args.handler(args)
     except ValidationError as exc:
         print("avert: error: invalid request:", *(f"  {p}" for p in exc.problems), sep="\n", file=sys.stderr)
     except AvertError as exc:
@@ -42,15 +43,60 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print the generation parameters stored in a PNG")
     info.add_argument("image", type=Path)
     info.add_argument("--json", action="store_true", help="print the structured record as JSON")
-    info.set_defaults(run=_run_info)
+    info.set_defaults(handler=_run_info)
     samplers = sub.add_parser("samplers", help="list the samplers by their AUTOMATIC1111 names")
-    samplers.set_defaults(run=_run_samplers)
+    samplers.set_defaults(handler=_run_samplers)
+    _train_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks that print a table and write it to docs/")
-    bench.add_argument("what", choices=("engine",))
+    bench.add_argument("what", choices=("engine", "startup"), help="engine: avert vs diffusers on tiny components; "
+                       "startup: the README's main command on the embedded model, as fresh processes")
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--docs", type=Path, default=Path("docs"), help="folder the table is written to")
-    bench.set_defaults(run=_run_bench)
+    bench.set_defaults(handler=_run_bench)
+    from avert.evaluation.cli import add_eval_parser
+
+    add_eval_parser(sub, handler=_run_eval)
     return parser
+
+
+def _train_parser(sub) -> None:
+    from avert.train.config import TrainConfig
+
+    p = sub.add_parser("train", help="train the embedded model on the procedural world (resumes a run)")
+    p.add_argument("--run", dest="run_dir", type=Path, default=Path("runs/embedded"),
+                   help="run folder: data cache, checkpoints, log and the exported model (default: runs/embedded); "
+                   "an existing checkpoint is resumed")
+    p.add_argument("--export", type=Path, default=None, help="also write the final model folder here")
+    defaults = TrainConfig()
+    bounds = {"steps": (1, 10**7), "batch_size": (1, 1024), "images": (64, 10**7), "seed": (0, 2**32 - 1),
+              "checkpoint_every": (1, 10**7)}
+    for name, (low, high) in bounds.items():
+        p.add_argument("--" + name.replace("_", "-"), type=_bounded(name, int, low, high),
+                       default=getattr(defaults, name), help=f"(default: {getattr(defaults, name)})")
+    p.add_argument("--lr", type=_bounded("lr", float, 1e-7, 1.0), default=defaults.lr,
+                   help=f"learning rate (default: {defaults.lr})")
+    p.add_argument("--threads", type=_bounded("threads", int, 1, 256), default=None,
+                   help="torch threads (default: all cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args) -> int:
+    import dataclasses
+
+    import torch
+
+    from avert.train.config import TrainConfig
+    from avert.train.loop import train
+
+    _quiet_libraries()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    model = train(args.run_dir, config, export=args.export, progress=not args.quiet)
+    print(f"model written to {model}")
+    return 0
 
 
 def _generate_parser(sub) -> None:
@@ -60,8 +106,11 @@ def _generate_parser(sub) -> None:
                    help="re-make an image from the parameters stored in it (flags given override them)")
     p.add_argument("-o", "--output", type=Path, default=None, metavar="FILE_OR_DIR",
                    help="a .png file, or a folder (default: ./outputs)")
+    p.add_argument("--upscale", type=_bounded("upscale", int, 1, 16), default=None, metavar="N",
+                   help="save images enlarged N times (nearest); default: enough for 256 px (the embedded model "
+                   "makes 32x32 images), 1 for images of 256 px and more")
     _add_model_flags(p)
-    p.set_defaults(run=_run_generate)
+    p.set_defaults(handler=_run_generate)
 
 
 def _compare_parser(sub) -> None:
@@ -72,7 +121,7 @@ def _compare_parser(sub) -> None:
     p.add_argument("-o", "--output", type=Path, default=None, metavar="FILE_OR_DIR",
                    help="the grid's .png file, or a folder (default: ./outputs)")
     _add_model_flags(p)
-    p.set_defaults(run=_run_compare)
+    p.set_defaults(handler=_run_compare)
 
 
 def _add_request_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...]) -> None:
@@ -117,6 +166,23 @@ def _typed(param: Param):
     return convert
 
 
+def _bounded(name: str, kind: type, low: float, high: float):
+    """An argparse type for a number option outside the request schema, with the schema's wording of errors."""
+    noun = "an integer" if kind is int else "a number"
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(str(FieldProblem(name, text, f"must be {noun} from {low} to {high}")))
+        return value
+
+    convert.__name__ = name
+    return convert
+
+
 def _request_from_args(args, base=None):
     from avert.request import GenerationRequest
 
@@ -149,11 +215,19 @@ def _run_generate(args) -> int:
         result = generate(request, components, runtime=_runtime(args), limits=LIMITS, on_step=on_step)
     _print_warnings(result.warnings)
     for generated, path in zip(result.images, _output_paths(args.output, result.seeds)):
-        from avert.output.pnginfo import save_png
-
-        save_png(generated.image, path, generated.infotext, generated.record)
+        _save(generated, path, args.upscale)
         print(f"{path}  seed {generated.seed}")
     return 0
+
+
+def _save(generated, path: Path, factor: int | None) -> None:
+    """Save with metadata; small images are enlarged for viewing, the factor recorded (`saved_scale`)."""
+    from avert.output.grid import DISPLAY_MIN_SIDE, display_factor, upscale
+    from avert.output.pnginfo import save_png
+
+    factor = factor or display_factor(generated.image, DISPLAY_MIN_SIDE)
+    record = {**generated.record, "saved_scale": factor}
+    save_png(upscale(generated.image, factor), path, generated.infotext, record)
 
 
 def _run_compare(args) -> int:
@@ -210,11 +284,22 @@ def _run_samplers(args) -> int:
     return 0
 
 
-def _run_bench(args) -> int:
-    from avert.bench.engine import run_engine_benchmark
+def _run_eval(args) -> int:
+    from avert.evaluation.cli import run_eval
 
     _quiet_libraries()
-    run_engine_benchmark(repeats=args.repeats, docs=args.docs)
+    return run_eval(args)
+
+
+def _run_bench(args) -> int:
+    from avert.bench.engine import run_engine_benchmark
+    from avert.bench.startup import run_startup_benchmark
+
+    _quiet_libraries()
+    if args.what == "startup":
+        run_startup_benchmark(repeats=args.repeats, docs=args.docs)
+    else:
+        run_engine_benchmark(repeats=args.repeats, docs=args.docs)
     return 0
 
 
@@ -232,9 +317,12 @@ def _output_paths(output: Path | None, seeds: Sequence[int], prefix: str = "") -
 
 
 def _next_index(folder: Path) -> int:
-    numbers = [int(p.name.split("-")[-2]) for p in folder.glob("*.png") if p.name.split("-")[-2:-1]
-               and p.name.split("-")[-2].isdigit()]
+    """One past the highest `NNNNN-` counter among the folder's PNGs (A1111's numbering)."""
+    numbers = [int(m.group(1)) for p in folder.glob("*.png") if (m := _COUNTER.search(p.name))]
     return max(numbers, default=-1) + 1
+
+
+_COUNTER = re.compile(r"(\d{5})-\d+\.png$")
 
 
 def _print_warnings(warnings) -> None:

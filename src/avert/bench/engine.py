@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from avert.bench import publish
+
 import torch
 
 from avert.models.loader import load_model
@@ -44,11 +46,7 @@ def run_engine_benchmark(repeats: int = 5, docs: Path = Path("docs"), steps: int
         pipe = _diffusers_pipeline(folder)
         rows = [_measure(components, pipe, s, b, repeats, steps, size) for s, b in CASES]
     table = _table(rows, repeats, steps, size)
-    print(table)
-    out = docs / "benchmarks" / "engine.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table + "\n")
-    print(f"written to {out}")
+    publish(table, docs / "benchmarks" / "engine.md")
     return rows
 
 

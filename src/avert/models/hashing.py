@@ -20,6 +20,11 @@ def model_hash(path: Path) -> str:
     return digest.hexdigest()[:10]
 
 
+def file_sha256(path: Path) -> str:
+    """The full SHA-256 of a file (cached)."""
+    return _file_sha256(path)
+
+
 def _file_sha256(path: Path) -> str:
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"

@@ -93,16 +93,26 @@ def _folder_components(path: Path, index: dict, use_safetensors: bool) -> Compon
 
     text_cls = _allowed_class(index, "text_encoder", TEXT_ENCODERS)
     tok_cls = _allowed_class(index, "tokenizer", TOKENIZERS)
-    unet = diffusers.UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=use_safetensors)
+    fp32 = dict(use_safetensors=use_safetensors, torch_dtype=torch.float32)  # fp16 files are upcast (fp16 is
+    unet = diffusers.UNet2DConditionModel.from_pretrained(path / "unet", **fp32)  # unusable on CPUs)
     vae = None
     if index.get("vae", [None])[0] is not None:
-        vae = diffusers.AutoencoderKL.from_pretrained(path / "vae", use_safetensors=use_safetensors)
-    text_encoder = getattr(transformers, text_cls).from_pretrained(
-        path / "text_encoder", use_safetensors=use_safetensors
-    )
+        vae = diffusers.AutoencoderKL.from_pretrained(path / "vae", **fp32)
+    text_encoder = _text_encoder(path / "text_encoder", text_cls, use_safetensors)
     tokenizer = getattr(transformers, tok_cls).from_pretrained(path / "tokenizer")
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     return _assemble(unet, vae, text_encoder, tokenizer, scheduler_config, path, "diffusers-folder")
+
+
+def _text_encoder(folder: Path, class_name: str, use_safetensors: bool):
+    """The folder's text encoder, or the installed package weights its `external.json` points at."""
+    import transformers
+
+    from avert.models.minilm import EXTERNAL_FILE, load_external_text_encoder
+
+    if (folder / EXTERNAL_FILE).exists():
+        return load_external_text_encoder(folder)
+    return getattr(transformers, class_name).from_pretrained(folder, use_safetensors=use_safetensors)
 
 
 def _allowed_class(index: dict, component: str, allowed: tuple[str, ...]) -> str:

@@ -82,13 +82,24 @@ def wrap_text(text: str, font: Font, width: float) -> list[str]:
     return lines
 
 
+DISPLAY_MIN_SIDE = 256  # images smaller than this are enlarged for viewing
+
+
+def display_factor(image: Image.Image, min_side: int) -> int:
+    """The least integer factor that brings the image's larger side to ``min_side`` (1 if it is there already)."""
+    return max(1, math.ceil(min_side / max(image.size)))
+
+
+def upscale(image: Image.Image, factor: int) -> Image.Image:
+    """Enlarge by an integer factor with NEAREST, so each generated pixel stays a crisp block."""
+    if factor == 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
 def _upscale(image: Image.Image, min_cell: int) -> Image.Image:
     """Enlarge an image whose larger side is under ``min_cell`` by the least integer factor reaching it (NEAREST)."""
-    longest = max(image.size)
-    if longest >= min_cell:
-        return image
-    factor = math.ceil(min_cell / longest)
-    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    return upscale(image, display_factor(image, min_cell))
 
 
 def _paste(canvas: Image.Image, image: Image.Image, box: tuple[int, int, int, int]) -> None:

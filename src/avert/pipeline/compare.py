@@ -9,7 +9,7 @@ from PIL import Image
 
 from avert.models.components import Components
 from avert.output.grid import compare_grid
-from avert.pipeline.generate import generate, resolve
+from avert.pipeline.generate import generate, model_limits, resolve
 from avert.pipeline.result import GenerationResult
 from avert.pipeline.runtime import Runtime
 from avert.request import GenerationRequest
@@ -47,6 +47,7 @@ def compare(
     on_step: Callable[[StepEvent], None] | None = None,
 ) -> Comparison:
     """Render `request` without a negative and with each of `negatives`, all with the same resolved seed."""
+    limits = model_limits(limits, components)
     for negative in negatives:
         validate(request.replace(negative_prompt=negative), limits)
     base = resolve(validate(request, limits), components)

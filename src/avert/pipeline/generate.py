@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from typing import Callable
 
@@ -37,7 +38,7 @@ def generate(
 ) -> GenerationResult:
     """Render `request.batch_size` images; image i uses seed + i and equals that seed rendered alone."""
     started = time.perf_counter()
-    request = resolve(validate(request, limits), components)                       # 1. validate, fill defaults
+    request = resolve(validate(request, model_limits(limits, components)), components)  # 1. validate, defaults
     seeds = image_seeds(request.seed, request.batch_size)
     conditioning, warnings = condition(request, components, runtime)                # 2. text -> hidden states
     guidance = CFGGuidance(request.cfg_scale)                                        # 3. guidance and denoiser
@@ -53,6 +54,11 @@ def generate(
     )
     return GenerationResult(request, images, warnings + negative_warnings(request), denoiser.count.forwards,
                             time.perf_counter() - started)
+
+
+def model_limits(limits: Limits, components: Components) -> Limits:
+    """The limits, widened so that the model's native size is always allowed (the embedded model is 32x32)."""
+    return dataclasses.replace(limits, min_size=min(limits.min_size, native_size(components)))
 
 
 def resolve(request: GenerationRequest, components: Components) -> GenerationRequest:

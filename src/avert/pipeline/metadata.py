@@ -54,6 +54,8 @@ def request_from_a1111(parsed: ParsedParameters) -> GenerationRequest:
     fields = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg_scale", float),
               "Seed": ("seed", int)}
     changes = {name: _convert(parsed.get(key), kind) for key, (name, kind) in fields.items() if parsed.get(key)}
+    if parsed.get("Schedule type") == "Karras" and isinstance(changes.get("sampler"), str):
+        changes["sampler"] = changes["sampler"] + " Karras"  # A1111 1.9+ writes the schedule apart
     size = parsed.get("Size")
     if size and "x" in size:
         width, _, height = size.partition("x")

@@ -1,0 +1,134 @@
+"""The `avert eval` subcommand: its flags (added to avert's parser) and what it runs.
+
+    avert eval negatives [--model PATH] [--seeds N] [--pair PROMPT NEGATIVE]... [--cfg-scale F] [--steps N]
+                         [--sampler NAME] [--batch-size N] [--json] [--docs DIR] [-q]
+    avert eval concepts  [--model PATH] [--seeds N] [--cfg-scale F] [--steps N] [--sampler NAME] [--json]
+                         [--docs DIR] [-q]
+
+Only argparse is imported here, so building avert's parser stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+MAX_SEEDS = 1024  # == avert.evaluation.common.MAX_SEEDS (not imported: that module pulls numpy)
+DEFAULT_SEEDS = 64
+
+
+def seeds_type(text: str) -> int:
+    """argparse type for --seeds: an integer from 1 to MAX_SEEDS, else a message naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= MAX_SEEDS:
+        raise argparse.ArgumentTypeError(f"seeds: {text!r} is not allowed; must be an integer from 1 to {MAX_SEEDS}")
+    return value
+
+
+def _number(kind, name: str):
+    def convert(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            wanted = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not allowed; must be {wanted}")
+
+    convert.__name__ = name
+    return convert
+
+
+def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
+    """Add `eval negatives` and `eval concepts` to avert's subparsers; both run `handler(args)`."""
+    from avert.schema import PARAMS_BY_NAME
+
+    p = sub.add_parser("eval", help="measure the model with the concept detector (negatives, concepts); "
+                       "writes docs/eval/")
+    what = p.add_subparsers(dest="eval_what", required=True, metavar="WHAT")
+    negatives = what.add_parser("negatives", help="suppression and fidelity of negative prompts, same seeds "
+                                "without and with the negative")
+    negatives.add_argument("--pair", nargs=2, action="append", metavar=("PROMPT", "NEGATIVE"),
+                           help="evaluate this prompt and negative (repeatable); default: the built-in pairs")
+    concepts = what.add_parser("concepts", help="how often each concept appears when the prompt names it")
+    for q in (negatives, concepts):
+        q.add_argument("--model", default=None, help="a diffusers folder or an SD .safetensors file "
+                       "(default: $AVERT_MODEL, else the embedded model)")
+        q.add_argument("--seeds", type=seeds_type, default=DEFAULT_SEEDS, metavar="N",
+                       help=f"images per prompt, seeds 0..N-1 (1 to {MAX_SEEDS}; default: {DEFAULT_SEEDS})")
+        q.add_argument("--cfg-scale", type=_number(float, "cfg_scale"), default=None, metavar="F",
+                       help=f"guidance scale (default: {PARAMS_BY_NAME['cfg_scale'].default})")
+        q.add_argument("--steps", type=_number(int, "steps"), default=20, metavar="N",
+                       help="sampling steps (default: 20)")
+        q.add_argument("--sampler", default=None, metavar="NAME", choices=PARAMS_BY_NAME["sampler"].choices,
+                       help=f"sampler, by its A1111 name (default: {PARAMS_BY_NAME['sampler'].default})")
+        q.add_argument("--batch-size", type=_number(int, "batch_size"), default=16, metavar="N",
+                       help="images per forward pass (default: 16)")
+        q.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+        q.add_argument("--json", action="store_true", help="print only a JSON list, one object per row")
+        q.add_argument("--docs", type=Path, default=Path("docs"), metavar="DIR",
+                       help="docs folder: the page is written to DIR/eval/ (default: docs)")
+        q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        q.set_defaults(handler=handler)
+    return p
+
+
+def run_eval(args) -> int:
+    """Run `avert eval negatives|concepts` with parsed arguments; 0 on success."""
+    if args.eval_what == "negatives":
+        return _run_negatives(args)
+    return _run_concepts(args)
+
+
+def _common(args):
+    from avert.evaluation.common import RunInfo, Settings, load_components
+    from avert.pipeline.runtime import Runtime
+
+    settings = Settings(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler,
+                        batch_size=args.batch_size)
+    settings.validate(args.seeds)
+    runtime = Runtime(device=args.device)
+    components = load_components(args.model)
+    return settings, runtime, components, RunInfo.collect(components, args.seeds, settings, runtime)
+
+
+def _run_negatives(args) -> int:
+    from avert.evaluation import negatives as neg
+
+    pairs = neg.pairs_from_args(args.pair)  # errors about --pair come before any loading
+    settings, runtime, components, info = _common(args)
+    warnings: list[str] = []
+    results = neg.evaluate_pairs(pairs, components, seeds=args.seeds, cfg_scale=args.cfg_scale, steps=args.steps,
+                                 sampler=args.sampler, batch_size=args.batch_size, progress=not args.quiet,
+                                 runtime=runtime, warnings=warnings)
+    for w in warnings:
+        print(f"avert: warning: {w}", file=sys.stderr)
+    if args.json:
+        print(neg.results_json(results))
+        return 0
+    print("\n".join(neg.summary_lines(results)) + "\n")
+    print(neg.markdown_table(results))
+    if not args.pair:
+        figure = neg.negatives_figure(results, components, runtime=runtime, batch_size=args.batch_size)
+        page = neg.write_negatives_docs(results, info, args.docs, figure)
+        print(f"\nwritten to {page}" + (f" and {page.with_suffix('.png')}" if figure is not None else ""))
+    return 0
+
+
+def _run_concepts(args) -> int:
+    from avert.evaluation import concepts as con
+
+    settings, runtime, components, info = _common(args)
+    results = con.evaluate_positive_concepts(components, seeds=args.seeds, cfg_scale=args.cfg_scale,
+                                             steps=args.steps, sampler=args.sampler, batch_size=args.batch_size,
+                                             progress=not args.quiet, runtime=runtime)
+    if args.json:
+        print(con.results_json(results))
+        return 0
+    print("\n".join(con.summary_lines(results)) + "\n")
+    print(con.markdown_table(results))
+    page = con.write_concepts_docs(results, info, args.docs)
+    print(f"\nwritten to {page}")
+    return 0

@@ -1,0 +1,441 @@
+"""How well a negative prompt removes what it names, and what it costs the prompt: `avert eval negatives`.
+
+For each `Pair` (prompt, negative, the detector concept the negative targets, the concepts the prompt asks
+for) the prompt is rendered with seeds 0 .. n-1 without the negative and again with it (same seeds, same
+settings), and the shipped `ConceptDetector` reads every image. Per pair:
+
+* ``rate_without`` / ``rate_with``: share of images in which the target concept is detected;
+* ``suppression = 1 - rate_with / rate_without``: 1 means the negative removed the concept from every image
+  that had it, 0 that it changed nothing, below 0 that the concept became more common. It is undefined
+  (``None``, flagged) when the concept never appears without the negative;
+* ``fidelity_without`` / ``fidelity_with``: does the image still show what the prompt asked for? The mean,
+  over ``prompt_concepts``, of their detection rates; for a prompt that asks for no detector concept ("a
+  landscape") the share of *well-formed* images instead: the detector finds one of the four skies and one of
+  the four grounds (every world scene has both) and the image is not speckled (`avert.evaluation.speckle`);
+* ``well_formed_*`` and ``speckle_*`` for every pair, plus the settings and the seconds spent.
+
+The default pairs (`DEFAULT_PAIRS`) are ones where the negative's concept is common under the prompt alone
+(at least `MIN_BASE_RATE` of images), so that suppression is measured on many images; a row whose base rate
+falls short in a run is flagged ``rare``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from avert.errors import AvertError
+from avert.evaluation.common import (
+    Reading,
+    Renderer,
+    RunInfo,
+    Settings,
+    Timer,
+    check_seeds,
+    fmt,
+    load_components,
+    load_detector,
+    read_images,
+)
+from avert.world import CONCEPT_INDEX, CONCEPTS, HOUSE_COLORS, mentioned_concepts
+
+MIN_BASE_RATE = 0.4
+NO_NEGATIVE = "No negative prompt"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A prompt, a negative prompt, the detector concept the negative targets and the detector concepts the
+    prompt asks for (used for fidelity; empty for a generic prompt)."""
+
+    prompt: str
+    negative: str
+    concept: str
+    prompt_concepts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in (self.concept, *self.prompt_concepts) if c not in CONCEPT_INDEX]
+        if unknown:
+            raise ValueError(f"unknown concept(s) {unknown}; the detector knows: {', '.join(CONCEPTS)}")
+        object.__setattr__(self, "prompt_concepts", tuple(self.prompt_concepts))
+
+
+# Chosen by measuring, with the model of the time, how often each concept appears under candidate prompts
+# (docs/eval/negatives.md keeps the numbers of the latest run; see the module docstring for the rule).
+DEFAULT_PAIRS: tuple[Pair, ...] = (
+    Pair("a landscape", "trees", "tree"),
+    Pair("a landscape", "green tones", "green tones"),
+    Pair("a day scene", "sun", "sun", ("day sky",)),
+    Pair("a house by the sea", "boat", "boat", ("house", "sea")),
+    Pair("a scene", "hands", "hand"),
+    Pair("a house", "red", "red house", ("house",)),
+    Pair("a landscape", "clouds", "cloud"),
+    Pair("a night sky", "moon", "moon", ("night",)),
+    Pair("a landscape", "mountains", "mountain"),
+    Pair("a scene", "black and white", "black and white"),
+    Pair("a meadow", "flowers", "flowers", ("grass",)),
+    Pair("a landscape", "sepia", "sepia"),
+    Pair("a landscape", "snow", "snow"),
+    Pair("a scene with a tree", "house", "house", ("tree",)),
+)
+
+# The guide's side-by-side figure: these pairs, when evaluated, one compare grid each.
+FIGURE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("a landscape", "green tones"),
+    ("a scene", "hands"),
+    ("a day scene", "sun"),
+)
+FIGURE_ROWS = 4
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """One row of the negatives table (see the module docstring for every measure)."""
+
+    prompt: str
+    negative: str
+    concept: str
+    prompt_concepts: tuple[str, ...]
+    rate_without: float
+    rate_with: float
+    suppression: float | None
+    fidelity_without: float
+    fidelity_with: float
+    fidelity_measure: str  # "house, sea" (mean detection rate) or "well-formed"
+    well_formed_without: float
+    well_formed_with: float
+    speckle_without: float
+    speckle_with: float
+    n_seeds: int
+    cfg_scale: float
+    steps: int
+    sampler: str
+    seconds: float
+    flags: tuple[str, ...] = ()
+    seeds_with_concept_without: tuple[int, ...] = field(default=(), repr=False)
+    seeds_with_concept_with: tuple[int, ...] = field(default=(), repr=False)
+
+    @property
+    def fidelity_drop(self) -> float:
+        return self.fidelity_without - self.fidelity_with
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for key in ("prompt_concepts", "flags", "seeds_with_concept_without", "seeds_with_concept_with"):
+            d[key] = list(d[key])
+        return d
+
+
+def suppression(rate_without: float, rate_with: float) -> float | None:
+    """1 - rate_with / rate_without; None when rate_without is 0 (nothing to suppress) or not finite."""
+    if not (math.isfinite(rate_without) and math.isfinite(rate_with)) or rate_without <= 0:
+        return None
+    return 1.0 - rate_with / rate_without
+
+
+def pair_flags(rate_without: float) -> tuple[str, ...]:
+    if rate_without <= 0:
+        return ("undefined: the concept is never detected without the negative",)
+    if rate_without < MIN_BASE_RATE:
+        return (f"rare: the concept is in {rate_without:.0%} of images without the negative "
+                f"(under {MIN_BASE_RATE:.0%}); suppression rests on few images",)
+    return ()
+
+
+def summarize_pair(pair: Pair, without: Reading, with_: Reading, settings: Settings, seconds: float) -> PairResult:
+    """The table row of a pair from the readings of its images without and with the negative."""
+    n = len(without.speckled)
+    if len(with_.speckled) != n:
+        raise ValueError(f"{n} images without the negative but {len(with_.speckled)} with it")
+    r0, r1 = without.rate(pair.concept), with_.rate(pair.concept)
+    return PairResult(
+        prompt=pair.prompt, negative=pair.negative, concept=pair.concept, prompt_concepts=pair.prompt_concepts,
+        rate_without=r0, rate_with=r1, suppression=suppression(r0, r1),
+        fidelity_without=without.mean_rate(pair.prompt_concepts), fidelity_with=with_.mean_rate(pair.prompt_concepts),
+        fidelity_measure=", ".join(pair.prompt_concepts) or "well-formed",
+        well_formed_without=float(without.well_formed.mean()), well_formed_with=float(with_.well_formed.mean()),
+        speckle_without=float(without.speckled.mean()), speckle_with=float(with_.speckled.mean()),
+        n_seeds=n, cfg_scale=settings.cfg, steps=settings.steps, sampler=settings.sampler_name,
+        seconds=round(seconds, 3), flags=pair_flags(r0),
+        seeds_with_concept_without=without.seeds_with(pair.concept),
+        seeds_with_concept_with=with_.seeds_with(pair.concept),
+    )
+
+
+def evaluate_pairs(
+    pairs: Sequence[Pair] = DEFAULT_PAIRS,
+    model=None,
+    seeds: int = 64,
+    cfg_scale: float | None = None,
+    steps: int = 20,
+    sampler: str | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    *,
+    detector=None,
+    runtime=None,
+    warnings: list[str] | None = None,
+) -> list[PairResult]:
+    """Render every pair's prompt with seeds 0 .. seeds-1 without and with its negative and measure it.
+
+    `model`: loaded components, a model path, or None for $AVERT_MODEL / the embedded model; `cfg_scale` and
+    `sampler` None mean the request defaults. A prompt shared by several pairs is rendered without a negative
+    once; its time counts toward the first pair that needs it. Warnings of the pipeline (e.g. a negative
+    without effect at cfg 1) are appended to `warnings` when a list is given.
+    """
+    check_seeds(seeds)
+    pairs = tuple(pairs)
+    settings = Settings(steps=steps, cfg_scale=cfg_scale, sampler=sampler, batch_size=batch_size)
+    settings.validate(seeds)  # fail fast on bad settings, before loading anything
+    components = load_components(model)
+    detector = load_detector(detector)
+    jobs = {(p.prompt, "") for p in pairs} | {(p.prompt, p.negative) for p in pairs}
+    renderer = Renderer(components, settings, runtime, progress, total=len(jobs) * seeds, desc="Evaluating negatives")
+    readings: dict[tuple[str, str], Reading] = {}
+    results = []
+    try:
+        for pair in pairs:
+            timer = Timer()
+            for key in ((pair.prompt, ""), (pair.prompt, pair.negative)):
+                if key not in readings:
+                    readings[key] = read_images(renderer.images(*key, seeds), detector)
+            results.append(summarize_pair(pair, readings[(pair.prompt, "")], readings[(pair.prompt, pair.negative)],
+                                          settings, timer.lap()))
+    finally:
+        renderer.close()
+    if warnings is not None:
+        warnings.extend(renderer.warnings)
+    return results
+
+
+# --- ad-hoc pairs (`--pair PROMPT NEGATIVE`) ---------------------------------------------------------------
+
+
+def _most_specific(concepts: frozenset[str]) -> set[str]:
+    """Drop a concept that another found one refines ("house" when "red house" is named)."""
+    return {c for c in concepts if not any(d != c and d.endswith(" " + c) for d in concepts)}
+
+
+def target_concept(negative: str, prompt: str = "") -> str:
+    """The detector concept a negative prompt names; AvertError naming the text when it names none or several.
+
+    An exact concept name wins; otherwise the concepts `avert.world.mentioned_concepts` reads in the text
+    (the most specific of them); a bare house colour ("red") under a prompt naming a house is that house.
+    """
+    text = negative.strip().lower()
+    if text in CONCEPT_INDEX:
+        return text
+    found = _most_specific(mentioned_concepts(negative))
+    if not found and text in HOUSE_COLORS and "house" in mentioned_concepts(prompt):
+        return f"{text} house"
+    if len(found) == 1:
+        return found.pop()
+    if not found:
+        raise AvertError(f"--pair: the negative prompt {negative!r} names no concept the detector knows; "
+                         f"name one of: {', '.join(CONCEPTS)}")
+    raise AvertError(f"--pair: the negative prompt {negative!r} names several detector concepts "
+                     f"({', '.join(sorted(found))}); give a negative that names one")
+
+
+def pair_from_texts(prompt: str, negative: str) -> Pair:
+    """A `Pair` for a prompt and negative given on the command line (a default pair when it is one)."""
+    for pair in DEFAULT_PAIRS:
+        if (pair.prompt, pair.negative) == (prompt, negative):
+            return pair
+    concept = target_concept(negative, prompt)
+    wanted = tuple(c for c in CONCEPTS if c in _most_specific(mentioned_concepts(prompt)) and c != concept)
+    return Pair(prompt, negative, concept, wanted)
+
+
+def pairs_from_args(given: Sequence[Sequence[str]] | None) -> tuple[Pair, ...]:
+    """The pairs of repeated `--pair PROMPT NEGATIVE` options, or `DEFAULT_PAIRS` when none are given."""
+    if not given:
+        return DEFAULT_PAIRS
+    return tuple(pair_from_texts(prompt, negative) for prompt, negative in given)
+
+
+# --- output -------------------------------------------------------------------------------------------------
+
+
+def results_json(results: Sequence[PairResult]) -> str:
+    """A JSON list with one object per pair (keys as `PairResult.to_dict`)."""
+    return json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|") if text else '""'
+
+
+def markdown_table(results: Sequence[PairResult]) -> str:
+    """The negatives table, one row per pair."""
+    lines = [
+        "| prompt | negative | concept | rate without | rate with | suppression | fidelity measure "
+        "| fidelity without | fidelity with | speckle without | speckle with | flags |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        flags = "; ".join(f.split(":")[0] for f in r.flags)
+        lines.append(
+            f"| {_cell(r.prompt)} | {_cell(r.negative)} | {r.concept} | {r.rate_without:.2f} | {r.rate_with:.2f} "
+            f"| {fmt(r.suppression)} | {r.fidelity_measure} | {r.fidelity_without:.2f} | {r.fidelity_with:.2f} "
+            f"| {r.speckle_without:.2f} | {r.speckle_with:.2f} | {flags} |"
+        )
+    return "\n".join(lines)
+
+
+def mean_suppression(results: Sequence[PairResult]) -> float | None:
+    """Mean over the pairs whose suppression is defined (None when none is)."""
+    values = [r.suppression for r in results if r.suppression is not None]
+    return float(np.mean(values)) if values else None
+
+
+def worst_fidelity_drop(results: Sequence[PairResult]) -> PairResult | None:
+    return max(results, key=lambda r: r.fidelity_drop, default=None)
+
+
+def summary_lines(results: Sequence[PairResult]) -> list[str]:
+    defined = [r for r in results if r.suppression is not None]
+    mean = mean_suppression(results)
+    worst = worst_fidelity_drop(results)
+    lines = [f"Mean suppression: **{fmt(mean)}** over {len(defined)} of {len(results)} pairs "
+             "(pairs whose concept never appears without the negative have none)."]
+    if worst is not None:
+        lines.append(f"Worst fidelity drop: **{worst.fidelity_drop:+.2f}** ({worst.fidelity_measure} "
+                     f"{worst.fidelity_without:.2f} -> {worst.fidelity_with:.2f}) for \"{worst.prompt}\" with negative "
+                     f"\"{worst.negative}\".")
+    rare = [r for r in results if r.flags]
+    if rare:
+        lines.append("Flagged: " + "; ".join(f"\"{r.prompt}\" / \"{r.negative}\": {r.flags[0]}" for r in rare) + ".")
+    return lines
+
+
+def negatives_page(results: Sequence[PairResult], info: RunInfo, figure: str | None = "negatives.png") -> str:
+    """The markdown page docs/eval/negatives.md."""
+    lines = [
+        "# Negative prompts: suppression and fidelity",
+        "",
+        info.line("avert eval negatives"),
+        "",
+        *summary_lines(results),
+        "",
+        markdown_table(results),
+        "",
+        "## What the columns mean",
+        "",
+        "Each prompt is rendered with the same seeds twice, without and with the negative prompt, and the concept "
+        "detector (`avert.detect`) reads every image.",
+        "",
+        "- **rate without / with**: share of images in which the negative's target concept is detected.",
+        "- **suppression** = 1 - rate with / rate without: 1.00 means the concept is gone from every image that "
+        "had it; 0 means no effect; negative means the concept became more common. `n/a` when the concept never "
+        "appears without the negative.",
+        "- **fidelity**: whether the image still shows what the prompt asks for. For a prompt naming detector "
+        "concepts (*fidelity measure* lists them), the mean of their detection rates. For a generic prompt "
+        "(\"a landscape\", \"a scene\"), the share of *well-formed* images: the detector finds one of the four "
+        "skies and one of the four grounds (every world scene has both) and the image is not speckled.",
+        "- **speckle**: share of images whose high-frequency energy (mean squared difference from a 3x3 blur) is "
+        "above the 99th percentile of the world's own renders (so about 0.01 for world renders).",
+        f"- **flags**: *rare* when the concept is in fewer than {MIN_BASE_RATE:.0%} of images without the negative "
+        "(suppression then rests on few images); *undefined* when it is in none.",
+        "",
+        "## How the pairs were chosen",
+        "",
+        "Each default pair names, as its negative, something the prompt alone often produces: objects (trees, "
+        "sun, boat, hands, clouds, moon, mountains, flowers, house), a house colour, and tone grades (green "
+        "tones, black and white, sepia) and a ground (snow). Prompts were picked by measuring, for each "
+        f"concept, how often candidate prompts produce it, keeping prompts where it appears in at least "
+        f"{MIN_BASE_RATE:.0%} of images without the negative; in this world every concept except the sky "
+        "and ground is optional, so a generic prompt produces each object only part of the time.",
+    ]
+    if figure:
+        lines += [
+            "",
+            "## Side by side",
+            "",
+            f"![no negative vs negative, same seeds]({figure})",
+            "",
+            f"Rows are the first {FIGURE_ROWS} seeds whose image *without* the negative the detector reads as "
+            "containing the concept (chosen before looking at the images with the negative; lowest other seeds "
+            "fill up when fewer have it), in seed order; the right column is the same seed and settings with the "
+            "negative prompt. Each title gives the count over all seeds of the run.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def figure_seeds(result: PairResult, rows: int = FIGURE_ROWS) -> list[int]:
+    """The first `rows` seeds showing the concept without the negative, padded with the lowest other seeds."""
+    chosen = list(result.seeds_with_concept_without[:rows])
+    for seed in range(result.n_seeds):
+        if len(chosen) >= min(rows, result.n_seeds):
+            break
+        if seed not in chosen:
+            chosen.append(seed)
+    return sorted(chosen)
+
+
+def figure_title(result: PairResult) -> str:
+    """The prompt, and in how many images the target concept was detected without and with the negative."""
+    n = result.n_seeds
+    return (f"\u201c{result.prompt}\u201d: {result.concept} in {len(result.seeds_with_concept_without)}/{n} "
+            f"\u2192 {len(result.seeds_with_concept_with)}/{n} images")
+
+
+def negatives_figure(results: Sequence[PairResult], model=None, *, pairs=FIGURE_PAIRS, rows: int = FIGURE_ROWS,
+                     runtime=None, min_cell: int = 160, batch_size: int = 16) -> Image.Image | None:
+    """The guide's figure: for each of `pairs` among `results`, a labelled grid (no negative | negative) of
+    `rows` seeds, the grids side by side. None when none of `pairs` was evaluated."""
+    from avert.output.grid import compare_grid
+    from avert.pipeline.generate import generate
+
+    by_key = {(r.prompt, r.negative): r for r in results}
+    chosen = [by_key[k] for k in pairs if k in by_key]
+    if not chosen:
+        return None
+    components = load_components(model)
+    grids = []
+    for r in chosen:
+        settings = Settings(steps=r.steps, cfg_scale=r.cfg_scale, sampler=r.sampler, batch_size=batch_size)
+        seeds = figure_seeds(r, rows)
+        columns = []
+        for negative in ("", r.negative):
+            images = [generate(settings.request(r.prompt, negative, s, 1), components, runtime=_runtime(runtime))
+                      .images[0].image for s in seeds]
+            columns.append((NO_NEGATIVE if not negative else f"Negative prompt: {negative}", images))
+        grids.append(compare_grid(columns, title=figure_title(r), row_labels=[f"seed {s}" for s in seeds],
+                                  min_cell=min_cell))
+    return hstack(grids)
+
+
+def _runtime(runtime):
+    from avert.pipeline.runtime import Runtime
+
+    return runtime or Runtime()
+
+
+def hstack(images: Sequence[Image.Image], gap: int = 24) -> Image.Image:
+    """Images side by side on white, top-aligned, `gap` pixels apart."""
+    width = sum(im.width for im in images) + gap * (len(images) - 1)
+    canvas = Image.new("RGB", (width, max(im.height for im in images)), (255, 255, 255))
+    x = 0
+    for im in images:
+        canvas.paste(im, (x, 0))
+        x += im.width + gap
+    return canvas
+
+
+def write_negatives_docs(results: Sequence[PairResult], info: RunInfo, docs: Path,
+                         figure: Image.Image | None = None) -> Path:
+    """Write docs/eval/negatives.md (and negatives.png when a figure is given); the markdown path."""
+    folder = Path(docs) / "eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    if figure is not None:
+        figure.save(folder / "negatives.png")
+    page = folder / "negatives.md"
+    page.write_text(negatives_page(results, info, "negatives.png" if figure is not None else None))
+    return page

@@ -1,0 +1,58 @@
+"""The training set: world images with captions, each distinct caption encoded once by the frozen encoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from avert.world import make_dataset
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """images uint8 [N, H, W, 3]; caption_ids int64 [N, k] into `embeds` [U, tokens, 384] (bf16);
+    `empty_id` is the empty caption's row (the unconditional)."""
+
+    images: torch.Tensor
+    caption_ids: torch.Tensor
+    embeds: torch.Tensor
+    empty_id: int
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def build_training_set(n_images: int, seed: int, captions_per_image: int, cache: Path,
+                       progress: bool = True) -> TrainingSet:
+    """Render the world, caption it and encode every distinct caption (cached on disk by its arguments)."""
+    path = Path(cache) / f"world-{n_images}-{seed}-{captions_per_image}.pt"
+    if path.exists():
+        return TrainingSet(**torch.load(path, weights_only=True))
+    data = make_dataset(n_images, seed, captions_per_image=captions_per_image)
+    texts = sorted({c for caps in data.captions for c in caps} | {""})
+    row = {t: i for i, t in enumerate(texts)}
+    ids = torch.tensor([[row[c] for c in caps] for caps in data.captions], dtype=torch.int64)
+    embeds = encode_all(texts, progress)
+    result = TrainingSet(torch.from_numpy(np.array(data.images)), ids, embeds, row[""])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(result.__dict__, path)
+    return result
+
+
+@torch.inference_mode()
+def encode_all(texts: list[str], progress: bool, batch: int = 256) -> torch.Tensor:
+    """Hidden states of the frozen encoder for each text, as the engine computes them at generation time."""
+    from avert.conditioning.text import encode_texts
+    from avert.train.model import load_text_encoder
+
+    encoder, tokenizer = load_text_encoder()
+    chunks = []
+    for start in tqdm(range(0, len(texts), batch), desc="Encoding captions", disable=not progress, unit="batch"):
+        part = texts[start : start + batch]
+        encoded = encode_texts(encoder, tokenizer, part)
+        chunks.append(torch.stack([encoded.lookup(t) for t in part]).to(torch.bfloat16))
+    return torch.cat(chunks)

@@ -1,0 +1,114 @@
+"""Training the embedded model: v-prediction with min-SNR weighting, bf16 autocast, EMA, checkpoints, resume.
+
+Loss (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy", v-prediction form):
+    L = E[ min(SNR(t), gamma) / (SNR(t) + 1) * || v_theta(x_t, t, c) - v ||^2 ],  v = sqrt(a_t) eps - sqrt(1 - a_t) x_0
+Every step draws its batch and noise from generators seeded by (seed, step), so a resumed run continues
+exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from avert.train.config import TrainConfig
+from avert.train.data import TrainingSet, build_training_set
+from avert.train.model import export_folder, new_scheduler, new_unet
+
+
+def train(run: Path, config: TrainConfig, export: Path | None = None, progress: bool = True) -> Path:
+    """Train (or resume) in `run`; checkpoints and the exported model folder land there (and in `export`)."""
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    data = build_training_set(config.images, config.seed, config.captions_per_image, run / "data", progress)
+    state = _resume_or_start(run, config)
+    unet, ema, optimizer, step = state
+    scheduler = new_scheduler()
+    alphas = scheduler.alphas_cumprod.float()
+    bar = tqdm(total=config.steps, initial=step, desc="Training", unit="step", disable=not progress)
+    losses: list[float] = []
+    while step < config.steps:
+        loss = train_step(unet, optimizer, data, alphas, config, step)
+        step += 1
+        _update_ema(ema, unet, min(config.ema_decay, (1 + step) / (10 + step)))
+        losses.append(loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            _checkpoint(run, unet, ema, optimizer, step, config, float(np.mean(losses[-config.checkpoint_every:])))
+            export_folder(ema, run / "model")
+    bar.close()
+    if export is not None:
+        export_folder(ema, export)
+    return run / "model"
+
+
+def train_step(unet, optimizer, data: TrainingSet, alphas: torch.Tensor, config: TrainConfig, step: int) -> float:
+    """One optimiser step on a batch drawn from (seed, step)."""
+    x0, cond = _batch(data, config, step)
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    t = torch.randint(0, len(alphas), (x0.shape[0],), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    a = alphas[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    v = a.sqrt() * noise - (1 - a).sqrt() * x0
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pred = unet(x_t, t, encoder_hidden_states=cond).sample
+    snr = a.flatten() / (1 - a.flatten())
+    weight = torch.clamp(snr, max=config.min_snr_gamma) / (snr + 1)
+    loss = (weight * (pred.float() - v).pow(2).mean(dim=(1, 2, 3))).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()
+
+
+def _batch(data: TrainingSet, config: TrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng([config.seed, step])
+    idx = torch.from_numpy(rng.integers(0, len(data), config.batch_size))
+    which = torch.from_numpy(rng.integers(0, data.caption_ids.shape[1], config.batch_size))
+    images = data.images[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
+    flip = torch.from_numpy(rng.random(config.batch_size) < 0.5)
+    images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+    cond = data.embeds[data.caption_ids[idx, which]]
+    return images, cond
+
+
+@torch.no_grad()
+def _update_ema(ema, model, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1 - decay)
+
+
+def _resume_or_start(run: Path, config: TrainConfig):
+    torch.manual_seed(config.seed)
+    unet = new_unet().train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.01)
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    path = run / "checkpoint.pt"
+    if not path.exists():
+        return unet, ema, optimizer, 0
+    saved = torch.load(path, weights_only=True)
+    unet.load_state_dict(saved["unet"])
+    ema.load_state_dict(saved["ema"])
+    optimizer.load_state_dict(saved["optimizer"])
+    return unet, ema, optimizer, int(saved["step"])
+
+
+def _checkpoint(run: Path, unet, ema, optimizer, step: int, config: TrainConfig, loss: float) -> None:
+    tmp = run / "checkpoint.pt.tmp"
+    torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step}, tmp)
+    tmp.replace(run / "checkpoint.pt")
+    with open(run / "log.jsonl", "a") as log:
+        log.write(json.dumps({"step": step, "loss": loss, "time": time.time(), "config": asdict(config)}) + "\n")

@@ -1,0 +1,83 @@
+"""The embedded default model: shipped in the repo, loaded by the same loader, equal to diffusers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from avert.errors import ModelLoadError
+from avert.models.default import EMBEDDED_MODEL, resolve_model_path
+from avert.models.loader import load_model
+from avert.pipeline.generate import generate
+from avert.request import GenerationRequest
+
+REQUEST = GenerationRequest("a red house on green grass", "green tones", seed=3, steps=8)
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_model(EMBEDDED_MODEL)
+
+
+def test_default_model_is_the_embedded_one(monkeypatch):
+    monkeypatch.delenv("AVERT_MODEL", raising=False)
+    assert resolve_model_path(None) == EMBEDDED_MODEL
+
+
+def test_shipped_weights_are_small_and_safetensors():
+    files = [p for p in EMBEDDED_MODEL.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 30 * 1000 * 1000
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".ckpt", ".pt")]
+    assert [p.name for p in weights] == ["diffusion_pytorch_model.safetensors"]
+
+
+def test_embedded_model_loads_with_the_pretrained_text_encoder(embedded):
+    assert type(embedded.text_encoder).__name__ == "BertModel"
+    assert embedded.text_encoder.config.hidden_size == 384
+    assert embedded.vae is None and embedded.unet.dtype == torch.float32
+    assert embedded.scheduler_config["prediction_type"] == "v_prediction"
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M Karras", "DDIM"])
+def test_embedded_model_equals_diffusers_pipeline_on_the_same_components(embedded, sampler):
+    """diffusers' StableDiffusionPipeline over the same (pixel-space, so VAE-less) components.
+
+    Without a VAE diffusers assumes a latent scale factor of 8 and returns the raw sample with
+    output_type="latent", so it is asked for 8x the size and its sample is mapped to pixels as avert does.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    from avert.sampling.samplers import sampler_spec
+
+    request = REQUEST.replace(sampler=sampler)
+    pipe = StableDiffusionPipeline(unet=embedded.unet, vae=None, text_encoder=embedded.text_encoder,
+                                   tokenizer=embedded.tokenizer,
+                                   scheduler=sampler_spec(sampler).build(embedded.scheduler_config, request.seed),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    native = embedded.unet.config.sample_size
+    sample = pipe(request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=request.steps,
+                  guidance_scale=request.cfg_scale, height=native * 8, width=native * 8, output_type="latent",
+                  generator=torch.Generator("cpu").manual_seed(request.seed)).images
+    theirs = ((sample[0].permute(1, 2, 0) / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    ours = np.asarray(generate(request, embedded).images[0].image)
+    assert ours.shape == (native, native, 3)
+    assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+
+
+def test_native_size_is_allowed_below_the_default_minimum(embedded):
+    result = generate(REQUEST.replace(width=32, height=32, steps=2), embedded)
+    assert result.images[0].image.size == (32, 32)
+
+
+def test_a_wrong_text_encoder_hash_is_refused(tmp_path):
+    copy = shutil.copytree(EMBEDDED_MODEL, tmp_path / "model")
+    reference = copy / "text_encoder" / "external.json"
+    data = json.loads(reference.read_text())
+    reference.write_text(json.dumps({**data, "sha256": "0" * 64}))
+    with pytest.raises(ModelLoadError, match="expected SHA-256"):
+        load_model(copy)

@@ -1,0 +1,252 @@
+"""avert.evaluation: the arithmetic of suppression and fidelity, speckle, `avert eval` arguments and JSON.
+
+All fast and model-free except `test_evaluate_pairs_end_to_end_on_the_shipped_model`, which renders with the
+embedded model shipped in src/avert/embedded/model and reads the images with the shipped detector.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from avert.cli import build_parser, main
+from avert.evaluation.common import Settings, reading_from
+from avert.evaluation.concepts import CONCEPT_PROMPTS
+from avert.evaluation.negatives import (
+    DEFAULT_PAIRS,
+    Pair,
+    PairResult,
+    figure_seeds,
+    figure_title,
+    hstack,
+    markdown_table,
+    mean_suppression,
+    negatives_page,
+    pair_from_texts,
+    pairs_from_args,
+    results_json,
+    summarize_pair,
+    suppression,
+    target_concept,
+    worst_fidelity_drop,
+)
+from avert.evaluation.speckle import high_frequency_energy, speckle_fraction, speckle_threshold
+from avert.errors import AvertError
+from avert.world import CONCEPT_INDEX, CONCEPTS, make_dataset, mentioned_concepts
+
+
+def reading(n: int, has: dict[str, list[int]], speckled=(), sky: bool = True, ground: bool = True):
+    """A synthetic reading of n images: `has[concept]` lists the images showing it."""
+    present = np.zeros((n, len(CONCEPTS)), dtype=bool)
+    present[:, CONCEPT_INDEX["day sky"]] = sky
+    present[:, CONCEPT_INDEX["grass"]] = ground
+    for concept, rows in has.items():
+        present[rows, CONCEPT_INDEX[concept]] = True
+    flags = np.zeros(n, dtype=bool)
+    flags[list(speckled)] = True
+    return reading_from(present, flags)
+
+
+def row(**changes) -> PairResult:
+    values = dict(prompt="a landscape", negative="trees", concept="tree", prompt_concepts=(), rate_without=0.5,
+                  rate_with=0.1, suppression=0.8, fidelity_without=1.0, fidelity_with=0.9,
+                  fidelity_measure="well-formed", well_formed_without=1.0, well_formed_with=0.9,
+                  speckle_without=0.0, speckle_with=0.05, n_seeds=4, cfg_scale=7.0, steps=20, sampler="Euler a",
+                  seconds=1.5, flags=(), seeds_with_concept_without=(0, 2), seeds_with_concept_with=(2,))
+    return PairResult(**{**values, **changes})
+
+
+# --- suppression and fidelity ---------------------------------------------------------------------------------
+
+
+def test_suppression_arithmetic():
+    assert suppression(0.5, 0.1) == pytest.approx(0.8)
+    assert suppression(0.5, 0.0) == 1.0
+    assert suppression(0.4, 0.4) == 0.0
+    assert suppression(0.5, 0.75) == pytest.approx(-0.5)  # the negative made it more common
+    assert suppression(0.0, 0.0) is None and suppression(0.0, 0.3) is None  # nothing to suppress
+    assert suppression(math.nan, 0.1) is None
+
+
+def test_summarize_pair_rates_suppression_and_fidelity_with_prompt_concepts():
+    pair = Pair("a house by the sea", "boat", "boat", ("house", "sea"))
+    without = reading(8, {"boat": [0, 1, 2, 3], "house": list(range(8)), "sea": list(range(8))})
+    with_ = reading(8, {"boat": [3], "house": [0, 1, 2, 3, 4, 5], "sea": list(range(8))}, speckled=[7])
+    r = summarize_pair(pair, without, with_, Settings(), seconds=2.0)
+    assert (r.rate_without, r.rate_with) == (0.5, 0.125)
+    assert r.suppression == pytest.approx(0.75)
+    assert r.fidelity_measure == "house, sea"
+    assert r.fidelity_without == 1.0 and r.fidelity_with == pytest.approx((6 / 8 + 1) / 2)
+    assert r.well_formed_with == pytest.approx(7 / 8) and r.speckle_with == pytest.approx(1 / 8)
+    assert r.seeds_with_concept_without == (0, 1, 2, 3) and r.seeds_with_concept_with == (3,)
+    assert (r.n_seeds, r.cfg_scale, r.steps, r.sampler, r.flags) == (8, 7.0, 20, "Euler a", ())
+
+
+def test_fidelity_of_a_generic_prompt_is_the_share_of_well_formed_images():
+    pair = Pair("a landscape", "trees", "tree")
+    without = reading(4, {"tree": [0, 1, 2]})
+    with_ = reading(4, {}, speckled=[0])  # one speckled image is not well-formed
+    r = summarize_pair(pair, without, with_, Settings(cfg_scale=5.0, sampler="DDIM"), seconds=0.0)
+    assert r.fidelity_measure == "well-formed"
+    assert (r.fidelity_without, r.fidelity_with) == (1.0, 0.75)
+    assert r.suppression == 1.0 and (r.cfg_scale, r.sampler) == (5.0, "DDIM")
+    no_ground = summarize_pair(pair, reading(4, {}, ground=False), with_, Settings(), 0.0)
+    assert no_ground.fidelity_without == 0.0  # no ground detected: not a world scene
+
+
+def test_rate_without_zero_gives_null_suppression_and_a_flag():
+    pair = Pair("a landscape", "hands", "hand")
+    r = summarize_pair(pair, reading(4, {}), reading(4, {"hand": [1]}), Settings(), 0.0)
+    assert r.suppression is None and r.flags and r.flags[0].startswith("undefined")
+    rare = summarize_pair(pair, reading(4, {"hand": [1]}), reading(4, {}), Settings(), 0.0)
+    assert rare.suppression == 1.0 and rare.flags[0].startswith("rare")
+    assert json.loads(results_json([r]))[0]["suppression"] is None
+    assert "n/a" in markdown_table([r])
+    assert mean_suppression([r, rare]) == 1.0 and mean_suppression([r]) is None
+
+
+def test_summary_page_names_the_worst_fidelity_drop():
+    rows = [row(), row(negative="clouds", concept="cloud", fidelity_without=0.9, fidelity_with=0.4, suppression=None,
+                       flags=("undefined: never",))]
+    assert worst_fidelity_drop(rows).negative == "clouds"
+    from avert.evaluation.common import RunInfo
+
+    info = RunInfo("2026-01-01", "test machine", "model", "0123456789", 4, Settings(), "cpu, fp32")
+    page = negatives_page(rows, info)
+    assert "Mean suppression: **0.80** over 1 of 2 pairs" in page and "-0.50" not in page
+    assert "Worst fidelity drop: **+0.50**" in page and '"clouds"' in page
+    assert "0123456789" in page and "negatives.png" in page and "seeds 0..3" in page
+
+
+def test_results_json_shape():
+    data = json.loads(results_json([row(), row(prompt="a scene", negative="hands", concept="hand")]))
+    assert isinstance(data, list) and len(data) == 2
+    for key in ("prompt", "negative", "rate_without", "rate_with", "suppression", "fidelity_without",
+                "fidelity_with", "concept", "n_seeds", "cfg_scale", "steps", "sampler", "seconds", "flags"):
+        assert key in data[0]
+    assert data[1]["negative"] == "hands" and data[0]["seeds_with_concept_without"] == [0, 2]
+
+
+def test_figure_seeds_and_hstack():
+    assert figure_seeds(row(seeds_with_concept_without=(5, 9, 11, 12, 40), n_seeds=64)) == [5, 9, 11, 12]
+    assert figure_seeds(row(seeds_with_concept_without=(2,), n_seeds=64)) == [0, 1, 2, 3]
+    assert figure_seeds(row(seeds_with_concept_without=(), n_seeds=2)) == [0, 1]
+    assert figure_title(row()) == "\u201ca landscape\u201d: tree in 2/4 \u2192 1/4 images"
+    from PIL import Image
+
+    out = hstack([Image.new("RGB", (10, 20)), Image.new("RGB", (30, 5))], gap=4)
+    assert out.size == (44, 20)
+
+
+# --- pairs --------------------------------------------------------------------------------------------------
+
+
+def test_default_pairs_cover_objects_colours_and_tones():
+    assert len(DEFAULT_PAIRS) >= 12
+    targets = {p.concept for p in DEFAULT_PAIRS}
+    assert {"tree", "sun", "hand", "boat"} <= targets  # objects
+    assert targets & {"red house", "blue house", "yellow house", "white house"}  # a colour
+    assert targets & {"green tones", "warm tones", "blue tones", "black and white", "sepia"}  # tones
+    assert len({(p.prompt, p.negative) for p in DEFAULT_PAIRS}) == len(DEFAULT_PAIRS)
+
+
+def test_target_concept_from_negative_text():
+    assert target_concept("trees") == "tree"
+    assert target_concept("sepia") == "sepia"
+    assert target_concept("green tones") == "green tones"
+    assert target_concept("a red house") == "red house"  # the most specific of house / red house
+    assert target_concept("red", prompt="a house on a hill") == "red house"
+    with pytest.raises(AvertError, match="zebras"):
+        target_concept("zebras")
+    with pytest.raises(AvertError, match="several"):
+        target_concept("trees and clouds")
+
+
+def test_pair_from_texts_uses_the_default_pair_or_reads_the_texts():
+    assert pair_from_texts("a house", "red") in DEFAULT_PAIRS
+    p = pair_from_texts("a boat by a house, by the sea", "boats")
+    assert p.concept == "boat" and p.prompt_concepts == ("house", "sea")
+    assert pairs_from_args(None) == DEFAULT_PAIRS
+
+
+def test_pair_flag_parses_repeated_pairs():
+    args = build_parser().parse_args(["eval", "negatives", "--pair", "a landscape", "trees", "--pair", "a scene",
+                                      "hands", "--seeds", "8", "--json"])
+    assert args.pair == [["a landscape", "trees"], ["a scene", "hands"]]
+    assert args.seeds == 8 and args.json and args.eval_what == "negatives"
+    assert [p.concept for p in pairs_from_args(args.pair)] == ["tree", "hand"]
+    defaults = build_parser().parse_args(["eval", "negatives"])
+    assert defaults.pair is None and defaults.seeds == 64 and defaults.cfg_scale is None and defaults.steps == 20
+
+
+def test_unknown_concept_in_pair_is_an_error_naming_the_text(capsys):
+    code = main(["eval", "negatives", "--pair", "a landscape", "zebras", "--model", "/nonexistent"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'zebras'" in err and "names no concept" in err
+
+
+@pytest.mark.parametrize("value", ["0", "1025", "many"])
+def test_seeds_out_of_bounds_is_refused(value, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "negatives", "--seeds", value])
+    assert "must be an integer from 1 to 1024" in capsys.readouterr().err
+
+
+def test_bad_settings_are_refused_before_loading(capsys):
+    code = main(["eval", "concepts", "--cfg-scale", "99", "--model", "/nonexistent", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cfg_scale" in err and "nonexistent" not in err
+
+
+def test_concept_prompts_name_their_concept():
+    assert tuple(CONCEPT_PROMPTS) == CONCEPTS
+    for concept, prompt in CONCEPT_PROMPTS.items():
+        assert concept in mentioned_concepts(prompt), (concept, prompt)
+
+
+# --- speckle ------------------------------------------------------------------------------------------------
+
+
+def test_speckle_low_on_world_renders_high_with_added_noise():
+    reference = make_dataset(400, 101, captions_per_image=0).images
+    clean = make_dataset(200, 202, captions_per_image=0).images
+    noise = np.random.default_rng(0).normal(0, 12, clean.shape)
+    noisy = np.clip(clean + noise, 0, 255).round().astype(np.uint8)
+    assert speckle_fraction(clean, reference) <= 0.05
+    assert speckle_fraction(noisy, reference) >= 0.95
+    assert speckle_threshold(reference) > 0
+
+
+def test_high_frequency_energy_is_zero_for_flat_images_and_accepts_pil():
+    from PIL import Image
+
+    flat = np.full((2, 8, 8, 3), 120, dtype=np.uint8)
+    assert np.all(high_frequency_energy(flat) == 0)
+    checker = (np.indices((8, 8)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    image = Image.fromarray(np.stack([checker] * 3, axis=-1))
+    assert high_frequency_energy([image])[0] > 0.1  # every pixel differs from its neighbours
+    assert speckle_fraction(np.zeros((0, 8, 8, 3), dtype=np.uint8), flat) == 0.0
+
+
+# --- end to end (needs the shipped model and detector) ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_evaluate_pairs_end_to_end_on_the_shipped_model():
+    from avert.evaluation.negatives import evaluate_pairs
+    from avert.models.default import EMBEDDED_MODEL
+
+    assert (EMBEDDED_MODEL / "model_index.json").exists(), f"no embedded model shipped at {EMBEDDED_MODEL}"
+    pair = Pair("a landscape", "green tones", "green tones")
+    [result] = evaluate_pairs([pair], EMBEDDED_MODEL, seeds=4, progress=False)
+    assert (result.prompt, result.negative, result.concept, result.n_seeds) == ("a landscape", "green tones",
+                                                                                 "green tones", 4)
+    for value in (result.rate_without, result.rate_with, result.fidelity_without, result.fidelity_with,
+                  result.speckle_without, result.speckle_with):
+        assert 0.0 <= value <= 1.0
+    assert set(result.seeds_with_concept_without) <= set(range(4))
+    assert result.suppression is None or result.suppression <= 1.0
+    assert json.loads(results_json([result]))[0]["prompt"] == "a landscape"
