@@ -134,7 +134,7 @@ def test_figure_seeds_and_hstack():
     assert figure_seeds(row(seeds_with_concept_without=(5, 9, 11, 12, 40), n_seeds=64)) == [5, 9, 11, 12]
     assert figure_seeds(row(seeds_with_concept_without=(2,), n_seeds=64)) == [0, 1, 2, 3]
     assert figure_seeds(row(seeds_with_concept_without=(), n_seeds=2)) == [0, 1]
-    assert figure_title(row()) == "\u201ca landscape\u201d: tree in 2/4 \u2192 1/4 images"
+    assert figure_title(row()) == "\u201ca landscape\u201d: tree in 2/4 images without, 1/4 with the negative"
     from PIL import Image
 
     out = hstack([Image.new("RGB", (10, 20)), Image.new("RGB", (30, 5))], gap=4)
@@ -151,6 +151,9 @@ def test_default_pairs_cover_objects_colours_and_tones():
     assert targets & {"red house", "blue house", "yellow house", "white house"}  # a colour
     assert targets & {"green tones", "warm tones", "blue tones", "black and white", "sepia"}  # tones
     assert len({(p.prompt, p.negative) for p in DEFAULT_PAIRS}) == len(DEFAULT_PAIRS)
+    for pair in DEFAULT_PAIRS:  # the prompt never names the concept its negative targets
+        assert pair.concept not in mentioned_concepts(pair.prompt), pair
+        assert target_concept(pair.negative, pair.prompt) == pair.concept, pair
 
 
 def test_target_concept_from_negative_text():
@@ -240,13 +243,14 @@ def test_evaluate_pairs_end_to_end_on_the_shipped_model():
     from avert.models.default import EMBEDDED_MODEL
 
     assert (EMBEDDED_MODEL / "model_index.json").exists(), f"no embedded model shipped at {EMBEDDED_MODEL}"
-    pair = Pair("a landscape", "green tones", "green tones")
+    pair = pair_from_texts("a landscape in shades of green", "green tones")  # a default pair
     [result] = evaluate_pairs([pair], EMBEDDED_MODEL, seeds=4, progress=False)
-    assert (result.prompt, result.negative, result.concept, result.n_seeds) == ("a landscape", "green tones",
-                                                                                 "green tones", 4)
+    assert (result.prompt, result.negative, result.concept, result.n_seeds) == (
+        "a landscape in shades of green", "green tones", "green tones", 4)
+    assert result.rate_with <= result.rate_without  # the negative never adds the tone it names
     for value in (result.rate_without, result.rate_with, result.fidelity_without, result.fidelity_with,
                   result.speckle_without, result.speckle_with):
         assert 0.0 <= value <= 1.0
     assert set(result.seeds_with_concept_without) <= set(range(4))
     assert result.suppression is None or result.suppression <= 1.0
-    assert json.loads(results_json([result]))[0]["prompt"] == "a landscape"
+    assert json.loads(results_json([result]))[0]["prompt"] == "a landscape in shades of green"

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import functools
+
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from avert.models.loader import load_model
 from avert.train.config import TrainConfig
-from avert.train.loop import train
+from avert.train import loop
 
 CONFIG = TrainConfig(steps=4, batch_size=4, images=64, checkpoint_every=2, warmup=2)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def train(data_dir):
+    """`loop.train` sharing one encoded training set across the module's runs."""
+    return functools.partial(loop.train, data_dir=data_dir)
 
 
 def unet_weights(run) -> dict[str, torch.Tensor]:
     return load_file(run / "model" / "unet" / "diffusion_pytorch_model.safetensors")
 
 
-def test_resume_equals_uninterrupted_and_export_loads(tmp_path):
+def test_resume_equals_uninterrupted_and_export_loads(tmp_path, train):
     straight = tmp_path / "straight"
     train(straight, CONFIG, progress=False)
     resumed = tmp_path / "resumed"
@@ -30,8 +44,18 @@ def test_resume_equals_uninterrupted_and_export_loads(tmp_path):
     assert model.unet.config.sample_size == 32 and model.vae is None
 
 
-def test_training_moves_the_weights(tmp_path):
+def test_training_moves_the_weights(tmp_path, train):
     train(tmp_path / "a", TrainConfig(**{**CONFIG.__dict__, "steps": 2}), progress=False)
     train(tmp_path / "b", TrainConfig(**{**CONFIG.__dict__, "steps": 4}), progress=False)
     a, b = unet_weights(tmp_path / "a"), unet_weights(tmp_path / "b")
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_can_start_from_an_exported_model(tmp_path, train):
+    first = tmp_path / "first"
+    train(first, TrainConfig(**{**CONFIG.__dict__, "steps": 2}), progress=False)
+    assert '"trained_steps": 2' in (first / "model" / "training.json").read_text()
+    continued = tmp_path / "continued"
+    train(continued, CONFIG, progress=False, init_from=first / "model")
+    assert '"trained_steps": 4' in (continued / "model" / "training.json").read_text()
+    assert len((continued / "log.jsonl").read_text().splitlines()) == 1  # only step 4 was trained here

@@ -66,7 +66,10 @@ def _train_parser(sub) -> None:
     p.add_argument("--run", dest="run_dir", type=Path, default=Path("runs/embedded"),
                    help="run folder: data cache, checkpoints, log and the exported model (default: runs/embedded); "
                    "an existing checkpoint is resumed")
-    p.add_argument("--export", type=Path, default=None, help="also write the final model folder here")
+    p.add_argument("--export", type=Path, default=None,
+                   help="write the final model folder here instead of RUN/model (e.g. src/avert/embedded/model)")
+    p.add_argument("--init-from", type=Path, default=None, metavar="MODEL",
+                   help="start a new run from an exported model folder (e.g. the shipped one) and its step count")
     defaults = TrainConfig()
     bounds = {"steps": (1, 10**7), "batch_size": (1, 1024), "images": (64, 10**7), "seed": (0, 2**32 - 1),
               "checkpoint_every": (1, 10**7)}
@@ -94,7 +97,7 @@ def _run_train(args) -> int:
         torch.set_num_threads(args.threads)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    model = train(args.run_dir, config, export=args.export, progress=not args.quiet)
+    model = train(args.run_dir, config, export=args.export, progress=not args.quiet, init_from=args.init_from)
     print(f"model written to {model}")
     return 0
 

@@ -1,9 +1,9 @@
 """The `avert eval` subcommand: its flags (added to avert's parser) and what it runs.
 
     avert eval negatives [--model PATH] [--seeds N] [--pair PROMPT NEGATIVE]... [--cfg-scale F] [--steps N]
-                         [--sampler NAME] [--batch-size N] [--json] [--docs DIR] [-q]
-    avert eval concepts  [--model PATH] [--seeds N] [--cfg-scale F] [--steps N] [--sampler NAME] [--json]
-                         [--docs DIR] [-q]
+                         [--sampler NAME] [--batch-size N] [--device D] [--threads N] [--json] [--docs DIR] [-q]
+    avert eval concepts  [--model PATH] [--seeds N] [--cfg-scale F] [--steps N] [--sampler NAME] [--batch-size N]
+                         [--device D] [--threads N] [--json] [--docs DIR] [-q]
 
 Only argparse is imported here, so building avert's parser stays fast.
 """
@@ -67,6 +67,8 @@ def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
         q.add_argument("--batch-size", type=_number(int, "batch_size"), default=16, metavar="N",
                        help="images per forward pass (default: 16)")
         q.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+        q.add_argument("--threads", type=_number(int, "threads"), default=None, metavar="N",
+                       help="torch CPU threads (default: torch's, all cores)")
         q.add_argument("--json", action="store_true", help="print only a JSON list, one object per row")
         q.add_argument("--docs", type=Path, default=Path("docs"), metavar="DIR",
                        help="docs folder: the page is written to DIR/eval/ (default: docs)")
@@ -89,6 +91,10 @@ def _common(args):
     settings = Settings(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler,
                         batch_size=args.batch_size)
     settings.validate(args.seeds)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     runtime = Runtime(device=args.device)
     components = load_components(args.model)
     return settings, runtime, components, RunInfo.collect(components, args.seeds, settings, runtime)

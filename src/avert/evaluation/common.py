@@ -187,7 +187,8 @@ def machine() -> str:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"{cpu or 'CPU'} ({platform.machine()}), {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"{cpu or 'CPU'} ({platform.machine()}), {threads} torch thread(s), torch {torch.__version__}"
 
 
 @dataclass(frozen=True)
@@ -206,8 +207,8 @@ class RunInfo:
     def collect(cls, components, n_seeds: int, settings: Settings, runtime=None) -> RunInfo:
         device = getattr(runtime, "device", "cpu") if runtime is not None else "cpu"
         precision = getattr(runtime, "precision", "fp32") if runtime is not None else "fp32"
-        return cls(date.today().isoformat(), machine(), components.source.name, components.source.hash, n_seeds,
-                   settings, f"{device}, {precision}")
+        return cls(date.today().isoformat(), machine(), _shown_path(components.source.path), components.source.hash,
+                   n_seeds, settings, f"{device}, {precision}")
 
     def line(self, command: str) -> str:
         s = self.settings
@@ -215,6 +216,16 @@ class RunInfo:
                 f"(hash `{self.model_hash}`); seeds 0..{self.n_seeds - 1} ({self.n_seeds} images per prompt), "
                 f"{s.steps} steps, CFG scale {s.cfg:g}, sampler {s.sampler_name}, batch {s.batch_size}; "
                 "read by the shipped `ConceptDetector`.")
+
+
+def _shown_path(path) -> str:
+    """A model path relative to the working directory when it lies below it (no home folders in docs)."""
+    from pathlib import Path
+
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return Path(path).name
 
 
 def fmt(x: float | None, digits: int = 2) -> str:

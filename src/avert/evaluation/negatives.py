@@ -66,29 +66,42 @@ class Pair:
         object.__setattr__(self, "prompt_concepts", tuple(self.prompt_concepts))
 
 
-# Chosen by measuring, with the model of the time, how often each concept appears under candidate prompts
-# (docs/eval/negatives.md keeps the numbers of the latest run; see the module docstring for the rule).
+# Chosen by measuring, for each target concept, how often candidate prompts produce it without the negative
+# (embedded model at training step 1500, seeds 0..15; the borderline ones again at step 3000, seeds 0..23;
+# `avert.evaluation.common.Renderer` + the shipped detector) and keeping a natural prompt where it is common.
+# Each comment gives the rate found, alternatives and, in brackets, the world's own share where it caps the
+# rate. In this world a tone grade is always named in the captions of a graded image, so a prompt that does
+# not imply a tone never gets one ("a landscape": green tones 0/16, sepia 0/16; "a scene": black and white
+# 0/16); the tone pairs therefore use prompts that ask for the colour cast in other words ("in shades of
+# ...", which `mentioned_concepts` does not read as a tone), i.e. they test whether the negative overrides a
+# prompt that implies the tone. No such prompt was found for sepia (8 tried at step 3000, all <= 0.06:
+# "a landscape in brown tones", "an old yellowed photograph of a landscape", ...), so sepia has no default
+# pair (`--pair` still evaluates it); nor for warm tones ("a landscape in shades of orange": 0.00). A house
+# is never by the sea in this world, so the boat pair uses a sea view. A house colour is a 1-in-4 draw (no
+# prompt that does not name it makes one colour common), so the colour pair stays below 40% by construction
+# and is flagged. The rates drift as the model trains; `avert eval negatives` flags any pair under 40%.
 DEFAULT_PAIRS: tuple[Pair, ...] = (
-    Pair("a landscape", "trees", "tree"),
-    Pair("a landscape", "green tones", "green tones"),
-    Pair("a day scene", "sun", "sun", ("day sky",)),
-    Pair("a house by the sea", "boat", "boat", ("house", "sea")),
-    Pair("a scene", "hands", "hand"),
-    Pair("a house", "red", "red house", ("house",)),
-    Pair("a landscape", "clouds", "cloud"),
-    Pair("a night sky", "moon", "moon", ("night",)),
-    Pair("a landscape", "mountains", "mountain"),
-    Pair("a scene", "black and white", "black and white"),
-    Pair("a meadow", "flowers", "flowers", ("grass",)),
-    Pair("a landscape", "sepia", "sepia"),
-    Pair("a landscape", "snow", "snow"),
-    Pair("a scene with a tree", "house", "house", ("tree",)),
+    Pair("a meadow", "trees", "tree", ("grass",)),  # 0.50 at step 3000 ("a landscape" 0.38; world 0.59 on grass)
+    Pair("a landscape in shades of green", "green tones", "green tones"),  # 1.00 ("a green landscape": 0.00)
+    Pair("a day scene", "sun", "sun", ("day sky",)),  # 1.00
+    Pair("a view of the sea", "boat", "boat", ("sea",)),  # 0.75 ("the sea" 0.69, "a house by the sea" 0.44)
+    Pair("a person", "hands", "hand"),  # 0.58 at step 3000 ("a scene" 0.12; world 0.20)
+    Pair("a house", "red", "red house", ("house",)),  # 0.17 at step 3000, the commonest colour (world 0.25 x house)
+    Pair("a windy day", "clouds", "cloud"),  # 0.62 ("a landscape" 0.31; world 0.48)
+    Pair("a night sky", "moon", "moon", ("night",)),  # 0.88
+    Pair("a landscape with hills", "mountains", "mountain"),  # 0.79 at step 3000 ("a landscape" 0.25; world 0.35)
+    Pair("a scene in shades of gray", "black and white", "black and white"),  # 1.00 at step 3000
+    # ("a colourless scene" 0.56 at step 1500 but 0.31 at 3000; "a landscape in shades of grey" 0.62)
+    Pair("a garden", "flowers", "flowers", ("grass",)),  # 0.56 ("a meadow" 0.38)
+    Pair("a landscape in shades of blue", "blue tones", "blue tones"),  # 1.00 at step 3000
+    Pair("a cold landscape", "snow", "snow"),  # 0.94 ("a landscape" 0.00)
+    Pair("a scene with a tree", "house", "house", ("tree",)),  # 0.44 (world 0.44)
 )
 
 # The guide's side-by-side figure: these pairs, when evaluated, one compare grid each.
 FIGURE_PAIRS: tuple[tuple[str, str], ...] = (
-    ("a landscape", "green tones"),
-    ("a scene", "hands"),
+    ("a landscape in shades of green", "green tones"),
+    ("a person", "hands"),
     ("a day scene", "sun"),
 )
 FIGURE_ROWS = 4
@@ -311,7 +324,9 @@ def summary_lines(results: Sequence[PairResult]) -> list[str]:
                      f"\"{worst.negative}\".")
     rare = [r for r in results if r.flags]
     if rare:
-        lines.append("Flagged: " + "; ".join(f"\"{r.prompt}\" / \"{r.negative}\": {r.flags[0]}" for r in rare) + ".")
+        lines.append("Flagged: " + "; ".join(f"\"{r.prompt}\" / \"{r.negative}\" ({r.flags[0].split(':')[0]}, "
+                                             f"{r.concept} in {r.rate_without:.0%} without the negative)"
+                                             for r in rare) + ".")
     return lines
 
 
@@ -339,19 +354,32 @@ def negatives_page(results: Sequence[PairResult], info: RunInfo, figure: str | N
         "concepts (*fidelity measure* lists them), the mean of their detection rates. For a generic prompt "
         "(\"a landscape\", \"a scene\"), the share of *well-formed* images: the detector finds one of the four "
         "skies and one of the four grounds (every world scene has both) and the image is not speckled.",
-        "- **speckle**: share of images whose high-frequency energy (mean squared difference from a 3x3 blur) is "
-        "above the 99th percentile of the world's own renders (so about 0.01 for world renders).",
+        "- **speckle**: share of images whose high-frequency energy (the median pixel's squared difference from "
+        "a 3x3 blur) is above the 99th percentile of the world's own renders (so about 0.01 for world renders; "
+        "grain of sigma 8/255 is flagged in 99% of images).",
         f"- **flags**: *rare* when the concept is in fewer than {MIN_BASE_RATE:.0%} of images without the negative "
         "(suppression then rests on few images); *undefined* when it is in none.",
         "",
         "## How the pairs were chosen",
         "",
         "Each default pair names, as its negative, something the prompt alone often produces: objects (trees, "
-        "sun, boat, hands, clouds, moon, mountains, flowers, house), a house colour, and tone grades (green "
-        "tones, black and white, sepia) and a ground (snow). Prompts were picked by measuring, for each "
-        f"concept, how often candidate prompts produce it, keeping prompts where it appears in at least "
-        f"{MIN_BASE_RATE:.0%} of images without the negative; in this world every concept except the sky "
-        "and ground is optional, so a generic prompt produces each object only part of the time.",
+        "sun, boat, hands, clouds, moon, mountains, flowers, house), a house colour, tone grades (green tones, "
+        "blue tones, black and white) and a ground (snow). Prompts were picked by measuring, for each concept, how "
+        "often candidate prompts produce it without the negative, keeping a natural prompt where it appears in "
+        f"at least {MIN_BASE_RATE:.0%} of images (the *rate without* column shows this run's value).",
+        "",
+        "- In this world a tone grade is always named in the captions of a graded image, so a prompt that does "
+        "not imply a tone never gets one (\"a landscape\" gave no green tones and no sepia). The tone pairs use "
+        "prompts that ask for the colour cast in other words (\"a landscape in shades of green\", \"... of "
+        "blue\", \"a scene in shades of gray\"), so they test whether the negative overrides a prompt that "
+        "implies the tone. No prompt was found that makes sepia (8 tried, at most 6%) or warm tones common "
+        "without naming them, so they have no default pair (`--pair` still measures them).",
+        "- Every object is optional, so a generic prompt produces it only part of the time; prompts that make it "
+        "common were preferred (\"a meadow\" for trees, \"a person\" for hands, \"a windy day\" for clouds, "
+        "\"a view of the sea\" for boats, \"a landscape with hills\" for mountains, \"a garden\" for flowers, "
+        "\"a cold landscape\" for snow). A house is never by the sea in this world.",
+        "- A house's colour is a one-in-four draw, so under \"a house\" the red house stays near 25% by "
+        "construction (flagged *rare*): no prompt that does not name the colour makes one colour common.",
     ]
     if figure:
         lines += [
@@ -383,7 +411,7 @@ def figure_title(result: PairResult) -> str:
     """The prompt, and in how many images the target concept was detected without and with the negative."""
     n = result.n_seeds
     return (f"\u201c{result.prompt}\u201d: {result.concept} in {len(result.seeds_with_concept_without)}/{n} "
-            f"\u2192 {len(result.seeds_with_concept_with)}/{n} images")
+            f"images without, {len(result.seeds_with_concept_with)}/{n} with the negative")
 
 
 def negatives_figure(results: Sequence[PairResult], model=None, *, pairs=FIGURE_PAIRS, rows: int = FIGURE_ROWS,

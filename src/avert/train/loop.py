@@ -20,16 +20,22 @@ from tqdm import tqdm
 
 from avert.train.config import TrainConfig
 from avert.train.data import TrainingSet, build_training_set
-from avert.train.model import export_folder, new_scheduler, new_unet
+from avert.train.model import TRAINING_FILE, export_folder, new_scheduler, new_unet
 
 
-def train(run: Path, config: TrainConfig, export: Path | None = None, progress: bool = True) -> Path:
-    """Train (or resume) in `run`; checkpoints and the exported model folder land there (and in `export`)."""
+def train(run: Path, config: TrainConfig, export: Path | None = None, progress: bool = True,
+          init_from: Path | None = None, data_dir: Path | None = None) -> Path:
+    """Train (or resume) in `run`; checkpoints and the exported model folder land there (and in `export`).
+
+    `init_from` starts a new run from an exported model folder (e.g. the shipped one) instead of random
+    weights, continuing its step count; an existing checkpoint in `run` takes precedence. The encoded
+    training set is cached in `data_dir` (default RUN/data), keyed by its settings.
+    """
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
-    data = build_training_set(config.images, config.seed, config.captions_per_image, run / "data", progress)
-    state = _resume_or_start(run, config)
-    unet, ema, optimizer, step = state
+    data = build_training_set(config.images, config.seed, config.captions_per_image,
+                              data_dir or run / "data", progress)
+    unet, ema, optimizer, step = _resume_or_start(run, config, init_from)
     scheduler = new_scheduler()
     alphas = scheduler.alphas_cumprod.float()
     bar = tqdm(total=config.steps, initial=step, desc="Training", unit="step", disable=not progress)
@@ -43,11 +49,17 @@ def train(run: Path, config: TrainConfig, export: Path | None = None, progress: 
         bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
         if step % config.checkpoint_every == 0 or step == config.steps:
             _checkpoint(run, unet, ema, optimizer, step, config, float(np.mean(losses[-config.checkpoint_every:])))
-            export_folder(ema, run / "model")
+            export_folder(ema, run / "model", provenance(step, config))
     bar.close()
-    if export is not None:
-        export_folder(ema, export)
-    return run / "model"
+    return export_folder(ema, export or run / "model", provenance(step, config))
+
+
+def provenance(step: int, config: TrainConfig) -> dict:
+    """What an exported model records about its training (`training.json` in the folder)."""
+    from avert import __version__
+
+    return {"trained_steps": step, "config": asdict(config), "trainer": f"avert {__version__}",
+            "weights": "EMA of the UNet weights, saved as float16"}
 
 
 def train_step(unet, optimizer, data: TrainingSet, alphas: torch.Tensor, config: TrainConfig, step: int) -> float:
@@ -90,19 +102,30 @@ def _update_ema(ema, model, decay: float) -> None:
         e.lerp_(p, 1 - decay)
 
 
-def _resume_or_start(run: Path, config: TrainConfig):
+def _resume_or_start(run: Path, config: TrainConfig, init_from: Path | None):
     torch.manual_seed(config.seed)
     unet = new_unet().train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.01)
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
     path = run / "checkpoint.pt"
     if not path.exists():
-        return unet, ema, optimizer, 0
+        step = _load_exported(unet, Path(init_from)) if init_from else 0
+        return unet, copy.deepcopy(unet).eval().requires_grad_(False), optimizer, step
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
     saved = torch.load(path, weights_only=True)
     unet.load_state_dict(saved["unet"])
     ema.load_state_dict(saved["ema"])
     optimizer.load_state_dict(saved["optimizer"])
     return unet, ema, optimizer, int(saved["step"])
+
+
+def _load_exported(unet, folder: Path) -> int:
+    """Copy an exported model's UNet weights into `unet`; return the steps it was trained for."""
+    from safetensors.torch import load_file
+
+    weights = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    unet.load_state_dict({k: v.float() for k, v in weights.items()})
+    info = folder / TRAINING_FILE
+    return int(json.loads(info.read_text())["trained_steps"]) if info.exists() else 0
 
 
 def _checkpoint(run: Path, unet, ema, optimizer, step: int, config: TrainConfig, loss: float) -> None:

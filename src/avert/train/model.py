@@ -19,6 +19,7 @@ import torch
 from avert.models.minilm import EXTERNAL_FILE, external_reference, minilm_folder
 
 SIZE = 32
+TRAINING_FILE = "training.json"
 TEXT_TOKENS = 32
 
 UNET_CONFIG = dict(
@@ -62,28 +63,39 @@ def new_scheduler():
 
 def load_text_encoder():
     """The frozen MiniLM encoder and its tokenizer (padding to TEXT_TOKENS), configured as exported."""
-    from transformers import AutoTokenizer, BertModel
+    from transformers import BertModel
+
+    config, tokenizer = text_encoder_config()
+    encoder = BertModel.from_pretrained(minilm_folder(), config=config, use_safetensors=True)
+    return encoder.eval().requires_grad_(False), tokenizer
+
+
+def text_encoder_config():
+    """MiniLM's config with `use_attention_mask` (diffusers then passes the mask) and its tokenizer."""
+    from transformers import AutoTokenizer, BertConfig
 
     folder = minilm_folder()
-    encoder = BertModel.from_pretrained(folder, use_safetensors=True).eval().requires_grad_(False)
-    encoder.config.use_attention_mask = True
-    tokenizer = AutoTokenizer.from_pretrained(folder, model_max_length=TEXT_TOKENS)
-    return encoder, tokenizer
+    config = BertConfig.from_pretrained(folder)
+    config.use_attention_mask = True
+    return config, AutoTokenizer.from_pretrained(folder, model_max_length=TEXT_TOKENS)
 
 
-def export_folder(unet, out: Path) -> Path:
-    """Write a diffusers-format model folder: UNet weights, scheduler, tokenizer, text-encoder reference."""
+def export_folder(unet, out: Path, training: dict | None = None) -> Path:
+    """Write a diffusers-format model folder: UNet weights, scheduler, tokenizer, text-encoder reference,
+    and what the weights were trained with (`training.json`)."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     half = copy.deepcopy(unet).to(torch.float16)  # 15 MB instead of 30; loading casts back to float32
     half.save_pretrained(tmp / "unet", safe_serialization=True)
     new_scheduler().save_pretrained(tmp / "scheduler")
-    encoder, tokenizer = load_text_encoder()
+    config, tokenizer = text_encoder_config()
     tokenizer.save_pretrained(tmp / "tokenizer")
-    encoder.config.save_pretrained(tmp / "text_encoder")
+    config.save_pretrained(tmp / "text_encoder")
     (tmp / "text_encoder" / EXTERNAL_FILE).write_text(json.dumps(external_reference(), indent=2) + "\n")
     (tmp / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n")
+    if training is not None:
+        (tmp / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
