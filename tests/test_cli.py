@@ -164,3 +164,22 @@ def test_upscale_out_of_range_is_refused_before_any_work(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "x", "--upscale", "0"])
     assert "upscale: '0' is not allowed; must be an integer from 1 to 16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x"] + ([] if __import__("torch").cuda.is_available() else ["cuda"]))
+def test_unknown_or_absent_device_is_refused_by_name(capsys, device):
+    with pytest.raises(SystemExit):
+        main(["generate", "x", "--device", device])
+    assert f"device: '{device}' is not allowed; must be a torch device available here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, allowed", [
+    ("--steps", "0", "must be an integer from 1 to 10000000"),
+    ("--batch-size", "x", "must be an integer from 1 to 1024"),
+    ("--lr", "2", "must be a number from 1e-07 to 1.0"),
+    ("--threads", "0", "must be an integer from 1 to 256"),
+])
+def test_train_flags_are_bounded(capsys, flag, value, allowed):
+    with pytest.raises(SystemExit):
+        main(["train", flag, value])
+    assert allowed in capsys.readouterr().err
