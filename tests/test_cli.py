@@ -183,3 +183,9 @@ def test_train_flags_are_bounded(capsys, flag, value, allowed):
     with pytest.raises(SystemExit):
         main(["train", flag, value])
     assert allowed in capsys.readouterr().err
+
+
+def test_eval_refuses_an_unknown_device_too(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "negatives", "--device", "gpu"])
+    assert "device: 'gpu' is not allowed" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from avert.argtypes import device_arg
 from avert.errors import AvertError, FieldProblem, ValidationError
 from avert.schema import PARAMS, Limits, Param
 
@@ -150,7 +151,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="override the model's prediction type (e.g. an SD 2.x 512 base single file: epsilon)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow .ckpt/.pt files, read with torch.load(weights_only=True)")
-    parser.add_argument("--device", default="cpu", type=_device, help="torch device (default: cpu)")
+    parser.add_argument("--device", default="cpu", type=device_arg, help="torch device (default: cpu)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                         help="fp32 (exact) or bf16 autocast (faster on CPUs with AVX-512 bf16)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -184,22 +185,6 @@ def _bounded(name: str, kind: type, low: float, high: float):
 
     convert.__name__ = name
     return convert
-
-
-def _device(text: str) -> str:
-    """A torch device this machine has (cpu, cuda, cuda:1, mps ...), refused by name otherwise."""
-    import torch
-
-    try:
-        device = torch.device(text)
-        available = device.type == "cpu" or (getattr(torch, device.type, None) is not None
-                                             and getattr(torch, device.type).is_available())
-    except (RuntimeError, AttributeError):
-        available = False
-    if not available:
-        raise argparse.ArgumentTypeError(str(FieldProblem("device", text, "must be a torch device available here, "
-                                                          "e.g. cpu, or cuda when a GPU is present")))
-    return text
 
 
 def _request_from_args(args, base=None):

@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from avert.argtypes import device_arg
+
 MAX_SEEDS = 1024  # == avert.evaluation.common.MAX_SEEDS (not imported: that module pulls numpy)
 DEFAULT_SEEDS = 64
 
@@ -66,7 +68,7 @@ def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
                        help=f"sampler, by its A1111 name (default: {PARAMS_BY_NAME['sampler'].default})")
         q.add_argument("--batch-size", type=_number(int, "batch_size"), default=16, metavar="N",
                        help="images per forward pass (default: 16)")
-        q.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+        q.add_argument("--device", default="cpu", type=device_arg, help="torch device (default: cpu)")
         q.add_argument("--threads", type=_number(int, "threads"), default=None, metavar="N",
                        help="torch CPU threads (default: torch's, all cores)")
         q.add_argument("--json", action="store_true", help="print only a JSON list, one object per row")
