@@ -12,8 +12,8 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass(frozen=True)
 class Runtime:
-    """`precision` "bf16" runs the UNet and VAE under bf16 autocast (about 5x faster matmuls on AVX-512 bf16
-    CPUs); "fp32" is exact and is what diffusers parity is measured in."""
+    """`precision` "bf16" runs the UNet and VAE under bf16 autocast (for CPUs with AVX-512 bf16; not yet
+    benchmarked by avert); "fp32" is exact and is what diffusers parity is measured in."""
 
     device: str = "cpu"
     precision: str = "fp32"
