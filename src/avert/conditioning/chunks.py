@@ -49,8 +49,8 @@ def vocabulary(tokenizer) -> TokenVocabulary:
     ends = tokenizer("").input_ids
     comma = tokenizer(",", add_special_tokens=False).input_ids
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ends[-1]
-    return TokenVocabulary(tokenizer.model_max_length - 2, ends[0], ends[-1], pad,
-                           comma[0] if len(comma) == 1 else None)
+    known_comma = len(comma) == 1 and comma[0] != tokenizer.unk_token_id
+    return TokenVocabulary(tokenizer.model_max_length - 2, ends[0], ends[-1], pad, comma[0] if known_comma else None)
 
 
 def chunk_fragments(

@@ -97,7 +97,8 @@ class TextEncoding:
         if skip <= 1:
             return out[0]
         states = out.hidden_states[-skip]
-        norm = getattr(getattr(self.text_encoder, "text_model", None), "final_layer_norm", None)
+        norm = getattr(self.text_encoder, "final_layer_norm", None)  # transformers 5 CLIP; 4.x: text_model.*
+        norm = norm or getattr(getattr(self.text_encoder, "text_model", None), "final_layer_norm", None)
         return norm(states) if norm is not None else states
 
 
