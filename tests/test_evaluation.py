@@ -254,3 +254,59 @@ def test_evaluate_pairs_end_to_end_on_the_shipped_model():
     assert set(result.seeds_with_concept_without) <= set(range(4))
     assert result.suppression is None or result.suppression <= 1.0
     assert json.loads(results_json([result]))[0]["prompt"] == "a landscape in shades of green"
+
+
+# --- methods (issue 5) ----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_method_rows_carry_method_evaluations_and_seconds():
+    from avert.evaluation.common import Renderer, Settings
+    from avert.evaluation.negatives import Method, evaluate_pairs
+    from avert.models.default import EMBEDDED_MODEL
+    from avert.api import load
+
+    model = load(EMBEDDED_MODEL)
+    pair = pair_from_texts("a day scene", "sun")
+    settings = Settings(steps=4, batch_size=2)
+    renderer = Renderer(model, settings, progress=False)
+    rows = {m.label: evaluate_pairs([pair], model, seeds=2, steps=4, batch_size=2, progress=False, method=m,
+                                    renderer=renderer)[0]
+            for m in (Method(), Method("perp-neg", (("guidance", "perp-neg"),)),
+                      Method("half", (("guidance_end", 0.5),)))}
+    assert {label: r.unet_evals_per_image for label, r in rows.items()} == {"cfg": 8, "perp-neg": 12, "half": 6}
+    assert all(r.method == label and r.seconds_per_image > 0 for label, r in rows.items())
+    assert len({(r.rate_without, r.fidelity_without) for r in rows.values()}) == 1  # one shared baseline
+    data = json.loads(results_json(list(rows.values())))
+    assert {"method", "unet_evals_per_image", "seconds_per_image"} <= set(data[0])
+
+
+def test_method_flags_make_a_labelled_method():
+    from avert.cli import build_parser
+    from avert.evaluation.cli import method_from_args
+
+    args = build_parser().parse_args(["eval", "negatives", "--method", "perp-neg", "--guidance-end", "0.5",
+                                      "--s-min-uncond-all", "--json"])
+    method = method_from_args(args)
+    assert method.label == "perp-neg, guidance_end 0.5, s_min_uncond_all"
+    assert dict(method.options) == {"guidance": "perp-neg", "guidance_end": 0.5, "s_min_uncond_all": True}
+
+
+def test_bad_method_option_is_refused_before_rendering(capsys):
+    from avert.cli import main
+
+    assert main(["eval", "negatives", "--guidance-rescale", "3", "--seeds", "2"]) == 2
+    assert "guidance_rescale: 3.0 is not allowed" in capsys.readouterr().err
+
+
+def test_methods_targets_are_checked_against_plain_cfg():
+    from avert.evaluation.methods import methods_table, target_lines
+
+    def rows(suppression, fidelity, evals):
+        return [row(suppression=suppression, fidelity_with=fidelity, unet_evals_per_image=evals)]
+
+    table = {"cfg": rows(0.8, 0.80, 40), "perp-neg": rows(0.8, 0.90, 60), "interval": rows(0.76, 0.8, 30),
+             "weak": rows(0.5, 0.95, 20)}
+    lines = target_lines(table)
+    assert "perp-neg" in lines[0] and "weak" not in lines[0]
+    assert "interval" in lines[1] and "weak" not in lines[1]
+    assert "| interval |" in methods_table(table) and "25%" in methods_table(table)

@@ -54,8 +54,11 @@ def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
                                 "without and with the negative")
     negatives.add_argument("--pair", nargs=2, action="append", metavar=("PROMPT", "NEGATIVE"),
                            help="evaluate this prompt and negative (repeatable); default: the built-in pairs")
+    _method_flags(negatives)
+    methods = what.add_parser("methods", help="every negative-guidance method on the same pairs and seeds: "
+                              "suppression, fidelity, UNet evaluations and seconds per image")
     concepts = what.add_parser("concepts", help="how often each concept appears when the prompt names it")
-    for q in (negatives, concepts):
+    for q in (negatives, methods, concepts):
         q.add_argument("--model", default=None, help="a diffusers folder or an SD .safetensors file "
                        "(default: $AVERT_MODEL, else the embedded model)")
         q.add_argument("--seeds", type=seeds_type, default=DEFAULT_SEEDS, metavar="N",
@@ -79,10 +82,44 @@ def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
     return p
 
 
+METHOD_OPTIONS = ("negative_scale", "guidance_rescale", "guidance_start", "guidance_end", "guidance_sigma_min",
+                  "guidance_sigma_max", "s_min_uncond", "s_min_uncond_all")
+
+
+def _method_flags(parser) -> None:
+    """--method and the guidance options, from the request schema (validated as a request is)."""
+    from avert.schema import GUIDANCE_METHODS, PARAMS_BY_NAME
+
+    parser.add_argument("--method", default="cfg", choices=GUIDANCE_METHODS,
+                        help="negative guidance method for the renders with the negative (default: cfg)")
+    for name in METHOD_OPTIONS:
+        param = PARAMS_BY_NAME[name]
+        if param.type is bool:
+            parser.add_argument(param.flag, dest=name, action="store_const", const=True, default=None,
+                                help=param.help)
+        else:
+            parser.add_argument(param.flag, dest=name, type=_number(param.type, name), default=None,
+                                metavar="X", help=param.help)
+
+
+def method_from_args(args):
+    """The `Method` the flags describe: label from the method and the options given."""
+    from avert.evaluation.negatives import Method
+
+    options = tuple((n, getattr(args, n)) for n in METHOD_OPTIONS if getattr(args, n, None) is not None)
+    if args.method != "cfg":
+        options = (("guidance", args.method),) + options
+    label = ", ".join([args.method] + [f"{n} {v:g}" if not isinstance(v, bool) else n for n, v in options
+                                       if n != "guidance"])
+    return Method(label, options)
+
+
 def run_eval(args) -> int:
-    """Run `avert eval negatives|concepts` with parsed arguments; 0 on success."""
+    """Run `avert eval negatives|methods|concepts` with parsed arguments; 0 on success."""
     if args.eval_what == "negatives":
         return _run_negatives(args)
+    if args.eval_what == "methods":
+        return _run_methods(args)
     return _run_concepts(args)
 
 
@@ -106,11 +143,13 @@ def _run_negatives(args) -> int:
     from avert.evaluation import negatives as neg
 
     pairs = neg.pairs_from_args(args.pair)  # errors about --pair come before any loading
+    method = method_from_args(args)
     settings, runtime, components, info = _common(args)
+    _validate_method(settings, method)
     warnings: list[str] = []
     results = neg.evaluate_pairs(pairs, components, seeds=args.seeds, cfg_scale=args.cfg_scale, steps=args.steps,
                                  sampler=args.sampler, batch_size=args.batch_size, progress=not args.quiet,
-                                 runtime=runtime, warnings=warnings)
+                                 runtime=runtime, warnings=warnings, method=method)
     for w in warnings:
         print(f"avert: warning: {w}", file=sys.stderr)
     if args.json:
@@ -118,10 +157,36 @@ def _run_negatives(args) -> int:
         return 0
     print("\n".join(neg.summary_lines(results)) + "\n")
     print(neg.markdown_table(results))
-    if not args.pair:
+    if not args.pair and method.options:
+        print("\n(docs/ is written by the plain-CFG run and by `avert eval methods`)")
+    elif not args.pair:
         figure = neg.negatives_figure(results, components, runtime=runtime, batch_size=args.batch_size)
         page = neg.write_negatives_docs(results, info, args.docs, figure)
         print(f"\nwritten to {page}" + (f" and {page.with_suffix('.png')}" if figure is not None else ""))
+    return 0
+
+
+def _validate_method(settings, method) -> None:
+    from avert.validation import validate
+
+    validate(settings.request("", "x", 0, 1, method.options))
+
+
+def _run_methods(args) -> int:
+    from avert.evaluation import methods as met
+    from avert.evaluation import negatives as neg
+
+    settings, runtime, components, info = _common(args)
+    for method in neg.DEFAULT_METHODS:
+        _validate_method(settings, method)
+    table = met.evaluate_methods(neg.DEFAULT_METHODS, components, seeds=args.seeds, settings=settings,
+                                 runtime=runtime, progress=not args.quiet)
+    if args.json:
+        print(neg.results_json([r for rows in table.values() for r in rows]))
+        return 0
+    print(met.methods_table(table))
+    page = met.write_methods_docs(table, info, args.docs)
+    print(f"\nwritten to {page}")
     return 0
 
 

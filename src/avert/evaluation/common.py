@@ -50,11 +50,12 @@ class Settings:
 
         validate(self.request("", "", 0, min(self.batch_size, seeds)))
 
-    def request(self, prompt: str, negative: str, seed: int, batch: int):
+    def request(self, prompt: str, negative: str, seed: int, batch: int, options: tuple = ()):
+        """The request for seeds seed .. seed + batch - 1; `options` are further request fields (a method)."""
         from avert.request import GenerationRequest
 
         return GenerationRequest(prompt, negative, seed=seed, steps=self.steps, cfg_scale=self.cfg,
-                                 sampler=self.sampler_name, batch_size=batch)
+                                 sampler=self.sampler_name, batch_size=batch).replace(**dict(options))
 
 
 def check_seeds(n: int) -> int:
@@ -115,7 +116,8 @@ class Renderer:
         self.components = components
         self.settings = settings
         self.runtime = runtime or Runtime()
-        self.cache: dict[tuple[str, str, int], np.ndarray] = {}
+        self.cache: dict[tuple[str, str, int, tuple], np.ndarray] = {}
+        self.cost: dict[tuple[str, str, int, tuple], tuple[float, float]] = {}  # UNet evals, seconds per image
         self.warnings: list[str] = []
         self.bar = None
         if progress:
@@ -123,27 +125,34 @@ class Renderer:
 
             self.bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False)
 
-    def images(self, prompt: str, negative: str, n: int) -> np.ndarray:
-        """uint8 [n, H, W, 3] for seeds 0 .. n-1."""
-        key = (prompt, negative, n)
+    def images(self, prompt: str, negative: str, n: int, options: tuple = ()) -> np.ndarray:
+        """uint8 [n, H, W, 3] for seeds 0 .. n-1; `options`: further request fields (see `Settings.request`)."""
+        key = (prompt, negative, n, tuple(options))
         if key not in self.cache:
-            self.cache[key] = self._render(prompt, negative, n)
+            self.cache[key] = self._render(key)
         return self.cache[key]
 
-    def _render(self, prompt: str, negative: str, n: int) -> np.ndarray:
+    def cost_per_image(self, prompt: str, negative: str, n: int, options: tuple = ()) -> tuple[float, float]:
+        """(UNet evaluations, seconds) per image of a rendered key."""
+        return self.cost[(prompt, negative, n, tuple(options))]
+
+    def _render(self, key: tuple) -> np.ndarray:
         from avert.pipeline.generate import generate
 
-        chunks = []
+        prompt, negative, n, options = key
+        chunks, evals, timer = [], 0, Timer()
         if self.bar is not None:
             self.bar.set_postfix_str(f"{prompt!r} -n {negative!r}" if negative else repr(prompt))
         for start in range(0, n, self.settings.batch_size):
             batch = min(self.settings.batch_size, n - start)
-            result = generate(self.settings.request(prompt, negative, start, batch), self.components,
+            result = generate(self.settings.request(prompt, negative, start, batch, options), self.components,
                               runtime=self.runtime)
             self.warnings.extend(w for w in result.warnings if w not in self.warnings)
             chunks.extend(np.asarray(g.image.convert("RGB")) for g in result.images)
+            evals += result.branch_evaluations * batch
             if self.bar is not None:
                 self.bar.update(batch)
+        self.cost[key] = (evals / n, timer.lap() / n)
         return np.stack(chunks)
 
     def close(self) -> None:

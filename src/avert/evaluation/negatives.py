@@ -46,6 +46,25 @@ from avert.evaluation.common import (
 from avert.world import CONCEPT_INDEX, CONCEPTS, HOUSE_COLORS, mentioned_concepts
 
 MIN_BASE_RATE = 0.4
+
+
+@dataclass(frozen=True)
+class Method:
+    """A negative-guidance setting to evaluate: a label and the request fields it sets (empty: plain CFG)."""
+
+    label: str = "cfg"
+    options: tuple[tuple[str, object], ...] = ()
+
+
+# `avert eval methods`: each method alone, then the two evaluation savers; all at the default cfg scale.
+DEFAULT_METHODS: tuple[Method, ...] = (
+    Method("cfg"),
+    Method("perp-neg", (("guidance", "perp-neg"),)),
+    Method("dynamic", (("guidance", "dynamic"),)),
+    Method("cfg, rescale 0.7", (("guidance_rescale", 0.7),)),
+    Method("cfg, interval 0-0.5", (("guidance_end", 0.5),)),
+    Method("cfg, s_min_uncond 100", (("s_min_uncond", 100.0),)),  # above every sigma: every other step
+)
 NO_NEGATIVE = "No negative prompt"
 
 
@@ -131,6 +150,9 @@ class PairResult:
     sampler: str
     seconds: float
     flags: tuple[str, ...] = ()
+    method: str = "cfg"
+    unet_evals_per_image: float = 0.0  # with the negative (branches x steps)
+    seconds_per_image: float = 0.0  # with the negative
     seeds_with_concept_without: tuple[int, ...] = field(default=(), repr=False)
     seeds_with_concept_with: tuple[int, ...] = field(default=(), repr=False)
 
@@ -161,7 +183,8 @@ def pair_flags(rate_without: float) -> tuple[str, ...]:
     return ()
 
 
-def summarize_pair(pair: Pair, without: Reading, with_: Reading, settings: Settings, seconds: float) -> PairResult:
+def summarize_pair(pair: Pair, without: Reading, with_: Reading, settings: Settings, seconds: float,
+                   method: Method | None = None, cost: tuple[float, float] = (0.0, 0.0)) -> PairResult:
     """The table row of a pair from the readings of its images without and with the negative."""
     n = len(without.speckled)
     if len(with_.speckled) != n:
@@ -178,6 +201,8 @@ def summarize_pair(pair: Pair, without: Reading, with_: Reading, settings: Setti
         seconds=round(seconds, 3), flags=pair_flags(r0),
         seeds_with_concept_without=without.seeds_with(pair.concept),
         seeds_with_concept_with=with_.seeds_with(pair.concept),
+        method=(method or Method()).label, unet_evals_per_image=round(cost[0], 2),
+        seconds_per_image=round(cost[1], 4),
     )
 
 
@@ -194,6 +219,8 @@ def evaluate_pairs(
     detector=None,
     runtime=None,
     warnings: list[str] | None = None,
+    method: Method | None = None,
+    renderer: Renderer | None = None,
 ) -> list[PairResult]:
     """Render every pair's prompt with seeds 0 .. seeds-1 without and with its negative and measure it.
 
@@ -201,7 +228,12 @@ def evaluate_pairs(
     `sampler` None mean the request defaults. A prompt shared by several pairs is rendered without a negative
     once; its time counts toward the first pair that needs it. Warnings of the pipeline (e.g. a negative
     without effect at cfg 1) are appended to `warnings` when a list is given.
+
+    `method` (default plain CFG) applies to the renders *with* the negative; the renders without it are
+    always plain CFG, so every method is compared against the same baseline. A `renderer` passed in is
+    reused (its baseline renders are cached across methods) and left open.
     """
+    method = method or Method()
     check_seeds(seeds)
     pairs = tuple(pairs)
     settings = Settings(steps=steps, cfg_scale=cfg_scale, sampler=sampler, batch_size=batch_size)
@@ -209,19 +241,24 @@ def evaluate_pairs(
     components = load_components(model)
     detector = load_detector(detector)
     jobs = {(p.prompt, "") for p in pairs} | {(p.prompt, p.negative) for p in pairs}
-    renderer = Renderer(components, settings, runtime, progress, total=len(jobs) * seeds, desc="Evaluating negatives")
-    readings: dict[tuple[str, str], Reading] = {}
+    own = renderer is None
+    renderer = renderer or Renderer(components, settings, runtime, progress, total=len(jobs) * seeds,
+                                    desc="Evaluating negatives")
+    readings: dict[tuple[str, str, tuple], Reading] = {}
     results = []
     try:
         for pair in pairs:
             timer = Timer()
-            for key in ((pair.prompt, ""), (pair.prompt, pair.negative)):
-                if key not in readings:
-                    readings[key] = read_images(renderer.images(*key, seeds), detector)
-            results.append(summarize_pair(pair, readings[(pair.prompt, "")], readings[(pair.prompt, pair.negative)],
-                                          settings, timer.lap()))
+            keys = ((pair.prompt, "", ()), (pair.prompt, pair.negative, method.options))
+            for prompt, negative, options in keys:
+                if (prompt, negative, options) not in readings:
+                    readings[(prompt, negative, options)] = read_images(
+                        renderer.images(prompt, negative, seeds, options), detector)
+            results.append(summarize_pair(pair, readings[keys[0]], readings[keys[1]], settings, timer.lap(), method,
+                                          renderer.cost_per_image(pair.prompt, pair.negative, seeds, method.options)))
     finally:
-        renderer.close()
+        if own:
+            renderer.close()
     if warnings is not None:
         warnings.extend(renderer.warnings)
     return results

@@ -53,7 +53,7 @@ def generate(
                        metadata.record(request, s, i, components.source))
         for i, (img, s) in enumerate(zip(pictures, seeds))
     )
-    return GenerationResult(request, images, negative_warnings(request), denoiser.count.forwards,
+    return GenerationResult(request, images, negative_warnings(request, components), denoiser.count.forwards,
                             time.perf_counter() - started, denoiser.count.branches)
 
 
@@ -76,8 +76,13 @@ def native_size(components: Components) -> int:
     return int(sample_size) * components.vae_scale_factor
 
 
-def negative_warnings(request: GenerationRequest) -> tuple[str, ...]:
+def negative_warnings(request: GenerationRequest, components: Components | None = None) -> tuple[str, ...]:
     """Tell the user when the negatives cannot steer away (never drop them silently)."""
+    distilled = components is not None and getattr(components.unet.config, "time_cond_proj_dim", None)
+    if request.all_negatives() and distilled:
+        return ("this model is guidance-distilled (its UNet takes a guidance embedding, time_cond_proj_dim): it "
+                "was trained to be sampled without CFG, so the negatives are applied by the chosen formula but the "
+                "result may be poor; use a model trained for CFG",)
     if not request.all_negatives() or request.cfg_scale > 1.0 or request.guidance != "cfg" \
             or request.negative_scale not in (None, request.cfg_scale):
         return ()

@@ -1,0 +1,134 @@
+"""Negative-guidance methods side by side: `avert eval methods`.
+
+Every method renders the default pairs with the same seeds; the renders without the negative (plain CFG) are
+shared, so each method is compared with the same baseline. Per method: mean suppression, mean fidelity with
+the negative and its mean and worst drop, UNet evaluations and seconds per image (renders with the negative).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from avert.evaluation.common import Renderer, RunInfo, Settings, fmt, load_detector
+from avert.evaluation.negatives import DEFAULT_PAIRS, Method, Pair, PairResult, evaluate_pairs, mean_suppression
+
+SUPPRESSION_TOLERANCE = 0.05  # "within 5 points of plain CFG"
+SAVING_TARGET = 0.25
+
+
+def evaluate_methods(methods: Sequence[Method], components, *, seeds: int, settings: Settings, runtime=None,
+                     progress: bool = True, pairs: Sequence[Pair] = DEFAULT_PAIRS) -> dict[str, list[PairResult]]:
+    """label -> rows of `evaluate_pairs` for each method, one shared renderer (baseline rendered once)."""
+    prompts = {p.prompt for p in pairs}
+    total = (len(prompts) + len(pairs) * len(methods)) * seeds
+    renderer = Renderer(components, settings, runtime, progress, total=total, desc="Evaluating methods")
+    detector = load_detector()
+    try:
+        return {m.label: evaluate_pairs(pairs, components, seeds=seeds, cfg_scale=settings.cfg_scale,
+                                        steps=settings.steps, sampler=settings.sampler,
+                                        batch_size=settings.batch_size, progress=False, detector=detector,
+                                        runtime=runtime, method=m, renderer=renderer)
+                for m in methods}
+    finally:
+        renderer.close()
+
+
+def summary(rows: Sequence[PairResult]) -> dict:
+    drops = [r.fidelity_drop for r in rows]
+    return {
+        "suppression": mean_suppression(rows),
+        "fidelity_with": float(np.mean([r.fidelity_with for r in rows])),
+        "mean_drop": float(np.mean(drops)),
+        "worst_drop": float(np.max(drops)),
+        "evals": float(np.mean([r.unet_evals_per_image for r in rows])),
+        "seconds": float(np.mean([r.seconds_per_image for r in rows])),
+    }
+
+
+def methods_table(table: dict[str, list[PairResult]]) -> str:
+    base = summary(next(iter(table.values())))
+    lines = ["| method | mean suppression | mean fidelity with | mean fidelity drop | worst fidelity drop "
+             "| UNet evals / image | saved vs first | s / image |", "|---|---|---|---|---|---|---|---|"]
+    for label, rows in table.items():
+        s = summary(rows)
+        lines.append(f"| {label} | {fmt(s['suppression'])} | {s['fidelity_with']:.3f} | {s['mean_drop']:+.3f} "
+                     f"| {s['worst_drop']:+.2f} | {s['evals']:.1f} | {1 - s['evals'] / base['evals']:.0%} "
+                     f"| {s['seconds']:.3f} |")
+    return "\n".join(lines)
+
+
+def per_pair_table(table: dict[str, list[PairResult]]) -> str:
+    labels = list(table)
+    first = table[labels[0]]
+    lines = ["| prompt | negative | rate without | " + " | ".join(f"{l}: supp. / fid." for l in labels) + " |",
+             "|---|---|---|" + "---|" * len(labels)]
+    for i, r in enumerate(first):
+        cells = [f"{fmt(table[l][i].suppression)} / {table[l][i].fidelity_with:.2f}" for l in labels]
+        lines.append(f"| {r.prompt} | {r.negative} | {r.rate_without:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def target_lines(table: dict[str, list[PairResult]]) -> list[str]:
+    """The issue's two targets, checked against the plain-CFG row (the first)."""
+    labels = list(table)
+    base = summary(table[labels[0]])
+    better = [l for l in labels[1:] if (s := summary(table[l]))["suppression"] is not None
+              and s["suppression"] >= base["suppression"] and s["fidelity_with"] > base["fidelity_with"]]
+    savers = [l for l in labels[1:] if (s := summary(table[l]))["evals"] <= (1 - SAVING_TARGET) * base["evals"]
+              and s["suppression"] is not None and s["suppression"] >= base["suppression"] - SUPPRESSION_TOLERANCE]
+    return [
+        f"- Better fidelity than plain CFG at equal or better suppression: "
+        f"{', '.join(better) if better else '**none** (target missed)'}.",
+        f"- At least {SAVING_TARGET:.0%} fewer UNet evaluations with suppression within "
+        f"{SUPPRESSION_TOLERANCE * 100:.0f} points of plain CFG: "
+        f"{', '.join(savers) if savers else '**none** (target missed)'}.",
+    ]
+
+
+def methods_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
+    return "\n".join([
+        "# Negative-guidance methods compared",
+        "",
+        info.line("avert eval methods"),
+        "",
+        "Each method renders the default pairs of `avert eval negatives` with the same seeds; the images without "
+        "the negative are plain CFG for every method (one shared baseline). Suppression and fidelity are "
+        "defined as in [negatives.md](negatives.md); *UNet evals / image* counts branch evaluations (a batched "
+        "forward over negative and prompt counts two) over the run, *s / image* is wall time with the negative.",
+        "",
+        "## Targets",
+        "",
+        *target_lines(table),
+        "",
+        methods_table(table),
+        "",
+        "## Per pair (suppression / fidelity with the negative)",
+        "",
+        per_pair_table(table),
+        "",
+        "## The methods",
+        "",
+        "- **cfg**: e = e_n + w (e_c - e_n), the negative as the unconditional branch.",
+        "- **perp-neg** (Armandpour et al. 2023): e = e_0 + w d_c - w sum_i l_i d_i_perp, with d_i_perp the part "
+        "of e_ni - e_0 orthogonal to d_c = e_c - e_0, per sample; three branches.",
+        "- **dynamic** (after Koulischer et al. 2025): the three-branch formula with the negative's scale times "
+        "an estimate of its concept's presence, clamp(<d_c, d_n> / |d_n|^2, 0, 1) per sample and step.",
+        "- **rescale 0.7** (Lin et al. 2023): CFG whose result is rescaled toward the prompt's standard "
+        "deviation, phi = 0.7.",
+        "- **interval 0-0.5** (Kynkaanniemi et al. 2024): guidance (and so the negative's forward) only in the "
+        "first half of the run; the prompt alone afterwards.",
+        "- **s_min_uncond 100** (A1111): below sigma 100 (every step here) the negative is skipped on every "
+        "other step.",
+        "",
+    ])
+
+
+def write_methods_docs(table: dict[str, list[PairResult]], info: RunInfo, docs: Path) -> Path:
+    folder = Path(docs) / "eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    page = folder / "methods.md"
+    page.write_text(methods_page(table, info), encoding="utf-8")
+    return page

@@ -1,0 +1,265 @@
+"""Negative guidance strategies (issue 5): pure formulas with relational tests, branch skipping counted at
+the UNet, several weighted and windowed negatives, methods, metadata round trip and the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avert.api import generate
+from avert.guidance import cfg as f
+from avert.guidance.strategy import EMPTY, Guidance, Interval, StepContext, Term, negative_branch, prompt_branch
+from avert.request import GenerationRequest, Negative
+
+torch.manual_seed(0)
+E_C, E_N, E_0, E_M = (torch.randn(2, 4, 4, 4) for _ in range(4))
+CTX = StepContext(3, 10, 500.0, sigma=2.0)
+
+
+def predictions(*negatives, empty=E_0, prompt=E_C):
+    out = {prompt_branch(0): prompt, EMPTY: empty}
+    out.update({negative_branch(i): n for i, n in enumerate(negatives)})
+    return out
+
+
+# --- pure formulas ------------------------------------------------------------------------------------------
+
+def test_one_negative_at_weight_one_is_plain_cfg_bit_for_bit():
+    g = Guidance(7.5)
+    assert g.branches(CTX) == (negative_branch(0), prompt_branch(0))
+    assert torch.equal(g.combine(predictions(E_N), CTX), f.cfg(E_C, E_N, 7.5))
+
+
+def test_perp_neg_with_an_empty_negative_is_cfg():
+    g = Guidance(7.5, method="perp-neg")
+    assert torch.allclose(g.combine(predictions(E_0), CTX), f.cfg(E_C, E_0, 7.5), atol=1e-5)
+
+
+def test_perp_neg_removes_only_the_part_orthogonal_to_the_prompt():
+    d_c = E_C - E_0
+    parallel_negative = E_0 + 2.0 * d_c  # a negative pointing along the prompt: nothing orthogonal to remove
+    g = Guidance(7.5, method="perp-neg")
+    assert torch.allclose(g.combine(predictions(parallel_negative), CTX), f.cfg(E_C, E_0, 7.5), atol=1e-4)
+    perp = f.perpendicular(E_N - E_0, d_c)
+    assert torch.allclose((perp * d_c).sum(dim=(1, 2, 3)), torch.zeros(2), atol=1e-4)
+
+
+def test_perp_neg_projects_per_sample():
+    g = Guidance(5.0, method="perp-neg")
+    both = g.combine(predictions(E_N), CTX)
+    for i in range(2):
+        one = {k: v[i : i + 1] for k, v in predictions(E_N).items()}
+        assert torch.allclose(g.combine(one, CTX), both[i : i + 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["cfg", "perp-neg", "dynamic"])
+def test_a_batch_of_two_equals_two_singles(method):
+    g = Guidance(6.0, method=method, negative_scale=4.0, negatives=(Term(1.0), Term(0.5)))
+    both = g.combine(predictions(E_N, E_M), CTX)
+    for i in range(2):
+        one = {k: v[i : i + 1] for k, v in predictions(E_N, E_M).items()}
+        assert torch.allclose(g.combine(one, CTX), both[i : i + 1], atol=1e-5)
+
+
+def test_rescale_zero_is_the_identity_and_one_matches_the_prompt_std():
+    guided = f.cfg(E_C, E_N, 7.5)
+    assert torch.equal(f.rescale(guided, E_C, 0.0), guided)
+    full = f.rescale(guided, E_C, 1.0)
+    assert torch.allclose(full.std(dim=(1, 2, 3)), E_C.std(dim=(1, 2, 3)), atol=1e-5)
+
+
+def test_separate_scales_three_branch_formula():
+    g = Guidance(7.0, negative_scale=3.0)
+    assert g.branches(CTX) == (negative_branch(0), EMPTY, prompt_branch(0))
+    expected = E_0 + 7.0 * (E_C - E_0) - 3.0 * (E_N - E_0)
+    assert torch.allclose(g.combine(predictions(E_N), CTX), expected, atol=1e-5)
+
+
+def test_several_weighted_negatives_mix_into_the_unconditional_branch():
+    g = Guidance(7.0, negatives=(Term(0.5), Term(0.25)))
+    e_u = 0.25 * E_0 + 0.5 * E_N + 0.25 * E_M
+    assert torch.allclose(g.combine(predictions(E_N, E_M), CTX), e_u + 7.0 * (E_C - e_u), atol=1e-5)
+    halves = Guidance(7.0, negatives=(Term(0.5), Term(0.5)))
+    assert EMPTY not in halves.branches(CTX)  # weights summing to 1 need no empty branch
+
+
+def test_dynamic_switches_a_negative_off_when_its_concept_is_absent():
+    d_c = E_C - E_0
+    away = E_0 - d_c  # the prompt drives the sample away from this concept: presence 0
+    g = Guidance(7.0, method="dynamic")
+    assert torch.allclose(f.presence(d_c, away - E_0), torch.zeros(2, 1, 1, 1))
+    assert torch.allclose(g.combine(predictions(away), CTX), E_0 + 7.0 * d_c, atol=1e-5)
+    toward = E_0 + d_c  # fully present: presence 1, the three-branch formula at full strength
+    assert torch.allclose(f.presence(d_c, toward - E_0), torch.ones(2, 1, 1, 1))
+    expected = E_0 + 7.0 * d_c - 7.0 * (toward - E_0)
+    assert torch.allclose(g.combine(predictions(toward), CTX), expected, atol=1e-4)
+
+
+def test_a_window_covering_the_whole_run_equals_no_window():
+    whole, none = Guidance(7.0, negatives=(Term(1.0, 0.0, 1.0),)), Guidance(7.0)
+    for i in range(10):
+        ctx = StepContext(i, 10, 0.0)
+        assert whole.branches(ctx) == none.branches(ctx)
+
+
+def test_outside_its_window_a_negative_is_not_evaluated():
+    g = Guidance(7.0, negatives=(Term(1.0, 0.5, 1.0),))
+    early, late = StepContext(2, 10, 0.0), StepContext(7, 10, 0.0)
+    assert g.branches(early) == (EMPTY, prompt_branch(0))  # plain CFG against the empty prompt
+    assert g.branches(late) == (negative_branch(0), prompt_branch(0))
+
+
+@pytest.mark.parametrize("interval,index,sigma,guided", [
+    (Interval(0.2, 0.8), 1, 5.0, False), (Interval(0.2, 0.8), 5, 5.0, True), (Interval(0.2, 0.8), 9, 5.0, False),
+    (Interval(sigma_min=1.0, sigma_max=10.0), 5, 0.5, False), (Interval(sigma_min=1.0, sigma_max=10.0), 5, 5.0, True),
+    (Interval(sigma_min=1.0, sigma_max=10.0), 5, 12.0, False),
+    (Interval(s_min_uncond=1.0), 4, 0.5, False), (Interval(s_min_uncond=1.0), 5, 0.5, True),
+    (Interval(s_min_uncond=1.0, s_min_uncond_all=True), 5, 0.5, False), (Interval(s_min_uncond=1.0), 4, 2.0, True),
+])
+def test_interval_and_s_min_uncond(interval, index, sigma, guided):
+    g = Guidance(7.0, interval=interval)
+    ctx = StepContext(index, 10, 0.0, sigma=sigma)
+    assert g.branches(ctx) == ((negative_branch(0), prompt_branch(0)) if guided else (prompt_branch(0),))
+    if not guided:
+        assert torch.equal(g.combine(predictions(E_N), ctx), E_C)
+
+
+# --- on tiny components: UNet calls counted, relations hold end to end ------------------------------------
+
+BASE = GenerationRequest("a red house", negative_prompt="blue tree", seed=5, steps=8, cfg_scale=7.0,
+                         width=16, height=16, sampler="Euler")
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.images[0].image, dtype=np.int16)
+
+
+def batch_sizes(monkeypatch, components):
+    sizes = []
+    forward = components.unet.forward
+
+    def spy(sample, *a, **kw):
+        sizes.append(sample.shape[0])
+        return forward(sample, *a, **kw)
+
+    monkeypatch.setattr(components.unet, "forward", spy)
+    return sizes
+
+
+def test_negatives_list_of_one_equals_negative_prompt(tiny):
+    plain = pixels(generate(BASE, tiny))
+    listed = BASE.replace(negative_prompt="", negatives=(Negative("blue tree"),))
+    assert np.array_equal(pixels(generate(listed, tiny)), plain)
+
+
+def test_window_skips_the_negative_forward(tiny, monkeypatch):
+    sizes = batch_sizes(monkeypatch, tiny)
+    request = BASE.replace(negative_prompt="", negatives=(Negative("blue tree", 1.0, 0.5, 1.0),))
+    result = generate(request, tiny)
+    assert sizes == [2] * 8  # empty + prompt, then negative + prompt: never three
+    assert result.branch_evaluations == 16
+
+
+@pytest.mark.parametrize("changes,per_image", [
+    ({"guidance_start": 0.0, "guidance_end": 0.5}, 4 * 2 + 4),
+    ({"s_min_uncond": 1000.0}, 4 * 2 + 4 * 1),  # every other step skips the negative
+    ({"s_min_uncond": 1000.0, "s_min_uncond_all": True}, 8),
+    ({"cfg_scale": 1.0}, 8),
+    ({"negative_scale": 3.0}, 8 * 3),
+])
+def test_unet_evaluations_are_counted(tiny, monkeypatch, changes, per_image):
+    sizes = batch_sizes(monkeypatch, tiny)
+    result = generate(BASE.replace(**changes, batch_size=2), tiny)
+    assert sum(sizes) == 2 * per_image and result.branch_evaluations == per_image
+
+
+def test_batch_equals_singles_with_several_negatives(tiny):
+    request = BASE.replace(batch_size=2, guidance="perp-neg", negatives=(Negative("car", 0.5, 0.25, 1.0),))
+    batch = generate(request, tiny)
+    for image in batch.images:
+        alone = generate(request.replace(seed=image.seed, batch_size=1), tiny).images[0]
+        assert np.abs(np.asarray(image.image, dtype=np.int16) - np.asarray(alone.image, dtype=np.int16)).max() <= 1
+
+
+@pytest.mark.parametrize("changes", [{"guidance": "perp-neg"}, {"guidance": "dynamic"}, {"negative_scale": 2.0},
+                                     {"guidance_rescale": 0.7}, {"negatives": (Negative("car", 2.0),)}])
+def test_each_option_changes_the_image(tiny, changes):
+    assert np.abs(pixels(generate(BASE.replace(**changes), tiny)) - pixels(generate(BASE, tiny))).max() > 0
+
+
+def test_negative_scale_makes_the_negative_work_at_cfg_one(tiny):
+    at_one = BASE.replace(cfg_scale=1.0)
+    result = generate(at_one.replace(negative_scale=5.0), tiny)
+    assert result.warnings == ()
+    assert np.abs(pixels(result) - pixels(generate(at_one, tiny))).max() > 0
+    assert any("no effect" in w and "negative_scale" in w for w in generate(at_one, tiny).warnings)
+
+
+def test_metadata_round_trip_remakes_the_image(tiny, tmp_path):
+    from avert.output.pnginfo import parse_parameters, save_png, read_png_metadata
+    from avert.pipeline.metadata import request_from_a1111, request_from_record
+
+    request = BASE.replace(negative_prompt="", guidance="perp-neg", negative_scale=5.0, guidance_rescale=0.5,
+                           s_min_uncond=2.0, clip_skip=2, emphasis="No norm",
+                           negatives=(Negative("blue tree"), Negative("(car:1.2)", 0.5, 0.3, 0.9)))
+    result = generate(request, tiny)
+    image = result.images[0]
+    save_png(image.image, tmp_path / "x.png", image.infotext, image.record)
+    meta = read_png_metadata(tmp_path / "x.png")
+    assert "Negative prompt: blue tree, (car:1.2)" in meta.parameters and "NGMS: 2.0" in meta.parameters
+    from_a1111 = request_from_a1111(parse_parameters(meta.parameters))
+    from_record = request_from_record(meta.record)
+    for remade in (from_a1111, from_record):
+        assert remade.negatives == request.negatives and remade.guidance == "perp-neg"
+        assert np.array_equal(pixels(generate(remade, tiny)), pixels(result))
+
+
+def test_validation_names_bad_negatives():
+    from avert.errors import ValidationError
+    from avert.validation import validate
+
+    request = GenerationRequest("x", negatives=(Negative("a", 11.0), Negative("b", 1.0, 0.6, 0.4)),
+                                guidance="nag", guidance_start=0.9, guidance_end=0.2)
+    with pytest.raises(ValidationError) as info:
+        validate(request)
+    fields = {p.field for p in info.value.problems}
+    assert fields == {"negatives[0].weight", "negatives[1].start", "guidance", "guidance_start"}
+
+
+def test_cli_several_negatives_with_weights_and_windows(tmp_path, capsys):
+    from avert.cli import main
+    from avert.output.pnginfo import read_png_metadata
+
+    out = tmp_path / "x.png"
+    code = main(["generate", "a house", "-n", "trees", "-n", "green tones", "--negative-weight", "0.5",
+                 "--negative-window", "0.2:1", "--guidance", "perp-neg", "--steps", "4", "--seed", "1", "-q",
+                 "-o", str(out)])
+    assert code == 0
+    negatives = read_png_metadata(out).record["request"]["negatives"]
+    assert negatives == [{"text": "trees", "weight": 1.0, "start": 0.0, "end": 1.0},
+                         {"text": "green tones", "weight": 0.5, "start": 0.2, "end": 1.0}]
+
+
+def test_cli_negative_option_without_a_negative_is_refused(capsys):
+    from avert.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["generate", "a house", "--negative-weight", "0.5"])
+    assert "must follow the -n" in capsys.readouterr().err
+
+
+def test_a_guidance_distilled_model_is_named_in_a_warning(tiny):
+    from dataclasses import replace
+
+    from avert.pipeline.generate import negative_warnings
+
+    class Config:
+        time_cond_proj_dim = 256
+
+    class Unet:
+        config = Config()
+
+    distilled = replace(tiny, unet=Unet())
+    assert any("guidance-distilled" in w for w in negative_warnings(BASE, distilled))
+    assert negative_warnings(BASE, tiny) == ()
