@@ -132,7 +132,7 @@ function picture(image, caption) {
 }
 
 function showGallery(job) {
-  for (const image of job.images) {
+  for (const image of [...job.images].reverse()) {  // newest batch on top, in batch order
     const negative = image.negative_prompt ? `, negative: ${image.negative_prompt}` : "";
     $("gallery").prepend(picture(image, `seed ${image.seed}${negative}`));
   }
