@@ -137,6 +137,12 @@ def test_txt2img_bad_fields_are_422_naming_the_field(client, body, field):
     assert_names(client.post("/sdapi/v1/txt2img", json={**FAST, **body}), 422, field)
 
 
+def test_txt2img_names_every_bad_field_at_once(client):
+    body = assert_names(client.post("/sdapi/v1/txt2img", json={"steps": 0, "mystery": 1, "enable_hr": True,
+                                                                "sampler_name": "Euler z"}), 422, "steps")
+    assert {e["field"] for e in body["errors"]} == {"steps", "mystery", "enable_hr", "sampler_name"}
+
+
 def test_malformed_json_and_non_objects_name_the_body(client):
     assert_names(client.post("/sdapi/v1/txt2img", content=b'{"prompt": '), 422, "body")
     assert_names(client.post("/v1/generate", content=b"[1, 2]"), 422, "body")

@@ -129,17 +129,19 @@ def txt2img_job(state: ServerState, body: dict) -> Job:
     limits = state.config.limits
     if not (type(rounds) is int and 1 <= rounds <= limits.max_batch_size):
         problems.append(FieldProblem("n_iter", rounds, f"must be an integer from 1 to {limits.max_batch_size}"))
+    try:  # the request's own fields are validated too, so that every bad field is named at once
+        count = settings["batch_size"] * rounds if type(rounds) is int and type(settings["batch_size"]) is int else 0
+        negative, per_image = bodies.split_negatives(settings["negative_prompt"], count)
+        fields = {k: settings[k] for k in ("prompt", "seed", "steps", "cfg_scale", "width", "height", "batch_size")}
+        shared = {k: v for k, v in body.items() if k in bodies.REQUEST_FIELDS and k not in fields}  # new engine fields
+        request = _renamed(lambda: bodies.request_from_fields({**shared, **fields, "negative_prompt": negative,
+                                                               "sampler": sampler}))
+        _check_eta(settings.get("eta"), request.sampler)
+        _renamed(lambda: bodies.check(request, limits, state.registry.components(model), per_image))
+    except ValidationError as error:
+        raise ValidationError(problems + list(error.problems)) from None
     if problems:
         raise ValidationError(problems)
-    count = settings["batch_size"] * rounds if isinstance(settings["batch_size"], int) else 0
-    negative, per_image = bodies.split_negatives(settings["negative_prompt"], count)
-    fields = {k: settings[k] for k in ("prompt", "seed", "steps", "cfg_scale", "width", "height", "batch_size")}
-    shared = {k: v for k, v in body.items() if k in bodies.REQUEST_FIELDS and k not in fields}  # e.g. new engine fields
-    request = _renamed(lambda: bodies.request_from_fields({**shared, **fields, "negative_prompt": negative,
-                                                           "sampler": sampler}))
-    _check_eta(settings.get("eta"), request.sampler)
-    components = state.registry.components(model)
-    _renamed(lambda: bodies.check(request, limits, components, per_image))
     return Job(model, bodies.batch_parts(request, per_image, rounds), kind="txt2img")
 
 
