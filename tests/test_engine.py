@@ -129,9 +129,3 @@ def test_cfg_scale_below_one_keeps_the_negative_and_warns(tiny, monkeypatch):
     result = generate(BASE.replace(cfg_scale=0.5), tiny)
     assert sizes == [2] * BASE.steps
     assert any("toward the negative" in w for w in result.warnings)
-
-
-def test_long_prompt_truncation_is_reported(tiny):
-    long_negative = " ".join(["red house"] * 60)
-    result = generate(BASE.replace(negative_prompt=long_negative), tiny)
-    assert any(w.startswith("negative_prompt: longer than") for w in result.warnings)

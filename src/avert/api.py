@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
+from avert.conditioning.embeddings import EmbeddingLibrary, load_embeddings
 from avert.models.components import Components
 from avert.models.default import resolve_model_path
 from avert.models.store import get_model
@@ -46,10 +47,13 @@ def generate(
     limits: Limits = Limits(),
     on_step: Callable[[StepEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    embeddings: EmbeddingLibrary | str | Path | None = None,
 ) -> GenerationResult:
-    """Render a request; see `avert.pipeline.generate.generate`."""
+    """Render a request; see `avert.pipeline.generate.generate`. `embeddings`: a folder of textual-inversion
+    `.safetensors` files (or a loaded library), used by name in the prompt and the negatives."""
+    library = embeddings if isinstance(embeddings, EmbeddingLibrary) else load_embeddings(embeddings)
     return _generate.generate(request, load(model), runtime=runtime, limits=limits, on_step=on_step,
-                              should_stop=should_stop)
+                              should_stop=should_stop, embeddings=library)
 
 
 def compare(
@@ -60,6 +64,9 @@ def compare(
     runtime: Runtime = Runtime(),
     limits: Limits = Limits(),
     on_step: Callable[[StepEvent], None] | None = None,
+    embeddings: EmbeddingLibrary | str | Path | None = None,
 ) -> _compare.Comparison:
     """The same seeds without a negative and with each negative; `.grid()` draws the labelled figure."""
-    return _compare.compare(request, negatives, load(model), runtime=runtime, limits=limits, on_step=on_step)
+    library = embeddings if isinstance(embeddings, EmbeddingLibrary) else load_embeddings(embeddings)
+    return _compare.compare(request, negatives, load(model), runtime=runtime, limits=limits, on_step=on_step,
+                            embeddings=library)

@@ -1,4 +1,4 @@
-"""The `avert` command: generate, compare, info, samplers and bench.
+"""The `avert` command: generate, compare, prompt, info, samplers, train, eval and bench.
 
 Flags for request fields are built from `avert.schema.PARAMS`, so defaults, bounds and help text are
 declared once. Errors print as one clear message (field, value, what is allowed), never a traceback.
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("image", type=Path)
     info.add_argument("--json", action="store_true", help="print the structured record as JSON")
     info.set_defaults(handler=_run_info)
+    _prompt_parser(sub)
     samplers = sub.add_parser("samplers", help="list the samplers by their AUTOMATIC1111 names")
     samplers.set_defaults(handler=_run_samplers)
     _train_parser(sub)
@@ -143,9 +144,39 @@ def _run_train(args) -> int:
     return 0
 
 
+def _prompt_parser(sub) -> None:
+    p = sub.add_parser("prompt", help="show how a prompt (or negative) is parsed, scheduled, weighted and chunked")
+    p.add_argument("text", help="a prompt in A1111 syntax: (x:1.2), [x], [a:b:0.5], [a|b], AND, BREAK")
+    p.add_argument("--steps", type=_bounded("steps", int, 1, LIMITS.max_steps), default=20)
+    p.add_argument("--json", action="store_true", help="print one JSON object (keys schedule, attention, parts)")
+    p.add_argument("--model", default=None, help="whose tokenizer counts the tokens (default: the embedded model)")
+    p.add_argument("--embeddings", type=Path, default=None, metavar="DIR",
+                   help="textual-inversion .safetensors files, used by file name (default: $AVERT_EMBEDDINGS)")
+    p.set_defaults(handler=_run_prompt)
+
+
+def _run_prompt(args) -> int:
+    from avert.conditioning.embeddings import load_embeddings
+    from avert.conditioning.report import format_report, prompt_report
+
+    components = _load_plain(args.model)
+    report = prompt_report(args.text, args.steps, components.tokenizer, load_embeddings(_embeddings_dir(args)))
+    print(json.dumps(report, ensure_ascii=False) if args.json else format_report(report))
+    return 0
+
+
+def _embeddings_dir(args) -> Path | None:
+    import os
+
+    given = getattr(args, "embeddings", None)
+    return given if given is not None else (Path(os.environ["AVERT_EMBEDDINGS"])
+                                            if os.environ.get("AVERT_EMBEDDINGS") else None)
+
+
 def _generate_parser(sub) -> None:
-    p = sub.add_parser("generate", help="render images from a prompt and a negative prompt")
-    _add_request_flags(p, skip=())
+    p = sub.add_parser("generate", help="render images from a prompt and negative prompts")
+    _add_request_flags(p, skip=("negative_prompt",))
+    _add_negative_flags(p)
     p.add_argument("--from", dest="from_image", type=Path, metavar="IMAGE",
                    help="re-make an image from the parameters stored in it (flags given override them)")
     p.add_argument("-o", "--output", type=Path, default=None, metavar="FILE_OR_DIR",
@@ -162,10 +193,59 @@ def _compare_parser(sub) -> None:
     _add_request_flags(p, skip=("negative_prompt",))
     p.add_argument("-n", "--negative-prompt", dest="negatives", action="append", required=True, metavar="TEXT",
                    help="a negative prompt; repeat for one column each")
+    p.add_argument("--embeddings", type=Path, default=None, metavar="DIR",
+                   help="textual-inversion .safetensors files, used by file name (default: $AVERT_EMBEDDINGS)")
     p.add_argument("-o", "--output", type=Path, default=None, metavar="FILE_OR_DIR",
                    help="the grid's .png file, or a folder (default: ./outputs)")
     _add_model_flags(p)
     p.set_defaults(handler=_run_compare)
+
+
+def _add_negative_flags(parser: argparse.ArgumentParser) -> None:
+    """-n TEXT, repeatable; --negative-weight and --negative-window apply to the -n before them."""
+    parser.add_argument("-n", "--negative-prompt", dest="negative_entries", action=_NegativeText, default=None,
+                        metavar="TEXT", help="what the image must steer away from (full prompt syntax); repeat "
+                        "for several negatives")
+    parser.add_argument("--negative-weight", dest="negative_entries", action=_NegativeOption, metavar="W",
+                        help="weight of the -n before it, -10 .. 10 (default 1)")
+    parser.add_argument("--negative-window", dest="negative_entries", action=_NegativeOption, metavar="START:END",
+                        help="fractions of the run in which the -n before it acts, e.g. 0.3:1 (default 0:1)")
+    parser.add_argument("--embeddings", type=Path, default=None, metavar="DIR",
+                        help="textual-inversion .safetensors files, used by file name (default: $AVERT_EMBEDDINGS)")
+
+
+class _NegativeText(argparse.Action):
+    def __call__(self, parser, namespace, value, option_string=None):
+        entries = list(getattr(namespace, self.dest, None) or [])
+        setattr(namespace, self.dest, entries + [{"text": value}])
+
+
+class _NegativeOption(argparse.Action):
+    """Sets weight or window on the latest -n; values are checked with the schema's wording."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        entries = list(getattr(namespace, self.dest, None) or [])
+        if not entries:
+            parser.error(f"{option_string} must follow the -n it applies to")
+        try:
+            if option_string == "--negative-weight":
+                entries[-1] = {**entries[-1], "weight": float(value)}
+            else:
+                start, _, end = value.partition(":")
+                entries[-1] = {**entries[-1], "start": float(start), "end": float(end)}
+        except ValueError:
+            allowed = "a number" if option_string == "--negative-weight" else "START:END, two numbers from 0 to 1"
+            parser.error(str(FieldProblem(option_string.lstrip("-").replace("-", "_"), value, "must be " + allowed)))
+        setattr(namespace, self.dest, entries)
+
+
+def negatives_from_entries(entries: list[dict]) -> dict:
+    """One plain -n is the classic `negative_prompt`; anything more is the `negatives` list."""
+    from avert.request import Negative
+
+    if len(entries) == 1 and set(entries[0]) == {"text"}:
+        return {"negative_prompt": entries[0]["text"], "negatives": ()}
+    return {"negative_prompt": "", "negatives": tuple(Negative(**e) for e in entries)}
 
 
 def _add_request_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...]) -> None:
@@ -176,6 +256,10 @@ def _add_request_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...]) -
         help_text = f"{param.help} (default: {param.default if param.default is not None else 'model native'})"
         if param.name == "prompt":
             parser.add_argument("prompt", nargs="?", default=None, type=_typed(param), help=param.help)
+            continue
+        if param.type is bool:
+            parser.add_argument(param.flag, dest=param.name, action="store_const", const=True, default=None,
+                                help=param.help)
             continue
         names = [param.flag] + ([param.short] if param.short else [])
         parser.add_argument(*names, dest=param.name, default=None, type=_typed(param), help=help_text,
@@ -231,6 +315,8 @@ def _request_from_args(args, base=None):
     from avert.request import GenerationRequest
 
     given = {p.name: getattr(args, p.name) for p in PARAMS if getattr(args, p.name, None) is not None}
+    if getattr(args, "negative_entries", None):
+        given.update(negatives_from_entries(args.negative_entries))
     return (base or GenerationRequest()).replace(**given)
 
 
@@ -248,7 +334,15 @@ def _load(args):
                     prediction_type=args.prediction_type)
 
 
+def _load_plain(model):
+    from avert import api
+
+    _quiet_libraries()
+    return api.load(model)
+
+
 def _run_generate(args) -> int:
+    from avert.conditioning.embeddings import load_embeddings
     from avert.pipeline.generate import generate
 
     request = _request_from_args(args, _request_from_image(args.from_image) if args.from_image else None)
@@ -256,7 +350,8 @@ def _run_generate(args) -> int:
         raise ValidationError([FieldProblem("prompt", request.prompt, "give a prompt (or --from IMAGE)")])
     components = _load(args)
     with _progress(args, "Sampling") as on_step:
-        result = generate(request, components, runtime=_runtime(args), limits=LIMITS, on_step=on_step)
+        result = generate(request, components, runtime=_runtime(args), limits=LIMITS, on_step=on_step,
+                          embeddings=load_embeddings(_embeddings_dir(args)))
     _print_warnings(result.warnings)
     for generated, path in zip(result.images, _output_paths(args.output, result.seeds)):
         _save(generated, path, args.upscale)
@@ -275,6 +370,7 @@ def _save(generated, path: Path, factor: int | None) -> None:
 
 
 def _run_compare(args) -> int:
+    from avert.conditioning.embeddings import load_embeddings
     from avert.output.pnginfo import save_png
     from avert.pipeline.compare import compare
     from avert.request import GenerationRequest
@@ -283,7 +379,7 @@ def _run_compare(args) -> int:
     components = _load(args)
     with _progress(args, "Comparing") as on_step:
         comparison = compare(request, args.negatives, components, runtime=_runtime(args), limits=LIMITS,
-                             on_step=on_step)
+                             on_step=on_step, embeddings=load_embeddings(_embeddings_dir(args)))
     first = comparison.columns[0]
     _print_warnings(sorted({w for c in comparison.columns for w in c.warnings}))
     path = _output_paths(args.output, first.seeds[:1], prefix="compare-")[0]

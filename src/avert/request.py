@@ -10,11 +10,38 @@ from avert.schema import PARAMS
 
 
 @dataclass(frozen=True)
+class Negative:
+    """One negative prompt of a request: its text (full prompt syntax), its weight, and its window.
+
+    The window [start, end) is a fraction of the run: 0 is the first step, 1 the end; outside it the negative
+    is not evaluated at all (its place in the unconditional branch falls back to the empty prompt).
+    """
+
+    text: str
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+    @classmethod
+    def from_value(cls, value: Any) -> "Negative":
+        """From a Negative, a dict with the field names, or a plain text (weight 1, whole run)."""
+        if isinstance(value, Negative):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, dict):
+            names = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in value.items() if k in names})
+        raise TypeError(f"a negative is a text or an object with text, weight, start, end; got {value!r}")
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """Everything that determines the images, apart from the model and the runtime device.
 
-    Fields and their defaults are declared once in `avert.schema.PARAMS`; `width`/`height` of None mean
-    the model's native size; seed -1 means "draw a random seed" (the result reports the seed used).
+    Fields and their defaults are declared once in `avert.schema.PARAMS` (`negatives`, a list of values, is
+    checked by `avert.validation`); `width`/`height` of None mean the model's native size; seed -1 means "draw
+    a random seed" (the result reports the seed used); `negative_scale` None means "the same as cfg_scale".
     """
 
     prompt: str = ""
@@ -26,6 +53,23 @@ class GenerationRequest:
     height: int | None = None
     sampler: str = "Euler a"
     batch_size: int = 1
+    negative_scale: float | None = None
+    guidance: str = "cfg"
+    guidance_rescale: float = 0.0
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+    guidance_sigma_min: float | None = None
+    guidance_sigma_max: float | None = None
+    s_min_uncond: float = 0.0
+    s_min_uncond_all: bool = False
+    clip_skip: int = 1
+    emphasis: str = "Original"
+    negatives: tuple[Negative, ...] = ()
+
+    def all_negatives(self) -> tuple[Negative, ...]:
+        """`negative_prompt` (weight 1, whole run) when not empty, then `negatives`."""
+        first = (Negative(self.negative_prompt),) if self.negative_prompt else ()
+        return first + tuple(self.negatives)
 
     def replace(self, **changes: Any) -> "GenerationRequest":
         return dataclasses.replace(self, **changes)
@@ -37,11 +81,14 @@ class GenerationRequest:
     def from_dict(cls, data: dict[str, Any]) -> "GenerationRequest":
         """Build from a dict (e.g. a PNG's structured chunk); unknown keys are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        if isinstance(values.get("negatives"), (list, tuple)):
+            values["negatives"] = tuple(Negative.from_value(n) for n in values["negatives"])
+        return cls(**values)
 
 
 def _check_schema_matches() -> None:
-    fields = {f.name: f.default for f in dataclasses.fields(GenerationRequest)}
+    fields = {f.name: f.default for f in dataclasses.fields(GenerationRequest) if f.name != "negatives"}
     declared = {p.name: p.default for p in PARAMS}
     if fields != declared:
         raise RuntimeError(f"GenerationRequest fields {fields} disagree with schema.PARAMS {declared}")

@@ -24,6 +24,7 @@ class Limits:
     max_steps: int = 150
     max_cfg_scale: float = 30.0
     max_prompt_chars: int = 8192
+    max_negatives: int = 8
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class Param:
             parts.append(f"a multiple of {self.multiple_of}")
         if self.type is str and self.high is not None:
             parts = [f"at most {self.high(limits)} characters"]
+        if self.type is bool:
+            return "must be true or false"
         text = {int: "an integer", float: "a number"}.get(self.type, "text")
         text += (" " + ", ".join(parts)) if parts else ""
         if self.allow:
@@ -85,6 +88,37 @@ PARAMS: tuple[Param, ...] = (
     Param("sampler", str, "Euler a", "sampler, by its AUTOMATIC1111 name", "--sampler", choices=SAMPLER_NAMES),
     Param("batch_size", int, 1, "number of images, seeds seed .. seed + n - 1", "--batch-size", "-b",
           low=lambda l: 1, high=lambda l: l.max_batch_size),
+)
+
+GUIDANCE_METHODS = ("cfg", "perp-neg", "dynamic")
+EMPHASIS_MODES = ("Original", "No norm")
+SIGMA_MAX = 1000.0
+
+PARAMS = PARAMS + (
+    Param("negative_scale", float, None, "strength of the negatives apart from the prompt's; when it differs "
+          "from cfg_scale: e = e_0 + w (e_c - e_0) - w_n sum_i l_i (e_ni - e_0) (default: same as cfg_scale)",
+          "--negative-scale", low=lambda l: 0.0, high=lambda l: l.max_cfg_scale),
+    Param("guidance", str, "cfg", "how the negatives steer: cfg, perp-neg (Armandpour et al. 2023), dynamic "
+          "(strength follows the estimated presence of each negative concept)", "--guidance",
+          choices=GUIDANCE_METHODS),
+    Param("guidance_rescale", float, 0.0, "guidance rescale phi (Lin et al. 2023): 0 off, 0.7 typical",
+          "--guidance-rescale", low=lambda l: 0.0, high=lambda l: 1.0),
+    Param("guidance_start", float, 0.0, "guidance applies from this fraction of the run on", "--guidance-start",
+          low=lambda l: 0.0, high=lambda l: 1.0),
+    Param("guidance_end", float, 1.0, "guidance applies up to this fraction of the run; outside, the prompt "
+          "alone is evaluated (one UNet branch)", "--guidance-end", low=lambda l: 0.0, high=lambda l: 1.0),
+    Param("guidance_sigma_min", float, None, "guidance applies only where sigma > this (Kynkaanniemi et al. "
+          "2024 interval, lower end)", "--guidance-sigma-min", low=lambda l: 0.0, high=lambda l: SIGMA_MAX),
+    Param("guidance_sigma_max", float, None, "guidance applies only where sigma <= this (interval, upper end)",
+          "--guidance-sigma-max", low=lambda l: 0.0, high=lambda l: SIGMA_MAX),
+    Param("s_min_uncond", float, 0.0, "A1111's s_min_uncond: below this sigma, skip the negative on every "
+          "other step (0: off)", "--s-min-uncond", low=lambda l: 0.0, high=lambda l: SIGMA_MAX),
+    Param("s_min_uncond_all", bool, False, "apply s_min_uncond on every step, not every other one",
+          "--s-min-uncond-all"),
+    Param("clip_skip", int, 1, "use the text encoder's hidden states this many layers from the end (A1111 "
+          "clip skip; 1 = last layer)", "--clip-skip", low=lambda l: 1, high=lambda l: 12),
+    Param("emphasis", str, "Original", "how (word:1.2) weights apply: Original (rescaled to the chunk's mean, "
+          "A1111's default) or No norm", "--emphasis", choices=EMPHASIS_MODES),
 )
 
 PARAMS_BY_NAME = {p.name: p for p in PARAMS}

@@ -8,13 +8,15 @@ from __future__ import annotations
 import math
 
 from avert.errors import FieldProblem, ValidationError
-from avert.request import GenerationRequest
+from avert.request import GenerationRequest, Negative
 from avert.schema import PARAMS, Limits, Param
 
 
 def validate(request: GenerationRequest, limits: Limits = Limits()) -> GenerationRequest:
     """Return the request unchanged if valid, else raise `ValidationError` listing every bad field."""
     problems = [p for param in PARAMS if (p := check_field(param, getattr(request, param.name), limits))]
+    problems += check_negatives(request.negatives, limits)
+    problems += check_relations(request)
     if problems:
         raise ValidationError(problems)
     return request
@@ -44,7 +46,52 @@ def check_field(param: Param, value: object, limits: Limits) -> FieldProblem | N
     return None
 
 
+def check_negatives(negatives: object, limits: Limits) -> list[FieldProblem]:
+    """Each negative: text within the prompt length limit, weight from -10 to 10, 0 <= start < end <= 1."""
+    if not isinstance(negatives, tuple) or not all(isinstance(n, Negative) for n in negatives):
+        return [FieldProblem("negatives", negatives, "must be a list of {text, weight, start, end}")]
+    if len(negatives) > limits.max_negatives:
+        return [FieldProblem("negatives", f"{len(negatives)} entries", f"must have at most {limits.max_negatives}")]
+    return [p for i, n in enumerate(negatives) for p in _negative_problems(f"negatives[{i}]", n, limits)]
+
+
+def _negative_problems(name: str, n: Negative, limits: Limits) -> list[FieldProblem]:
+    problems = []
+    if not isinstance(n.text, str) or len(n.text) > limits.max_prompt_chars:
+        problems.append(FieldProblem(name + ".text", n.text, f"must be text of at most "
+                                     f"{limits.max_prompt_chars} characters"))
+    problems += [FieldProblem(f"{name}.{field}", value, rule) for field, value, rule in (
+        ("weight", n.weight, "must be a number from -10 to 10"),
+        ("start", n.start, "must be a number from 0 to 1"),
+        ("end", n.end, "must be a number from 0 to 1")) if not _in_range(value, *_RANGES[field])]
+    if not problems and n.start >= n.end:
+        problems.append(FieldProblem(f"{name}.start", n.start, f"must be below end ({n.end})"))
+    return problems
+
+
+_RANGES = {"weight": (-10.0, 10.0), "start": (0.0, 1.0), "end": (0.0, 1.0)}
+
+
+def _in_range(value: object, low: float, high: float) -> bool:
+    return _has_type(value, float) and math.isfinite(value) and low <= value <= high
+
+
+def check_relations(request: GenerationRequest) -> list[FieldProblem]:
+    """Fields that are valid alone but not together."""
+    problems = []
+    if _in_range(request.guidance_start, 0, 1) and _in_range(request.guidance_end, 0, 1) \
+            and request.guidance_start >= request.guidance_end:
+        problems.append(FieldProblem("guidance_start", request.guidance_start,
+                                     f"must be below guidance_end ({request.guidance_end})"))
+    low, high = request.guidance_sigma_min, request.guidance_sigma_max
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low >= high:
+        problems.append(FieldProblem("guidance_sigma_min", low, f"must be below guidance_sigma_max ({high})"))
+    return problems
+
+
 def _has_type(value: object, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
     if isinstance(value, bool):
         return False
     if kind is float:

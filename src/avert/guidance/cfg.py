@@ -1,6 +1,13 @@
-"""Classifier-free guidance as pure tensor functions (no model, no state)."""
+"""Guidance as pure tensor functions (no model, no state): CFG and its relatives for negative prompts.
+
+Notation (shared with ../shared/reference/negative-prompts.md): e_c prediction for the prompt, e_n for a
+negative, e_0 for the empty prompt, w guidance scale, w_n negative scale, a_k AND weights, l_i negative weights.
+Tensors are [batch, C, H, W]; per-sample quantities reduce over every dim but the first.
+"""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 
@@ -13,3 +20,96 @@ def cfg(positive: torch.Tensor, negative: torch.Tensor, scale: float) -> torch.T
     At w = 1 this is e_c exactly, so the negative has no effect; below 1 it pulls toward the negative.
     """
     return negative + scale * (positive - negative)
+
+
+def composable_cfg(prompts: Sequence[torch.Tensor], weights: Sequence[float], uncond: torch.Tensor,
+                   scale: float) -> torch.Tensor:
+    """Composable diffusion (Liu et al. 2022) as A1111 combines AND: e = e_u + w sum_k a_k (e_k - e_u).
+
+    With one prompt of weight 1 this is `cfg(e_c, e_u, w)`, term for term.
+    """
+    if len(prompts) == 1 and weights[0] == 1.0:
+        return cfg(prompts[0], uncond, scale)
+    return uncond + scale * sum(a * (e - uncond) for a, e in zip(weights, prompts))
+
+
+def unconditional(empty: torch.Tensor | None, negatives: Sequence[torch.Tensor],
+                  weights: Sequence[float]) -> torch.Tensor:
+    """The unconditional branch made of several weighted negatives: e_u = (1 - sum l_i) e_0 + sum l_i e_ni.
+
+    One negative of weight 1 gives e_n itself (plain CFG); no active negative gives e_0; `empty` may be None
+    only when the weights sum to 1.
+    """
+    if len(negatives) == 1 and weights[0] == 1.0:
+        return negatives[0]
+    if not negatives:
+        return empty
+    mixed = sum(l * e for l, e in zip(weights, negatives))
+    rest = 1.0 - sum(weights)
+    return mixed if rest == 0.0 else rest * empty + mixed
+
+
+def prompt_direction(prompts: Sequence[torch.Tensor], weights: Sequence[float], empty: torch.Tensor) -> torch.Tensor:
+    """d_c = sum_k a_k (e_ck - e_0): the prompt's guidance direction."""
+    return sum(a * (e - empty) for a, e in zip(weights, prompts))
+
+
+def separate_scales(empty: torch.Tensor, direction: torch.Tensor, negatives: Sequence[torch.Tensor],
+                    weights: Sequence[float | torch.Tensor], scale: float, negative_scale: float) -> torch.Tensor:
+    """Separate strengths for prompt and negatives (three branches):
+    e = e_0 + w d_c - w_n sum_i l_i (e_ni - e_0). `weights` may be per-sample tensors [batch, 1, 1, 1]."""
+    pushed = sum(l * (e - empty) for l, e in zip(weights, negatives)) if negatives else 0.0
+    return empty + scale * direction - negative_scale * pushed
+
+
+def perpendicular(d: torch.Tensor, onto: torch.Tensor) -> torch.Tensor:
+    """The part of d orthogonal to `onto`, per sample: d - (<d, c> / |c|^2) c (zero-safe)."""
+    dims = tuple(range(1, d.ndim))
+    dot = (d * onto).sum(dim=dims, keepdim=True)
+    norm = (onto * onto).sum(dim=dims, keepdim=True)
+    return d - torch.where(norm > 0, dot / norm.clamp_min(torch.finfo(d.dtype).tiny), torch.zeros_like(dot)) * onto
+
+
+def perp_neg(empty: torch.Tensor, direction: torch.Tensor, negatives: Sequence[torch.Tensor],
+             weights: Sequence[float], scale: float, negative_scale: float) -> torch.Tensor:
+    """Perp-Neg (Armandpour et al., "Re-imagine the Negative Prompt Algorithm", 2023, eq. 9), per sample:
+    d_i = e_ni - e_0, d_i_perp = d_i - (<d_i, d_c> / |d_c|^2) d_c, e = e_0 + w d_c - w_n sum_i l_i d_i_perp.
+    Only the part of each negative that does not fight the prompt is removed."""
+    pushed = sum(l * perpendicular(e - empty, direction) for l, e in zip(weights, negatives)) if negatives else 0.0
+    return empty + scale * direction - negative_scale * pushed
+
+
+def presence(direction: torch.Tensor, negative_direction: torch.Tensor) -> torch.Tensor:
+    """Estimated presence of a negative concept in the sample, per sample in [0, 1], shape [batch, 1, 1, 1].
+
+    With the model as an implicit classifier, grad_x log p(c_n | x_t) = -(e_n - e_0) / sigma; the prompt's
+    update moves x_t along -d_c, so log p(c_n | x_t) grows at the rate <d_n, d_c> / sigma^2. Normalised by
+    |d_n|^2 and clipped: p = clamp(<d_c, d_n> / |d_n|^2, 0, 1): 1 when the prompt drives the sample fully
+    toward the negative concept, 0 when it drives it away or not at all.
+    """
+    dims = tuple(range(1, direction.ndim))
+    dot = (direction * negative_direction).sum(dim=dims, keepdim=True)
+    norm = (negative_direction * negative_direction).sum(dim=dims, keepdim=True)
+    return torch.where(norm > 0, dot / norm.clamp_min(torch.finfo(dot.dtype).tiny), torch.zeros_like(dot)).clamp(0, 1)
+
+
+def dynamic_negative(empty: torch.Tensor, direction: torch.Tensor, negatives: Sequence[torch.Tensor],
+                     weights: Sequence[float], scale: float, negative_scale: float) -> torch.Tensor:
+    """Dynamic negative guidance after Koulischer et al. (ICLR 2025): the negative's strength follows the
+    estimated presence of its concept, w_n,i(x_t) = w_n p_i(x_t) (see `presence`), so a negative switches
+    itself off where its concept is absent: e = e_0 + w d_c - sum_i w_n p_i l_i (e_ni - e_0).
+    Koulischer et al. track the posterior along the chain; avert estimates it at each step from the same
+    predictions, without state."""
+    scaled = [l * presence(direction, e - empty) for l, e in zip(weights, negatives)]
+    return separate_scales(empty, direction, negatives, scaled, scale, negative_scale)
+
+
+def rescale(guided: torch.Tensor, positive: torch.Tensor, phi: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed", 2023,
+    sec. 3.4, as diffusers' `rescale_noise_cfg`): x_r = x_cfg std(e_c) / std(x_cfg) per sample,
+    out = phi x_r + (1 - phi) x_cfg. phi = 0 is the identity."""
+    if phi == 0.0:
+        return guided
+    dims = tuple(range(1, guided.ndim))
+    ratio = positive.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+    return phi * (guided * ratio) + (1 - phi) * guided

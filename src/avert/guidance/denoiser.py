@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Protocol
 
 import torch
 
-from avert.guidance.strategy import Guidance, StepContext
+from avert.guidance.strategy import Branch, Guidance, StepContext
+
+
+class StatesOverRun(Protocol):
+    """Hidden states [tokens, dim] of one branch at a sampling step (prompt schedules change them)."""
+
+    def at(self, step: int) -> torch.Tensor: ...
 
 
 @dataclass
@@ -17,33 +23,46 @@ class EvaluationCount:
 
     forwards: int = 0
     samples: int = 0
+    branches: int = 0  # branch evaluations per image, summed over steps
 
 
 @dataclass(frozen=True)
 class Denoiser:
     """Evaluates `unet` on the branches `guidance` asks for, in one batch, and combines them.
 
-    `conditioning` maps a branch name to encoder hidden states of shape [batch, tokens, dim]; the
-    latent batch x has the same batch size; each branch sees the same x.
+    `conditioning` maps each branch to its states over the run; branches evaluated together are padded to
+    the same number of tokens with chunks of `empty` (the encoded empty prompt), as A1111's `pad_cond` does.
+    Every image of the batch x sees the same conditioning.
     """
 
     unet: torch.nn.Module
-    conditioning: Mapping[str, torch.Tensor]
+    conditioning: Mapping[Branch, StatesOverRun]
     guidance: Guidance
+    empty: torch.Tensor
     autocast_dtype: torch.dtype | None = None
     count: EvaluationCount = field(default_factory=EvaluationCount)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, timestep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         names = self.guidance.branches(ctx)
+        hidden = self.hidden_states(names, ctx.sampling_step, x.shape[0])
         model_in = torch.cat([x] * len(names)) if len(names) > 1 else x
-        hidden = torch.cat([self.conditioning[n] for n in names]) if len(names) > 1 else self.conditioning[names[0]]
         with self._autocast(x.device):
             out = self.unet(model_in, timestep, encoder_hidden_states=hidden, return_dict=False)[0]
         self.count.forwards += 1
         self.count.samples += out.shape[0]
+        self.count.branches += len(names)
         predictions = dict(zip(names, out.to(x.dtype).chunk(len(names))))
         return self.guidance.combine(predictions, ctx)
+
+    def hidden_states(self, names: tuple[Branch, ...], step: int, rows: int) -> torch.Tensor:
+        """[len(names) * rows, tokens, dim]: each branch's states at `step`, padded alike, one row per image."""
+        states = [self.conditioning[n].at(step) for n in names]
+        longest = max(s.shape[0] for s in states)
+        window = self.empty.shape[0]
+        padded = [s if s.shape[0] == longest else torch.cat([s, self.empty.repeat((longest - s.shape[0]) // window, 1)])
+                  for s in states]
+        return torch.cat([s[None].expand(rows, -1, -1) for s in padded])
 
     def _autocast(self, device: torch.device):
         if self.autocast_dtype is None:

@@ -1,56 +1,163 @@
 """Guidance strategies: which predictions a step needs, and how to combine them.
 
-Following SGM's guiders, "what to evaluate" (`branches`) is kept apart from "how to combine"
-(`combine`); progress through the run is passed in explicitly (`StepContext`), never held as state.
+Following SGM's guiders, "what to evaluate" (`branches`) is kept apart from "how to combine" (`combine`);
+progress through the run is passed in explicitly (`StepContext`), never held as state. One `Guidance` value
+covers every method: the method only changes the combination (and whether the empty prompt is needed).
+
+Branches: the prompt's AND parts ("prompt", k), the active negative terms ("negative", i) and the empty
+prompt ("empty"). A negative is evaluated only inside its window; guidance as a whole only inside the
+interval (fractions of the run and sigma range) and not where A1111's s_min_uncond skips it. Outside, the
+prompt alone is evaluated: one branch instead of two or more.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from typing import Callable, Mapping
 
 import torch
 
-from avert.guidance.cfg import cfg
+from avert.guidance import cfg as f
 
-POSITIVE = "positive"
-NEGATIVE = "negative"
+
+@dataclass(frozen=True, order=True)
+class Branch:
+    role: str  # "negative" | "empty" | "prompt"
+    index: int = 0
+
+
+EMPTY = Branch("empty")
+
+
+def prompt_branch(k: int) -> Branch:
+    return Branch("prompt", k)
+
+
+def negative_branch(i: int) -> Branch:
+    return Branch("negative", i)
 
 
 @dataclass(frozen=True)
 class StepContext:
-    """Where a model evaluation sits in the run: evaluation `index` of `total`, at `timestep`."""
+    """Where a model evaluation sits in the run: evaluation `index` of `total`, at `timestep` and `sigma`;
+    `step` is the sampling step it belongs to (prompt schedules count steps, not evaluations)."""
 
     index: int
     total: int
     timestep: float
+    sigma: float = 0.0
+    step: int | None = None
 
     @property
     def fraction(self) -> float:
         """Progress through the run in [0, 1): 0 at the first evaluation."""
         return self.index / self.total
 
-
-class Guidance(Protocol):
-    def branches(self, ctx: StepContext) -> tuple[str, ...]: ...
-
-    def combine(self, predictions: Mapping[str, torch.Tensor], ctx: StepContext) -> torch.Tensor: ...
+    @property
+    def sampling_step(self) -> int:
+        return self.index if self.step is None else self.step
 
 
 @dataclass(frozen=True)
-class CFGGuidance:
-    """Plain classifier-free guidance with the negative prompt as the unconditional branch.
+class Term:
+    """A weighted negative (or one AND part of one) active over [start, end) of the run."""
 
-    The negative's forward is skipped when it cannot matter: at scale exactly 1 (e = e_c).
-    Branch order [negative, positive] is diffusers' batch order, so the batched forward matches it.
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+    def active(self, fraction: float) -> bool:
+        return self.start <= fraction and (fraction < self.end or self.end >= 1.0)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Where guidance applies: fractions [start, end) of the run and sigma in (sigma_min, sigma_max];
+    A1111's s_min_uncond skips it below that sigma on even steps (every step with `s_min_uncond_all`)."""
+
+    start: float = 0.0
+    end: float = 1.0
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    s_min_uncond: float = 0.0
+    s_min_uncond_all: bool = False
+
+    def applies(self, ctx: StepContext) -> bool:
+        if not (self.start <= ctx.fraction and (ctx.fraction < self.end or self.end >= 1.0)):
+            return False
+        if self.sigma_min is not None and ctx.sigma <= self.sigma_min:
+            return False
+        if self.sigma_max is not None and ctx.sigma > self.sigma_max:
+            return False
+        skip = self.s_min_uncond > 0 and ctx.sigma < self.s_min_uncond
+        return not (skip and (self.s_min_uncond_all or ctx.index % 2 == 0))
+
+
+Combine = Callable[..., torch.Tensor]
+METHODS: dict[str, Combine] = {"perp-neg": f.perp_neg, "dynamic": f.dynamic_negative}  # and "cfg", below
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """How a run is guided: method, scales, AND weights of the prompt, the negative terms, rescale, interval.
+
+    cfg with negative_scale None (= scale): e_u = (1 - sum l_i) e_0 + sum l_i e_ni, e = e_u + w sum_k a_k
+    (e_ck - e_u) -- one negative of weight 1 is plain CFG, term for term. cfg with a different negative_scale,
+    perp-neg and dynamic use e_0 and the formulas in `avert.guidance.cfg`.
     """
 
     scale: float
+    method: str = "cfg"
+    negative_scale: float | None = None
+    prompt_weights: tuple[float, ...] = (1.0,)
+    negatives: tuple[Term, ...] = (Term(),)
+    rescale: float = 0.0
+    interval: Interval = Interval()
 
-    def branches(self, ctx: StepContext) -> tuple[str, ...]:
-        return (POSITIVE,) if self.scale == 1.0 else (NEGATIVE, POSITIVE)
+    @property
+    def w_n(self) -> float:
+        return self.scale if self.negative_scale is None else self.negative_scale
 
-    def combine(self, predictions: Mapping[str, torch.Tensor], ctx: StepContext) -> torch.Tensor:
-        if NEGATIVE not in predictions:
-            return predictions[POSITIVE]
-        return cfg(predictions[POSITIVE], predictions[NEGATIVE], self.scale)
+    @property
+    def plain_cfg(self) -> bool:
+        return self.method == "cfg" and self.w_n == self.scale
+
+    def active_negatives(self, ctx: StepContext) -> tuple[int, ...]:
+        return tuple(i for i, t in enumerate(self.negatives) if t.active(ctx.fraction) and t.weight != 0.0)
+
+    def guided(self, ctx: StepContext) -> bool:
+        if self.plain_cfg and self.scale * sum(self.prompt_weights) == 1.0 and len(self.prompt_weights) == 1:
+            return False  # e = e_c exactly: the negative cannot matter
+        return self.interval.applies(ctx)
+
+    def branches(self, ctx: StepContext) -> tuple[Branch, ...]:
+        prompts = tuple(prompt_branch(k) for k in range(len(self.prompt_weights)))
+        if not self.guided(ctx):
+            return prompts
+        active = self.active_negatives(ctx)
+        weights = sum(self.negatives[i].weight for i in active)
+        needs_empty = not self.plain_cfg or not active or weights != 1.0
+        return tuple(negative_branch(i) for i in active) + ((EMPTY,) if needs_empty else ()) + prompts
+
+    def combine(self, predictions: Mapping[Branch, torch.Tensor], ctx: StepContext) -> torch.Tensor:
+        prompts = [predictions[prompt_branch(k)] for k in range(len(self.prompt_weights))]
+        if not self.guided(ctx):
+            return f.composable_cfg(prompts, self.prompt_weights, prompts[0], 1.0)
+        active = self.active_negatives(ctx)
+        negatives = [predictions[negative_branch(i)] for i in active]
+        weights = [self.negatives[i].weight for i in active]
+        empty = predictions.get(EMPTY)
+        if self.plain_cfg:
+            uncond = f.unconditional(empty, negatives, weights)
+            guided = f.composable_cfg(prompts, self.prompt_weights, uncond, self.scale)
+        elif self.method == "cfg":
+            direction = f.prompt_direction(prompts, self.prompt_weights, empty)
+            guided = f.separate_scales(empty, direction, negatives, weights, self.scale, self.w_n)
+        else:
+            direction = f.prompt_direction(prompts, self.prompt_weights, empty)
+            guided = METHODS[self.method](empty, direction, negatives, weights, self.scale, self.w_n)
+        return f.rescale(guided, prompts[0], self.rescale)
+
+
+def method_names() -> tuple[str, ...]:
+    return ("cfg",) + tuple(METHODS)

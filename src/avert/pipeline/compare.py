@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 from PIL import Image
 
+from avert.conditioning.embeddings import EmbeddingLibrary
 from avert.models.components import Components
 from avert.output.grid import compare_grid
 from avert.pipeline.generate import generate, model_limits, resolve
@@ -45,6 +46,7 @@ def compare(
     runtime: Runtime = Runtime(),
     limits: Limits = Limits(),
     on_step: Callable[[StepEvent], None] | None = None,
+    embeddings: EmbeddingLibrary = EmbeddingLibrary(),
 ) -> Comparison:
     """Render `request` without a negative and with each of `negatives`, all with the same resolved seed."""
     limits = model_limits(limits, components)
@@ -52,7 +54,8 @@ def compare(
         validate(request.replace(negative_prompt=negative), limits)
     base = resolve(validate(request, limits), components)
     columns = tuple(
-        generate(base.replace(negative_prompt=n), components, runtime=runtime, limits=limits, on_step=on_step)
+        generate(base.replace(negative_prompt=n, negatives=()), components, runtime=runtime, limits=limits,
+                 on_step=on_step, embeddings=embeddings)
         for n in ("", *negatives)
     )
     return Comparison(tuple(negatives), columns)

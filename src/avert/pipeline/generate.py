@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from avert.conditioning.text import encode_texts
+from avert.conditioning.embeddings import EmbeddingLibrary
 from avert.guidance.denoiser import Denoiser
-from avert.guidance.strategy import NEGATIVE, POSITIVE, CFGGuidance
 from avert.models.components import Components
 from avert.pipeline import metadata
+from avert.pipeline.conditioning import condition
 from avert.pipeline.result import GeneratedImage, GenerationResult
 from avert.pipeline.runtime import Runtime
 from avert.request import GenerationRequest
@@ -35,14 +35,15 @@ def generate(
     limits: Limits = Limits(),
     on_step: Callable[[StepEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    embeddings: EmbeddingLibrary = EmbeddingLibrary(),
 ) -> GenerationResult:
     """Render `request.batch_size` images; image i uses seed + i and equals that seed rendered alone."""
     started = time.perf_counter()
     request = resolve(validate(request, model_limits(limits, components)), components)  # 1. validate, defaults
     seeds = image_seeds(request.seed, request.batch_size)
-    conditioning, warnings = condition(request, components, runtime)                # 2. text -> hidden states
-    guidance = CFGGuidance(request.cfg_scale)                                        # 3. guidance and denoiser
-    denoiser = Denoiser(components.unet, conditioning, guidance, runtime.autocast_dtype)
+    text = condition(request, components, runtime, embeddings)                       # 2. text -> branches
+    denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty,   # 3. guidance, denoiser
+                        runtime.autocast_dtype)
     schedulers = make_schedulers(request, components, seeds, runtime)               # 4. one scheduler per image
     noise, generators = initial_noise(seeds, latent_shape(request, components), runtime.device)
     latents = sample(denoiser, schedulers, noise, generators, on_step, should_stop)  # 5. the one loop
@@ -52,8 +53,8 @@ def generate(
                        metadata.record(request, s, i, components.source))
         for i, (img, s) in enumerate(zip(pictures, seeds))
     )
-    return GenerationResult(request, images, warnings + negative_warnings(request), denoiser.count.forwards,
-                            time.perf_counter() - started)
+    return GenerationResult(request, images, negative_warnings(request), denoiser.count.forwards,
+                            time.perf_counter() - started, denoiser.count.branches)
 
 
 def model_limits(limits: Limits, components: Components) -> Limits:
@@ -75,32 +76,18 @@ def native_size(components: Components) -> int:
     return int(sample_size) * components.vae_scale_factor
 
 
-def condition(request: GenerationRequest, components: Components, runtime: Runtime):
-    """Hidden states per branch, one row per image, and warnings about truncated text."""
-    texts = [request.prompt] + ([request.negative_prompt] if request.cfg_scale != 1.0 else [])
-    encoded = encode_texts(components.text_encoder, components.tokenizer, texts, runtime.device)
-    rows = request.batch_size
-    conditioning = {POSITIVE: encoded.lookup(request.prompt).expand(rows, -1, -1)}
-    if request.cfg_scale != 1.0:
-        conditioning[NEGATIVE] = encoded.lookup(request.negative_prompt).expand(rows, -1, -1)
-    fields = {"prompt": request.prompt, "negative_prompt": request.negative_prompt}
-    limit = components.tokenizer.model_max_length
-    warnings = tuple(
-        f"{name}: longer than the text encoder's {limit} tokens; this part was ignored: {cut!r}"
-        for text, cut in encoded.truncated for name, value in fields.items() if value == text
-    )
-    return conditioning, warnings
-
-
 def negative_warnings(request: GenerationRequest) -> tuple[str, ...]:
-    """Tell the user when the negative prompt cannot steer away (never drop it silently)."""
-    if not request.negative_prompt or request.cfg_scale > 1.0:
+    """Tell the user when the negatives cannot steer away (never drop them silently)."""
+    if not request.all_negatives() or request.cfg_scale > 1.0 or request.guidance != "cfg" \
+            or request.negative_scale not in (None, request.cfg_scale):
         return ()
     if request.cfg_scale == 1.0:
         return (f"negative_prompt has no effect at cfg_scale {request.cfg_scale:g}: guidance e_n + w (e_c - e_n) "
-                "is the prompt's prediction alone at w = 1; use a cfg_scale above 1",)
+                "is the prompt's prediction alone at w = 1; use a cfg_scale above 1, or set negative_scale "
+                "(e = e_0 + w (e_c - e_0) - w_n (e_n - e_0) works at any cfg_scale)",)
     return (f"negative_prompt does not steer away at cfg_scale {request.cfg_scale:g}: below 1, guidance "
-            "e_n + w (e_c - e_n) pulls the image toward the negative; use a cfg_scale above 1",)
+            "e_n + w (e_c - e_n) pulls the image toward the negative; use a cfg_scale above 1, or set "
+            "negative_scale",)
 
 
 def make_schedulers(request: GenerationRequest, components: Components, seeds, runtime: Runtime) -> list:

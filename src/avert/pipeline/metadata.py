@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 from avert import __version__
+from avert.errors import AvertError
 from avert.models.components import ModelSource
 from avert.output.pnginfo import ParsedParameters, format_parameters
-from avert.request import GenerationRequest
+from avert.request import GenerationRequest, Negative
 
 RECORD_FORMAT = 1
 
@@ -20,9 +24,46 @@ def infotext(request: GenerationRequest, seed: int, model: ModelSource) -> str:
         ("Size", f"{request.width}x{request.height}"),
         ("Model hash", model.hash),
         ("Model", model.name),
+        *guidance_params(request),
         ("Version", f"avert {__version__}"),
     )
-    return format_parameters(request.prompt, request.negative_prompt, params)
+    return format_parameters(request.prompt, negative_line(request), params)
+
+
+# request field -> (infotext key, type); written only when not the default. "Clip skip", "NGMS" and
+# "NGMS all steps" are A1111's own keys; the others are avert's.
+EXTRA_KEYS = {
+    "negative_scale": ("Negative scale", float),
+    "guidance": ("Guidance", str),
+    "guidance_rescale": ("Guidance rescale", float),
+    "guidance_start": ("Guidance start", float),
+    "guidance_end": ("Guidance end", float),
+    "guidance_sigma_min": ("Guidance sigma min", float),
+    "guidance_sigma_max": ("Guidance sigma max", float),
+    "s_min_uncond": ("NGMS", float),
+    "s_min_uncond_all": ("NGMS all steps", bool),
+    "clip_skip": ("Clip skip", int),
+    "emphasis": ("Emphasis", str),
+}
+NEGATIVES_KEY = "Negatives"
+
+
+def negative_line(request: GenerationRequest) -> str:
+    """The A1111 `Negative prompt:` text: the classic negative, or all negatives' texts when there are several
+    (what A1111 would do with them as one; the exact list is in the `Negatives` parameter)."""
+    if not request.negatives:
+        return request.negative_prompt
+    return ", ".join(n.text for n in request.all_negatives() if n.text)
+
+
+def guidance_params(request: GenerationRequest) -> tuple[tuple[str, object], ...]:
+    defaults = GenerationRequest()
+    params = [(key, getattr(request, name)) for name, (key, _) in EXTRA_KEYS.items()
+              if getattr(request, name) != getattr(defaults, name)]
+    if request.negatives:
+        negatives = [dataclasses.asdict(n) for n in request.all_negatives()]
+        params.append((NEGATIVES_KEY, json.dumps(negatives, ensure_ascii=False)))
+    return tuple(params)
 
 
 def record(request: GenerationRequest, seed: int, index: int, model: ModelSource) -> dict:
@@ -56,11 +97,28 @@ def request_from_a1111(parsed: ParsedParameters) -> GenerationRequest:
     changes = {name: _convert(parsed.get(key), kind) for key, (name, kind) in fields.items() if parsed.get(key)}
     if parsed.get("Schedule type") == "Karras" and isinstance(changes.get("sampler"), str):
         changes["sampler"] = changes["sampler"] + " Karras"  # A1111 1.9+ writes the schedule apart
+    changes.update(_extra_fields(parsed))
     size = parsed.get("Size")
     if size and "x" in size:
         width, _, height = size.partition("x")
         changes.update(width=_convert(width, int), height=_convert(height, int))
     return request.replace(**changes)
+
+
+def _extra_fields(parsed: ParsedParameters) -> dict:
+    """avert's guidance settings and A1111's Clip skip / NGMS, as request fields; `Negatives` restores the list."""
+    changes = {}
+    for name, (key, kind) in EXTRA_KEYS.items():
+        text = parsed.get(key)
+        if text is not None:
+            changes[name] = (text.strip().lower() == "true") if kind is bool else _convert(text, kind)
+    if parsed.get(NEGATIVES_KEY):
+        try:
+            negatives = tuple(Negative.from_value(n) for n in json.loads(parsed.get(NEGATIVES_KEY)))
+        except (ValueError, TypeError) as exc:
+            raise AvertError(f"infotext: the Negatives parameter is not a readable list ({exc})") from None
+        changes.update(negative_prompt="", negatives=negatives)
+    return changes
 
 
 def _convert(text: str, kind: type):

@@ -28,6 +28,7 @@ class GenerationResult:
     warnings: tuple[str, ...]
     unet_forwards: int
     seconds: float
+    branch_evaluations: int = 0  # UNet evaluations per image (branches summed over steps)
 
     @property
     def seeds(self) -> tuple[int, ...]:

@@ -38,13 +38,16 @@ def sample(
 ) -> torch.Tensor:
     """Denoise `noise` ([batch, C, H, W], unit variance) along the schedulers' timesteps."""
     timesteps = schedulers[0].timesteps
+    steps = getattr(schedulers[0], "num_inference_steps", None) or len(timesteps)
+    sigma_at = sigma_function(schedulers[0])
     x = noise * schedulers[0].init_noise_sigma
     step_kwargs = [_step_kwargs(s, g) for s, g in zip(schedulers, generators)]
     for i, t in enumerate(timesteps):
         if should_stop is not None and should_stop():
             raise Cancelled(f"stopped at step {i} of {len(timesteps)}")
         model_in = torch.cat([s.scale_model_input(x[j : j + 1], t) for j, s in enumerate(schedulers)])
-        prediction = denoiser(model_in, t, StepContext(i, len(timesteps), float(t)))
+        ctx = StepContext(i, len(timesteps), float(t), sigma_at(float(t)), i * steps // len(timesteps))
+        prediction = denoiser(model_in, t, ctx)
         x = torch.cat([
             s.step(prediction[j : j + 1], t, x[j : j + 1], **kw, return_dict=False)[0]
             for j, (s, kw) in enumerate(zip(schedulers, step_kwargs))
@@ -52,6 +55,17 @@ def sample(
         if on_step is not None:
             on_step(StepEvent(i + 1, len(timesteps)))
     return x
+
+
+def sigma_function(scheduler) -> Callable[[float], float]:
+    """sigma(t) = sqrt((1 - alpha_bar_t) / alpha_bar_t), interpolated between integer timesteps as the
+    k-diffusion style schedulers do, so guidance intervals work the same for every sampler."""
+    import numpy as np
+
+    alphas = scheduler.alphas_cumprod.double().cpu().numpy()
+    sigmas = ((1 - alphas) / alphas) ** 0.5
+    grid = np.arange(len(sigmas))
+    return lambda t: float(np.interp(t, grid, sigmas))
 
 
 def _step_kwargs(scheduler, generator: torch.Generator) -> dict:

@@ -1,0 +1,65 @@
+"""A prompt parsed whole: AND sub-prompts, each scheduled over the run, each schedule entry weighted.
+
+This is the value the conditioning step consumes, for the prompt and every negative alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from avert.prompts.attention import Fragment, parse_attention
+from avert.prompts.composable import split_and
+from avert.prompts.schedule import schedule
+
+
+@dataclass(frozen=True)
+class ScheduledText:
+    """One schedule entry: the text in force up to `end_step` (inclusive) and its weighted fragments."""
+
+    end_step: int
+    text: str
+    fragments: tuple[Fragment, ...]
+
+
+@dataclass(frozen=True)
+class ScheduledPrompt:
+    """One AND sub-prompt: its composition weight and its schedule (never empty)."""
+
+    weight: float
+    entries: tuple[ScheduledText, ...]
+
+    def at(self, step: int) -> ScheduledText:
+        """The entry in force at 0-based sampling step `step` (A1111: the first with end_step >= step)."""
+        for entry in self.entries:
+            if step <= entry.end_step:
+                return entry
+        return self.entries[-1]
+
+    @property
+    def is_static(self) -> bool:
+        return len({e.text for e in self.entries}) == 1
+
+
+@dataclass(frozen=True)
+class ParsedPrompt:
+    """A whole prompt or negative: its sub-prompts (one unless it uses AND)."""
+
+    text: str
+    steps: int
+    parts: tuple[ScheduledPrompt, ...]
+
+    def texts(self) -> tuple[str, ...]:
+        """Every distinct text any step of any sub-prompt needs encoded."""
+        return tuple(dict.fromkeys(e.text for p in self.parts for e in p.entries))
+
+
+def parse_prompt(text: str, steps: int, *, use_and: bool = True) -> ParsedPrompt:
+    """Parse `text` for a run of `steps` steps: AND (unless `use_and` is False), schedules, attention."""
+    subprompts = split_and(text) if use_and else None
+    pieces = [(s.text, s.weight) for s in subprompts] if subprompts else [(text, 1.0)]
+    return ParsedPrompt(text, steps, tuple(_scheduled(t, w, steps) for t, w in pieces))
+
+
+def _scheduled(text: str, weight: float, steps: int) -> ScheduledPrompt:
+    entries = tuple(ScheduledText(e.end_step, e.text, parse_attention(e.text)) for e in schedule(text, steps))
+    return ScheduledPrompt(weight, entries)
