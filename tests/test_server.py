@@ -218,6 +218,56 @@ def test_generate_takes_every_request_field_and_refuses_unknown_ones(client):
     assert_names(client.post("/v1/generate", json={"prompt": "a", "model": "C:\\models\\x"}), 422, "model")
 
 
+def test_generate_takes_negatives_with_weights_windows_and_methods(client):
+    body = {"prompt": "a house on a hill", "seed": 4, "guidance": "perp-neg", "negative_scale": 5.0,
+            "negatives": [{"text": "sun", "weight": 1.5, "start": 0, "end": 0.5}, "green tones"], **FAST}
+    r = client.post("/v1/generate", json=body)
+    assert r.status_code == 200, r.text
+    image = r.json()["images"][0]
+    request = image["record"]["request"]
+    assert request["negatives"] == [{"text": "sun", "weight": 1.5, "start": 0.0, "end": 0.5},
+                                    {"text": "green tones", "weight": 1.0, "start": 0.0, "end": 1.0}]
+    assert request["guidance"] == "perp-neg" and "Guidance: perp-neg" in image["infotext"]
+    plain = client.post("/v1/generate", json={**body, "negatives": [], "guidance": "cfg"}).json()
+    assert not np.array_equal(pixels(plain["images"][0]["png"]), pixels(image["png"]))
+    bad = {**body, "negatives": [{"text": "sun", "weight": 99}, {"text": "x", "colour": "red"}]}
+    assert_names(client.post("/v1/generate", json=bad), 422, "negatives[1].colour")
+    assert_names(client.post("/v1/generate", json={**body, "negatives": [{"text": "sun", "weight": 99}]}), 422,
+                 "negatives[0].weight")
+    assert_names(client.post("/v1/generate", json={"prompt": "a", "guidance": "magic"}), 422, "guidance")
+
+
+def test_txt2img_maps_s_min_uncond_and_clip_skip(client):
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "a boat", "negative_prompt": "clouds", "s_min_uncond": 0.5,
+                                               "override_settings": {"CLIP_stop_at_last_layers": 2}, **FAST})
+    assert r.status_code == 200, r.text
+    infotext = json.loads(r.json()["info"])["infotexts"][0]
+    assert "NGMS: 0.5" in infotext and "Clip skip: 2" in infotext
+    assert_names(client.post("/sdapi/v1/txt2img", json={"override_settings": {"CLIP_stop_at_last_layers": 99}}),
+                 422, "override_settings.CLIP_stop_at_last_layers")
+
+
+def test_embeddings_are_listed_and_used_by_name(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from avert.server.registry import ModelRegistry
+
+    width = ModelRegistry().components("embedded").text_encoder.get_input_embeddings().weight.shape[1]
+    save_file({"emb_params": torch.randn(2, width)}, str(tmp_path / "nosun.safetensors"))
+    (tmp_path / "broken.safetensors").write_bytes(b"not a tensor file")
+    with TestClient(create_app(ServerConfig(embeddings_dir=tmp_path))) as c:
+        listed = c.get("/sdapi/v1/embeddings").json()
+        assert listed["loaded"]["nosun"]["vectors"] == 2 and listed["loaded"]["nosun"]["shape"] == width
+        assert "broken" in listed["skipped"]
+        r = c.post("/sdapi/v1/txt2img", json={"prompt": "a day scene", "negative_prompt": "nosun", "seed": 2, **FAST})
+        plain = c.post("/sdapi/v1/txt2img", json={"prompt": "a day scene", "negative_prompt": "nosun!", "seed": 2,
+                                                  **FAST})
+        assert r.status_code == 200 and not np.array_equal(pixels(r.json()["images"][0]),
+                                                          pixels(plain.json()["images"][0]))
+        assert c.post("/sdapi/v1/txt2img", json={"prompt": "broken", **FAST}).status_code == 422
+
+
 def test_compare_renders_the_same_seed_without_and_with_each_negative(client):
     r = client.post("/v1/compare", json={"prompt": "a day scene", "columns": ["sun", "clouds"], "seed": 12, **FAST})
     assert r.status_code == 200, r.text
@@ -228,7 +278,10 @@ def test_compare_renders_the_same_seed_without_and_with_each_negative(client):
     plain = client.post("/v1/generate", json={"prompt": "a day scene", "seed": 12, **FAST}).json()
     assert np.array_equal(pixels(plain["images"][0]["png"]), pixels(body["images"][0]["png"]))
     assert_names(client.post("/v1/compare", json={"prompt": "a", "columns": []}), 422, "columns")
-    assert_names(client.post("/v1/compare", json={"prompt": "a", "columns": ["x" * 9000]}), 422, "columns[0]")
+    assert_names(client.post("/v1/compare", json={"prompt": "a", "columns": ["x" * 9000]}), 422, "columns[0].text")
+    assert_names(client.post("/v1/compare", json={"prompt": "a", "columns": [3]}), 422, "columns[0]")
+    weighted = client.post("/v1/compare", json={"prompt": "a", "columns": [{"text": "sun", "weight": 2}], **FAST})
+    assert weighted.json()["labels"] == ["No negative prompt", "Negative prompt: sun (weight 2)"]
 
 
 def test_unknown_job_is_404_naming_it(client):

@@ -97,6 +97,8 @@ def _serve_parser(sub) -> None:
                    "path (default: $AVERT_MODEL, else the embedded model)")
     p.add_argument("--models-dir", type=Path, default=None, metavar="DIR",
                    help="folder of models clients may choose by name (diffusers folders, .safetensors files)")
+    p.add_argument("--embeddings", type=Path, default=None, metavar="DIR",
+                   help="textual-inversion .safetensors files, used by name in prompts (default: $AVERT_EMBEDDINGS)")
     p.add_argument("--api-key", default=None, metavar="KEY", help="require KEY as a bearer token or basic-auth "
                    "password (default: $AVERT_API_KEY)")
     p.add_argument("--insecure", action="store_true", help="allow binding beyond 127.0.0.1 without an API key")
@@ -119,6 +121,7 @@ def _run_serve(args) -> int:
 
     _quiet_libraries()
     serve(ServerConfig(host=args.host, port=args.port, model=args.model, models_dir=args.models_dir,
+                       embeddings_dir=_embeddings_dir(args),
                        api_key=args.api_key or os.environ.get("AVERT_API_KEY") or None, insecure=args.insecure,
                        queue_size=args.queue_size, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
                        cors_origins=tuple(args.cors_origin), limits=LIMITS, device=args.device,

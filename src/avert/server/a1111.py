@@ -26,7 +26,7 @@ from avert.sampling.samplers import SAMPLER_NAMES, SAMPLERS
 from avert.server import bodies
 from avert.server.http import error_response, failure_response, wait_for
 from avert.server.jobs import CANCELLED, FAILED, Job
-from avert.server.results import job_images, job_warnings, png_base64
+from avert.server.results import job_images, job_warnings, negative_text, png_base64
 from avert.server.state import ServerState, get_state
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"])
@@ -120,9 +120,10 @@ async def txt2img(request: Request) -> JSONResponse:
 def txt2img_job(state: ServerState, body: dict) -> Job:
     """Check an A1111 txt2img body and build its job (one part per negative run and n_iter round)."""
     problems = bodies.unknown_fields(body, TXT2IMG_DEFAULTS)
-    problems += [FieldProblem(k, body[k], rule[1]) for k, rule in NO_EFFECT.items() if k in body and not rule[0](body[k])]
+    problems += [FieldProblem(k, body[k], rule[1]) for k, rule in NO_EFFECT.items()
+                 if k in body and k not in bodies.REQUEST_FIELDS and not rule[0](body[k])]
     settings = {**TXT2IMG_DEFAULTS, **body}
-    model, override_problems = _override_model(state, settings.get("override_settings"))
+    model, overrides, override_problems = _override(state, settings.get("override_settings"))
     problems += override_problems
     sampler = _sampler(settings, problems)
     rounds = settings["n_iter"]
@@ -133,9 +134,10 @@ def txt2img_job(state: ServerState, body: dict) -> Job:
         count = settings["batch_size"] * rounds if type(rounds) is int and type(settings["batch_size"]) is int else 0
         negative, per_image = bodies.split_negatives(settings["negative_prompt"], count)
         fields = {k: settings[k] for k in ("prompt", "seed", "steps", "cfg_scale", "width", "height", "batch_size")}
-        shared = {k: v for k, v in body.items() if k in bodies.REQUEST_FIELDS and k not in fields}  # new engine fields
-        request = _renamed(lambda: bodies.request_from_fields({**shared, **fields, "negative_prompt": negative,
-                                                               "sampler": sampler}))
+        # avert's own fields under the same name (s_min_uncond, ...); A1111's null means the default
+        shared = {k: v for k, v in body.items() if k in bodies.REQUEST_FIELDS and k not in fields and v is not None}
+        request = _renamed(lambda: bodies.request_from_fields({**shared, **overrides, **fields,
+                                                               "negative_prompt": negative, "sampler": sampler}))
         _check_eta(settings.get("eta"), request.sampler)
         _renamed(lambda: bodies.check(request, limits, state.registry.components(model), per_image))
     except ValidationError as error:
@@ -145,12 +147,15 @@ def txt2img_job(state: ServerState, body: dict) -> Job:
     return Job(model, bodies.batch_parts(request, per_image, rounds), kind="txt2img")
 
 
+A1111_NAMES = {"sampler": "sampler_name", "clip_skip": "override_settings.CLIP_stop_at_last_layers"}
+
+
 def _renamed(build: Callable[[], Any]) -> Any:
     """Run `build`, naming problems by A1111's field names (`sampler` is `sampler_name` there)."""
     try:
         return build()
     except ValidationError as error:
-        raise ValidationError([FieldProblem("sampler_name", p.value, p.allowed) if p.field == "sampler" else p
+        raise ValidationError([FieldProblem(A1111_NAMES.get(p.field, p.field), p.value, p.allowed)
                                for p in error.problems]) from None
 
 
@@ -187,13 +192,18 @@ def _check_eta(eta: Any, sampler: str) -> None:
                                             f"{wanted if wanted is not None else '(not used)'}")])
 
 
-def _override_model(state: ServerState, override: Any) -> tuple[str, list[FieldProblem]]:
-    """The model for one request: override_settings.sd_model_checkpoint, else the current checkpoint."""
+# override_settings keys that map to request fields (A1111 option name -> avert field)
+OVERRIDE_FIELDS = {"CLIP_stop_at_last_layers": "clip_skip"}
+
+
+def _override(state: ServerState, override: Any) -> tuple[str, dict[str, Any], list[FieldProblem]]:
+    """override_settings for one request: the model (sd_model_checkpoint, else the current checkpoint) and
+    request fields (CLIP_stop_at_last_layers -> clip_skip); other options must equal their current value."""
     if override in (None, {}):
-        return state.current_model, []
+        return state.current_model, {}, []
     if not isinstance(override, dict):
-        return state.current_model, [FieldProblem("override_settings", override, "must be an object")]
-    problems = []
+        return state.current_model, {}, [FieldProblem("override_settings", override, "must be an object")]
+    problems, fields = [], {}
     model = state.current_model
     for key, value in override.items():
         if key == "sd_model_checkpoint":
@@ -201,10 +211,12 @@ def _override_model(state: ServerState, override: Any) -> tuple[str, list[FieldP
                 model = state.registry.entry(_model_name(value), "override_settings.sd_model_checkpoint").name
             except ValidationError as error:
                 problems += error.problems
+        elif OVERRIDE_FIELDS.get(key) in bodies.REQUEST_FIELDS:
+            fields[OVERRIDE_FIELDS[key]] = value
         elif options(state).get(key, object()) != value:
-            problems.append(FieldProblem(f"override_settings.{key}", value, "only sd_model_checkpoint can be "
-                                         "overridden; other options must equal their current value"))
-    return model, problems
+            problems.append(FieldProblem(f"override_settings.{key}", value, "can be overridden: sd_model_checkpoint, "
+                                         + ", ".join(OVERRIDE_FIELDS) + "; other options must equal their current value"))
+    return model, fields, problems
 
 
 def txt2img_response(job: Job, parameters: dict) -> dict:
@@ -214,8 +226,8 @@ def txt2img_response(job: Job, parameters: dict) -> dict:
     components_source = made[0].record.get("model", {}) if made else {}
     info = {
         "prompt": first.prompt, "all_prompts": [first.prompt] * len(made),
-        "negative_prompt": first.negative_prompt,
-        "all_negative_prompts": [g.record["request"]["negative_prompt"] for g in made],
+        "negative_prompt": negative_text(made[0]) if made else first.negative_prompt,
+        "all_negative_prompts": [negative_text(g) for g in made],
         "seed": made[0].seed if made else first.seed, "all_seeds": [g.seed for g in made],
         "subseed": parameters.get("subseed"), "all_subseeds": [parameters.get("subseed")] * len(made),
         "subseed_strength": 0, "width": made[0].image.width if made else first.width,
@@ -304,9 +316,14 @@ async def refresh_checkpoints(request: Request) -> None:
     await run_in_threadpool(get_state(request).registry.refresh)
 
 
-@router.get("/embeddings")
-async def embeddings() -> dict:
-    return {"loaded": {}, "skipped": {}}
+@router.get("/embeddings", summary="Textual-inversion embeddings of the configured folder, by name")
+async def embeddings(request: Request) -> dict:
+    library = get_state(request).queue.embeddings
+    loaded = {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                     "shape": int(e.vectors.shape[1]), "vectors": e.length} for name, e in library.embeddings.items()}
+    skipped = {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None,
+                      "vectors": None, "reason": reason} for name, reason in library.problems.items()}
+    return {"loaded": loaded, "skipped": skipped}
 
 
 @router.get("/prompt-styles")

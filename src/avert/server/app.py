@@ -11,6 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import FileResponse, JSONResponse
 
 from avert import __version__
+from avert.conditioning.embeddings import load_embeddings
 from avert.errors import AvertError, ValidationError
 from avert.pipeline.generate import generate
 from avert.pipeline.runtime import Runtime
@@ -31,7 +32,8 @@ def create_app(config: ServerConfig = ServerConfig(), *, render: Render = genera
     """The app for `config`; `render` is the engine call (a test may wrap it to inject failures)."""
     registry = ModelRegistry(config.model, config.models_dir)
     queue = JobQueue(registry, size=config.queue_size, history=config.job_history, limits=config.limits,
-                     runtime=Runtime(device=config.device, precision=config.precision), render=render)
+                     runtime=Runtime(device=config.device, precision=config.precision), render=render,
+                     embeddings=load_embeddings(config.embeddings_dir))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

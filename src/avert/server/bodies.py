@@ -44,7 +44,7 @@ def request_from_fields(values: dict[str, Any]) -> GenerationRequest:
     """A request from JSON values keyed by request field name, converted by each field's declared type."""
     hints = typing.get_type_hints(GenerationRequest)
     problems: list[FieldProblem] = []
-    converted = {name: _convert(value, hints[name], name, problems) for name, value in values.items()}
+    converted = {name: convert(value, hints[name], name, problems) for name, value in values.items()}
     if problems:
         raise ValidationError(problems)
     try:
@@ -55,19 +55,21 @@ def request_from_fields(values: dict[str, Any]) -> GenerationRequest:
         raise ValidationError([FieldProblem("body", values, str(error))]) from None
 
 
-def _convert(value: Any, kind: Any, name: str, problems: list[FieldProblem]) -> Any:
+def convert(value: Any, kind: Any, name: str, problems: list[FieldProblem]) -> Any:
     """JSON to the declared type where it is structural (tuples, nested dataclasses, float from int)."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], name, problems) if len(inner) == 1 else value
+        return convert(value, inner[0], name, problems) if len(inner) == 1 else value
     if origin is tuple and isinstance(value, list):
         item = args[0] if args else Any
-        return tuple(_convert(v, item, f"{name}[{i}]", problems) for i, v in enumerate(value))
+        return tuple(convert(v, item, f"{name}[{i}]", problems) for i, v in enumerate(value))
     if dataclasses.is_dataclass(kind) and isinstance(value, dict):
         return _dataclass(kind, value, name, problems)
+    if dataclasses.is_dataclass(kind) and isinstance(value, str) and hasattr(kind, "from_value"):
+        return kind.from_value(value)  # e.g. a negative given as plain text
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
@@ -82,7 +84,7 @@ def _dataclass(kind: type, value: dict, name: str, problems: list[FieldProblem])
     if unknown:
         return None
     try:
-        return kind(**{k: _convert(v, hints[k], f"{name}.{k}", problems) for k, v in value.items()})
+        return kind(**{k: convert(v, hints[k], f"{name}.{k}", problems) for k, v in value.items()})
     except (TypeError, ValueError) as error:
         problems.append(FieldProblem(name, value, str(error)))
         return None
@@ -149,14 +151,14 @@ def field_schema(name: str) -> dict:
     param = PARAMS_BY_NAME.get(name)
     if param is None:
         return {}
-    kind = {int: "integer", float: "number", str: "string"}.get(param.type, "string")
+    kind = {int: "integer", float: "number", str: "string", bool: "boolean"}.get(param.type, "string")
     schema: dict[str, Any] = {"type": kind, "description": param.help}
     if param.default is not None:
         schema["default"] = param.default
     if param.choices:
         schema["enum"] = list(param.choices)
     limits = Limits()
-    if param.low is not None and param.type is not str:
+    if param.low is not None and param.type not in (str, bool):
         schema["minimum"] = param.low(limits)
     if param.high is not None:
         schema["maxLength" if param.type is str else "maximum"] = param.high(limits)

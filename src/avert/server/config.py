@@ -19,6 +19,7 @@ class ServerConfig:
     port: int = 7860
     model: str | None = None  # a name in models_dir, or a path given by the operator; None: the default model
     models_dir: Path | None = None
+    embeddings_dir: Path | None = None  # textual-inversion files, used by name (their file stem) in prompts
     api_key: str | None = None
     insecure: bool = False
     queue_size: int = 16  # jobs waiting (not yet running), over all models

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from avert.conditioning.embeddings import EmbeddingLibrary
 from avert.errors import AvertError, FieldProblem, ModelLoadError, ValidationError
 from avert.pipeline.generate import generate
 from avert.pipeline.result import GenerationResult
@@ -139,9 +140,10 @@ class JobQueue:
     """Waiting jobs per model (FIFO), at most `size` waiting over all models, one worker thread per model."""
 
     def __init__(self, registry: ModelRegistry, *, size: int = 16, history: int = 64, limits: Limits = Limits(),
-                 runtime: Runtime = Runtime(), render: Render = generate):
+                 runtime: Runtime = Runtime(), render: Render = generate,
+                 embeddings: EmbeddingLibrary = EmbeddingLibrary()):
         self.registry, self.size, self.history = registry, size, history
-        self.limits, self.runtime, self.render = limits, runtime, render
+        self.limits, self.runtime, self.render, self.embeddings = limits, runtime, render, embeddings
         self._cond = threading.Condition()
         self._waiting: dict[str, deque[Job]] = {}
         self._workers: dict[str, threading.Thread] = {}
@@ -268,7 +270,7 @@ class JobQueue:
         job.step = (0, part.request.steps)
         try:
             result = self.render(part.request, components, runtime=self.runtime, limits=self.limits,
-                                 on_step=job.on_step, should_stop=job.should_stop)
+                                 on_step=job.on_step, should_stop=job.should_stop, embeddings=self.embeddings)
         except Cancelled:
             if job.take_skip():
                 job.results.append(None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -17,7 +18,7 @@ from starlette.responses import JSONResponse
 
 from avert.errors import FieldProblem, ValidationError
 from avert.pipeline.compare import NO_NEGATIVE
-from avert.request import GenerationRequest
+from avert.request import GenerationRequest, Negative
 from avert.sampling.noise import resolve_seed
 from avert.schema import PARAMS
 from avert.server import bodies
@@ -35,6 +36,13 @@ def _body_schema(extra: dict[str, Any]) -> dict:
     properties = {name: bodies.field_schema(name) for name in bodies.REQUEST_FIELDS}
     properties["negative_prompt"] = {"description": "a string, or a list with one negative per image",
                                      "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+    if "negatives" in properties:
+        properties["negatives"] = {"type": "array", "description": "negatives with weights and windows (fractions "
+                                   "of the run); a plain text means weight 1, the whole run",
+                                   "items": {"anyOf": [{"type": "string"}, {"type": "object", "properties": {
+                                       "text": {"type": "string"}, "weight": {"type": "number", "default": 1.0},
+                                       "start": {"type": "number", "default": 0.0},
+                                       "end": {"type": "number", "default": 1.0}}}]}}
     properties["model"] = {"type": "string", "description": "a served model's name (GET /v1/models)"}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": {
         "type": "object", "additionalProperties": False, "properties": {**properties, **extra}}}}}}
@@ -89,21 +97,47 @@ def generate_job(state: ServerState, body: dict) -> Job:
 
 
 def compare_job(state: ServerState, body: dict) -> Job:
-    """Column 0 has no negative, column k the k-th negative of `columns`; all share the resolved seed."""
+    """Column 0 has no negative, column k the k-th of `columns` (a text or {text, weight, start, end}) alone;
+    every column has the same resolved seed."""
     model, request, negative = _request(state, body, ("columns",))
     columns = body.get("columns")
-    if not (isinstance(columns, list) and 1 <= len(columns) <= MAX_COLUMNS and all(isinstance(c, str) for c in columns)):
+    if not (isinstance(columns, list) and 1 <= len(columns) <= MAX_COLUMNS):
         raise ValidationError([FieldProblem("columns", columns, f"must be a list of 1 to {MAX_COLUMNS} negatives "
-                                            "(strings), one column each")])
-    if negative not in ("", None):
-        raise ValidationError([FieldProblem("negative_prompt", negative, "must be empty in a comparison; put each "
+                                            "(texts or {text, weight, start, end}), one column each")])
+    if negative not in ("", None) or request.negatives:
+        field = "negatives" if request.negatives else "negative_prompt"
+        raise ValidationError([FieldProblem(field, body.get(field), "must be empty in a comparison; put each "
                                             "negative in `columns`")])
+    negatives = _columns(columns)
     components = state.registry.components(model)
-    base = bodies.check(request.replace(negative_prompt=""), state.config.limits, components, columns,
-                        field="columns")
+    base = bodies.check(request, state.config.limits, components, None)
+    for i, n in enumerate(negatives):
+        try:
+            bodies.check(base.replace(negatives=(n,)), state.config.limits, components, None)
+        except ValidationError as error:
+            raise ValidationError([dataclasses.replace(p, field=p.field.replace("negatives[0]", f"columns[{i}]"))
+                                   for p in error.problems]) from None
     base = base.replace(seed=resolve_seed(base.seed))
-    parts = [Part(base, NO_NEGATIVE)] + [Part(base.replace(negative_prompt=c), f"Negative prompt: {c}") for c in columns]
+    parts = [Part(base, NO_NEGATIVE)] + [Part(base.replace(negatives=(n,)), _label(n)) for n in negatives]
     return Job(model, parts, kind="compare")
+
+
+def _columns(columns: list) -> tuple[Negative, ...]:
+    problems: list[FieldProblem] = []
+    hint = typing.get_type_hints(GenerationRequest)["negatives"]
+    negatives = bodies.convert(columns, hint, "columns", problems)
+    bad = [FieldProblem(f"columns[{i}]", c, "must be a text or {text, weight, start, end}")
+           for i, (c, n) in enumerate(zip(columns, negatives)) if not isinstance(n, Negative)]
+    if problems or bad:
+        raise ValidationError(problems + bad)
+    return negatives
+
+
+def _label(negative: Negative) -> str:
+    """The column label as the guide writes it; weight and window only where they are not the defaults."""
+    extras = ([f"weight {negative.weight:g}"] if negative.weight != 1 else []) + (
+        [f"steps {negative.start:g}-{negative.end:g}"] if (negative.start, negative.end) != (0, 1) else [])
+    return f"Negative prompt: {negative.text}" + (f" ({', '.join(extras)})" if extras else "")
 
 
 @router.get("/jobs/{job_id}", summary="A job's status and progress; images, seeds and metadata once done")

@@ -6,7 +6,9 @@ import base64
 from typing import Any
 
 from avert.output.pnginfo import png_bytes
+from avert.pipeline.metadata import negative_line
 from avert.pipeline.result import GeneratedImage
+from avert.request import GenerationRequest
 from avert.server.http import failure_json
 from avert.server.jobs import FINISHED, Job
 
@@ -44,8 +46,12 @@ def job_json(job: Job, images: bool = True) -> dict[str, Any]:
     return body
 
 
+def negative_text(generated: GeneratedImage) -> str:
+    """The image's negatives as one text, as its A1111 `Negative prompt:` line shows them."""
+    return negative_line(GenerationRequest.from_dict(generated.record["request"]))
+
+
 def image_json(label: str, generated: GeneratedImage) -> dict[str, Any]:
-    request = generated.record.get("request", {})
     return {"png": png_base64(generated), "seed": generated.seed, "label": label,
-            "negative_prompt": request.get("negative_prompt", ""), "infotext": generated.infotext,
+            "negative_prompt": negative_text(generated), "infotext": generated.infotext,
             "record": generated.record, "width": generated.image.width, "height": generated.image.height}

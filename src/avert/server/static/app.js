@@ -179,7 +179,7 @@ $("form").addEventListener("submit", (event) => {
 });
 $("compare").onclick = () => {
   const body = requestBody();
-  body.columns = negatives().map((n) => n.text);
+  body.columns = negatives().map((n) => (supportsWeights() ? {text: n.text, weight: n.weight} : n.text));
   if (!body.columns.length) return showError("columns: add at least one negative to compare");
   run("/v1/compare", body, showCompare);
 };
