@@ -189,3 +189,8 @@ def test_eval_refuses_an_unknown_device_too(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "negatives", "--device", "gpu"])
     assert "device: 'gpu' is not allowed" in capsys.readouterr().err
+
+
+def test_serve_refuses_to_listen_beyond_localhost_without_a_key(capsys):
+    code, _, err = run(capsys, "serve", "--host", "0.0.0.0", "--port", 7861)
+    assert code == 2 and "--api-key" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

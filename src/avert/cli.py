@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     samplers = sub.add_parser("samplers", help="list the samplers by their AUTOMATIC1111 names")
     samplers.set_defaults(handler=_run_samplers)
     _train_parser(sub)
+    _serve_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks that print a table and write it to docs/")
     bench.add_argument("what", choices=("engine", "startup"), help="engine: avert vs diffusers on tiny components; "
                        "startup: the README's main command on the embedded model, as fresh processes")
@@ -84,6 +85,48 @@ def _train_parser(sub) -> None:
                    help="torch threads (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_train)
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP server: A1111-compatible API, avert's API with every negative control, "
+                       "and a web page")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; any other needs "
+                   "--api-key or --insecure)")
+    p.add_argument("--port", type=_bounded("port", int, 1, 65535), default=7860, help="(default: 7860)")
+    p.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="default model: a name in --models-dir or a "
+                   "path (default: $AVERT_MODEL, else the embedded model)")
+    p.add_argument("--models-dir", type=Path, default=None, metavar="DIR",
+                   help="folder of models clients may choose by name (diffusers folders, .safetensors files)")
+    p.add_argument("--embeddings", type=Path, default=None, metavar="DIR",
+                   help="textual-inversion .safetensors files, used by name in prompts (default: $AVERT_EMBEDDINGS)")
+    p.add_argument("--api-key", default=None, metavar="KEY", help="require KEY as a bearer token or basic-auth "
+                   "password (default: $AVERT_API_KEY)")
+    p.add_argument("--insecure", action="store_true", help="allow binding beyond 127.0.0.1 without an API key")
+    p.add_argument("--queue-size", type=_bounded("queue-size", int, 1, 10000), default=16,
+                   help="jobs that may wait, over all models; more get 503 with Retry-After (default: 16)")
+    p.add_argument("--max-body-mb", type=_bounded("max-body-mb", float, 0.01, 1024), default=16.0,
+                   help="largest request body in MiB (default: 16)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow cross-origin requests from ORIGIN (repeat; default: none)")
+    p.add_argument("--device", default="cpu", type=device_arg, help="torch device (default: cpu)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="fp32 (exact) or bf16 autocast")
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args) -> int:
+    import os
+
+    from avert.server.app import serve
+    from avert.server.config import ServerConfig
+
+    _quiet_libraries()
+    serve(ServerConfig(host=args.host, port=args.port, model=args.model, models_dir=args.models_dir,
+                       embeddings_dir=_embeddings_dir(args),
+                       api_key=args.api_key or os.environ.get("AVERT_API_KEY") or None, insecure=args.insecure,
+                       queue_size=args.queue_size, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+                       cors_origins=tuple(args.cors_origin), limits=LIMITS, device=args.device,
+                       precision=args.precision))
+    return 0
 
 
 def _run_train(args) -> int:

@@ -1,0 +1,418 @@
+"""AUTOMATIC1111's web API (`/sdapi/v1/...`): its field names, defaults and response shapes.
+
+Clients written against A1111 (the `webuiapi` package among them) work unchanged. Fields avert does not
+implement are accepted only at values where they have no effect (A1111's defaults, mostly), and refused by
+name otherwise; unknown fields are refused by name. One extension: `negative_prompt` may be a list with one
+negative per image (A1111's API has one negative per request).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from typing import Any, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+
+from avert import __version__
+from avert.errors import AvertError, FieldProblem, ValidationError
+from avert.output.pnginfo import parse_parameters, read_png_metadata
+from avert.sampling.samplers import SAMPLER_NAMES, SAMPLERS
+from avert.server import bodies
+from avert.server.http import error_response, failure_response, wait_for
+from avert.server.jobs import CANCELLED, FAILED, Job
+from avert.server.results import job_images, job_warnings, negative_text, png_base64
+from avert.server.state import ServerState, get_state
+
+router = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"])
+
+# StableDiffusionTxt2ImgProcessingAPI's fields and defaults (A1111 1.10).
+TXT2IMG_DEFAULTS: dict[str, Any] = {
+    "prompt": "", "negative_prompt": "", "styles": [], "seed": -1, "subseed": -1, "subseed_strength": 0.0,
+    "seed_resize_from_h": -1, "seed_resize_from_w": -1, "sampler_name": None, "scheduler": None,
+    "batch_size": 1, "n_iter": 1, "steps": 50, "cfg_scale": 7.0, "width": 512, "height": 512,
+    "restore_faces": None, "tiling": None, "do_not_save_samples": False, "do_not_save_grid": False,
+    "eta": None, "denoising_strength": None, "s_min_uncond": None, "s_churn": None, "s_tmax": None,
+    "s_tmin": None, "s_noise": None, "override_settings": None, "override_settings_restore_afterwards": True,
+    "refiner_checkpoint": None, "refiner_switch_at": None, "disable_extra_networks": False,
+    "firstpass_image": None, "comments": None, "enable_hr": False, "firstphase_width": 0,
+    "firstphase_height": 0, "hr_scale": 2.0, "hr_upscaler": None, "hr_second_pass_steps": 0,
+    "hr_resize_x": 0, "hr_resize_y": 0, "hr_checkpoint_name": None, "hr_sampler_name": None,
+    "hr_scheduler": None, "hr_prompt": "", "hr_negative_prompt": "", "force_task_id": None,
+    "sampler_index": "Euler", "script_name": None, "script_args": [], "send_images": True,
+    "save_images": False, "alwayson_scripts": {}, "infotext": None,
+}
+
+
+def _any(value: Any) -> bool:
+    return True
+
+
+def _one_of(*allowed: Any) -> Callable[[Any], bool]:
+    return lambda value: any(value == a and type(value) is not bool or value is a for a in allowed)
+
+
+def _empty(value: Any) -> bool:
+    return value in (None, "", [], {})
+
+
+# Fields avert does not implement: accepted where they have no effect, else refused (never ignored).
+NO_EFFECT: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "styles": (_empty, "must be empty: no prompt styles are configured (GET /sdapi/v1/prompt-styles)"),
+    "subseed": (_any, ""),
+    "subseed_strength": (_one_of(None, 0, 0.0), "must be 0: variation seeds are not supported"),
+    "seed_resize_from_h": (_one_of(None, 0, -1), "must be -1 or 0: seed resizing is not supported"),
+    "seed_resize_from_w": (_one_of(None, 0, -1), "must be -1 or 0: seed resizing is not supported"),
+    "restore_faces": (_one_of(None, False), "must be false or null: face restoration is not supported"),
+    "tiling": (_one_of(None, False), "must be false or null: tiling is not supported"),
+    "s_min_uncond": (_one_of(None, 0, 0.0), "must be 0 or null in this version"),
+    "s_churn": (_one_of(None, 0, 0.0), "must be 0 or null: churn is not supported"),
+    "s_noise": (_one_of(None, 1, 1.0), "must be 1 or null: the noise multiplier is not supported"),
+    "refiner_checkpoint": (_empty, "must be null: refiners are not supported"),
+    "refiner_switch_at": (_one_of(None), "must be null: refiners are not supported"),
+    "firstpass_image": (_empty, "must be null: txt2img takes no image"),
+    "comments": (_empty, "must be null or empty"),
+    "enable_hr": (_one_of(None, False), "must be false: hires fix is not supported"),
+    "script_name": (_empty, "must be null: scripts are not supported"),
+    "script_args": (_empty, "must be empty: scripts are not supported"),
+    "alwayson_scripts": (_empty, "must be empty: scripts are not supported (GET /sdapi/v1/scripts)"),
+    "save_images": (_one_of(None, False), "must be false: the server returns images and writes no files"),
+    "infotext": (_empty, "must be null: paste-from-infotext is not supported"),
+}
+# Accepted whatever their value: they change nothing here (never saved) or only matter with hires fix.
+IGNORED = ("do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards", "s_tmax", "s_tmin",
+           "disable_extra_networks", "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler",
+           "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name",
+           "hr_scheduler", "hr_prompt", "hr_negative_prompt", "force_task_id", "denoising_strength", "send_images")
+
+SCHEDULERS = ({"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": -1.0,
+               "need_inner_model": False},
+              {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0, "need_inner_model": False})
+ANCESTRAL_ETA = 1.0  # diffusers' ancestral and SDE samplers, like A1111's default eta_ancestral
+DDIM_ETA = 0.0  # avert's DDIM, like A1111's default eta_ddim
+
+
+# ---------------------------------------------------------------- txt2img
+
+
+@router.post("/txt2img", summary="Text to image (A1111 fields, defaults and response)",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                 "type": "object", "properties": {k: {"default": v} for k, v in TXT2IMG_DEFAULTS.items()}}}}}})
+async def txt2img(request: Request) -> JSONResponse:
+    state = get_state(request)
+    body = bodies.parse_json(await request.body())
+    job = await run_in_threadpool(txt2img_job, state, body)
+    state.queue.submit(job)
+    if not await wait_for(job, request, state.queue):
+        return error_response(409, "cancelled", "the client disconnected; the job was cancelled")
+    if job.status == FAILED:
+        return failure_response(job.failure)
+    if job.status == CANCELLED:
+        return error_response(409, "interrupted", f"job {job.id} was interrupted before it finished")
+    return JSONResponse(txt2img_response(job, {**TXT2IMG_DEFAULTS, **body}))
+
+
+def txt2img_job(state: ServerState, body: dict) -> Job:
+    """Check an A1111 txt2img body and build its job (one part per negative run and n_iter round)."""
+    problems = bodies.unknown_fields(body, TXT2IMG_DEFAULTS)
+    problems += [FieldProblem(k, body[k], rule[1]) for k, rule in NO_EFFECT.items()
+                 if k in body and k not in bodies.REQUEST_FIELDS and not rule[0](body[k])]
+    settings = {**TXT2IMG_DEFAULTS, **body}
+    model, overrides, override_problems = _override(state, settings.get("override_settings"))
+    problems += override_problems
+    sampler = _sampler(settings, problems)
+    rounds = settings["n_iter"]
+    limits = state.config.limits
+    if not (type(rounds) is int and 1 <= rounds <= limits.max_batch_size):
+        problems.append(FieldProblem("n_iter", rounds, f"must be an integer from 1 to {limits.max_batch_size}"))
+    try:  # the request's own fields are validated too, so that every bad field is named at once
+        count = settings["batch_size"] * rounds if type(rounds) is int and type(settings["batch_size"]) is int else 0
+        negative, per_image = bodies.split_negatives(settings["negative_prompt"], count)
+        fields = {k: settings[k] for k in ("prompt", "seed", "steps", "cfg_scale", "width", "height", "batch_size")}
+        # avert's own fields under the same name (s_min_uncond, ...); A1111's null means the default
+        shared = {k: v for k, v in body.items() if k in bodies.REQUEST_FIELDS and k not in fields and v is not None}
+        request = _renamed(lambda: bodies.request_from_fields({**shared, **overrides, **fields,
+                                                               "negative_prompt": negative, "sampler": sampler}))
+        _check_eta(settings.get("eta"), request.sampler)
+        _renamed(lambda: bodies.check(request, limits, state.registry.components(model), per_image))
+    except ValidationError as error:
+        raise ValidationError(problems + list(error.problems)) from None
+    if problems:
+        raise ValidationError(problems)
+    return Job(model, bodies.batch_parts(request, per_image, rounds), kind="txt2img")
+
+
+A1111_NAMES = {"sampler": "sampler_name", "clip_skip": "override_settings.CLIP_stop_at_last_layers"}
+
+
+def _renamed(build: Callable[[], Any]) -> Any:
+    """Run `build`, naming problems by A1111's field names (`sampler` is `sampler_name` there)."""
+    try:
+        return build()
+    except ValidationError as error:
+        raise ValidationError([FieldProblem(A1111_NAMES.get(p.field, p.field), p.value, p.allowed)
+                               for p in error.problems]) from None
+
+
+def _sampler(settings: dict, problems: list[FieldProblem]) -> str | None:
+    """A1111's sampler_name (or sampler_index) and scheduler, as one avert sampler name."""
+    name = settings.get("sampler_name") or settings.get("sampler_index") or "Euler"
+    scheduler = settings.get("scheduler")
+    names = {s["name"] for s in SCHEDULERS} | {s["label"] for s in SCHEDULERS}
+    if scheduler not in (None, "") and scheduler not in names:
+        problems.append(FieldProblem("scheduler", scheduler, "must be one of: automatic, karras"))
+        return name
+    if isinstance(scheduler, str) and scheduler.lower() == "karras" and isinstance(name, str):
+        if not name.endswith(" Karras"):
+            if f"{name} Karras" not in SAMPLERS:
+                problems.append(FieldProblem("scheduler", scheduler, f"karras is not available with {name!r}; "
+                                             "samplers with a Karras schedule: "
+                                             + ", ".join(n[:-7] for n in SAMPLER_NAMES if n.endswith(" Karras"))))
+                return name
+            name = f"{name} Karras"
+    return name
+
+
+def _check_eta(eta: Any, sampler: str) -> None:
+    """eta is accepted where it matches what the sampler does (A1111 ignores it for non-stochastic samplers)."""
+    if eta is None or sampler not in SAMPLERS:
+        return
+    spec = SAMPLERS[sampler]
+    stochastic = sampler.split(" Karras")[0].endswith(" a") or "SDE" in sampler
+    wanted = DDIM_ETA if spec.scheduler == "DDIMScheduler" else ANCESTRAL_ETA if stochastic else None
+    ok = isinstance(eta, (int, float)) and not isinstance(eta, bool) and (wanted is None or float(eta) == wanted)
+    if not ok:
+        raise ValidationError([FieldProblem("eta", eta, f"must be null or {wanted if wanted is not None else 'a number'}"
+                                            f" for {sampler!r}: avert's {sampler} runs with eta "
+                                            f"{wanted if wanted is not None else '(not used)'}")])
+
+
+# override_settings keys that map to request fields (A1111 option name -> avert field)
+OVERRIDE_FIELDS = {"CLIP_stop_at_last_layers": "clip_skip"}
+
+
+def _override(state: ServerState, override: Any) -> tuple[str, dict[str, Any], list[FieldProblem]]:
+    """override_settings for one request: the model (sd_model_checkpoint, else the current checkpoint) and
+    request fields (CLIP_stop_at_last_layers -> clip_skip); other options must equal their current value."""
+    if override in (None, {}):
+        return state.current_model, {}, []
+    if not isinstance(override, dict):
+        return state.current_model, {}, [FieldProblem("override_settings", override, "must be an object")]
+    problems, fields = [], {}
+    model = state.current_model
+    for key, value in override.items():
+        if key == "sd_model_checkpoint":
+            try:
+                model = state.registry.entry(_model_name(value), "override_settings.sd_model_checkpoint").name
+            except ValidationError as error:
+                problems += error.problems
+        elif OVERRIDE_FIELDS.get(key) in bodies.REQUEST_FIELDS:
+            fields[OVERRIDE_FIELDS[key]] = value
+        elif options(state).get(key, object()) != value:
+            problems.append(FieldProblem(f"override_settings.{key}", value, "can be overridden: sd_model_checkpoint, "
+                                         + ", ".join(OVERRIDE_FIELDS) + "; other options must equal their current value"))
+    return model, fields, problems
+
+
+def txt2img_response(job: Job, parameters: dict) -> dict:
+    """A1111's response: base64 PNGs, the request echoed, and `info` as a JSON string."""
+    made = [g for _, g in job_images(job)]
+    first = job.parts[0].request
+    components_source = made[0].record.get("model", {}) if made else {}
+    info = {
+        "prompt": first.prompt, "all_prompts": [first.prompt] * len(made),
+        "negative_prompt": negative_text(made[0]) if made else first.negative_prompt,
+        "all_negative_prompts": [negative_text(g) for g in made],
+        "seed": made[0].seed if made else first.seed, "all_seeds": [g.seed for g in made],
+        "subseed": parameters.get("subseed"), "all_subseeds": [parameters.get("subseed")] * len(made),
+        "subseed_strength": 0, "width": made[0].image.width if made else first.width,
+        "height": made[0].image.height if made else first.height, "sampler_name": first.sampler,
+        "cfg_scale": first.cfg_scale, "steps": first.steps, "batch_size": parameters["batch_size"],
+        "restore_faces": False, "face_restoration_model": None, "sd_model_name": components_source.get("name"),
+        "sd_model_hash": components_source.get("hash"), "sd_vae_name": None, "sd_vae_hash": None,
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": parameters.get("denoising_strength"),
+        "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": [g.infotext for g in made],
+        "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.started or job.created)),
+        "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": f"avert {__version__}",
+        "warnings": job_warnings(job),
+    }
+    images = [png_base64(g) for g in made] if parameters.get("send_images", True) else []
+    return {"images": images, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}
+
+
+@router.post("/img2img", summary="Not supported: avert generates from text only")
+async def img2img() -> JSONResponse:
+    return error_response(501, "not implemented", "img2img is not supported by avert; use /sdapi/v1/txt2img")
+
+
+# ---------------------------------------------------------------- progress, interrupt, skip
+
+
+@router.get("/progress", summary="Progress of the running job (A1111 shape)")
+async def progress(request: Request) -> dict:
+    state = get_state(request)
+    running = state.queue.running()
+    job = max(running, key=lambda j: j.started or 0.0) if running else None
+    waiting = state.queue.waiting()
+    if job is None:
+        return {"progress": 0.0, "eta_relative": 0.0, "current_image": None, "textinfo": None,
+                "state": _state(False, False, "", waiting, 0, 0, 0, "0")}
+    fraction = job.progress
+    elapsed = time.time() - (job.started or time.time())
+    eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+    done, total = job.step
+    stamp = time.strftime("%Y%m%d%H%M%S", time.localtime(job.started))
+    return {"progress": fraction, "eta_relative": eta, "current_image": None, "textinfo": None,
+            "state": _state(False, job.interrupted, job.id, waiting + len(running), len(job.results), done, total,
+                            stamp)}
+
+
+def _state(skipped: bool, interrupted: bool, job: str, count: int, number: int, step: int, steps: int, stamp: str):
+    return {"skipped": skipped, "interrupted": interrupted, "job": job, "job_count": count, "job_no": number,
+            "sampling_step": step, "sampling_steps": steps, "job_timestamp": stamp}
+
+
+@router.post("/interrupt", summary="Stop the running jobs at their next step")
+async def interrupt(request: Request) -> dict:
+    for job in get_state(request).queue.running():
+        job.cancel()
+    return {}
+
+
+@router.post("/skip", summary="Skip the batch being sampled; the job goes on with its next batch")
+async def skip(request: Request) -> dict:
+    for job in get_state(request).queue.running():
+        job.skip()
+    return {}
+
+
+# ---------------------------------------------------------------- lists and options
+
+
+@router.get("/samplers")
+async def samplers() -> list[dict]:
+    return [{"name": s.name, "aliases": [], "options": dict(s.options)} for s in SAMPLERS.values()]
+
+
+@router.get("/schedulers")
+async def schedulers() -> list[dict]:
+    return list(SCHEDULERS)
+
+
+@router.get("/sd-models")
+async def sd_models(request: Request) -> list[dict]:
+    registry = get_state(request).registry
+    return [{"title": name, "model_name": name, "hash": None, "sha256": None,
+             "filename": registry.entry(name).filename, "config": None} for name in registry.names()]
+
+
+@router.post("/refresh-checkpoints")
+async def refresh_checkpoints(request: Request) -> None:
+    await run_in_threadpool(get_state(request).registry.refresh)
+
+
+@router.get("/embeddings", summary="Textual-inversion embeddings of the configured folder, by name")
+async def embeddings(request: Request) -> dict:
+    library = get_state(request).queue.embeddings
+    loaded = {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                     "shape": int(e.vectors.shape[1]), "vectors": e.length} for name, e in library.embeddings.items()}
+    skipped = {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None,
+                      "vectors": None, "reason": reason} for name, reason in library.problems.items()}
+    return {"loaded": loaded, "skipped": skipped}
+
+
+@router.get("/prompt-styles")
+async def prompt_styles() -> list:
+    return []
+
+
+@router.get("/scripts")
+async def scripts() -> dict:
+    return {"txt2img": [], "img2img": []}
+
+
+def options(state: ServerState) -> dict[str, Any]:
+    """The options avert has, with A1111's names and (fixed) values; only sd_model_checkpoint can change."""
+    return {"sd_model_checkpoint": state.current_model, "sd_checkpoint_hash": None, "CLIP_stop_at_last_layers": 1,
+            "eta_ancestral": ANCESTRAL_ETA, "eta_ddim": DDIM_ETA, "samples_format": "png", "sd_vae": "None",
+            "enable_pnginfo": True, "samples_save": False, "grid_save": False}
+
+
+@router.get("/options")
+async def get_options(request: Request) -> dict:
+    return options(get_state(request))
+
+
+@router.post("/options", summary="Set options; sd_model_checkpoint switches the model (by name)")
+async def set_options(request: Request) -> None:
+    state = get_state(request)
+    body = bodies.parse_json(await request.body())
+    current = options(state)
+    problems = [FieldProblem(k, v, "unknown option or not settable; settable: sd_model_checkpoint (others must "
+                             "equal their current value)") for k, v in body.items()
+                if k != "sd_model_checkpoint" and current.get(k, object()) != v]
+    if problems:
+        raise ValidationError(problems)
+    if "sd_model_checkpoint" in body:
+        name = state.registry.entry(_model_name(body["sd_model_checkpoint"]), "sd_model_checkpoint").name
+        await run_in_threadpool(state.registry.components, name)  # A1111 loads on switch; errors surface here
+        with state.lock:
+            state.current_model = name
+
+
+def _model_name(value: Any) -> Any:
+    """A1111 titles read `name [hash]`; the name is what is looked up."""
+    return re.sub(r"\s*\[[0-9a-fA-F]{8,64}\]$", "", value) if isinstance(value, str) else value
+
+
+# ---------------------------------------------------------------- png-info
+
+
+@router.post("/png-info", summary="The generation parameters stored in a PNG (sent as base64; URLs are refused)")
+async def png_info(request: Request) -> dict:
+    body = bodies.parse_json(await request.body())
+    problems = bodies.unknown_fields(body, ("image",))
+    if problems:
+        raise ValidationError(problems)
+    try:
+        meta = read_png_metadata(_decode_image(body.get("image")))
+    except ValidationError:
+        raise
+    except AvertError as error:
+        raise ValidationError([FieldProblem("image", "(base64 data)", f"must be a readable PNG: {error}")]) from None
+    text = meta.parameters or ""
+    items = {"avert": meta.record} if meta.record is not None else {}
+    return {"info": text, "items": items, "parameters": _parameters_dict(text)}
+
+
+def _decode_image(value: Any) -> bytes:
+    allowed = "must be a PNG as base64 (optionally a data: URL); URLs are never fetched"
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError([FieldProblem("image", value, allowed)])
+    text = value.strip()
+    if re.match(r"^[a-z][a-z0-9+.-]*://", text, re.IGNORECASE):
+        raise ValidationError([FieldProblem("image", text, allowed)])
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationError([FieldProblem("image", value, allowed)]) from None
+
+
+def _parameters_dict(text: str) -> dict[str, str]:
+    """A1111's parse_generation_parameters shape: Prompt, Negative prompt, each key, Size-1 and Size-2."""
+    if not text:
+        return {}
+    parsed = parse_parameters(text)
+    result = {"Prompt": parsed.prompt, "Negative prompt": parsed.negative_prompt}
+    for key, value in parsed.params:
+        result[key] = value
+        if key == "Size" and "x" in value:
+            result["Size-1"], _, result["Size-2"] = value.partition("x")
+    return result

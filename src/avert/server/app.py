@@ -1,0 +1,102 @@
+"""The FastAPI application: routers, security middleware, error handlers, the page, and `serve`."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import FileResponse, JSONResponse
+
+from avert import __version__
+from avert.conditioning.embeddings import load_embeddings
+from avert.errors import AvertError, ValidationError
+from avert.pipeline.generate import generate
+from avert.pipeline.runtime import Runtime
+from avert.server import a1111, native
+from avert.server.config import ServerConfig
+from avert.server.http import error_response, problems_response, queue_full_response
+from avert.server.jobs import JobQueue, QueueFull, Render
+from avert.server.registry import ModelRegistry
+from avert.server.security import ApiKeyMiddleware, BodyLimitMiddleware
+from avert.server.state import ServerState
+
+log = logging.getLogger("avert.server")
+STATIC = Path(__file__).parent / "static"
+PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}  # a fixed list: no path from the request
+
+
+def create_app(config: ServerConfig = ServerConfig(), *, render: Render = generate) -> FastAPI:
+    """The app for `config`; `render` is the engine call (a test may wrap it to inject failures)."""
+    registry = ModelRegistry(config.model, config.models_dir)
+    queue = JobQueue(registry, size=config.queue_size, history=config.job_history, limits=config.limits,
+                     runtime=Runtime(device=config.device, precision=config.precision), render=render,
+                     embeddings=load_embeddings(config.embeddings_dir))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        queue.close()
+
+    app = FastAPI(title="avert", version=__version__, lifespan=lifespan,
+                  description="Text-to-image with the negative prompt as a first-class control: an "
+                  "AUTOMATIC1111-compatible API under /sdapi/v1 and avert's own API under /v1.")
+    app.state.avert = ServerState(config, registry, queue, registry.default_name)
+    app.include_router(a1111.router)
+    app.include_router(native.router)
+    _add_page(app)
+    _add_error_handlers(app)
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST",
+                           "DELETE"], allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    if config.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
+    return app
+
+
+def _add_page(app: FastAPI) -> None:
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def page_file(name: str):
+        if name not in PAGE_FILES:
+            return error_response(404, "not found", f"name: {name[:64]!r} is not a page file")
+        return FileResponse(STATIC / name, media_type=PAGE_FILES[name])
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ValidationError)
+    async def invalid(request: Request, error: ValidationError) -> JSONResponse:
+        return problems_response(error.problems)
+
+    @app.exception_handler(QueueFull)
+    async def full(request: Request, error: QueueFull) -> JSONResponse:
+        return queue_full_response(error)
+
+    @app.exception_handler(AvertError)
+    async def avert_error(request: Request, error: AvertError) -> JSONResponse:
+        return error_response(422, "invalid request", str(error))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal error", f"{type(error).__name__}: {error}")
+
+
+def serve(config: ServerConfig) -> None:
+    """Check the bind address, load the default model, and run uvicorn until interrupted."""
+    import uvicorn
+
+    config.check_bind()
+    app = create_app(config)
+    state: ServerState = app.state.avert
+    state.registry.components(state.current_model)  # fail now, with one line, if the model does not load
+    print(f"avert serve: http://{config.host}:{config.port}/  model {state.current_model!r}, "
+          f"models {', '.join(state.registry.names())}; API docs at /docs", flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info", limit_concurrency=512,
+                timeout_graceful_shutdown=5)

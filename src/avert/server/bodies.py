@@ -1,0 +1,165 @@
+"""JSON bodies to validated requests: the native body by reflection over `GenerationRequest`, and the parts.
+
+The native body takes every field of `GenerationRequest` by name (so fields the engine adds flow through
+unchanged), converted generically from JSON (lists to tuples, objects to nested frozen dataclasses), then
+held to `avert.validation.validate` with the server's `Limits`, exactly like the CLI. Unknown fields are
+refused by name, never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any, Sequence
+
+from avert.errors import FieldProblem, ValidationError
+from avert.pipeline.generate import model_limits
+from avert.request import GenerationRequest
+from avert.sampling.noise import image_seeds, resolve_seed
+from avert.schema import PARAMS_BY_NAME, Limits
+from avert.server.jobs import Part
+from avert.validation import validate
+
+REQUEST_FIELDS = {f.name: f for f in dataclasses.fields(GenerationRequest)}
+
+
+def parse_json(raw: bytes) -> dict:
+    """The body as a JSON object, or a ValidationError naming `body`."""
+    try:
+        data = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValidationError([FieldProblem("body", _short(raw), f"must be valid JSON ({error})")]) from None
+    if not isinstance(data, dict):
+        raise ValidationError([FieldProblem("body", _short(raw), "must be a JSON object")])
+    return data
+
+
+def _short(raw: bytes) -> str:
+    text = raw[:80].decode("utf-8", "replace")
+    return text + ("..." if len(raw) > 80 else "")
+
+
+def request_from_fields(values: dict[str, Any]) -> GenerationRequest:
+    """A request from JSON values keyed by request field name, converted by each field's declared type."""
+    hints = typing.get_type_hints(GenerationRequest)
+    problems: list[FieldProblem] = []
+    converted = {name: convert(value, hints[name], name, problems) for name, value in values.items()}
+    if problems:
+        raise ValidationError(problems)
+    try:
+        return GenerationRequest(**converted)
+    except ValidationError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise ValidationError([FieldProblem("body", values, str(error))]) from None
+
+
+def convert(value: Any, kind: Any, name: str, problems: list[FieldProblem]) -> Any:
+    """JSON to the declared type where it is structural (tuples, nested dataclasses, float from int)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return convert(value, inner[0], name, problems) if len(inner) == 1 else value
+    if origin is tuple and isinstance(value, list):
+        item = args[0] if args else Any
+        return tuple(convert(v, item, f"{name}[{i}]", problems) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+        return _dataclass(kind, value, name, problems)
+    if dataclasses.is_dataclass(kind) and isinstance(value, str) and hasattr(kind, "from_value"):
+        return kind.from_value(value)  # e.g. a negative given as plain text
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _dataclass(kind: type, value: dict, name: str, problems: list[FieldProblem]) -> Any:
+    hints = typing.get_type_hints(kind)
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = [k for k in value if k not in names]
+    for key in unknown:
+        problems.append(FieldProblem(f"{name}.{key}", value[key], "unknown field; allowed: " + ", ".join(sorted(names))))
+    if unknown:
+        return None
+    try:
+        return kind(**{k: convert(v, hints[k], f"{name}.{k}", problems) for k, v in value.items()})
+    except (TypeError, ValueError) as error:
+        problems.append(FieldProblem(name, value, str(error)))
+        return None
+
+
+def unknown_fields(body: dict, allowed: Sequence[str]) -> list[FieldProblem]:
+    """A problem for each key of `body` not in `allowed`."""
+    listed = ", ".join(sorted(allowed))
+    return [FieldProblem(k, body[k], f"unknown field; allowed: {listed}") for k in body if k not in allowed]
+
+
+def split_negatives(value: Any, count: int, field: str = "negative_prompt") -> tuple[str, tuple[str, ...] | None]:
+    """A negative for the whole batch (a string) or one per image (a list of `count` strings).
+
+    Returns the first negative (the batch's own field) and the per-image list, or None for a single string.
+    """
+    if not isinstance(value, list):
+        return value, None
+    if len(value) != count or not all(isinstance(v, str) for v in value):
+        raise ValidationError([FieldProblem(field, value, f"must be a string, or a list of {count} strings "
+                                            "(one per image of the batch)")])
+    return (value[0] if value else ""), tuple(value)
+
+
+def check(request: GenerationRequest, limits: Limits, components, per_image: Sequence[str] | None,
+          field: str = "negative_prompt") -> GenerationRequest:
+    """Validate as the CLI does (the model's native size allowed), each per-image negative included."""
+    limits = model_limits(limits, components)
+    validate(request, limits)
+    for i, negative in enumerate(per_image or ()):
+        try:
+            validate(request.replace(negative_prompt=negative), limits)
+        except ValidationError as error:
+            raise ValidationError([dataclasses.replace(p, field=f"{field}[{i}]") if p.field == "negative_prompt"
+                                   else p for p in error.problems]) from None
+    return request
+
+
+def batch_parts(request: GenerationRequest, per_image: Sequence[str] | None, rounds: int = 1) -> list[Part]:
+    """Engine calls for `rounds` batches of `request` (A1111's n_iter), the seed resolved once.
+
+    Image k of the whole run uses seed + k. With a negative per image, each batch is cut into runs of
+    consecutive images that share a negative; a run starting at image k is rendered with seed + k, and
+    since image i of a batch equals its seed rendered alone, the merged images equal one batch exactly.
+    """
+    first = resolve_seed(request.seed)
+    size = request.batch_size
+    negatives = list(per_image) if per_image else [request.negative_prompt] * (size * rounds)
+    seeds = image_seeds(first, size * rounds)
+    parts = []
+    for start in range(0, size * rounds, size):
+        k = start
+        while k < start + size:
+            end = k
+            while end < start + size and negatives[end] == negatives[k]:
+                end += 1
+            parts.append(Part(request.replace(seed=seeds[k], batch_size=end - k, negative_prompt=negatives[k])))
+            k = end
+    return parts
+
+
+def field_schema(name: str) -> dict:
+    """The JSON schema of a request field from `avert.schema` (type, default, bounds, choices, help)."""
+    param = PARAMS_BY_NAME.get(name)
+    if param is None:
+        return {}
+    kind = {int: "integer", float: "number", str: "string", bool: "boolean"}.get(param.type, "string")
+    schema: dict[str, Any] = {"type": kind, "description": param.help}
+    if param.default is not None:
+        schema["default"] = param.default
+    if param.choices:
+        schema["enum"] = list(param.choices)
+    limits = Limits()
+    if param.low is not None and param.type not in (str, bool):
+        schema["minimum"] = param.low(limits)
+    if param.high is not None:
+        schema["maxLength" if param.type is str else "maximum"] = param.high(limits)
+    return schema

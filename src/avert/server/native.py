@@ -1,0 +1,209 @@
+"""avert's own API (`/v1/...`): every request field by name, a negative per image, comparisons, and jobs.
+
+`POST /v1/generate` and `POST /v1/compare` wait for the result by default; with `?wait=false` they answer 202
+with the job, whose progress, images and metadata `GET /v1/jobs/{id}` reports and which `DELETE /v1/jobs/{id}`
+(or `POST /v1/jobs/{id}/cancel`) stops at its next step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+
+from avert.errors import FieldProblem, ValidationError
+from avert.pipeline.compare import NO_NEGATIVE
+from avert.request import GenerationRequest, Negative
+from avert.sampling.noise import resolve_seed
+from avert.schema import PARAMS
+from avert.server import bodies
+from avert.server.http import error_response, failure_response, wait_for
+from avert.server.jobs import CANCELLED, FAILED, Job, Part
+from avert.server.results import job_json
+from avert.server.state import ServerState, get_state
+
+router = APIRouter(prefix="/v1", tags=["avert API"])
+
+MAX_COLUMNS = 8
+
+
+def _body_schema(extra: dict[str, Any]) -> dict:
+    properties = {name: bodies.field_schema(name) for name in bodies.REQUEST_FIELDS}
+    properties["negative_prompt"] = {"description": "a string, or a list with one negative per image",
+                                     "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+    if "negatives" in properties:
+        properties["negatives"] = {"type": "array", "description": "negatives with weights and windows (fractions "
+                                   "of the run); a plain text means weight 1, the whole run",
+                                   "items": {"anyOf": [{"type": "string"}, {"type": "object", "properties": {
+                                       "text": {"type": "string"}, "weight": {"type": "number", "default": 1.0},
+                                       "start": {"type": "number", "default": 0.0},
+                                       "end": {"type": "number", "default": 1.0}}}]}}
+    properties["model"] = {"type": "string", "description": "a served model's name (GET /v1/models)"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "additionalProperties": False, "properties": {**properties, **extra}}}}}}
+
+
+@router.post("/generate", summary="Generate images (waits unless ?wait=false)", openapi_extra=_body_schema({}))
+async def generate(request: Request, wait: bool = True) -> JSONResponse:
+    state = get_state(request)
+    body = bodies.parse_json(await request.body())
+    job = await run_in_threadpool(generate_job, state, body)
+    return await _submit(state, job, request, wait)
+
+
+@router.post("/compare", summary="The same seed without a negative and with each negative in `columns`",
+             openapi_extra=_body_schema({"columns": {"type": "array", "items": {"type": "string"},
+                                                     "description": "negatives, one column each"}}))
+async def compare(request: Request, wait: bool = True) -> JSONResponse:
+    state = get_state(request)
+    body = bodies.parse_json(await request.body())
+    job = await run_in_threadpool(compare_job, state, body)
+    return await _submit(state, job, request, wait)
+
+
+async def _submit(state: ServerState, job: Job, request: Request, wait: bool) -> JSONResponse:
+    state.queue.submit(job)
+    if not wait:
+        return JSONResponse(job_json(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+    if not await wait_for(job, request, state.queue):
+        return error_response(409, "cancelled", "the client disconnected; the job was cancelled")
+    if job.status == FAILED:
+        return failure_response(job.failure, {"job": job_json(job, images=False)})
+    return JSONResponse(job_json(job), status_code=409 if job.status == CANCELLED else 200)
+
+
+def _request(state: ServerState, body: dict, extra: tuple[str, ...]) -> tuple[str, GenerationRequest, Any]:
+    """The model name, the request (every field of `GenerationRequest` by name) and the raw negative."""
+    problems = bodies.unknown_fields(body, (*bodies.REQUEST_FIELDS, "model", *extra))
+    if problems:
+        raise ValidationError(problems)
+    model = state.registry.entry(body["model"]).name if "model" in body else state.current_model
+    values = {k: v for k, v in body.items() if k in bodies.REQUEST_FIELDS}
+    negative = values.pop("negative_prompt", "")
+    return model, bodies.request_from_fields(values), negative
+
+
+def generate_job(state: ServerState, body: dict) -> Job:
+    model, request, negative = _request(state, body, ())
+    first, per_image = bodies.split_negatives(negative, request.batch_size if isinstance(request.batch_size, int) else 0)
+    request = request.replace(negative_prompt=first)
+    bodies.check(request, state.config.limits, state.registry.components(model), per_image)
+    return Job(model, bodies.batch_parts(request, per_image), kind="generate")
+
+
+def compare_job(state: ServerState, body: dict) -> Job:
+    """Column 0 has no negative, column k the k-th of `columns` (a text or {text, weight, start, end}) alone;
+    every column has the same resolved seed."""
+    model, request, negative = _request(state, body, ("columns",))
+    columns = body.get("columns")
+    if not (isinstance(columns, list) and 1 <= len(columns) <= MAX_COLUMNS):
+        raise ValidationError([FieldProblem("columns", columns, f"must be a list of 1 to {MAX_COLUMNS} negatives "
+                                            "(texts or {text, weight, start, end}), one column each")])
+    if negative not in ("", None) or request.negatives:
+        field = "negatives" if request.negatives else "negative_prompt"
+        raise ValidationError([FieldProblem(field, body.get(field), "must be empty in a comparison; put each "
+                                            "negative in `columns`")])
+    negatives = _columns(columns)
+    components = state.registry.components(model)
+    base = bodies.check(request, state.config.limits, components, None)
+    for i, n in enumerate(negatives):
+        try:
+            bodies.check(base.replace(negatives=(n,)), state.config.limits, components, None)
+        except ValidationError as error:
+            raise ValidationError([dataclasses.replace(p, field=p.field.replace("negatives[0]", f"columns[{i}]"))
+                                   for p in error.problems]) from None
+    base = base.replace(seed=resolve_seed(base.seed))
+    parts = [Part(base, NO_NEGATIVE)] + [Part(base.replace(negatives=(n,)), _label(n)) for n in negatives]
+    return Job(model, parts, kind="compare")
+
+
+def _columns(columns: list) -> tuple[Negative, ...]:
+    problems: list[FieldProblem] = []
+    hint = typing.get_type_hints(GenerationRequest)["negatives"]
+    negatives = bodies.convert(columns, hint, "columns", problems)
+    bad = [FieldProblem(f"columns[{i}]", c, "must be a text or {text, weight, start, end}")
+           for i, (c, n) in enumerate(zip(columns, negatives)) if not isinstance(n, Negative)]
+    if problems or bad:
+        raise ValidationError(problems + bad)
+    return negatives
+
+
+def _label(negative: Negative) -> str:
+    """The column label as the guide writes it; weight and window only where they are not the defaults."""
+    extras = ([f"weight {negative.weight:g}"] if negative.weight != 1 else []) + (
+        [f"steps {negative.start:g}-{negative.end:g}"] if (negative.start, negative.end) != (0, 1) else [])
+    return f"Negative prompt: {negative.text}" + (f" ({', '.join(extras)})" if extras else "")
+
+
+@router.get("/jobs/{job_id}", summary="A job's status and progress; images, seeds and metadata once done")
+async def get_job(job_id: str, request: Request, images: bool = True) -> JSONResponse:
+    job = get_state(request).queue.get(job_id)
+    if job is None:
+        return _no_job(job_id)
+    return JSONResponse(job_json(job, images=images))
+
+
+@router.delete("/jobs/{job_id}", summary="Cancel a job (it stops at its next step)")
+async def delete_job(job_id: str, request: Request) -> JSONResponse:
+    return _cancel(job_id, request)
+
+
+@router.post("/jobs/{job_id}/cancel", summary="Cancel a job (it stops at its next step)")
+async def cancel_job(job_id: str, request: Request) -> JSONResponse:
+    return _cancel(job_id, request)
+
+
+def _cancel(job_id: str, request: Request) -> JSONResponse:
+    state = get_state(request)
+    job = state.queue.get(job_id)
+    if job is None:
+        return _no_job(job_id)
+    state.queue.cancel(job)
+    return JSONResponse(job_json(job, images=False), status_code=202)
+
+
+def _no_job(job_id: str) -> JSONResponse:
+    problem = FieldProblem("job_id", job_id[:64], "must be the id of a job this server still holds")
+    return JSONResponse({"error": "not found", "detail": str(problem),
+                         "errors": [{"field": "job_id", "value": problem.value, "allowed": problem.allowed,
+                                     "message": str(problem)}]}, status_code=404)
+
+
+@router.get("/models", summary="The served models, by name, and the default")
+async def models(request: Request) -> dict:
+    state = get_state(request)
+    return {"models": list(state.registry.names()), "default": state.current_model}
+
+
+@router.get("/schema", summary="Every request field: type, default, bounds, choices and help (drives the page)")
+async def schema(request: Request) -> dict:
+    limits = get_state(request).config.limits
+    params = [{"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help,
+               "allowed": p.describe_allowed(limits), "choices": list(p.choices),
+               "min": p.low(limits) if p.low else None, "max": p.high(limits) if p.high else None,
+               "multiple_of": p.multiple_of} for p in PARAMS]
+    return {"params": params, "fields": list(bodies.REQUEST_FIELDS), "limits": dataclasses.asdict(limits),
+            "max_columns": MAX_COLUMNS}
+
+
+@router.get("/status", summary="Queue length, running jobs, worker health and resident memory")
+async def status(request: Request) -> dict:
+    queue = get_state(request).queue
+    return {"waiting": queue.waiting(), "running": [j.id for j in queue.running()],
+            "queue_size": queue.size, "workers": queue.workers_alive(), "rss_bytes": _rss_bytes()}
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open(f"/proc/{os.getpid()}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

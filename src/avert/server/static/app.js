@@ -1,0 +1,196 @@
+// avert's page: builds its settings from GET /v1/schema, submits jobs to /v1/generate or /v1/compare
+// (?wait=false), follows GET /v1/jobs/{id} for progress, and reads dropped PNGs with /sdapi/v1/png-info.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const SETTINGS = ["steps", "cfg_scale", "seed", "width", "height", "batch_size"];
+let schema = null;
+let currentJob = null;
+
+async function api(method, path, body) {
+  const response = await fetch(path, {
+    method, headers: body ? {"Content-Type": "application/json"} : {},
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const data = await response.json().catch(() => ({detail: response.statusText}));
+  if (!response.ok && response.status !== 202 && !(response.status === 409 && data.status)) {
+    throw new Error(data.detail || response.statusText);
+  }
+  return data;
+}
+
+function showError(message) {
+  $("error").hidden = !message;
+  $("error").textContent = message || "";
+}
+
+function addNegative(text = "", weight = 1) {
+  const row = $("negative-row").content.firstElementChild.cloneNode(true);
+  row.querySelector(".neg-text").value = text;
+  row.querySelector(".neg-weight").value = weight;
+  row.querySelector(".remove").onclick = () => row.remove();
+  row.querySelector(".weight").hidden = !supportsWeights();
+  $("negatives").appendChild(row);
+}
+
+function supportsWeights() {
+  return !!schema && schema.fields.includes("negatives");
+}
+
+function negatives() {
+  return [...document.querySelectorAll("#negatives .negative")]
+    .map((row) => ({text: row.querySelector(".neg-text").value.trim(),
+                    weight: parseFloat(row.querySelector(".neg-weight").value)}))
+    .filter((n) => n.text);
+}
+
+async function init() {
+  schema = await api("GET", "/v1/schema");
+  const models = await api("GET", "/v1/models");
+  for (const name of models.models) {
+    $("model").add(new Option(name, name, false, name === models.default));
+  }
+  for (const param of schema.params) {
+    if (param.name === "sampler") {
+      for (const choice of param.choices) $("sampler").add(new Option(choice, choice, false, choice === param.default));
+    } else if (SETTINGS.includes(param.name)) {
+      const input = $(param.name);
+      if (param.default !== null) input.value = param.default;
+      if (param.min !== null) input.min = param.min;
+      if (param.max !== null) input.max = param.max;
+      input.title = `${param.help}; ${param.allowed}`;
+    }
+  }
+  $("negatives-hint").textContent = supportsWeights()
+    ? "Each negative has its own weight."
+    : "Several negatives are joined with commas (this engine takes one negative text).";
+  addNegative();
+}
+
+function requestBody() {
+  const body = {prompt: $("prompt").value, sampler: $("sampler").value, model: $("model").value};
+  for (const name of SETTINGS) {
+    const text = $(name).value.trim();
+    if (text !== "") body[name] = Number(text);
+  }
+  return body;
+}
+
+function withNegatives(body) {
+  const list = negatives();
+  if (supportsWeights()) body.negatives = list.map((n) => ({text: n.text, weight: n.weight}));
+  else body.negative_prompt = list.map((n) => n.text).join(", ");
+  return body;
+}
+
+async function run(path, body, show) {
+  showError("");
+  $("warnings").replaceChildren();
+  setBusy(true);
+  try {
+    const job = await api("POST", `${path}?wait=false`, body);
+    currentJob = job.id;
+    const done = await follow(job.id);
+    if (done.status === "failed") throw new Error(done.error.detail);
+    if (done.status === "cancelled") throw new Error("cancelled");
+    for (const w of done.warnings) $("warnings").appendChild(Object.assign(document.createElement("li"), {textContent: w}));
+    show(done);
+  } catch (error) {
+    showError(error.message);
+  } finally {
+    currentJob = null;
+    setBusy(false);
+  }
+}
+
+async function follow(id) {
+  for (;;) {
+    const job = await api("GET", `/v1/jobs/${id}?images=false`);
+    $("progress").value = job.progress.fraction;
+    $("progress-text").textContent = `${job.status} ${Math.round(job.progress.fraction * 100)}%`;
+    if (["done", "failed", "cancelled"].includes(job.status)) {
+      return job.status === "done" ? api("GET", `/v1/jobs/${id}`) : job;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+function setBusy(busy) {
+  $("generate").disabled = busy;
+  $("compare").disabled = busy;
+  $("cancel").disabled = !busy;
+}
+
+function picture(image, caption) {
+  const figure = document.createElement("figure");
+  const img = new Image();
+  img.src = `data:image/png;base64,${image.png}`;
+  img.alt = caption;
+  img.title = image.infotext;
+  figure.append(img, Object.assign(document.createElement("figcaption"), {textContent: caption}));
+  return figure;
+}
+
+function showGallery(job) {
+  for (const image of [...job.images].reverse()) {  // newest batch on top, in batch order
+    const negative = image.negative_prompt ? `, negative: ${image.negative_prompt}` : "";
+    $("gallery").prepend(picture(image, `seed ${image.seed}${negative}`));
+  }
+}
+
+function showCompare(job) {
+  const table = document.createElement("table");
+  const head = table.createTHead().insertRow();
+  head.appendChild(document.createElement("th"));
+  for (const label of job.labels) head.appendChild(Object.assign(document.createElement("th"), {textContent: label}));
+  const body = table.createTBody();
+  for (const seed of [...new Set(job.seeds)]) {
+    const row = body.insertRow();
+    row.appendChild(Object.assign(document.createElement("th"), {textContent: `seed ${seed}`}));
+    for (const label of job.labels) {
+      const image = job.images.find((i) => i.label === label && i.seed === seed);
+      row.insertCell().appendChild(picture(image, label));
+    }
+  }
+  const title = Object.assign(document.createElement("p"), {textContent: job.images[0].record.request.prompt});
+  $("compare-view").replaceChildren(title, table);
+}
+
+async function readMetadata(file) {
+  showError("");
+  const data = await new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+  try {
+    const info = await api("POST", "/sdapi/v1/png-info", {image: data});
+    $("meta").textContent = info.info || "(no generation parameters in this image)";
+  } catch (error) {
+    $("meta").textContent = "";
+    showError(error.message);
+  }
+}
+
+$("form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  run("/v1/generate", withNegatives(requestBody()), showGallery);
+});
+$("compare").onclick = () => {
+  const body = requestBody();
+  body.columns = negatives().map((n) => (supportsWeights() ? {text: n.text, weight: n.weight} : n.text));
+  if (!body.columns.length) return showError("columns: add at least one negative to compare");
+  run("/v1/compare", body, showCompare);
+};
+$("cancel").onclick = () => currentJob && api("DELETE", `/v1/jobs/${currentJob}`).catch((e) => showError(e.message));
+$("add-negative").onclick = () => addNegative();
+$("file").onchange = () => $("file").files[0] && readMetadata($("file").files[0]);
+$("drop").addEventListener("dragover", (event) => { event.preventDefault(); $("drop").classList.add("over"); });
+$("drop").addEventListener("dragleave", () => $("drop").classList.remove("over"));
+$("drop").addEventListener("drop", (event) => {
+  event.preventDefault();
+  $("drop").classList.remove("over");
+  if (event.dataTransfer.files[0]) readMetadata(event.dataTransfer.files[0]);
+});
+init().catch((error) => showError(`could not load the settings: ${error.message}`));

@@ -1,0 +1,392 @@
+"""`avert serve` through FastAPI's TestClient on the embedded model: A1111 shapes, the native API, jobs,
+the queue, failures, validation and security."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from avert.errors import AvertError
+from avert.output.pnginfo import parse_parameters, read_png_metadata
+from avert.pipeline.generate import generate
+from avert.request import GenerationRequest
+from avert.server.app import create_app
+from avert.server.config import ServerConfig
+from avert.server.registry import ModelRegistry
+
+FAST = {"steps": 4, "width": 32, "height": 32}
+
+
+@pytest.fixture(scope="module")
+def client():
+    with TestClient(create_app(ServerConfig())) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return ModelRegistry().components("embedded")
+
+
+def pixels(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), dtype=np.int16)
+
+
+def alone(embedded, seed: int, negative: str, **fields) -> np.ndarray:
+    request = GenerationRequest("a house on a hill", negative_prompt=negative, seed=seed, **fields)
+    return np.asarray(generate(request, embedded).images[0].image.convert("RGB"), dtype=np.int16)
+
+
+class Gate:
+    """A render that holds every job at its first step until `release`, to test jobs mid-run."""
+
+    def __init__(self):
+        self.reached = threading.Event()
+        self.opened = threading.Event()
+
+    def render(self, request, components, **kw):
+        on_step = kw["on_step"]
+
+        def step(event):
+            on_step(event)
+            self.reached.set()
+            self.opened.wait(30)
+
+        return generate(request, components, **{**kw, "on_step": step})
+
+    def release(self):
+        self.opened.set()
+
+
+def assert_names(response, status: int, field: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert field in [e["field"] for e in body["errors"]], body
+    assert "Traceback" not in response.text
+    return body
+
+
+# ---------------------------------------------------------------- A1111
+
+
+def test_txt2img_has_a1111_shape_metadata_and_defaults(client):
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "a house on a hill", "negative_prompt": "green tones",
+                                               "seed": 7, "batch_size": 2, "sampler_name": "DPM++ 2M",
+                                               "scheduler": "karras", **FAST})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"images", "parameters", "info"} and len(body["images"]) == 2
+    assert body["parameters"]["steps"] == 4 and body["parameters"]["n_iter"] == 1  # echoed, defaults filled
+    assert body["parameters"]["cfg_scale"] == 7.0 and body["parameters"]["styles"] == []
+    info = json.loads(body["info"])
+    assert info["all_seeds"] == [7, 8] and info["seed"] == 7
+    assert info["all_negative_prompts"] == ["green tones", "green tones"]
+    assert info["sampler_name"] == "DPM++ 2M Karras" and info["sd_model_name"] and info["width"] == 32
+    meta = read_png_metadata(base64.b64decode(body["images"][1]))
+    parsed = parse_parameters(meta.parameters)
+    assert parsed.negative_prompt == "green tones" and parsed.get("Seed") == "8"
+    assert meta.parameters == info["infotexts"][1]
+
+
+def test_txt2img_negative_per_image_equals_each_seed_alone(client, embedded):
+    negatives = ["green tones", "sun", "green tones"]
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "a house on a hill", "negative_prompt": negatives,
+                                               "seed": 40, "batch_size": 3, "sampler_name": "Euler a", **FAST})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["all_negative_prompts"] == negatives and info["all_seeds"] == [40, 41, 42]
+    for i, (b64, negative) in enumerate(zip(r.json()["images"], negatives)):
+        assert np.abs(pixels(b64) - alone(embedded, 40 + i, negative, **FAST, sampler="Euler a")).max() == 0
+
+
+def test_txt2img_n_iter_continues_the_seeds(client):
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "a boat", "seed": 3, "batch_size": 2, "n_iter": 2, **FAST})
+    assert json.loads(r.json()["info"])["all_seeds"] == [3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"steps": "20"}, "steps"),
+    ({"steps": 0}, "steps"),
+    ({"cfg_scale": "high"}, "cfg_scale"),
+    ({"width": 100000, "height": 32}, "width"),
+    ({"batch_size": 10**9}, "batch_size"),
+    ({"seed": 2**40}, "seed"),
+    ({"sampler_name": "Euler z"}, "sampler_name"),
+    ({"scheduler": "exponential"}, "scheduler"),
+    ({"override_settings": {"sd_model_checkpoint": "nope"}}, "override_settings.sd_model_checkpoint"),
+    ({"override_settings": {"sd_model_checkpoint": "../../etc/passwd"}}, "override_settings.sd_model_checkpoint"),
+    ({"override_settings": {"sd_model_checkpoint": "/tmp"}}, "override_settings.sd_model_checkpoint"),
+    ({"enable_hr": True}, "enable_hr"),
+    ({"styles": ["cinematic"]}, "styles"),
+    ({"eta": 0.5, "sampler_name": "DDIM"}, "eta"),
+    ({"eta": 0, "sampler_name": "Euler a"}, "eta"),
+    ({"n_iter": 0}, "n_iter"),
+    ({"negative_prompt": ["a", "b"]}, "negative_prompt"),
+    ({"prompt": "x" * 9000}, "prompt"),
+    ({"mystery": 1}, "mystery"),
+])
+def test_txt2img_bad_fields_are_422_naming_the_field(client, body, field):
+    assert_names(client.post("/sdapi/v1/txt2img", json={**FAST, **body}), 422, field)
+
+
+def test_txt2img_names_every_bad_field_at_once(client):
+    body = assert_names(client.post("/sdapi/v1/txt2img", json={"steps": 0, "mystery": 1, "enable_hr": True,
+                                                                "sampler_name": "Euler z"}), 422, "steps")
+    assert {e["field"] for e in body["errors"]} == {"steps", "mystery", "enable_hr", "sampler_name"}
+
+
+def test_malformed_json_and_non_objects_name_the_body(client):
+    assert_names(client.post("/sdapi/v1/txt2img", content=b'{"prompt": '), 422, "body")
+    assert_names(client.post("/v1/generate", content=b"[1, 2]"), 422, "body")
+
+
+def test_lists_options_and_styles(client):
+    samplers = client.get("/sdapi/v1/samplers").json()
+    assert {"name", "aliases", "options"} <= set(samplers[0]) and "DPM++ 2M Karras" in [s["name"] for s in samplers]
+    assert [s["name"] for s in client.get("/sdapi/v1/schedulers").json()] == ["automatic", "karras"]
+    models = client.get("/sdapi/v1/sd-models").json()
+    assert models[0]["title"] == "embedded" and "/" not in models[0]["filename"]
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "embedded"
+    assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
+    assert client.get("/sdapi/v1/prompt-styles").json() == []
+    assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+    assert_names(client.post("/sdapi/v1/options", json={"samples_format": "jpg"}), 422, "samples_format")
+    assert_names(client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "../x"}), 422, "sd_model_checkpoint")
+    assert client.post("/sdapi/v1/img2img", json={}).status_code == 501
+
+
+def test_options_switch_models_by_name_only(tiny_folder, tmp_path):
+    shutil.copytree(tiny_folder, tmp_path / "tiny-sd")
+    (tmp_path / "notes.txt").write_text("not a model")
+    with TestClient(create_app(ServerConfig(models_dir=tmp_path))) as c:
+        titles = [m["title"] for m in c.get("/sdapi/v1/sd-models").json()]
+        assert titles == ["embedded", "tiny-sd"]
+        assert c.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd [0123456789]"}).status_code == 200
+        assert c.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "tiny-sd"
+        r = c.post("/sdapi/v1/txt2img", json={"prompt": "a red car", "steps": 2, "width": None, "height": None})
+        assert r.status_code == 200, r.text
+        assert json.loads(r.json()["info"])["width"] == 16  # the tiny model's native size
+        assert_names(c.post("/v1/generate", json={"prompt": "x", "model": str(tmp_path / "tiny-sd")}), 422, "model")
+        r = c.post("/v1/generate", json={"prompt": "a", "model": "embedded", **FAST})
+        assert r.status_code == 200 and r.json()["model"] == "embedded"
+
+
+def test_png_info_reads_parameters_and_refuses_urls(client):
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "a boat", "negative_prompt": "clouds", "seed": 9, **FAST})
+    image = r.json()["images"][0]
+    info = client.post("/sdapi/v1/png-info", json={"image": "data:image/png;base64," + image}).json()
+    assert info["parameters"]["Negative prompt"] == "clouds" and info["parameters"]["Seed"] == "9"
+    assert info["parameters"]["Size-1"] == "32" and info["items"]["avert"]["seed"] == 9
+    assert info["info"].startswith("a boat\nNegative prompt: clouds")
+    assert_names(client.post("/sdapi/v1/png-info", json={"image": "http://169.254.169.254/x.png"}), 422, "image")
+    assert_names(client.post("/sdapi/v1/png-info", json={"image": "not base64!"}), 422, "image")
+    jpeg = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(jpeg, format="JPEG")
+    assert_names(client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(jpeg.getvalue()).decode()}),
+                 422, "image")
+
+
+# ---------------------------------------------------------------- native
+
+
+def test_generate_returns_images_seeds_and_metadata(client, embedded):
+    r = client.post("/v1/generate", json={"prompt": "a house on a hill", "negative_prompt": "sun", "seed": 5,
+                                          "batch_size": 2, "sampler": "Euler", **FAST})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "done" and body["seeds"] == [5, 6] and body["progress"]["fraction"] == 1.0
+    first = body["images"][0]
+    assert first["record"]["request"]["negative_prompt"] == "sun" and "Negative prompt: sun" in first["infotext"]
+    assert np.abs(pixels(first["png"]) - alone(embedded, 5, "sun", **FAST, sampler="Euler")).max() <= 1
+
+
+def test_generate_takes_every_request_field_and_refuses_unknown_ones(client):
+    body = {name: GenerationRequest.__dataclass_fields__[name].default for name in GenerationRequest.__dataclass_fields__}
+    body.update(prompt="a tree", seed=1, **FAST)
+    assert client.post("/v1/generate", json=body).status_code == 200
+    assert_names(client.post("/v1/generate", json={"prompt": "a", "sampler_name": "Euler"}), 422, "sampler_name")
+    assert_names(client.post("/v1/generate", json={"prompt": "a", "steps": 1.5}), 422, "steps")
+    assert_names(client.post("/v1/generate", json={"prompt": "a", "height": 33, "width": 32}), 422, "height")
+    assert_names(client.post("/v1/generate", json={"prompt": "a", "model": "C:\\models\\x"}), 422, "model")
+
+
+def test_generate_takes_negatives_with_weights_windows_and_methods(client):
+    body = {"prompt": "a house on a hill", "seed": 4, "guidance": "perp-neg", "negative_scale": 5.0,
+            "negatives": [{"text": "sun", "weight": 1.5, "start": 0, "end": 0.5}, "green tones"], **FAST}
+    r = client.post("/v1/generate", json=body)
+    assert r.status_code == 200, r.text
+    image = r.json()["images"][0]
+    request = image["record"]["request"]
+    assert request["negatives"] == [{"text": "sun", "weight": 1.5, "start": 0.0, "end": 0.5},
+                                    {"text": "green tones", "weight": 1.0, "start": 0.0, "end": 1.0}]
+    assert request["guidance"] == "perp-neg" and "Guidance: perp-neg" in image["infotext"]
+    plain = client.post("/v1/generate", json={**body, "negatives": [], "guidance": "cfg"}).json()
+    assert not np.array_equal(pixels(plain["images"][0]["png"]), pixels(image["png"]))
+    bad = {**body, "negatives": [{"text": "sun", "weight": 99}, {"text": "x", "colour": "red"}]}
+    assert_names(client.post("/v1/generate", json=bad), 422, "negatives[1].colour")
+    assert_names(client.post("/v1/generate", json={**body, "negatives": [{"text": "sun", "weight": 99}]}), 422,
+                 "negatives[0].weight")
+    assert_names(client.post("/v1/generate", json={"prompt": "a", "guidance": "magic"}), 422, "guidance")
+
+
+def test_txt2img_maps_s_min_uncond_and_clip_skip(client):
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "a boat", "negative_prompt": "clouds", "s_min_uncond": 0.5,
+                                               "override_settings": {"CLIP_stop_at_last_layers": 2}, **FAST})
+    assert r.status_code == 200, r.text
+    infotext = json.loads(r.json()["info"])["infotexts"][0]
+    assert "NGMS: 0.5" in infotext and "Clip skip: 2" in infotext
+    assert_names(client.post("/sdapi/v1/txt2img", json={"override_settings": {"CLIP_stop_at_last_layers": 99}}),
+                 422, "override_settings.CLIP_stop_at_last_layers")
+
+
+def test_embeddings_are_listed_and_used_by_name(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from avert.server.registry import ModelRegistry
+
+    width = ModelRegistry().components("embedded").text_encoder.get_input_embeddings().weight.shape[1]
+    save_file({"emb_params": torch.randn(2, width)}, str(tmp_path / "nosun.safetensors"))
+    (tmp_path / "broken.safetensors").write_bytes(b"not a tensor file")
+    with TestClient(create_app(ServerConfig(embeddings_dir=tmp_path))) as c:
+        listed = c.get("/sdapi/v1/embeddings").json()
+        assert listed["loaded"]["nosun"]["vectors"] == 2 and listed["loaded"]["nosun"]["shape"] == width
+        assert "broken" in listed["skipped"]
+        r = c.post("/sdapi/v1/txt2img", json={"prompt": "a day scene", "negative_prompt": "nosun", "seed": 2, **FAST})
+        plain = c.post("/sdapi/v1/txt2img", json={"prompt": "a day scene", "negative_prompt": "nosun!", "seed": 2,
+                                                  **FAST})
+        assert r.status_code == 200 and not np.array_equal(pixels(r.json()["images"][0]),
+                                                          pixels(plain.json()["images"][0]))
+        assert c.post("/sdapi/v1/txt2img", json={"prompt": "broken", **FAST}).status_code == 422
+
+
+def test_compare_renders_the_same_seed_without_and_with_each_negative(client):
+    r = client.post("/v1/compare", json={"prompt": "a day scene", "columns": ["sun", "clouds"], "seed": 12, **FAST})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["labels"] == ["No negative prompt", "Negative prompt: sun", "Negative prompt: clouds"]
+    assert body["seeds"] == [12, 12, 12]
+    assert [i["negative_prompt"] for i in body["images"]] == ["", "sun", "clouds"]
+    plain = client.post("/v1/generate", json={"prompt": "a day scene", "seed": 12, **FAST}).json()
+    assert np.array_equal(pixels(plain["images"][0]["png"]), pixels(body["images"][0]["png"]))
+    assert_names(client.post("/v1/compare", json={"prompt": "a", "columns": []}), 422, "columns")
+    assert_names(client.post("/v1/compare", json={"prompt": "a", "columns": ["x" * 9000]}), 422, "columns[0].text")
+    assert_names(client.post("/v1/compare", json={"prompt": "a", "columns": [3]}), 422, "columns[0]")
+    weighted = client.post("/v1/compare", json={"prompt": "a", "columns": [{"text": "sun", "weight": 2}], **FAST})
+    assert weighted.json()["labels"] == ["No negative prompt", "Negative prompt: sun (weight 2)"]
+
+
+def test_unknown_job_is_404_naming_it(client):
+    assert_names(client.get("/v1/jobs/nope"), 404, "job_id")
+    assert_names(client.delete("/v1/jobs/nope"), 404, "job_id")
+
+
+# ---------------------------------------------------------------- jobs and queue
+
+
+def test_job_progress_and_cancellation_at_the_next_step():
+    gate = Gate()
+    with TestClient(create_app(ServerConfig(), render=gate.render)) as c:
+        job = c.post("/v1/generate?wait=false", json={"prompt": "a house", "steps": 20, "width": 32, "height": 32})
+        assert job.status_code == 202 and job.headers["location"] == f"/v1/jobs/{job.json()['id']}"
+        job_id = job.json()["id"]
+        assert gate.reached.wait(30)
+        running = c.get(f"/v1/jobs/{job_id}").json()
+        assert running["status"] == "running" and running["progress"]["step"] == 1
+        assert running["progress"]["steps"] == 20 and 0 < running["progress"]["fraction"] < 0.1
+        assert c.get("/sdapi/v1/progress").json()["state"]["job"] == job_id
+        assert c.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+        gate.release()
+        state = c.app.state.avert
+        assert state.queue.get(job_id).finished.wait(30)
+        final = c.get(f"/v1/jobs/{job_id}").json()
+        assert final["status"] == "cancelled" and final["progress"]["step"] == 1 and final["images"] == []
+        assert c.post("/v1/generate", json={"prompt": "next", **FAST}).status_code == 200
+
+
+def test_full_queue_answers_503_with_retry_after_and_cancelled_waiting_jobs_leave():
+    gate = Gate()
+    with TestClient(create_app(ServerConfig(queue_size=1), render=gate.render)) as c:
+        running = c.post("/v1/generate?wait=false", json={"prompt": "a", **FAST}).json()
+        assert gate.reached.wait(30)
+        waiting = c.post("/v1/generate?wait=false", json={"prompt": "b", **FAST}).json()
+        full = c.post("/v1/generate?wait=false", json={"prompt": "c", **FAST})
+        assert full.status_code == 503 and int(full.headers["retry-after"]) >= 1
+        assert c.post("/sdapi/v1/txt2img", json={"prompt": "d", **FAST}).status_code == 503
+        assert c.delete(f"/v1/jobs/{waiting['id']}").json()["status"] == "cancelled"
+        again = c.post("/v1/generate?wait=false", json={"prompt": "e", **FAST})
+        assert again.status_code == 202
+        gate.release()
+        queue = c.app.state.avert.queue
+        for job_id in (running["id"], again.json()["id"]):
+            assert queue.get(job_id).finished.wait(30)
+            assert c.get(f"/v1/jobs/{job_id}").json()["status"] == "done"
+
+
+def test_a_failing_job_is_reported_on_that_job_and_the_server_keeps_serving():
+    def render(request, components, **kw):
+        if request.prompt == "oom":
+            raise MemoryError("cannot allocate 64 GiB")
+        if request.prompt == "bug":
+            raise RuntimeError("something broke")
+        return generate(request, components, **kw)
+
+    with TestClient(create_app(ServerConfig(), render=render)) as c:
+        oom = c.post("/sdapi/v1/txt2img", json={"prompt": "oom", **FAST})
+        assert oom.status_code == 503 and "out of memory" in oom.json()["detail"]
+        bug = c.post("/v1/generate", json={"prompt": "bug", **FAST})
+        assert bug.status_code == 500 and "something broke" in bug.json()["detail"]
+        assert bug.json()["job"]["status"] == "failed" and "Traceback" not in bug.text
+        assert c.post("/sdapi/v1/txt2img", json={"prompt": "fine", **FAST}).status_code == 200
+        assert c.get("/v1/status").json()["workers"] == {"embedded": True}
+
+
+# ---------------------------------------------------------------- security
+
+
+def test_binding_beyond_localhost_needs_a_key_or_insecure():
+    ServerConfig().check_bind()
+    with pytest.raises(AvertError, match="api-key"):
+        ServerConfig(host="0.0.0.0").check_bind()
+    ServerConfig(host="0.0.0.0", api_key="k").check_bind()
+    ServerConfig(host="0.0.0.0", insecure=True).check_bind()
+
+
+def test_api_key_as_bearer_or_basic_auth_guards_everything():
+    with TestClient(create_app(ServerConfig(api_key="s3cret"))) as c:
+        for path in ("/", "/sdapi/v1/samplers", "/v1/models", "/docs"):
+            r = c.get(path)
+            assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
+        assert c.get("/sdapi/v1/samplers", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/sdapi/v1/samplers", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/sdapi/v1/samplers", auth=("anyone", "s3cret")).status_code == 200
+        assert c.get("/sdapi/v1/samplers", auth=("anyone", "nope")).status_code == 401
+
+
+def test_body_size_is_bounded_and_cors_is_off_unless_configured(client):
+    with TestClient(create_app(ServerConfig(max_body_bytes=1000))) as c:
+        assert_names(c.post("/v1/generate", json={"prompt": "x" * 2000}), 413, "body")
+    r = client.get("/sdapi/v1/samplers", headers={"Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in r.headers
+    with TestClient(create_app(ServerConfig(cors_origins=("http://app.example",)))) as c:
+        r = c.get("/sdapi/v1/samplers", headers={"Origin": "http://app.example"})
+        assert r.headers["access-control-allow-origin"] == "http://app.example"
+
+
+def test_page_openapi_and_fixed_static_files(client):
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="prompt"' in page.text and 'id="compare-view"' in page.text
+    assert "fetch(" in client.get("/static/app.js").text
+    assert client.get("/static/..%2f..%2fapp.py").status_code == 404
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/sdapi/v1/txt2img", "/v1/generate", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel"} <= set(paths)
+    schema = client.get("/v1/schema").json()
+    assert "negative_prompt" in schema["fields"] and schema["params"][3]["max"] == 150
