@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "GenerationRequest": "avert.request",
+    "Negative": "avert.request",
     "GenerationResult": "avert.pipeline.result",
     "Runtime": "avert.pipeline.runtime",
     "Limits": "avert.schema",

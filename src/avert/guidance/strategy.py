@@ -73,7 +73,8 @@ class Term:
 @dataclass(frozen=True)
 class Interval:
     """Where guidance applies: fractions [start, end) of the run and sigma in (sigma_min, sigma_max];
-    A1111's s_min_uncond skips it below that sigma on even steps (every step with `s_min_uncond_all`)."""
+    A1111's s_min_uncond skips it below that sigma on odd model evaluations (A1111: `self.step % 2`), on
+    every one with `s_min_uncond_all`."""
 
     start: float = 0.0
     end: float = 1.0
@@ -90,7 +91,7 @@ class Interval:
         if self.sigma_max is not None and ctx.sigma > self.sigma_max:
             return False
         skip = self.s_min_uncond > 0 and ctx.sigma < self.s_min_uncond
-        return not (skip and (self.s_min_uncond_all or ctx.index % 2 == 0))
+        return not (skip and (self.s_min_uncond_all or ctx.index % 2 == 1))
 
 
 Combine = Callable[..., torch.Tensor]
