@@ -114,8 +114,8 @@ def test_outside_its_window_a_negative_is_not_evaluated():
     (Interval(0.2, 0.8), 1, 5.0, False), (Interval(0.2, 0.8), 5, 5.0, True), (Interval(0.2, 0.8), 9, 5.0, False),
     (Interval(sigma_min=1.0, sigma_max=10.0), 5, 0.5, False), (Interval(sigma_min=1.0, sigma_max=10.0), 5, 5.0, True),
     (Interval(sigma_min=1.0, sigma_max=10.0), 5, 12.0, False),
-    (Interval(s_min_uncond=1.0), 4, 0.5, False), (Interval(s_min_uncond=1.0), 5, 0.5, True),
-    (Interval(s_min_uncond=1.0, s_min_uncond_all=True), 5, 0.5, False), (Interval(s_min_uncond=1.0), 4, 2.0, True),
+    (Interval(s_min_uncond=1.0), 5, 0.5, False), (Interval(s_min_uncond=1.0), 4, 0.5, True),  # odd steps (A1111)
+    (Interval(s_min_uncond=1.0, s_min_uncond_all=True), 4, 0.5, False), (Interval(s_min_uncond=1.0), 5, 2.0, True),
 ])
 def test_interval_and_s_min_uncond(interval, index, sigma, guided):
     g = Guidance(7.0, interval=interval)

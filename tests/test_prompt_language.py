@@ -339,6 +339,12 @@ def test_bad_embedding_is_an_error_naming_the_file(tiny, embeddings_dir, name, m
     generate(BASE, tiny, embeddings=embeddings_dir)  # unused bad files do not stop a run
 
 
+def test_embedding_longer_than_a_chunk_is_an_error_naming_it(clip_tokenizer, tmp_path):
+    save_file({"emb_params": torch.zeros(76, 768)}, tmp_path / "huge.safetensors")
+    with pytest.raises(EmbeddingError, match="huge.safetensors: 76 vectors"):
+        chunk_fragments(parse_attention("a huge"), clip_tokenizer, load_embeddings(tmp_path))
+
+
 def test_embedding_is_never_split_across_chunks(clip_tokenizer, tmp_path):
     save_file({"emb_params": torch.zeros(8, 768)}, tmp_path / "EasyNegative.safetensors")
     library = load_embeddings(tmp_path)

@@ -104,6 +104,9 @@ class _Builder:
         self.weights.append(weight)
 
     def add_embedding(self, embedding: Embedding, weight: float, placeholder: int) -> None:
+        if embedding.length > self.size:
+            raise EmbeddingError(f"embedding {embedding.path.name}: {embedding.length} vectors do not fit in one "
+                                 f"chunk of {self.size} tokens of this model's text encoder")
         if self._full() or len(self.tokens) + embedding.length > self.size:
             self.close()
         self.fixes.append((len(self.tokens), embedding))

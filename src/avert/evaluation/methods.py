@@ -118,8 +118,10 @@ def methods_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
         "an estimate of its concept's presence, clamp(<d_c, d_n> / |d_n|^2, 0, 1) per sample and step.",
         "- **rescale 0.7** (Lin et al. 2023): CFG whose result is rescaled toward the prompt's standard "
         "deviation, phi = 0.7.",
-        "- **interval 0-0.5** (Kynkaanniemi et al. 2024): guidance (and so the negative's forward) only in the "
-        "first half of the run; the prompt alone afterwards.",
+        "- **interval 0.25-0.75**: guidance (and so the negative's forward) only from 25% to 75% of the run; the "
+        "prompt alone before and after (one branch).",
+        "- **sigma interval (1, 20]** (Kynkaanniemi et al. 2024): guidance only where 1 < sigma <= 20, steps 4-13 "
+        "of 20 with this model's schedule (sigma 98 at step 0 to 0.015 at step 19).",
         "- **s_min_uncond 100** (A1111): below sigma 100 (every step here) the negative is skipped on every "
         "other step.",
         "",
