@@ -74,6 +74,10 @@ def _size_param(name: str, short: str) -> Param:
     )
 
 
+GUIDANCE_METHODS = ("cfg", "perp-neg", "dynamic")
+EMPHASIS_MODES = ("Original", "No norm")
+SIGMA_MAX = 1000.0
+
 PARAMS: tuple[Param, ...] = (
     Param("prompt", str, "", "what the image should show", "prompt", high=lambda l: l.max_prompt_chars),
     Param("negative_prompt", str, "", "what the image must steer away from", "--negative-prompt", "-n",
@@ -88,13 +92,6 @@ PARAMS: tuple[Param, ...] = (
     Param("sampler", str, "Euler a", "sampler, by its AUTOMATIC1111 name", "--sampler", choices=SAMPLER_NAMES),
     Param("batch_size", int, 1, "number of images, seeds seed .. seed + n - 1", "--batch-size", "-b",
           low=lambda l: 1, high=lambda l: l.max_batch_size),
-)
-
-GUIDANCE_METHODS = ("cfg", "perp-neg", "dynamic")
-EMPHASIS_MODES = ("Original", "No norm")
-SIGMA_MAX = 1000.0
-
-PARAMS = PARAMS + (
     Param("negative_scale", float, None, "strength of the negatives apart from the prompt's; when it differs "
           "from cfg_scale: e = e_0 + w (e_c - e_0) - w_n sum_i l_i (e_ni - e_0) (default: same as cfg_scale)",
           "--negative-scale", low=lambda l: 0.0, high=lambda l: l.max_cfg_scale),

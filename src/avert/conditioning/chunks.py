@@ -9,6 +9,7 @@ is never split across chunks: if it does not fit, the chunk is closed and it sta
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -44,8 +45,18 @@ class TokenVocabulary:
     comma: int | None
 
 
+_VOCABULARIES: "weakref.WeakKeyDictionary[object, TokenVocabulary]" = weakref.WeakKeyDictionary()
+
+
 def vocabulary(tokenizer) -> TokenVocabulary:
-    """Special tokens read from the tokenizer itself (CLIP: <|startoftext|> ...; BERT: [CLS] ... [SEP])."""
+    """Special tokens read from the tokenizer itself (CLIP: <|startoftext|> ...; BERT: [CLS] ... [SEP]),
+    read once per tokenizer."""
+    if tokenizer not in _VOCABULARIES:
+        _VOCABULARIES[tokenizer] = _read_vocabulary(tokenizer)
+    return _VOCABULARIES[tokenizer]
+
+
+def _read_vocabulary(tokenizer) -> TokenVocabulary:
     ends = tokenizer("").input_ids
     comma = tokenizer(",", add_special_tokens=False).input_ids
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ends[-1]
@@ -60,8 +71,13 @@ def chunk_fragments(
     comma_backtrack: int = COMMA_BACKTRACK,
 ) -> ChunkedText:
     """Split weighted fragments into chunks (see the module docstring)."""
+    return chunk_with(fragments, tokenizer, EmbeddingFinder.build(library, tokenizer), comma_backtrack)
+
+
+def chunk_with(fragments: Sequence[Fragment], tokenizer, finder: "EmbeddingFinder",
+               comma_backtrack: int = COMMA_BACKTRACK) -> ChunkedText:
+    """`chunk_fragments` with the embedding names already tokenised (once per encoder, not once per text)."""
     vocab = vocabulary(tokenizer)
-    finder = _EmbeddingFinder.build(library, tokenizer)
     builder = _Builder(vocab.size, comma_backtrack)
     for fragment in fragments:
         if fragment.is_break:
@@ -136,14 +152,14 @@ class _Builder:
 
 
 @dataclass(frozen=True)
-class _EmbeddingFinder:
+class EmbeddingFinder:
     """Finds embedding names in a token sequence: first token id -> (name ids, name), longest first (as A1111)."""
 
     library: EmbeddingLibrary
     table: dict[int, tuple[tuple[tuple[int, ...], str], ...]]
 
     @classmethod
-    def build(cls, library: EmbeddingLibrary, tokenizer) -> "_EmbeddingFinder":
+    def build(cls, library: EmbeddingLibrary, tokenizer) -> "EmbeddingFinder":
         table: dict[int, list[tuple[tuple[int, ...], str]]] = {}
         for name in library.names():
             ids = tuple(tokenizer(name, add_special_tokens=False).input_ids)

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from avert.conditioning.chunks import Chunk, ChunkedText, chunk_fragments, vocabulary
+from avert.conditioning.chunks import Chunk, ChunkedText, EmbeddingFinder, chunk_with, vocabulary
 from avert.conditioning.embeddings import EmbeddingLibrary, check_width
 from avert.prompts.attention import parse_attention
 
@@ -52,9 +52,11 @@ class TextEncoding:
         self.text_encoder, self.tokenizer, self.library, self.options = text_encoder, tokenizer, library, options
         self.device = torch.device(device)
         self.window = tokenizer.model_max_length
+        self.finder = EmbeddingFinder.build(library, tokenizer)
+        self.fingerprint = library.fingerprint()
 
     def chunk(self, text: str) -> ChunkedText:
-        return chunk_fragments(parse_attention(text), self.tokenizer, self.library)
+        return chunk_with(parse_attention(text), self.tokenizer, self.finder)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> dict[str, EncodedText]:
@@ -75,7 +77,7 @@ class TextEncoding:
         return found
 
     def _key(self, text: str) -> tuple:
-        return (text, self.options, self.library.fingerprint(), str(self.device), self.window)
+        return (text, self.options, self.fingerprint, str(self.device), self.window)
 
     def _encode_chunks(self, chunks: list[Chunk]) -> torch.Tensor:
         """Hidden states [len(chunks), window, dim], each chunk with its own BOS/EOS, weights applied."""

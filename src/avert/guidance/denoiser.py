@@ -41,6 +41,7 @@ class Denoiser:
     empty: torch.Tensor
     autocast_dtype: torch.dtype | None = None
     count: EvaluationCount = field(default_factory=EvaluationCount)
+    _batched: dict = field(default_factory=dict, repr=False)  # (branches, states) -> batched hidden states
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, timestep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
@@ -56,8 +57,17 @@ class Denoiser:
         return self.guidance.combine(predictions, ctx)
 
     def hidden_states(self, names: tuple[Branch, ...], step: int, rows: int) -> torch.Tensor:
-        """[len(names) * rows, tokens, dim]: each branch's states at `step`, padded alike, one row per image."""
+        """[len(names) * rows, tokens, dim]: each branch's states at `step`, padded alike, one row per image.
+
+        Built once per distinct combination of branches and schedule entries, not once per step (the states
+        are held by `conditioning` for the denoiser's life, so their ids are stable keys)."""
         states = [self.conditioning[n].at(step) for n in names]
+        key = (names, rows, tuple(id(s) for s in states))
+        if key not in self._batched:
+            self._batched[key] = self._batch(states, rows)
+        return self._batched[key]
+
+    def _batch(self, states: list[torch.Tensor], rows: int) -> torch.Tensor:
         longest = max(s.shape[0] for s in states)
         window = self.empty.shape[0]
         padded = [s if s.shape[0] == longest else torch.cat([s, self.empty.repeat((longest - s.shape[0]) // window, 1)])

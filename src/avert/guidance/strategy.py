@@ -142,8 +142,8 @@ class Guidance:
 
     def combine(self, predictions: Mapping[Branch, torch.Tensor], ctx: StepContext) -> torch.Tensor:
         prompts = [predictions[prompt_branch(k)] for k in range(len(self.prompt_weights))]
-        if not self.guided(ctx):
-            return f.composable_cfg(prompts, self.prompt_weights, prompts[0], 1.0)
+        if not self.guided(ctx):  # the prompt alone: e_c, or A1111's AND sum around the first part
+            return prompts[0] if len(prompts) == 1 else f.composable_cfg(prompts, self.prompt_weights, prompts[0], 1.0)
         active = self.active_negatives(ctx)
         negatives = [predictions[negative_branch(i)] for i in active]
         weights = [self.negatives[i].weight for i in active]
