@@ -263,3 +263,36 @@ def test_a_guidance_distilled_model_is_named_in_a_warning(tiny):
     distilled = replace(tiny, unet=Unet())
     assert any("guidance-distilled" in w for w in negative_warnings(BASE, distilled))
     assert negative_warnings(BASE, tiny) == ()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--negative-weight", "abc"], "negative_weight: 'abc' is not allowed; must be a number"),
+    (["--negative-window", "0.5"], "negative_window: '0.5' is not allowed; must be START:END"),
+    (["--negative-window", "0.8:0.2"], "negatives[0].start: 0.8 is not allowed; must be below end (0.2)"),
+    (["--clip-skip", "0"], "clip_skip: 0 is not allowed; must be an integer from 1 to 12"),
+    (["--emphasis", "loud"], "emphasis: 'loud' is not allowed; must be one of: Original, No norm"),
+    (["--negative-scale", "-1"], "negative_scale: -1.0 is not allowed; must be a number from 0 to 30"),
+    (["--guidance", "nag"], "guidance: 'nag' is not allowed; must be one of: cfg, perp-neg, dynamic"),
+    (["--guidance-rescale", "2"], "guidance_rescale: 2.0 is not allowed; must be a number from 0 to 1"),
+    (["--guidance-sigma-min", "5", "--guidance-sigma-max", "2"], "guidance_sigma_min: 5.0 is not allowed"),
+    (["--s-min-uncond", "-3"], "s_min_uncond: -3.0 is not allowed; must be a number from 0 to 1000"),
+    (["--embeddings", "/nonexistent-avert"], "embeddings folder '/nonexistent-avert' does not exist"),
+])
+def test_cli_refuses_bad_guidance_and_prompt_options_by_name(flags, message, capsys, tmp_path):
+    from avert.cli import main
+
+    try:
+        code = main(["generate", "a house", "-n", "trees", "-q", "-o", str(tmp_path / "x.png"), *flags])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_prompt_command_refuses_bad_steps(capsys):
+    from avert.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["prompt", "a house", "--steps", "0"])
+    assert "steps: '0' is not allowed; must be an integer from 1 to 150" in capsys.readouterr().err
