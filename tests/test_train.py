@@ -59,3 +59,12 @@ def test_a_run_can_start_from_an_exported_model(tmp_path, train):
     train(continued, CONFIG, progress=False, init_from=first / "model")
     assert '"trained_steps": 4' in (continued / "model" / "training.json").read_text()
     assert len((continued / "log.jsonl").read_text().splitlines()) == 1  # only step 4 was trained here
+
+
+def test_learning_rate_warms_up_holds_and_decays_to_five_percent():
+    config = TrainConfig(steps=1000, lr=1e-3, warmup=100, decay_from=600)
+    assert config.learning_rate(0) == pytest.approx(1e-5)
+    assert config.learning_rate(99) == config.learning_rate(599) == pytest.approx(1e-3)
+    assert config.learning_rate(800) == pytest.approx(1e-3 * (1 - 0.95 * 0.5))
+    assert config.learning_rate(1000) == pytest.approx(5e-5)
+    assert TrainConfig(steps=1000, lr=1e-3, warmup=100).learning_rate(999) == pytest.approx(1e-3)

@@ -75,10 +75,12 @@ def _train_parser(sub) -> None:
                    help="start a new run from an exported model folder (e.g. the shipped one) and its step count")
     defaults = TrainConfig()
     bounds = {"steps": (1, 10**7), "batch_size": (1, 1024), "images": (64, 10**7), "seed": (0, 2**32 - 1),
-              "checkpoint_every": (1, 10**7)}
+              "checkpoint_every": (1, 10**7), "decay_from": (0, 10**7)}
+    helps = {"decay_from": "from this step the learning rate falls linearly to 5%% at --steps; 0: no decay"}
     for name, (low, high) in bounds.items():
         p.add_argument("--" + name.replace("_", "-"), type=_bounded(name, int, low, high),
-                       default=getattr(defaults, name), help=f"(default: {getattr(defaults, name)})")
+                       default=getattr(defaults, name),
+                       help=f"{helps.get(name, '')} (default: {getattr(defaults, name)})".strip())
     p.add_argument("--lr", type=_bounded("lr", float, 1e-7, 1.0), default=defaults.lr,
                    help=f"learning rate (default: {defaults.lr})")
     p.add_argument("--threads", type=_bounded("threads", int, 1, 256), default=None,

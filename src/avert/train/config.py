@@ -13,7 +13,17 @@ class TrainConfig:
     captions_per_image: int = 2
     lr: float = 4e-4
     warmup: int = 500
+    decay_from: int = 0
     ema_decay: float = 0.9995
     min_snr_gamma: float = 5.0
     checkpoint_every: int = 500
     seed: int = 0
+
+    def learning_rate(self, step: int) -> float:
+        """Linear warm-up over `warmup` steps, then constant; from `decay_from` (when > 0) a linear decay
+        that reaches 5% of `lr` at `steps` (annealing the rate lowers the final loss; Loshchilov & Hutter 2017)."""
+        rate = self.lr * min(1.0, (step + 1) / self.warmup)
+        if 0 < self.decay_from <= step:
+            span = max(1, self.steps - self.decay_from)
+            rate *= 1.0 - 0.95 * min(1.0, (step - self.decay_from) / span)
+        return rate

@@ -72,7 +72,7 @@ def train_step(unet, optimizer, data: TrainingSet, alphas: torch.Tensor, config:
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     v = a.sqrt() * noise - (1 - a).sqrt() * x0
     for group in optimizer.param_groups:
-        group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup)
+        group["lr"] = config.learning_rate(step)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         pred = unet(x_t, t, encoder_hidden_states=cond).sample
     snr = a.flatten() / (1 - a.flatten())
