@@ -291,6 +291,32 @@ def test_method_flags_make_a_labelled_method():
     assert dict(method.options) == {"guidance": "perp-neg", "guidance_end": 0.5, "s_min_uncond_all": True}
 
 
+def test_negative_window_option_puts_the_negative_in_a_window():
+    from avert.cli import build_parser
+    from avert.evaluation.cli import method_from_args
+    from avert.evaluation.common import Settings
+    from avert.request import Negative
+
+    args = build_parser().parse_args(["eval", "negatives", "--negative-window", "0.2:1"])
+    method = method_from_args(args)
+    assert method.label == "cfg, negative_window 0.2-1"
+    request = Settings(steps=10).request("a house", "red", 0, 1, method.options)
+    assert request.negative_prompt == "" and request.negatives == (Negative("red", 1.0, 0.2, 1.0),)
+    assert request.all_negatives() == (Negative("red", 1.0, 0.2, 1.0),)
+    assert Settings(steps=10).request("a house", "", 0, 1, method.options).negatives == ()
+
+
+def test_bad_negative_window_is_refused_before_rendering(capsys):
+    from avert.cli import main
+
+    assert main(["eval", "negatives", "--negative-window", "0.8:0.2", "--seeds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "0.8" in err and "negatives" in err
+    with pytest.raises(SystemExit):
+        main(["eval", "negatives", "--negative-window", "soon"])
+    assert "negative-window: 'soon' is not allowed" in capsys.readouterr().err
+
+
 def test_bad_method_option_is_refused_before_rendering(capsys):
     from avert.cli import main
 

@@ -100,6 +100,19 @@ def _method_flags(parser) -> None:
         else:
             parser.add_argument(param.flag, dest=name, type=_number(param.type, name), default=None,
                                 metavar="X", help=param.help)
+    parser.add_argument("--negative-window", type=_window, default=None, metavar="START:END",
+                        help="the negative acts only in this fraction of the run, e.g. 0.2:1 (before it: plain CFG "
+                        "against the empty prompt)")
+
+
+def _window(text: str) -> tuple[float, float]:
+    """argparse type for --negative-window START:END (fractions of the run; ranges checked as a request's)."""
+    start, sep, end = text.partition(":")
+    try:
+        return float(start), float(end)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"negative-window: {text!r} is not allowed; must be START:END, two "
+                                         "fractions of the run such as 0.2:1") from None
 
 
 def method_from_args(args):
@@ -109,9 +122,18 @@ def method_from_args(args):
     options = tuple((n, getattr(args, n)) for n in METHOD_OPTIONS if getattr(args, n, None) is not None)
     if args.method != "cfg":
         options = (("guidance", args.method),) + options
-    label = ", ".join([args.method] + [f"{n} {v:g}" if not isinstance(v, bool) else n for n, v in options
-                                       if n != "guidance"])
+    if getattr(args, "negative_window", None) is not None:
+        options += (("negative_window", args.negative_window),)
+    label = ", ".join([args.method] + [_option_label(n, v) for n, v in options if n != "guidance"])
     return Method(label, options)
+
+
+def _option_label(name: str, value) -> str:
+    if isinstance(value, bool):
+        return name
+    if isinstance(value, tuple):
+        return f"{name} {value[0]:g}-{value[1]:g}"
+    return f"{name} {value:g}"
 
 
 def run_eval(args) -> int:

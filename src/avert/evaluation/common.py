@@ -51,11 +51,17 @@ class Settings:
         validate(self.request("", "", 0, min(self.batch_size, seeds)))
 
     def request(self, prompt: str, negative: str, seed: int, batch: int, options: tuple = ()):
-        """The request for seeds seed .. seed + batch - 1; `options` are further request fields (a method)."""
-        from avert.request import GenerationRequest
+        """The request for seeds seed .. seed + batch - 1; `options` are further request fields (a method),
+        plus `negative_window` (start, end): the negative acts only in that fraction of the run."""
+        from avert.request import GenerationRequest, Negative
 
+        fields = dict(options)
+        window = fields.pop("negative_window", None)
+        if window is not None and negative:
+            fields.update(negative_prompt="", negatives=(Negative(negative, 1.0, *window),))
+            negative = ""
         return GenerationRequest(prompt, negative, seed=seed, steps=self.steps, cfg_scale=self.cfg,
-                                 sampler=self.sampler_name, batch_size=batch).replace(**dict(options))
+                                 sampler=self.sampler_name, batch_size=batch).replace(**fields)
 
 
 def check_seeds(n: int) -> int:

@@ -118,7 +118,10 @@ def methods_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
         "an estimate of its concept's presence, clamp(<d_c, d_n> / |d_n|^2, 0, 1) per sample and step.",
         "- **rescale 0.7** (Lin et al. 2023): CFG whose result is rescaled toward the prompt's standard "
         "deviation, phi = 0.7.",
-        "- **interval 0.25-0.75**: guidance (and so the negative's forward) only from 25% to 75% of the run; the "
+        "- **negative from 20%** (Ban et al. 2024, the negative's \"delayed effect\"): plain CFG with the empty "
+        "prompt as the unconditional branch for the first 20% of the run, then the negative (a `Negative` window "
+        "0.2-1); same cost as cfg.",
+        "- **interval 0.3-0.8**: guidance (and so the negative's forward) only from 30% to 80% of the run; the "
         "prompt alone before and after (one branch).",
         "- **sigma interval (1, 20]** (Kynkaanniemi et al. 2024): guidance only where 1 < sigma <= 20, steps 4-13 "
         "of 20 with this model's schedule (sigma 98 at step 0 to 0.015 at step 19).",

@@ -64,7 +64,8 @@ DEFAULT_METHODS: tuple[Method, ...] = (
     Method("perp-neg", (("guidance", "perp-neg"),)),
     Method("dynamic", (("guidance", "dynamic"),)),
     Method("cfg, rescale 0.7", (("guidance_rescale", 0.7),)),
-    Method("cfg, interval 0.25-0.75", (("guidance_start", 0.25), ("guidance_end", 0.75))),
+    Method("cfg, negative from 20%", (("negative_window", (0.2, 1.0)),)),  # Ban et al. 2024: delayed negative
+    Method("cfg, interval 0.3-0.8", (("guidance_start", 0.3), ("guidance_end", 0.8))),
     Method("cfg, sigma interval (1, 20]", (("guidance_sigma_min", 1.0), ("guidance_sigma_max", 20.0))),
     Method("cfg, s_min_uncond 100", (("s_min_uncond", 100.0),)),  # above every sigma: every other step
 )
