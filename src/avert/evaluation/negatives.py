@@ -100,32 +100,35 @@ class Pair:
 # prompt that implies the tone. No such prompt was found for sepia (8 tried at step 3000, all <= 0.06:
 # "a landscape in brown tones", "an old yellowed photograph of a landscape", ...), so sepia has no default
 # pair (`--pair` still evaluates it); nor for warm tones ("a landscape in shades of orange": 0.00). A house
-# is never by the sea in this world, so the boat pair uses a sea view. A house colour is a 1-in-4 draw (no
-# prompt that does not name it makes one colour common), so the colour pair stays below 40% by construction
-# and is flagged. The rates drift as the model trains; `avert eval negatives` flags any pair under 40%.
+# is never by the sea in this world, so the boat pair uses a sea view. A house colour is a 1-in-4 draw in the
+# world (no prompt that does not name it makes one colour common), so how often "a house" is red is the model's
+# own bias (0.17 at step 3000, 0.59 at 7000, 0.75 at 18500). The rates drift as the model trains; `avert eval negatives` flags any pair under 40%.
+# Re-picked at step 18500 (seeds 0..31) for the pairs that had fallen under 40%: with more training,
+# CFG at scale 7 makes unnamed optional objects rarer, so their prompts now imply the object in other words.
 DEFAULT_PAIRS: tuple[Pair, ...] = (
-    Pair("a meadow", "trees", "tree", ("grass",)),  # 0.50 at step 3000 ("a landscape" 0.38; world 0.59 on grass)
+    Pair("an orchard", "trees", "tree"),  # 0.53 at step 18500 ("a meadow" 0.16, "a park" 0.44, "a forest" 1.00)
     Pair("a landscape in shades of green", "green tones", "green tones"),  # 1.00 ("a green landscape": 0.00)
-    Pair("a day scene", "sun", "sun", ("day sky",)),  # 1.00
+    Pair("a bright day", "sun", "sun", ("day sky",)),  # 0.91 at step 18500 ("a day scene" 0.23, "a hot day" 1.00)
     Pair("a view of the sea", "boat", "boat", ("sea",)),  # 0.75 ("the sea" 0.69, "a house by the sea" 0.44)
-    Pair("a person", "hands", "hand"),  # 0.58 at step 3000 ("a scene" 0.12; world 0.20)
+    Pair("a gesture", "hands", "hand"),  # 0.94 at step 18500 ("a person" 0.19, "someone waving hello" 0.19)
     Pair("a house", "red", "red house", ("house",)),  # 0.17 at step 3000, the commonest colour (world 0.25 x house)
     Pair("a windy day", "clouds", "cloud"),  # 0.62 ("a landscape" 0.31; world 0.48)
-    Pair("a night sky", "moon", "moon", ("night",)),  # 0.88
+    Pair("a night scene with moonlight", "moon", "moon", ("night",)),  # 0.84 at step 18500 ("a night sky" 0.28)
     Pair("a landscape with hills", "mountains", "mountain"),  # 0.79 at step 3000 ("a landscape" 0.25; world 0.35)
-    Pair("a scene in shades of gray", "black and white", "black and white"),  # 1.00 at step 3000
-    # ("a colourless scene" 0.56 at step 1500 but 0.31 at 3000; "a landscape in shades of grey" 0.62)
-    Pair("a garden", "flowers", "flowers", ("grass",)),  # 0.56 ("a meadow" 0.38)
+    Pair("a landscape without colour", "black and white", "black and white"),  # 0.78 at step 18500
+    # ("a scene in shades of gray" 1.00 at step 3000, 0.39 at 18500; "a colourless landscape" 0.47)
+    Pair("a blooming meadow", "flowers", "flowers", ("grass",)),  # 1.00 at step 18500 ("a garden" 0.62 and
+    # lost grass with the negative: 1.00 -> 0.86; "a spring meadow" 0.03)
     Pair("a landscape in shades of blue", "blue tones", "blue tones"),  # 1.00 at step 3000
     Pair("a cold landscape", "snow", "snow"),  # 0.94 ("a landscape" 0.00)
-    Pair("a scene with a tree", "house", "house", ("tree",)),  # 0.44 (world 0.44)
+    Pair("a village", "house", "house"),  # 0.78 at step 18500 ("a scene with a tree" 0.03, "a farm" 0.25)
 )
 
 # The guide's side-by-side figure: these pairs, when evaluated, one compare grid each.
 FIGURE_PAIRS: tuple[tuple[str, str], ...] = (
     ("a landscape in shades of green", "green tones"),
-    ("a person", "hands"),
-    ("a day scene", "sun"),
+    ("a gesture", "hands"),
+    ("a bright day", "sun"),
 )
 FIGURE_ROWS = 4
 
@@ -412,15 +415,20 @@ def negatives_page(results: Sequence[PairResult], info: RunInfo, figure: str | N
         "- In this world a tone grade is always named in the captions of a graded image, so a prompt that does "
         "not imply a tone never gets one (\"a landscape\" gave no green tones and no sepia). The tone pairs use "
         "prompts that ask for the colour cast in other words (\"a landscape in shades of green\", \"... of "
-        "blue\", \"a scene in shades of gray\"), so they test whether the negative overrides a prompt that "
+        "blue\", \"a landscape without colour\"), so they test whether the negative overrides a prompt that "
         "implies the tone. No prompt was found that makes sepia (8 tried, at most 6%) or warm tones common "
         "without naming them, so they have no default pair (`--pair` still measures them).",
         "- Every object is optional, so a generic prompt produces it only part of the time; prompts that make it "
-        "common were preferred (\"a meadow\" for trees, \"a person\" for hands, \"a windy day\" for clouds, "
-        "\"a view of the sea\" for boats, \"a landscape with hills\" for mountains, \"a garden\" for flowers, "
-        "\"a cold landscape\" for snow). A house is never by the sea in this world.",
-        "- A house's colour is a one-in-four draw, so under \"a house\" the red house stays near 25% by "
-        "construction (flagged *rare*): no prompt that does not name the colour makes one colour common.",
+        "common were preferred (\"an orchard\" for trees, \"a gesture\" for hands, \"a village\" for a "
+        "house, \"a windy day\" for clouds, \"a view of the sea\" for boats, \"a landscape with hills\" for "
+        "mountains, \"a blooming meadow\" for flowers, \"a bright day\" for the sun, \"a night scene with "
+        "moonlight\" for the moon, \"a cold landscape\" for snow). A house is never by the sea in "
+        "this world. The better the model is trained, the rarer CFG makes an object the prompt does not imply "
+        "(\"a meadow\" gave trees in 50% of images at step 3000, 30% at step 7000 and 16% at step 18500), so "
+        "these prompts imply the object in other words.",
+        "- A house's colour is a one-in-four draw in the world: no prompt that does not name the colour makes one "
+        "colour common by construction, and how often \"a house\" comes out red is the model's own bias (the "
+        "*rate without* column; flagged *rare* when under 40%).",
     ]
     if figure:
         lines += [
