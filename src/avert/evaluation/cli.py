@@ -107,7 +107,7 @@ def _method_flags(parser) -> None:
 
 def _window(text: str) -> tuple[float, float]:
     """argparse type for --negative-window START:END (fractions of the run; ranges checked as a request's)."""
-    start, sep, end = text.partition(":")
+    start, _, end = text.partition(":")
     try:
         return float(start), float(end)
     except ValueError:

@@ -21,7 +21,9 @@ class TrainConfig:
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up over `warmup` steps, then constant; from `decay_from` (when > 0) a linear decay
-        that reaches 5% of `lr` at `steps` (annealing the rate lowers the final loss; Loshchilov & Hutter 2017)."""
+        that reaches 5% of `lr` at `steps`. Annealing the rate at the end lowers the final loss (Loshchilov &
+        Hutter 2017 anneal with a cosine; a linear ramp is the simpler schedule used here):
+        lr(t) = lr * min(1, (t+1)/warmup) * (1 - 0.95 * clamp((t - decay_from) / (steps - decay_from), 0, 1))."""
         rate = self.lr * min(1.0, (step + 1) / self.warmup)
         if 0 < self.decay_from <= step:
             span = max(1, self.steps - self.decay_from)
