@@ -314,7 +314,7 @@ def test_bad_negative_window_is_refused_before_rendering(capsys):
     assert "0.8" in err and "negatives" in err
     with pytest.raises(SystemExit):
         main(["eval", "negatives", "--negative-window", "soon"])
-    assert "negative-window: 'soon' is not allowed" in capsys.readouterr().err
+    assert "negative_window: 'soon' is not allowed; must be START:END" in capsys.readouterr().err
 
 
 def test_bad_method_option_is_refused_before_rendering(capsys):

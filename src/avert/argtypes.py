@@ -21,3 +21,13 @@ def device_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(FieldProblem("device", text, "must be a torch device available here, "
                                                           "e.g. cpu, or cuda when a GPU is present")))
     return text
+
+
+def window_arg(text: str) -> tuple[float, float]:
+    """START:END, a window as fractions of the run (its range is checked with the request, as any negative's)."""
+    start, _, end = text.partition(":")
+    try:
+        return float(start), float(end)
+    except ValueError:
+        raise argparse.ArgumentTypeError(str(FieldProblem("negative_window", text,
+                                                          "must be START:END, two numbers from 0 to 1"))) from None

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from avert.argtypes import device_arg
+from avert.argtypes import device_arg, window_arg
 from avert.errors import AvertError, FieldProblem, ValidationError
 from avert.schema import PARAMS, Limits, Param
 
@@ -236,11 +236,12 @@ class _NegativeOption(argparse.Action):
             if option_string == "--negative-weight":
                 entries[-1] = {**entries[-1], "weight": float(value)}
             else:
-                start, _, end = value.partition(":")
-                entries[-1] = {**entries[-1], "start": float(start), "end": float(end)}
+                start, end = window_arg(value)
+                entries[-1] = {**entries[-1], "start": start, "end": end}
         except ValueError:
-            allowed = "a number" if option_string == "--negative-weight" else "START:END, two numbers from 0 to 1"
-            parser.error(str(FieldProblem(option_string.lstrip("-").replace("-", "_"), value, "must be " + allowed)))
+            parser.error(str(FieldProblem("negative_weight", value, "must be a number")))
+        except argparse.ArgumentTypeError as problem:
+            parser.error(str(problem))
         setattr(namespace, self.dest, entries)
 
 

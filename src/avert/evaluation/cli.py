@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from avert.argtypes import device_arg
+from avert.argtypes import device_arg, window_arg
 
 MAX_SEEDS = 1024  # == avert.evaluation.common.MAX_SEEDS (not imported: that module pulls numpy)
 DEFAULT_SEEDS = 64
@@ -100,19 +100,9 @@ def _method_flags(parser) -> None:
         else:
             parser.add_argument(param.flag, dest=name, type=_number(param.type, name), default=None,
                                 metavar="X", help=param.help)
-    parser.add_argument("--negative-window", type=_window, default=None, metavar="START:END",
+    parser.add_argument("--negative-window", type=window_arg, default=None, metavar="START:END",
                         help="the negative acts only in this fraction of the run, e.g. 0.2:1 (before it: plain CFG "
                         "against the empty prompt)")
-
-
-def _window(text: str) -> tuple[float, float]:
-    """argparse type for --negative-window START:END (fractions of the run; ranges checked as a request's)."""
-    start, _, end = text.partition(":")
-    try:
-        return float(start), float(end)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"negative-window: {text!r} is not allowed; must be START:END, two "
-                                         "fractions of the run such as 0.2:1") from None
 
 
 def method_from_args(args):

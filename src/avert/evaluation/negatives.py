@@ -102,7 +102,8 @@ class Pair:
 # pair (`--pair` still evaluates it); nor for warm tones ("a landscape in shades of orange": 0.00). A house
 # is never by the sea in this world, so the boat pair uses a sea view. A house colour is a 1-in-4 draw in the
 # world (no prompt that does not name it makes one colour common), so how often "a house" is red is the model's
-# own bias (0.17 at step 3000, 0.59 at 7000, 0.75 at 18500). The rates drift as the model trains; `avert eval negatives` flags any pair under 40%.
+# own bias (0.17 at step 3000, 0.59 at 7000, 0.75 at 18500). The rates drift as the model trains; `avert eval
+# negatives` flags any pair under 40%.
 # Re-picked at step 18500 (seeds 0..31) for the pairs that had fallen under 40%: with more training,
 # CFG at scale 7 makes unnamed optional objects rarer, so their prompts now imply the object in other words.
 DEFAULT_PAIRS: tuple[Pair, ...] = (
