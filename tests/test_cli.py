@@ -136,6 +136,17 @@ def test_negative_at_cfg_one_warns_on_the_console(tiny_folder, tmp_path, capsys)
     assert code == 0 and "avert: warning: negative_prompt has no effect at cfg_scale 1" in err
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_native_bf16_warns(tiny_folder, tmp_path, capsys, monkeypatch, native):
+    from avert.pipeline import runtime
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda: native)
+    code, _, err = run(capsys, "generate", "x", "--precision", "bf16", "--model", tiny_folder,
+                       "-o", tmp_path / "a.png", *FLAGS)
+    assert code == 0 and ("avert: warning: precision bf16: this CPU has no native bf16" in err) == (not native)
+    assert runtime.Runtime(precision="fp32").warnings() == runtime.Runtime("cuda", "bf16").warnings() == ()
+
+
 def test_console_script_runs(tiny_folder, tmp_path):
     done = subprocess.run([sys.executable, "-m", "avert.cli", "generate", "a cat", "--model", str(tiny_folder),
                            "-o", str(tmp_path / "a.png"), "--seed", "1", *FLAGS], capture_output=True, text=True,
@@ -178,6 +189,7 @@ def test_unknown_or_absent_device_is_refused_by_name(capsys, device):
     ("--batch-size", "x", "must be an integer from 1 to 1024"),
     ("--lr", "2", "must be a number from 1e-07 to 1.0"),
     ("--threads", "0", "must be an integer from 1 to 256"),
+    ("--precision", "fp16", "argument --precision: invalid choice: 'fp16'"),
 ])
 def test_train_flags_are_bounded(capsys, flag, value, allowed):
     with pytest.raises(SystemExit):

@@ -59,6 +59,8 @@ def test_a_run_can_start_from_an_exported_model(tmp_path, train):
     train(continued, CONFIG, progress=False, init_from=first / "model")
     assert '"trained_steps": 4' in (continued / "model" / "training.json").read_text()
     assert len((continued / "log.jsonl").read_text().splitlines()) == 1  # only step 4 was trained here
+    assert '"start": 2' in (continued / "model" / "training.json").read_text()  # its warm-up began at step 2
+    assert torch.load(continued / "checkpoint.pt", weights_only=True)["start"] == 2  # and survives a resume
 
 
 def test_learning_rate_warms_up_holds_and_decays_to_five_percent():
@@ -68,3 +70,28 @@ def test_learning_rate_warms_up_holds_and_decays_to_five_percent():
     assert config.learning_rate(800) == pytest.approx(1e-3 * (1 - 0.95 * 0.5))
     assert config.learning_rate(1000) == pytest.approx(5e-5)
     assert TrainConfig(steps=1000, lr=1e-3, warmup=100).learning_rate(999) == pytest.approx(1e-3)
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    from avert.pipeline import runtime
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda: True)
+    assert TrainConfig().resolved().precision == "bf16"
+    monkeypatch.setattr(runtime, "native_bf16", lambda: False)
+    assert TrainConfig().resolved().precision == "fp32"
+    assert TrainConfig(precision="bf16").resolved().precision == "bf16"  # asked for: kept
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_both_precisions_train_and_are_recorded(tmp_path, train, precision):
+    run = tmp_path / precision
+    train(run, TrainConfig(**{**CONFIG.__dict__, "steps": 1, "precision": precision}), progress=False)
+    assert f'"precision": "{precision}"' in (run / "model" / "training.json").read_text()
+    assert all(torch.isfinite(w.float()).all() for w in unet_weights(run).values())
+
+
+def test_a_run_started_from_a_model_warms_up_again_from_its_step():
+    config = TrainConfig(steps=2000, lr=1e-3, warmup=100, decay_from=1000, start=1000)
+    assert config.learning_rate(1000) == pytest.approx(1e-3 * 0.01)  # a fresh optimiser: warm-up again
+    assert config.learning_rate(1049) == pytest.approx(1e-3 * 0.5 * (1 - 0.95 * 0.049))
+    assert config.learning_rate(2000) == pytest.approx(5e-5)

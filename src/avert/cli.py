@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_parser(sub) -> None:
-    from avert.train.config import TrainConfig
+    from avert.train.config import PRECISIONS, TrainConfig
 
     p = sub.add_parser("train", help="train the embedded model on the procedural world (resumes a run)")
     p.add_argument("--run", dest="run_dir", type=Path, default=Path("runs/embedded"),
@@ -83,6 +83,9 @@ def _train_parser(sub) -> None:
                        help=f"{helps.get(name, '')} (default: {getattr(defaults, name)})".strip())
     p.add_argument("--lr", type=_bounded("lr", float, 1e-7, 1.0), default=defaults.lr,
                    help=f"learning rate (default: {defaults.lr})")
+    p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
+                   help="bf16 autocast or fp32; auto: bf16 where the CPU has native bf16 (AVX-512 bf16, AMX), "
+                   "else fp32 (default: auto)")
     p.add_argument("--threads", type=_bounded("threads", int, 1, 256), default=None,
                    help="torch threads (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -329,7 +332,9 @@ def _request_from_args(args, base=None):
 def _runtime(args):
     from avert.pipeline.runtime import Runtime
 
-    return Runtime(device=args.device, precision=args.precision)
+    runtime = Runtime(device=args.device, precision=args.precision)
+    _print_warnings(runtime.warnings())
+    return runtime
 
 
 def _load(args):

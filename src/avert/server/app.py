@@ -31,8 +31,11 @@ PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}  # a fixed l
 def create_app(config: ServerConfig = ServerConfig(), *, render: Render = generate) -> FastAPI:
     """The app for `config`; `render` is the engine call (a test may wrap it to inject failures)."""
     registry = ModelRegistry(config.model, config.models_dir)
+    runtime = Runtime(device=config.device, precision=config.precision)
+    for warning in runtime.warnings():
+        log.warning(warning)
     queue = JobQueue(registry, size=config.queue_size, history=config.job_history, limits=config.limits,
-                     runtime=Runtime(device=config.device, precision=config.precision), render=render,
+                     runtime=runtime, render=render,
                      embeddings=load_embeddings(config.embeddings_dir))
 
     @asynccontextmanager

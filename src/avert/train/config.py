@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -18,14 +18,31 @@ class TrainConfig:
     min_snr_gamma: float = 5.0
     checkpoint_every: int = 500
     seed: int = 0
+    start: int = 0
+    precision: str = "auto"  # "bf16" (autocast), "fp32", or "auto": bf16 where the CPU computes it natively
 
     def learning_rate(self, step: int) -> float:
-        """Linear warm-up over `warmup` steps, then constant; from `decay_from` (when > 0) a linear decay
-        that reaches 5% of `lr` at `steps`. Annealing the rate at the end lowers the final loss (Loshchilov &
-        Hutter 2017 anneal with a cosine; a linear ramp is the simpler schedule used here):
-        lr(t) = lr * min(1, (t+1)/warmup) * (1 - 0.95 * clamp((t - decay_from) / (steps - decay_from), 0, 1))."""
-        rate = self.lr * min(1.0, (step + 1) / self.warmup)
+        """Linear warm-up over `warmup` steps from `start` (the step a run began at: 0, or the step count of
+        the model it was started from, whose fresh optimiser state needs the warm-up again), then constant;
+        from `decay_from` (when > 0) a linear decay that reaches 5% of `lr` at `steps`. Annealing the rate at
+        the end lowers the final loss (Loshchilov & Hutter 2017 anneal with a cosine; a linear ramp is the
+        simpler schedule used here):
+        lr(t) = lr * min(1, (t+1-start)/warmup)
+                   * (1 - 0.95 * clamp((t - decay_from) / (steps - decay_from), 0, 1))."""
+        rate = self.lr * min(1.0, (step + 1 - self.start) / self.warmup)
         if 0 < self.decay_from <= step:
             span = max(1, self.steps - self.decay_from)
             rate *= 1.0 - 0.95 * min(1.0, (step - self.decay_from) / span)
         return rate
+
+    def resolved(self) -> "TrainConfig":
+        """This config with `precision` "auto" made concrete for this machine."""
+        from avert.pipeline.runtime import native_bf16
+
+        if self.precision != "auto":
+            return self
+        return replace(self, precision="bf16" if native_bf16() else "fp32")
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+

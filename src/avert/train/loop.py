@@ -1,4 +1,5 @@
-"""Training the embedded model: v-prediction with min-SNR weighting, bf16 autocast, EMA, checkpoints, resume.
+"""Training the embedded model: v-prediction with min-SNR weighting, bf16 autocast (where the CPU has native
+bf16; fp32 otherwise), EMA, checkpoints, resume.
 
 Loss (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy", v-prediction form):
     L = E[ min(SNR(t), gamma) / (SNR(t) + 1) * || v_theta(x_t, t, c) - v ||^2 ],  v = sqrt(a_t) eps - sqrt(1 - a_t) x_0
@@ -9,6 +10,7 @@ exactly as an uninterrupted one would.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from dataclasses import asdict
@@ -35,7 +37,8 @@ def train(run: Path, config: TrainConfig, export: Path | None = None, progress: 
     run.mkdir(parents=True, exist_ok=True)
     data = build_training_set(config.images, config.seed, config.captions_per_image,
                               data_dir or run / "data", progress)
-    unet, ema, optimizer, step = _resume_or_start(run, config, init_from)
+    unet, ema, optimizer, step, start = _resume_or_start(run, config, init_from)
+    config = dataclasses.replace(config.resolved(), start=start)
     scheduler = new_scheduler()
     alphas = scheduler.alphas_cumprod.float()
     bar = tqdm(total=config.steps, initial=step, desc="Training", unit="step", disable=not progress)
@@ -73,8 +76,9 @@ def train_step(unet, optimizer, data: TrainingSet, alphas: torch.Tensor, config:
     v = a.sqrt() * noise - (1 - a).sqrt() * x0
     for group in optimizer.param_groups:
         group["lr"] = config.learning_rate(step)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        pred = unet(x_t, t, encoder_hidden_states=cond).sample
+    bf16 = config.precision == "bf16"
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        pred = unet(x_t, t, encoder_hidden_states=cond if bf16 else cond.float()).sample
     snr = a.flatten() / (1 - a.flatten())
     weight = torch.clamp(snr, max=config.min_snr_gamma) / (snr + 1)
     loss = (weight * (pred.float() - v).pow(2).mean(dim=(1, 2, 3))).mean()
@@ -109,13 +113,13 @@ def _resume_or_start(run: Path, config: TrainConfig, init_from: Path | None):
     path = run / "checkpoint.pt"
     if not path.exists():
         step = _load_exported(unet, Path(init_from)) if init_from else 0
-        return unet, copy.deepcopy(unet).eval().requires_grad_(False), optimizer, step
+        return unet, copy.deepcopy(unet).eval().requires_grad_(False), optimizer, step, step
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     saved = torch.load(path, weights_only=True)
     unet.load_state_dict(saved["unet"])
     ema.load_state_dict(saved["ema"])
     optimizer.load_state_dict(saved["optimizer"])
-    return unet, ema, optimizer, int(saved["step"])
+    return unet, ema, optimizer, int(saved["step"]), int(saved.get("start", 0))
 
 
 def _load_exported(unet, folder: Path) -> int:
@@ -131,7 +135,7 @@ def _load_exported(unet, folder: Path) -> int:
 def _checkpoint(run: Path, unet, ema, optimizer, step: int, config: TrainConfig, loss: float) -> None:
     tmp = run / "checkpoint.pt.tmp"
     torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step}, tmp)
+                "step": step, "start": config.start}, tmp)
     tmp.replace(run / "checkpoint.pt")
     with open(run / "log.jsonl", "a") as log:
         log.write(json.dumps({"step": step, "loss": loss, "time": time.time(), "config": asdict(config)}) + "\n")
