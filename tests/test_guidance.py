@@ -25,6 +25,12 @@ def predictions(*negatives, empty=E_0, prompt=E_C):
 
 # --- pure formulas ------------------------------------------------------------------------------------------
 
+def test_reuse_adds_the_last_correction_and_of_cfg_is_cfg_with_the_old_difference():
+    assert torch.equal(f.reuse_correction(E_C, torch.zeros_like(E_C)), E_C)
+    last = f.cfg(E_M, E_N, 7.0) - E_M  # a guided evaluation's correction: (w - 1)(e_c - e_n)
+    assert torch.allclose(f.reuse_correction(E_C, last), E_C + 6.0 * (E_M - E_N), atol=1e-5)
+
+
 def test_one_negative_at_weight_one_is_plain_cfg_bit_for_bit():
     g = Guidance(7.5)
     assert g.branches(CTX) == (negative_branch(0), prompt_branch(0))
@@ -165,6 +171,8 @@ def test_window_skips_the_negative_forward(tiny, monkeypatch):
     ({"guidance_start": 0.0, "guidance_end": 0.5}, 4 * 2 + 4),
     ({"s_min_uncond": 1000.0}, 4 * 2 + 4 * 1),  # every other step skips the negative
     ({"s_min_uncond": 1000.0, "s_min_uncond_all": True}, 8),
+    ({"s_min_uncond": 1000.0, "guidance_reuse": True}, 4 * 2 + 4 * 1),  # reuse costs no forward
+    ({"guidance_end": 0.5, "guidance_reuse": True}, 4 * 2 + 4),
     ({"cfg_scale": 1.0}, 8),
     ({"negative_scale": 3.0}, 8 * 3),
 ])
@@ -172,6 +180,49 @@ def test_unet_evaluations_are_counted(tiny, monkeypatch, changes, per_image):
     sizes = batch_sizes(monkeypatch, tiny)
     result = generate(BASE.replace(**changes, batch_size=2), tiny)
     assert sum(sizes) == 2 * per_image and result.branch_evaluations == per_image
+
+
+class Recording(torch.nn.Module):
+    """A stand-in UNet: returns a different constant for each step, negative rows -1, prompt rows +1."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, sample, timestep, encoder_hidden_states, return_dict=False):
+        self.calls += 1
+        sign = encoder_hidden_states[:, 0, 0].sign().view(-1, 1, 1, 1)  # states: -1 negative, +1 prompt
+        return (sign * self.calls * torch.ones_like(sample),)
+
+
+class Fixed:
+    def __init__(self, value):
+        self.value = value
+
+    def at(self, step):
+        return self.value
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_reuse_applies_the_last_guided_correction_on_skipped_steps(reuse):
+    from avert.guidance.denoiser import Denoiser
+
+    guidance = Guidance(7.0, interval=Interval(s_min_uncond=1000.0, reuse=reuse))
+    conditioning = {negative_branch(0): Fixed(-torch.ones(4, 2)), prompt_branch(0): Fixed(torch.ones(4, 2))}
+    denoiser = Denoiser(Recording(), conditioning, guidance, torch.zeros(4, 2))
+    x = torch.zeros(1, 1, 2, 2)
+    first = denoiser(x, torch.tensor(1.0), StepContext(0, 4, 1.0, sigma=5.0))   # guided: e_c 1, e_n -1
+    second = denoiser(x, torch.tensor(1.0), StepContext(1, 4, 1.0, sigma=5.0))  # skipped: e_c 2 alone
+    assert torch.all(first == -1 + 7 * (1 - -1))  # e_n + w (e_c - e_n) = 13, a correction of 12
+    assert torch.all(second == (2 + 12 if reuse else 2))
+    assert denoiser.count.branches == 3  # the skipped step evaluated the prompt alone either way
+
+
+def test_reuse_changes_a_skipping_run_and_is_inert_without_one(tiny):
+    skipping = BASE.replace(s_min_uncond=1000.0)
+    assert np.abs(pixels(generate(skipping.replace(guidance_reuse=True), tiny))
+                  - pixels(generate(skipping, tiny))).max() > 0
+    assert np.array_equal(pixels(generate(BASE.replace(guidance_reuse=True), tiny)), pixels(generate(BASE, tiny)))
 
 
 def test_batch_equals_singles_with_several_negatives(tiny):
@@ -201,13 +252,14 @@ def test_metadata_round_trip_remakes_the_image(tiny, tmp_path):
     from avert.pipeline.metadata import request_from_a1111, request_from_record
 
     request = BASE.replace(negative_prompt="", guidance="perp-neg", negative_scale=5.0, guidance_rescale=0.5,
-                           s_min_uncond=2.0, clip_skip=2, emphasis="No norm",
+                           s_min_uncond=2.0, guidance_reuse=True, clip_skip=2, emphasis="No norm",
                            negatives=(Negative("blue tree"), Negative("(car:1.2)", 0.5, 0.3, 0.9)))
     result = generate(request, tiny)
     image = result.images[0]
     save_png(image.image, tmp_path / "x.png", image.infotext, image.record)
     meta = read_png_metadata(tmp_path / "x.png")
     assert "Negative prompt: blue tree, (car:1.2)" in meta.parameters and "NGMS: 2.0" in meta.parameters
+    assert "Guidance reuse: True" in meta.parameters
     from_a1111 = request_from_a1111(parse_parameters(meta.parameters))
     from_record = request_from_record(meta.record)
     for remade in (from_a1111, from_record):

@@ -62,6 +62,7 @@ class GenerationRequest:
     guidance_sigma_max: float | None = None
     s_min_uncond: float = 0.0
     s_min_uncond_all: bool = False
+    guidance_reuse: bool = False
     clip_skip: int = 1
     emphasis: str = "Original"
     negatives: tuple[Negative, ...] = ()

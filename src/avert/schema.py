@@ -112,6 +112,9 @@ PARAMS: tuple[Param, ...] = (
           "other step (0: off)", "--s-min-uncond", low=lambda l: 0.0, high=lambda l: SIGMA_MAX),
     Param("s_min_uncond_all", bool, False, "apply s_min_uncond on every step, not every other one",
           "--s-min-uncond-all"),
+    Param("guidance_reuse", bool, False, "on steps where the interval or s_min_uncond skips the negative, add the "
+          "last guided step's correction (e - e_c) instead of none; the negative's forward is still skipped",
+          "--guidance-reuse"),
     Param("clip_skip", int, 1, "use the text encoder's hidden states this many layers from the end (A1111 "
           "clip skip; 1 = last layer)", "--clip-skip", low=lambda l: 1, high=lambda l: 12),
     Param("emphasis", str, "Original", "how (word:1.2) weights apply: Original (rescaled to the chunk's mean, "

@@ -83,7 +83,7 @@ def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
 
 
 METHOD_OPTIONS = ("negative_scale", "guidance_rescale", "guidance_start", "guidance_end", "guidance_sigma_min",
-                  "guidance_sigma_max", "s_min_uncond", "s_min_uncond_all")
+                  "guidance_sigma_max", "s_min_uncond", "s_min_uncond_all", "guidance_reuse")
 
 
 def _method_flags(parser) -> None:

@@ -127,6 +127,9 @@ def methods_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
         "of 20 with this model's schedule (sigma 98 at step 0 to 0.015 at step 19).",
         "- **s_min_uncond 100** (A1111): below sigma 100 (every step here) the negative is skipped on every "
         "other step.",
+        "- **s_min_uncond 100, reuse** (avert's `guidance_reuse`, after FasterCache's CFG cache, Lv et al. 2024): "
+        "the same skipped steps, but each adds the correction e - e_c of the guided step before it instead of "
+        "none; same cost as s_min_uncond.",
         "",
     ])
 

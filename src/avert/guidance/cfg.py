@@ -104,6 +104,15 @@ def dynamic_negative(empty: torch.Tensor, direction: torch.Tensor, negatives: Se
     return separate_scales(empty, direction, negatives, scaled, scale, negative_scale)
 
 
+def reuse_correction(positive: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
+    """Guidance reuse on an evaluation whose negative is skipped: e_t = e_c,t + (e_s - e_c,s), the correction
+    of the last guided evaluation s added to this one's prompt prediction (for plain CFG the correction is
+    (w - 1)(e_c,s - e_n,s)). After the CFG cache of FasterCache (Lv et al. 2024), which reuses the
+    conditional-unconditional difference across adjacent steps because it changes slowly; dropping guidance
+    instead (A1111's s_min_uncond) gives e_t = e_c,t."""
+    return positive + correction
+
+
 def rescale(guided: torch.Tensor, positive: torch.Tensor, phi: float) -> torch.Tensor:
     """Guidance rescale (Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed", 2023,
     sec. 3.4, as diffusers' `rescale_noise_cfg`): x_r = x_cfg std(e_c) / std(x_cfg) per sample,

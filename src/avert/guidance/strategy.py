@@ -74,7 +74,8 @@ class Term:
 class Interval:
     """Where guidance applies: fractions [start, end) of the run and sigma in (sigma_min, sigma_max];
     A1111's s_min_uncond skips it below that sigma on odd model evaluations (A1111: `self.step % 2`), on
-    every one with `s_min_uncond_all`."""
+    every one with `s_min_uncond_all`. With `reuse`, a skipped evaluation adds the correction of the last
+    guided one instead of none (see `reuse_correction`)."""
 
     start: float = 0.0
     end: float = 1.0
@@ -82,6 +83,7 @@ class Interval:
     sigma_max: float | None = None
     s_min_uncond: float = 0.0
     s_min_uncond_all: bool = False
+    reuse: bool = False
 
     def applies(self, ctx: StepContext) -> bool:
         if not (self.start <= ctx.fraction and (ctx.fraction < self.end or self.end >= 1.0)):

@@ -60,4 +60,5 @@ def condition(request: GenerationRequest, components: Components, runtime: Runti
 
 def interval(request: GenerationRequest) -> Interval:
     return Interval(request.guidance_start, request.guidance_end, request.guidance_sigma_min,
-                    request.guidance_sigma_max, request.s_min_uncond, request.s_min_uncond_all)
+                    request.guidance_sigma_max, request.s_min_uncond, request.s_min_uncond_all,
+                    request.guidance_reuse)

@@ -42,6 +42,7 @@ EXTRA_KEYS = {
     "guidance_sigma_max": ("Guidance sigma max", float),
     "s_min_uncond": ("NGMS", float),
     "s_min_uncond_all": ("NGMS all steps", bool),
+    "guidance_reuse": ("Guidance reuse", bool),
     "clip_skip": ("Clip skip", int),
     "emphasis": ("Emphasis", str),
 }
