@@ -6,7 +6,6 @@ scale, prompt and negative. Runs are interleaved and the median of `repeats` is 
 
 from __future__ import annotations
 
-import platform
 import statistics
 import tempfile
 import time
@@ -18,6 +17,7 @@ from avert.bench import publish
 
 import torch
 
+from avert.evaluation.common import machine
 from avert.models.loader import load_model
 from avert.pipeline.generate import generate
 from avert.request import GenerationRequest
@@ -92,8 +92,7 @@ def _table(rows: list[Row], repeats: int, steps: int, size: int) -> str:
     head = [
         "# Engine benchmark: avert vs diffusers on the same tiny components",
         "",
-        f"Measured {date.today().isoformat()} by `avert bench engine` on {platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, {platform.processor() or 'CPU'}; "
+        f"Measured {date.today().isoformat()} by `avert bench engine` on {machine()}; "
         f"{size}x{size}, {steps} steps, cfg 7.5, prompt and negative, fp32; median of {repeats} interleaved runs.",
         "",
         "| sampler | batch | avert s/image | diffusers s/image | avert / diffusers | max pixel diff |",

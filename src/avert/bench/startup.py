@@ -18,6 +18,7 @@ from datetime import date
 from pathlib import Path
 
 from avert.bench import publish
+from avert.evaluation.common import machine
 
 COMMAND = ["generate", "a house on a hill", "-n", "green tones", "--seed", "1", "-q"]
 
@@ -33,8 +34,8 @@ def run_startup_benchmark(repeats: int = 3, docs: Path = Path("docs")) -> list[f
     table = "\n".join([
         "# Startup benchmark: first image on the embedded model",
         "",
-        f"Measured {date.today().isoformat()} by `avert bench startup` on {platform.machine()} "
-        f"({os.cpu_count()} cores), Python {platform.python_version()}: the README's main command "
+        f"Measured {date.today().isoformat()} by `avert bench startup` on {machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}: the README's main command "
         f"`avert {' '.join(COMMAND[:1])} \"a house on a hill\" -n \"green tones\"` as a fresh process, "
         "including imports, loading and 20 steps. Target: under 10 s.",
         "",
