@@ -212,6 +212,9 @@ def test_generate_takes_every_request_field_and_refuses_unknown_ones(client):
     body = {name: GenerationRequest.__dataclass_fields__[name].default for name in GenerationRequest.__dataclass_fields__}
     body.update(prompt="a tree", seed=1, **FAST)
     assert client.post("/v1/generate", json=body).status_code == 200
+    reused = client.post("/v1/generate", json={**body, "s_min_uncond": 100.0, "guidance_reuse": True}).json()
+    assert reused["images"][0]["record"]["request"]["guidance_reuse"] is True
+    assert "Guidance reuse: True" in reused["images"][0]["infotext"]
     assert_names(client.post("/v1/generate", json={"prompt": "a", "sampler_name": "Euler"}), 422, "sampler_name")
     assert_names(client.post("/v1/generate", json={"prompt": "a", "steps": 1.5}), 422, "steps")
     assert_names(client.post("/v1/generate", json={"prompt": "a", "height": 33, "width": 32}), 422, "height")
