@@ -215,6 +215,7 @@ def test_generate_takes_every_request_field_and_refuses_unknown_ones(client):
     reused = client.post("/v1/generate", json={**body, "s_min_uncond": 100.0, "guidance_reuse": True}).json()
     assert reused["images"][0]["record"]["request"]["guidance_reuse"] is True
     assert "Guidance reuse: True" in reused["images"][0]["infotext"]
+    assert_names(client.post("/v1/generate", json={"prompt": "a", "guidance_reuse": "yes"}), 422, "guidance_reuse")
     assert_names(client.post("/v1/generate", json={"prompt": "a", "sampler_name": "Euler"}), 422, "sampler_name")
     assert_names(client.post("/v1/generate", json={"prompt": "a", "steps": 1.5}), 422, "steps")
     assert_names(client.post("/v1/generate", json={"prompt": "a", "height": 33, "width": 32}), 422, "height")
