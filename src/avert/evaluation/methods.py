@@ -130,6 +130,8 @@ def methods_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
         "- **s_min_uncond 100, reuse** (avert's `guidance_reuse`, after FasterCache's CFG cache, Lv et al. 2024): "
         "the same skipped steps, but each adds the correction e - e_c of the guided step before it instead of "
         "none; same cost as s_min_uncond.",
+        "- **interval 0.3-0.8, reuse**: the interval above; after it, each step adds the correction of the last "
+        "guided step (before it there is none to reuse).",
         "",
     ])
 

@@ -69,6 +69,7 @@ DEFAULT_METHODS: tuple[Method, ...] = (
     Method("cfg, sigma interval (1, 20]", (("guidance_sigma_min", 1.0), ("guidance_sigma_max", 20.0))),
     Method("cfg, s_min_uncond 100", (("s_min_uncond", 100.0),)),  # above every sigma: every other step
     Method("cfg, s_min_uncond 100, reuse", (("s_min_uncond", 100.0), ("guidance_reuse", True))),
+    Method("cfg, interval 0.3-0.8, reuse", (("guidance_start", 0.3), ("guidance_end", 0.8), ("guidance_reuse", True))),
 )
 NO_NEGATIVE = "No negative prompt"
 
