@@ -81,6 +81,8 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
     monkeypatch.setattr(runtime, "native_bf16", lambda: False)
     assert TrainConfig().resolved().precision == "fp32"
     assert TrainConfig(precision="bf16").resolved().precision == "bf16"  # asked for: kept
+    with pytest.raises(ValueError, match="precision: 'fp16' is not allowed; must be one of auto, bf16, fp32"):
+        TrainConfig(precision="fp16").resolved()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -36,9 +36,12 @@ class TrainConfig:
         return rate
 
     def resolved(self) -> "TrainConfig":
-        """This config with `precision` "auto" made concrete for this machine."""
+        """This config with `precision` "auto" made concrete for this machine; an unknown precision is an
+        error naming it (never a silent fp32)."""
         from avert.pipeline.runtime import native_bf16
 
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: {self.precision!r} is not allowed; must be one of {', '.join(PRECISIONS)}")
         if self.precision != "auto":
             return self
         return replace(self, precision="bf16" if native_bf16() else "fp32")
