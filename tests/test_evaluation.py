@@ -16,6 +16,7 @@ from avert.cli import build_parser, main
 from avert.evaluation.common import Settings, reading_from
 from avert.evaluation.concepts import CONCEPT_PROMPTS
 from avert.evaluation.negatives import (
+    DEFAULT_METHODS,
     DEFAULT_PAIRS,
     Pair,
     PairResult,
@@ -336,3 +337,135 @@ def test_methods_targets_are_checked_against_plain_cfg():
     assert "perp-neg" in lines[0] and "weak" not in lines[0]
     assert "interval" in lines[1] and "weak" not in lines[1]
     assert "| interval |" in methods_table(table) and "25%" in methods_table(table)
+
+
+# --- seed ranges and pooling -----------------------------------------------------------------------------------
+
+
+def test_reading_names_seeds_from_the_first_seed():
+    r = reading(4, {"tree": [1, 3]})
+    assert r.seeds_with("tree") == (1, 3)
+    assert r.seeds_with("tree", first_seed=64) == (65, 67)
+
+
+def test_settings_request_seed_range_and_bad_first_seed():
+    assert Settings(first_seed=64).request("a", "", 64 + 16, 16).seed == 80
+    with pytest.raises(ValueError, match="first_seed: -1 is not allowed"):
+        Settings(first_seed=-1).validate(4)
+    with pytest.raises(ValueError, match="first_seed: 4294967295 is not allowed"):
+        Settings(first_seed=2**32 - 1).validate(4)  # the last seed would pass SEED_MAX
+
+
+def test_summarize_pair_records_absolute_seeds():
+    pair = pair_from_texts("an orchard", "trees")
+    result = summarize_pair(pair, reading(4, {"tree": [0, 2]}), reading(4, {"tree": [2]}),
+                            Settings(first_seed=100), 1.0)
+    assert result.first_seed == 100
+    assert result.seeds_with_concept_without == (100, 102) and result.seeds_with_concept_with == (102,)
+    assert figure_seeds(result, rows=3) == [100, 101, 102]
+
+
+def test_pooled_rows_equal_one_run_over_all_seeds():
+    from avert.evaluation.pool import pool_results
+
+    pair = pair_from_texts("an orchard", "trees")
+    settings = Settings()
+    without, with_ = {"tree": [0, 1, 2, 5, 7]}, {"tree": [2, 6]}
+    whole = summarize_pair(pair, reading(8, without), reading(8, with_), settings, 2.0)
+
+    def half(first):
+        pick = lambda has: {c: [i - first for i in rows if first <= i < first + 4] for c, rows in has.items()}
+        return summarize_pair(pair, reading(4, pick(without)), reading(4, pick(with_)), Settings(first_seed=first),
+                              1.0)
+
+    [pooled] = pool_results([half(4), half(0)])  # any order of the files
+    assert pooled.n_seeds == 8 and pooled.first_seed == 0
+    for name in ("rate_without", "rate_with", "suppression", "fidelity_without", "fidelity_with",
+                 "seeds_with_concept_without", "seeds_with_concept_with", "seconds"):
+        assert getattr(pooled, name) == pytest.approx(getattr(whole, name)), name
+    # suppression is recomputed from pooled rates, not averaged: halves 1 - 1/3 and 1 - 1/2 average to 0.583
+    assert pooled.suppression == pytest.approx(1 - 2 / 5)
+
+
+def test_pool_refuses_overlapping_or_gapped_seeds_and_different_settings():
+    from avert.evaluation.pool import pool_results
+
+    with pytest.raises(AvertError, match="seeds 0..3 are followed by seeds 2..5"):
+        pool_results([row(first_seed=0), row(first_seed=2)])
+    with pytest.raises(AvertError, match="seeds 0..3 are followed by seeds 8..11"):
+        pool_results([row(first_seed=0), row(first_seed=8)])
+    with pytest.raises(AvertError, match="differ in cfg_scale"):
+        pool_results([row(first_seed=0), row(first_seed=4, cfg_scale=5.0)])
+    assert len(pool_results([row(), row(first_seed=4), row(method="rescale")])) == 2  # one group per method
+
+
+def test_eval_pool_command_reads_json_files(tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(results_json([row(unet_evals_per_image=40), row(method="x", rate_with=0.0, unet_evals_per_image=30)]))
+    b.write_text(results_json([row(first_seed=4, rate_with=0.3, unet_evals_per_image=40),
+                               row(method="x", first_seed=4, rate_with=0.0, unet_evals_per_image=30)]))
+    assert main(["eval", "pool", str(a), str(b), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["method"], r["n_seeds"], r["rate_with"]) for r in rows] == [("cfg", 8, 0.2), ("x", 8, 0.0)]
+    assert rows[0]["suppression"] == pytest.approx(0.6)
+    assert main(["eval", "pool", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "## cfg (seeds 0..7)" in out and "## Methods" in out and "| x | 1.00 |" in out and "| 25% |" in out
+
+
+def test_eval_pool_names_a_bad_file(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"prompt": "x"}')
+    assert main(["eval", "pool", str(bad)]) == 2
+    assert "bad.json: expected a JSON list" in capsys.readouterr().err
+    assert main(["eval", "pool", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    bad.write_text('[{"prompt": "x"}]')
+    assert main(["eval", "pool", str(bad)]) == 2
+    assert "row 0 is not an evaluation row" in capsys.readouterr().err
+
+
+def test_eval_methods_only_picks_methods_by_label(capsys):
+    from avert.evaluation.cli import chosen_methods
+
+    assert [m.label for m in chosen_methods(["cfg, rescale 0.2", "cfg"])] == ["cfg", "cfg, rescale 0.2"]
+    assert len(chosen_methods(None)) == len(DEFAULT_METHODS)
+    assert main(["eval", "methods", "--only", "cfg, rescale 9", "--seeds", "2"]) == 2
+    assert "only: 'cfg, rescale 9' is not a method of the table; allowed: cfg; perp-neg" in capsys.readouterr().err
+
+
+def test_first_seed_flag_is_checked(capsys):
+    args = build_parser().parse_args(["eval", "methods", "--first-seed", "64"])
+    assert args.first_seed == 64
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "negatives", "--first-seed", "-3"])
+    assert "first_seed: '-3' is not allowed" in capsys.readouterr().err
+
+
+def test_discordant_images_and_sign_test():
+    from avert.evaluation.methods import discordant_images, paired_lines, sign_test
+
+    base = [row(seeds_with_concept_with=(1, 2)), row(prompt="b", seeds_with_concept_with=())]
+    other = [row(seeds_with_concept_with=(2, 3)), row(prompt="b", seeds_with_concept_with=(0,))]
+    assert discordant_images(base, other) == (2, 1)  # seeds 3 and b/0 kept; seed 1 removed
+    assert sign_test(2, 1) == 1.0 and sign_test(0, 0) == 1.0
+    assert sign_test(0, 6) == pytest.approx(2 / 64) and sign_test(6, 0) == sign_test(0, 6)
+    assert sign_test(1, 9) == pytest.approx(2 * 11 / 1024)
+    [line] = paired_lines({"cfg": base, "x": other})
+    assert "stays in 2 image(s) where cfg removed it and is removed in 1" in line and "p = 1.00" in line
+    with pytest.raises(ValueError, match="different pairs"):
+        discordant_images(base, list(reversed(other)))
+
+
+@pytest.mark.slow
+def test_a_later_seed_range_renders_the_same_images_as_the_tail_of_a_longer_run():
+    from avert.api import load
+    from avert.evaluation.common import Renderer
+    from avert.models.default import EMBEDDED_MODEL
+
+    model = load(EMBEDDED_MODEL)
+    whole = Renderer(model, Settings(steps=3, batch_size=2), progress=False).images("a house", "red", 4)
+    tail = Renderer(model, Settings(steps=3, batch_size=2, first_seed=2), progress=False).images("a house", "red", 2)
+    assert tail.shape == (2, *whole.shape[1:])
+    np.testing.assert_array_equal(tail, whole[2:])
+    assert not np.array_equal(tail, whole[:2])

@@ -1,7 +1,10 @@
 """The `avert eval` subcommand: its flags (added to avert's parser) and what it runs.
 
-    avert eval negatives [--model PATH] [--seeds N] [--pair PROMPT NEGATIVE]... [--cfg-scale F] [--steps N]
+    avert eval negatives [--model PATH] [--seeds N] [--first-seed S] [--pair PROMPT NEGATIVE]... [--method M]
+                         [guidance options] [--cfg-scale F] [--steps N]
                          [--sampler NAME] [--batch-size N] [--device D] [--threads N] [--json] [--docs DIR] [-q]
+    avert eval methods   [--only LABEL]... [--first-seed S] [same flags as negatives, without --pair/--method]
+    avert eval pool FILE... [--json]
     avert eval concepts  [--model PATH] [--seeds N] [--cfg-scale F] [--steps N] [--sampler NAME] [--batch-size N]
                          [--device D] [--threads N] [--json] [--docs DIR] [-q]
 
@@ -31,6 +34,21 @@ def seeds_type(text: str) -> int:
     return value
 
 
+FIRST_SEED_MAX = 2**32 - MAX_SEEDS  # so that the last seed stays under avert.schema.SEED_MAX
+
+
+def first_seed_type(text: str) -> int:
+    """argparse type for --first-seed: an integer from 0 to FIRST_SEED_MAX, else a message naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= FIRST_SEED_MAX:
+        raise argparse.ArgumentTypeError(f"first_seed: {text!r} is not allowed; must be an integer from 0 to "
+                                         f"{FIRST_SEED_MAX}")
+    return value
+
+
 def _number(kind, name: str):
     def convert(text: str):
         try:
@@ -57,12 +75,26 @@ def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
     _method_flags(negatives)
     methods = what.add_parser("methods", help="every negative-guidance method on the same pairs and seeds: "
                               "suppression, fidelity, UNet evaluations and seconds per image")
+    methods.add_argument("--only", action="append", metavar="LABEL",
+                         help="measure only this method of the table, by its label, e.g. \"cfg, rescale 0.2\" "
+                         "(repeatable; default: all)")
+    for q in (negatives, methods):
+        q.add_argument("--first-seed", type=first_seed_type, default=0, metavar="S",
+                       help="seeds S..S+N-1 instead of 0..N-1, to extend an earlier run with new images "
+                       "(pool the JSON of both with `avert eval pool`; default: 0)")
+    pool = what.add_parser("pool", help="merge the --json rows of runs over consecutive seed ranges "
+                           "(--first-seed) into the rows of one run over all their seeds")
+    pool.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                      help="JSON printed by `avert eval negatives|methods --json`")
+    pool.add_argument("--json", action="store_true", help="print only the pooled rows as a JSON list")
+    pool.set_defaults(handler=handler)
     concepts = what.add_parser("concepts", help="how often each concept appears when the prompt names it")
     for q in (negatives, methods, concepts):
         q.add_argument("--model", default=None, help="a diffusers folder or an SD .safetensors file "
                        "(default: $AVERT_MODEL, else the embedded model)")
         q.add_argument("--seeds", type=seeds_type, default=DEFAULT_SEEDS, metavar="N",
-                       help=f"images per prompt, seeds 0..N-1 (1 to {MAX_SEEDS}; default: {DEFAULT_SEEDS})")
+                       help=f"images per prompt, seeds 0..N-1, or S..S+N-1 after --first-seed S (1 to {MAX_SEEDS}; "
+                       f"default: {DEFAULT_SEEDS})")
         q.add_argument("--cfg-scale", type=_number(float, "cfg_scale"), default=None, metavar="F",
                        help=f"guidance scale (default: {PARAMS_BY_NAME['cfg_scale'].default})")
         q.add_argument("--steps", type=_number(int, "steps"), default=20, metavar="N",
@@ -132,6 +164,8 @@ def run_eval(args) -> int:
         return _run_negatives(args)
     if args.eval_what == "methods":
         return _run_methods(args)
+    if args.eval_what == "pool":
+        return _run_pool(args)
     return _run_concepts(args)
 
 
@@ -140,7 +174,7 @@ def _common(args):
     from avert.pipeline.runtime import Runtime
 
     settings = Settings(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, first_seed=getattr(args, "first_seed", 0))
     settings.validate(args.seeds)
     if args.threads:
         import torch
@@ -161,7 +195,7 @@ def _run_negatives(args) -> int:
     warnings: list[str] = []
     results = neg.evaluate_pairs(pairs, components, seeds=args.seeds, cfg_scale=args.cfg_scale, steps=args.steps,
                                  sampler=args.sampler, batch_size=args.batch_size, progress=not args.quiet,
-                                 runtime=runtime, warnings=warnings, method=method)
+                                 runtime=runtime, warnings=warnings, method=method, first_seed=settings.first_seed)
     for w in warnings:
         print(f"avert: warning: {w}", file=sys.stderr)
     if args.json:
@@ -169,8 +203,8 @@ def _run_negatives(args) -> int:
         return 0
     print("\n".join(neg.summary_lines(results)) + "\n")
     print(neg.markdown_table(results))
-    if not args.pair and method.options:
-        print("\n(docs/ is written by the plain-CFG run and by `avert eval methods`)")
+    if not args.pair and (method.options or settings.first_seed):
+        print("\n(docs/ is written by the plain-CFG run from seed 0 and by `avert eval methods`)")
     elif not args.pair:
         figure = neg.negatives_figure(results, components, runtime=runtime, batch_size=args.batch_size)
         page = neg.write_negatives_docs(results, info, args.docs, figure)
@@ -188,18 +222,62 @@ def _run_methods(args) -> int:
     from avert.evaluation import methods as met
     from avert.evaluation import negatives as neg
 
+    methods = chosen_methods(args.only)
     settings, runtime, components, info = _common(args)
-    for method in neg.DEFAULT_METHODS:
+    for method in methods:
         _validate_method(settings, method)
-    table = met.evaluate_methods(neg.DEFAULT_METHODS, components, seeds=args.seeds, settings=settings,
+    table = met.evaluate_methods(methods, components, seeds=args.seeds, settings=settings,
                                  runtime=runtime, progress=not args.quiet)
     if args.json:
         print(neg.results_json([r for rows in table.values() for r in rows]))
         return 0
     print(met.methods_table(table))
+    if args.only or settings.first_seed:
+        print("\n(docs/ is written by the run of every method from seed 0)")
+        return 0
     page = met.write_methods_docs(table, info, args.docs)
     print(f"\nwritten to {page}")
     return 0
+
+
+def _run_pool(args) -> int:
+    from avert.evaluation import methods as met
+    from avert.evaluation import negatives as neg
+    from avert.evaluation.pool import by_method, load_rows, pool_results
+
+    rows = pool_results(load_rows(args.files))
+    if args.json:
+        print(neg.results_json(rows))
+        return 0
+    table = by_method(rows)
+    for label, results in table.items():
+        seeds = sorted({(r.first_seed, r.n_seeds) for r in results})
+        ranges = ", ".join(f"{f}..{f + n - 1}" for f, n in seeds)
+        print(f"## {label} (seeds {ranges})\n")
+        print("\n".join(neg.summary_lines(results)) + "\n")
+        print(neg.markdown_table(results) + "\n")
+    same_pairs = len({tuple((r.prompt, r.negative) for r in results) for results in table.values()}) == 1
+    if len(table) > 1 and same_pairs:
+        print("## Methods (the first is the baseline of the targets)\n")
+        print("\n".join(met.target_lines(table)) + "\n")
+        print("Against the first on the same images (a p above 0.05: no difference in suppression shown):\n")
+        print("\n".join(met.paired_lines(table)) + "\n")
+        print(met.methods_table(table) + "\n")
+        print(met.per_pair_table(table))
+    return 0
+
+
+def chosen_methods(only):
+    """The methods of the table named by `--only` (all when none), or an error naming the labels allowed."""
+    from avert.errors import AvertError
+    from avert.evaluation.negatives import DEFAULT_METHODS
+
+    labels = [m.label for m in DEFAULT_METHODS]
+    unknown = [label for label in only or () if label not in labels]
+    if unknown:
+        raise AvertError(f"only: {', '.join(map(repr, unknown))} is not a method of the table; allowed: "
+                         + "; ".join(labels))
+    return [m for m in DEFAULT_METHODS if not only or m.label in only]
 
 
 def _run_concepts(args) -> int:

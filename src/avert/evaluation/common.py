@@ -1,8 +1,8 @@
 """What both evaluations share: settings, rendering fixed seeds in batches, and reading images with the detector.
 
-Images of one prompt and negative are rendered with seeds 0 .. n-1 through the ordinary pipeline
-(`avert.pipeline.generate.generate`, image i of a batch uses seed + i), so every number here can be checked
-by re-making any single image with `avert generate --seed S`.
+Images of one prompt and negative are rendered with seeds s .. s+n-1 (s = `Settings.first_seed`, default 0)
+through the ordinary pipeline (`avert.pipeline.generate.generate`, image i of a batch uses seed + i), so every
+number here can be checked by re-making any single image with `avert generate --seed S`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Settings:
     cfg_scale: float | None = None
     sampler: str | None = None
     batch_size: int = 16
+    first_seed: int = 0  # seeds first_seed .. first_seed + n - 1 (a later range pools with an earlier run)
 
     @property
     def cfg(self) -> float:
@@ -45,10 +46,16 @@ class Settings:
         return self.sampler or DEFAULT_SAMPLER
 
     def validate(self, seeds: int) -> None:
-        """Raise `ValidationError` (every bad field) for settings the pipeline would refuse."""
+        """Raise `ValidationError` (every bad field) for settings the pipeline would refuse, `ValueError` for a
+        first seed out of range."""
+        from avert.schema import SEED_MAX
         from avert.validation import validate
 
-        validate(self.request("", "", 0, min(self.batch_size, seeds)))
+        first = self.first_seed
+        if isinstance(first, bool) or not isinstance(first, int) or not 0 <= first <= SEED_MAX - seeds + 1:
+            raise ValueError(f"first_seed: {first!r} is not allowed; must be an integer from 0 to "
+                             f"{SEED_MAX - seeds + 1} (the last seed, first_seed + seeds - 1, is at most {SEED_MAX})")
+        validate(self.request("", "", first, min(self.batch_size, seeds)))
 
     def request(self, prompt: str, negative: str, seed: int, batch: int, options: tuple = ()):
         """The request for seeds seed .. seed + batch - 1; `options` are further request fields (a method),
@@ -83,10 +90,11 @@ class Reading:
 
         return float(self.present[:, CONCEPT_INDEX[concept]].mean())
 
-    def seeds_with(self, concept: str) -> tuple[int, ...]:
+    def seeds_with(self, concept: str, first_seed: int = 0) -> tuple[int, ...]:
+        """The seeds (row index + first_seed) of the images with the concept."""
         from avert.world import CONCEPT_INDEX
 
-        return tuple(int(i) for i in np.flatnonzero(self.present[:, CONCEPT_INDEX[concept]]))
+        return tuple(first_seed + int(i) for i in np.flatnonzero(self.present[:, CONCEPT_INDEX[concept]]))
 
     def mean_rate(self, concepts: Iterable[str]) -> float:
         concepts = tuple(concepts)
@@ -113,7 +121,8 @@ def reading_from(present: np.ndarray, speckled: np.ndarray) -> Reading:
 
 
 class Renderer:
-    """Renders (prompt, negative) with seeds 0 .. n-1 in batches, each distinct pair once (cached)."""
+    """Renders (prompt, negative) with seeds s .. s+n-1 (s = settings.first_seed) in batches, each distinct pair
+    once (cached)."""
 
     def __init__(self, components, settings: Settings, runtime=None, progress: bool = True, total: int = 0,
                  desc: str = "Rendering"):
@@ -132,7 +141,7 @@ class Renderer:
             self.bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False)
 
     def images(self, prompt: str, negative: str, n: int, options: tuple = ()) -> np.ndarray:
-        """uint8 [n, H, W, 3] for seeds 0 .. n-1; `options`: further request fields (see `Settings.request`)."""
+        """uint8 [n, H, W, 3] for seeds s .. s+n-1; `options`: further request fields (see `Settings.request`)."""
         key = (prompt, negative, n, tuple(options))
         if key not in self.cache:
             self.cache[key] = self._render(key)
@@ -151,7 +160,8 @@ class Renderer:
             self.bar.set_postfix_str(f"{prompt!r} -n {negative!r}" if negative else repr(prompt))
         for start in range(0, n, self.settings.batch_size):
             batch = min(self.settings.batch_size, n - start)
-            result = generate(self.settings.request(prompt, negative, start, batch, options), self.components,
+            seed = self.settings.first_seed + start
+            result = generate(self.settings.request(prompt, negative, seed, batch, options), self.components,
                               runtime=self.runtime)
             self.warnings.extend(w for w in result.warnings if w not in self.warnings)
             chunks.extend(np.asarray(g.image.convert("RGB")) for g in result.images)
@@ -227,8 +237,10 @@ class RunInfo:
 
     def line(self, command: str) -> str:
         s = self.settings
+        first = s.first_seed
         return (f"Measured {self.day} by `{command}` on {self.machine} ({self.device}); model `{self.model_name}` "
-                f"(hash `{self.model_hash}`); seeds 0..{self.n_seeds - 1} ({self.n_seeds} images per prompt), "
+                f"(hash `{self.model_hash}`); seeds {first}..{first + self.n_seeds - 1} ({self.n_seeds} images per "
+                "prompt), "
                 f"{s.steps} steps, CFG scale {s.cfg:g}, sampler {s.sampler_name}, batch {s.batch_size}; "
                 "read by the shipped `ConceptDetector`.")
 

@@ -7,6 +7,7 @@ the negative and its mean and worst drop, UNet evaluations and seconds per image
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def evaluate_methods(methods: Sequence[Method], components, *, seeds: int, setti
         return {m.label: evaluate_pairs(pairs, components, seeds=seeds, cfg_scale=settings.cfg_scale,
                                         steps=settings.steps, sampler=settings.sampler,
                                         batch_size=settings.batch_size, progress=False, detector=detector,
-                                        runtime=runtime, method=m, renderer=renderer)
+                                        runtime=runtime, method=m, renderer=renderer,
+                                        first_seed=settings.first_seed)
                 for m in methods}
     finally:
         renderer.close()
@@ -54,8 +56,9 @@ def methods_table(table: dict[str, list[PairResult]]) -> str:
              "| UNet evals / image | saved vs first | s / image |", "|---|---|---|---|---|---|---|---|"]
     for label, rows in table.items():
         s = summary(rows)
+        saved = f"{1 - s['evals'] / base['evals']:.0%}" if base["evals"] else "n/a"  # rows without counts
         lines.append(f"| {label} | {fmt(s['suppression'])} | {s['fidelity_with']:.3f} | {s['mean_drop']:+.3f} "
-                     f"| {s['worst_drop']:+.2f} | {s['evals']:.1f} | {1 - s['evals'] / base['evals']:.0%} "
+                     f"| {s['worst_drop']:+.2f} | {s['evals']:.1f} | {saved} "
                      f"| {s['seconds']:.3f} |")
     return "\n".join(lines)
 
@@ -88,6 +91,40 @@ def target_lines(table: dict[str, list[PairResult]]) -> list[str]:
     ]
 
 
+def discordant_images(base: Sequence[PairResult], other: Sequence[PairResult]) -> tuple[int, int]:
+    """(kept, removed): images (pair, seed) where the negative's concept is there with `other` but not with
+    `base`, and the reverse. The seeds are the same, so these are the only images where the two differ."""
+    kept = removed = 0
+    for b, o in zip(base, other, strict=True):
+        if (b.prompt, b.negative, b.first_seed, b.n_seeds) != (o.prompt, o.negative, o.first_seed, o.n_seeds):
+            raise ValueError(f"rows of different pairs or seeds: {b.prompt!r}/{b.negative!r} and "
+                             f"{o.prompt!r}/{o.negative!r}")
+        with_b, with_o = set(b.seeds_with_concept_with), set(o.seeds_with_concept_with)
+        kept += len(with_o - with_b)
+        removed += len(with_b - with_o)
+    return kept, removed
+
+
+def sign_test(a: int, b: int) -> float:
+    """Two-sided exact sign (McNemar) test of a against b discordant images: the chance of a split at least
+    this uneven if either method were as likely to keep the concept, sum_{i <= min(a, b)} C(n, i) / 2^(n-1)."""
+    n = a + b
+    if n == 0:
+        return 1.0
+    return min(1.0, sum(math.comb(n, i) for i in range(min(a, b) + 1)) / 2 ** (n - 1))
+
+
+def paired_lines(table: dict[str, list[PairResult]]) -> list[str]:
+    """Each method against the first on the same images: where the negative's concept differs."""
+    labels = list(table)
+    lines = []
+    for label in labels[1:]:
+        kept, removed = discordant_images(table[labels[0]], table[label])
+        lines.append(f"- {label}: the concept stays in {kept} image(s) where {labels[0]} removed it and is removed "
+                     f"in {removed} where {labels[0]} kept it (sign test p = {sign_test(kept, removed):.2f}).")
+    return lines
+
+
 def methods_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
     return "\n".join([
         "# Negative-guidance methods compared",
@@ -103,6 +140,10 @@ def methods_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
         "",
         *target_lines(table),
         "",
+        "Against plain CFG on the same images (a p above 0.05: no difference in suppression shown):",
+        "",
+        *paired_lines(table),
+        "",
         methods_table(table),
         "",
         "## Per pair (suppression / fidelity with the negative)",
@@ -117,7 +158,7 @@ def methods_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
         "- **dynamic** (after Koulischer et al. 2025): the three-branch formula with the negative's scale times "
         "an estimate of its concept's presence, clamp(<d_c, d_n> / |d_n|^2, 0, 1) per sample and step.",
         "- **rescale 0.7** (Lin et al. 2023): CFG whose result is rescaled toward the prompt's standard "
-        "deviation, phi = 0.7.",
+        "deviation, phi = 0.7; **rescale 0.2** the same with phi = 0.2.",
         "- **negative from 20%** (Ban et al. 2024, the negative's \"delayed effect\"): plain CFG with the empty "
         "prompt as the unconditional branch for the first 20% of the run, then the negative (a `Negative` window "
         "0.2-1); same cost as cfg.",

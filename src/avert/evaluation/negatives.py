@@ -64,6 +64,7 @@ DEFAULT_METHODS: tuple[Method, ...] = (
     Method("perp-neg", (("guidance", "perp-neg"),)),
     Method("dynamic", (("guidance", "dynamic"),)),
     Method("cfg, rescale 0.7", (("guidance_rescale", 0.7),)),
+    Method("cfg, rescale 0.2", (("guidance_rescale", 0.2),)),  # nearest to CFG's suppression (2026-11-29)
     Method("cfg, negative from 20%", (("negative_window", (0.2, 1.0)),)),  # Ban et al. 2024: delayed negative
     Method("cfg, interval 0.3-0.8", (("guidance_start", 0.3), ("guidance_end", 0.8))),
     Method("cfg, sigma interval (1, 20]", (("guidance_sigma_min", 1.0), ("guidance_sigma_max", 20.0))),
@@ -163,6 +164,7 @@ class PairResult:
     method: str = "cfg"
     unet_evals_per_image: float = 0.0  # with the negative (branches x steps)
     seconds_per_image: float = 0.0  # with the negative
+    first_seed: int = 0  # the run's seeds are first_seed .. first_seed + n_seeds - 1
     seeds_with_concept_without: tuple[int, ...] = field(default=(), repr=False)
     seeds_with_concept_with: tuple[int, ...] = field(default=(), repr=False)
 
@@ -209,8 +211,9 @@ def summarize_pair(pair: Pair, without: Reading, with_: Reading, settings: Setti
         speckle_without=float(without.speckled.mean()), speckle_with=float(with_.speckled.mean()),
         n_seeds=n, cfg_scale=settings.cfg, steps=settings.steps, sampler=settings.sampler_name,
         seconds=round(seconds, 3), flags=pair_flags(r0),
-        seeds_with_concept_without=without.seeds_with(pair.concept),
-        seeds_with_concept_with=with_.seeds_with(pair.concept),
+        first_seed=settings.first_seed,
+        seeds_with_concept_without=without.seeds_with(pair.concept, settings.first_seed),
+        seeds_with_concept_with=with_.seeds_with(pair.concept, settings.first_seed),
         method=(method or Method()).label, unet_evals_per_image=round(cost[0], 2),
         seconds_per_image=round(cost[1], 4),
     )
@@ -231,8 +234,10 @@ def evaluate_pairs(
     warnings: list[str] | None = None,
     method: Method | None = None,
     renderer: Renderer | None = None,
+    first_seed: int = 0,
 ) -> list[PairResult]:
-    """Render every pair's prompt with seeds 0 .. seeds-1 without and with its negative and measure it.
+    """Render every pair's prompt with seeds first_seed .. first_seed+seeds-1 without and with its negative and
+    measure it.
 
     `model`: loaded components, a model path, or None for $AVERT_MODEL / the embedded model; `cfg_scale` and
     `sampler` None mean the request defaults. A prompt shared by several pairs is rendered without a negative
@@ -246,7 +251,8 @@ def evaluate_pairs(
     method = method or Method()
     check_seeds(seeds)
     pairs = tuple(pairs)
-    settings = Settings(steps=steps, cfg_scale=cfg_scale, sampler=sampler, batch_size=batch_size)
+    settings = Settings(steps=steps, cfg_scale=cfg_scale, sampler=sampler, batch_size=batch_size,
+                        first_seed=first_seed)
     settings.validate(seeds)  # fail fast on bad settings, before loading anything
     components = load_components(model)
     detector = load_detector(detector)
@@ -451,7 +457,7 @@ def negatives_page(results: Sequence[PairResult], info: RunInfo, figure: str | N
 def figure_seeds(result: PairResult, rows: int = FIGURE_ROWS) -> list[int]:
     """The first `rows` seeds showing the concept without the negative, padded with the lowest other seeds."""
     chosen = list(result.seeds_with_concept_without[:rows])
-    for seed in range(result.n_seeds):
+    for seed in range(result.first_seed, result.first_seed + result.n_seeds):
         if len(chosen) >= min(rows, result.n_seeds):
             break
         if seed not in chosen:

@@ -1,0 +1,98 @@
+"""Pooling evaluation runs over disjoint seed ranges: `avert eval pool FILE...`.
+
+A difference of one or two images in 64 per pair is inside seed noise, so a comparison sometimes needs more
+seeds than one run was given. `avert eval negatives|methods --first-seed S --json` renders seeds S .. S+N-1
+only, and this module merges its rows with an earlier run's rows (seeds 0 .. S-1) into the rows a single run
+over seeds 0 .. S+N-1 would have given: every rate is an image count, so the pooled rate is the mean of the
+runs' rates weighted by their seeds, and suppression = 1 - rate_with / rate_without is recomputed from the
+pooled rates (not averaged).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import fields, replace
+from pathlib import Path
+
+from avert.errors import AvertError
+from avert.evaluation.negatives import PairResult, pair_flags, suppression
+
+# Means over images, pooled weighted by n_seeds.
+POOLED_MEANS = ("rate_without", "rate_with", "fidelity_without", "fidelity_with", "well_formed_without",
+                "well_formed_with", "speckle_without", "speckle_with", "unet_evals_per_image", "seconds_per_image")
+# What must agree for two runs to be one measurement.
+SAME_SETTINGS = ("concept", "prompt_concepts", "fidelity_measure", "cfg_scale", "steps", "sampler")
+TUPLES = ("prompt_concepts", "flags", "seeds_with_concept_without", "seeds_with_concept_with")
+
+
+def rows_from_json(text: str, source: str = "JSON") -> list[PairResult]:
+    """The rows of `avert eval negatives|methods --json` output; an `AvertError` naming `source` otherwise."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AvertError(f"{source}: not JSON ({exc})") from None
+    if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+        raise AvertError(f"{source}: expected a JSON list of row objects, as `avert eval negatives --json` prints")
+    known = {f.name for f in fields(PairResult)}
+    rows = []
+    for i, row in enumerate(data):
+        try:
+            values = {k: tuple(v) if k in TUPLES else v for k, v in row.items() if k in known}
+            rows.append(PairResult(**values))
+        except TypeError as exc:
+            raise AvertError(f"{source}: row {i} is not an evaluation row ({exc})") from None
+    return rows
+
+
+def load_rows(paths: Iterable[Path]) -> list[PairResult]:
+    rows = []
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise AvertError(f"file: cannot read {str(path)!r} ({exc.strerror})") from None
+        rows.extend(rows_from_json(text, str(path)))
+    return rows
+
+
+def pool_results(rows: Sequence[PairResult]) -> list[PairResult]:
+    """One row per (method, prompt, negative), pooled over its runs in seed order (first-seen order kept).
+
+    The runs of a group must have the same settings and seed ranges that follow one another without gap or
+    overlap (0..63 then 64..127), else an `AvertError` says which."""
+    groups: dict[tuple[str, str, str], list[PairResult]] = {}
+    for row in rows:
+        groups.setdefault((row.method, row.prompt, row.negative), []).append(row)
+    return [_pool(key, sorted(runs, key=lambda r: r.first_seed)) for key, runs in groups.items()]
+
+
+def _pool(key: tuple[str, str, str], runs: list[PairResult]) -> PairResult:
+    first = runs[0]
+    name = f"{key[0]!r} / {key[1]!r} / {key[2]!r}"
+    for run in runs[1:]:
+        differ = [f for f in SAME_SETTINGS if getattr(run, f) != getattr(first, f)]
+        if differ:
+            raise AvertError(f"{name}: the runs differ in {', '.join(differ)}; only runs of the same settings pool")
+    for before, after in zip(runs, runs[1:]):
+        end = before.first_seed + before.n_seeds
+        if after.first_seed != end:
+            raise AvertError(f"{name}: seeds {before.first_seed}..{end - 1} are followed by seeds "
+                             f"{after.first_seed}..{after.first_seed + after.n_seeds - 1}; the ranges must follow "
+                             "one another without gap or overlap")
+    n = sum(r.n_seeds for r in runs)
+    means = {f: sum(getattr(r, f) * r.n_seeds for r in runs) / n for f in POOLED_MEANS}
+    return replace(
+        first, **means, n_seeds=n, seconds=round(sum(r.seconds for r in runs), 3),
+        suppression=suppression(means["rate_without"], means["rate_with"]), flags=pair_flags(means["rate_without"]),
+        seeds_with_concept_without=tuple(s for r in runs for s in r.seeds_with_concept_without),
+        seeds_with_concept_with=tuple(s for r in runs for s in r.seeds_with_concept_with),
+    )
+
+
+def by_method(rows: Sequence[PairResult]) -> dict[str, list[PairResult]]:
+    """label -> rows, in first-seen order (the shape of `avert.evaluation.methods.evaluate_methods`)."""
+    table: dict[str, list[PairResult]] = {}
+    for row in rows:
+        table.setdefault(row.method, []).append(row)
+    return table
