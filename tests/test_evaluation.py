@@ -423,6 +423,9 @@ def test_eval_pool_names_a_bad_file(tmp_path, capsys):
     bad.write_text('[{"prompt": "x"}]')
     assert main(["eval", "pool", str(bad)]) == 2
     assert "row 0 is not an evaluation row" in capsys.readouterr().err
+    bad.write_text(results_json([row(rate_with="many")]))
+    assert main(["eval", "pool", str(bad)]) == 2
+    assert "row 0 has a bad value in rate_with" in capsys.readouterr().err
 
 
 def test_eval_methods_only_picks_methods_by_label(capsys):

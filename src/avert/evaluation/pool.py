@@ -42,7 +42,16 @@ def rows_from_json(text: str, source: str = "JSON") -> list[PairResult]:
             rows.append(PairResult(**values))
         except TypeError as exc:
             raise AvertError(f"{source}: row {i} is not an evaluation row ({exc})") from None
+        bad = [f for f in (*POOLED_MEANS, "n_seeds", "first_seed") if not _number(values.get(f, 0))]
+        bad += [f for f in TUPLES[2:] if not all(isinstance(s, int) for s in values.get(f, ()))]
+        if bad or not values.get("n_seeds", 0) > 0:
+            raise AvertError(f"{source}: row {i} has a bad value in {', '.join(bad) or 'n_seeds'} "
+                             "(numbers, a positive n_seeds and lists of integer seeds are expected)")
     return rows
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def load_rows(paths: Iterable[Path]) -> list[PairResult]:
