@@ -472,3 +472,13 @@ def test_a_later_seed_range_renders_the_same_images_as_the_tail_of_a_longer_run(
     assert tail.shape == (2, *whole.shape[1:])
     np.testing.assert_array_equal(tail, whole[2:])
     assert not np.array_equal(tail, whole[:2])
+
+
+def test_a_renderer_of_another_seed_range_is_refused_before_loading():
+    from types import SimpleNamespace
+
+    from avert.evaluation.negatives import evaluate_pairs
+
+    renderer = SimpleNamespace(settings=Settings(first_seed=64))
+    with pytest.raises(ValueError, match="first_seed: 0 but the renderer given renders from seed 64"):
+        evaluate_pairs([pair_from_texts("an orchard", "trees")], "no/such/model", seeds=2, renderer=renderer)

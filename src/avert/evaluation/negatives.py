@@ -254,6 +254,9 @@ def evaluate_pairs(
     settings = Settings(steps=steps, cfg_scale=cfg_scale, sampler=sampler, batch_size=batch_size,
                         first_seed=first_seed)
     settings.validate(seeds)  # fail fast on bad settings, before loading anything
+    if renderer is not None and renderer.settings.first_seed != first_seed:
+        raise ValueError(f"first_seed: {first_seed} but the renderer given renders from seed "
+                         f"{renderer.settings.first_seed}; pass the same first seed to both")
     components = load_components(model)
     detector = load_detector(detector)
     jobs = {(p.prompt, "") for p in pairs} | {(p.prompt, p.negative) for p in pairs}
