@@ -23,30 +23,25 @@ MAX_SEEDS = 1024  # == avert.evaluation.common.MAX_SEEDS (not imported: that mod
 DEFAULT_SEEDS = 64
 
 
-def seeds_type(text: str) -> int:
-    """argparse type for --seeds: an integer from 1 to MAX_SEEDS, else a message naming the value."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or not 1 <= value <= MAX_SEEDS:
-        raise argparse.ArgumentTypeError(f"seeds: {text!r} is not allowed; must be an integer from 1 to {MAX_SEEDS}")
-    return value
+def _bounded_int(name: str, low: int, high: int):
+    """argparse type: an integer from low to high, else a message naming the field and the value."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not allowed; "
+                                             f"must be an integer from {low} to {high}")
+        return value
+
+    convert.__name__ = name
+    return convert
 
 
 FIRST_SEED_MAX = 2**32 - MAX_SEEDS  # so that the last seed stays under avert.schema.SEED_MAX
-
-
-def first_seed_type(text: str) -> int:
-    """argparse type for --first-seed: an integer from 0 to FIRST_SEED_MAX, else a message naming the value."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 <= value <= FIRST_SEED_MAX:
-        raise argparse.ArgumentTypeError(f"first_seed: {text!r} is not allowed; must be an integer from 0 to "
-                                         f"{FIRST_SEED_MAX}")
-    return value
+seeds_type = _bounded_int("seeds", 1, MAX_SEEDS)
+first_seed_type = _bounded_int("first_seed", 0, FIRST_SEED_MAX)
 
 
 def _number(kind, name: str):
