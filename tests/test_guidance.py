@@ -324,7 +324,7 @@ def test_a_guidance_distilled_model_is_named_in_a_warning(tiny):
     (["--clip-skip", "0"], "clip_skip: 0 is not allowed; must be an integer from 1 to 12"),
     (["--emphasis", "loud"], "emphasis: 'loud' is not allowed; must be one of: Original, No norm"),
     (["--negative-scale", "-1"], "negative_scale: -1.0 is not allowed; must be a number from 0 to 30"),
-    (["--guidance", "nag"], "guidance: 'nag' is not allowed; must be one of: cfg, perp-neg, dynamic"),
+    (["--guidance", "nag"], "guidance: 'nag' is not allowed; must be one of: cfg, apg, perp-neg, dynamic"),
     (["--guidance-rescale", "2"], "guidance_rescale: 2.0 is not allowed; must be a number from 0 to 1"),
     (["--guidance-sigma-min", "5", "--guidance-sigma-max", "2"], "guidance_sigma_min: 5.0 is not allowed"),
     (["--s-min-uncond", "-3"], "s_min_uncond: -3.0 is not allowed; must be a number from 0 to 1000"),

@@ -55,6 +55,9 @@ class GenerationRequest:
     batch_size: int = 1
     negative_scale: float | None = None
     guidance: str = "cfg"
+    apg_eta: float = 0.0
+    apg_norm_threshold: float = 0.0
+    apg_momentum: float = 0.0
     guidance_rescale: float = 0.0
     guidance_start: float = 0.0
     guidance_end: float = 1.0

@@ -74,7 +74,7 @@ def _size_param(name: str, short: str) -> Param:
     )
 
 
-GUIDANCE_METHODS = ("cfg", "perp-neg", "dynamic")
+GUIDANCE_METHODS = ("cfg", "apg", "perp-neg", "dynamic")
 EMPHASIS_MODES = ("Original", "No norm")
 SIGMA_MAX = 1000.0
 
@@ -95,9 +95,15 @@ PARAMS: tuple[Param, ...] = (
     Param("negative_scale", float, None, "strength of the negatives apart from the prompt's; when it differs "
           "from cfg_scale: e = e_0 + w (e_c - e_0) - w_n sum_i l_i (e_ni - e_0) (default: same as cfg_scale)",
           "--negative-scale", low=lambda l: 0.0, high=lambda l: l.max_cfg_scale),
-    Param("guidance", str, "cfg", "how the negatives steer: cfg, perp-neg (Armandpour et al. 2023), dynamic "
-          "(strength follows the estimated presence of each negative concept)", "--guidance",
-          choices=GUIDANCE_METHODS),
+    Param("guidance", str, "cfg", "how the negatives steer: cfg, apg (adaptive projected guidance, Sadat et al. "
+          "2025, on denoised predictions), perp-neg (Armandpour et al. 2023), dynamic (strength follows the "
+          "estimated presence of each negative concept)", "--guidance", choices=GUIDANCE_METHODS),
+    Param("apg_eta", float, 0.0, "apg: weight of the guidance update's part parallel to the prompt's denoised "
+          "prediction (0 drops it, 1 keeps it as CFG does)", "--apg-eta", low=lambda l: -10.0, high=lambda l: 10.0),
+    Param("apg_norm_threshold", float, 0.0, "apg: cap on the norm of the update D_c - D_u per image, in pixel or "
+          "latent units (0: no cap)", "--apg-norm-threshold", low=lambda l: 0.0, high=lambda l: 1000.0),
+    Param("apg_momentum", float, 0.0, "apg: momentum beta of the running update m <- d + beta m (0: off; the "
+          "paper uses negative values)", "--apg-momentum", low=lambda l: -5.0, high=lambda l: 1.0),
     Param("guidance_rescale", float, 0.0, "guidance rescale phi (Lin et al. 2023): 0 off, 0.7 typical",
           "--guidance-rescale", low=lambda l: 0.0, high=lambda l: 1.0),
     Param("guidance_start", float, 0.0, "guidance applies from this fraction of the run on", "--guidance-start",

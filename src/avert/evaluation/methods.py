@@ -157,6 +157,9 @@ def methods_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
         "of e_ni - e_0 orthogonal to d_c = e_c - e_0, per sample; three branches.",
         "- **dynamic** (after Koulischer et al. 2025): the three-branch formula with the negative's scale times "
         "an estimate of its concept's presence, clamp(<d_c, d_n> / |d_n|^2, 0, 1) per sample and step.",
+        "- **apg** (Sadat et al. 2025, adaptive projected guidance): on denoised predictions D, the update "
+        "d = D_c - D_n split into its parts along D_c and orthogonal to it, D = D_c + (w - 1) d_perp (eta 0: the "
+        "parallel part dropped; no norm cap, no momentum); two branches, as cfg.",
         "- **rescale 0.7** (Lin et al. 2023): CFG whose result is rescaled toward the prompt's standard "
         "deviation, phi = 0.7; **rescale 0.2** the same with phi = 0.2.",
         "- **negative from 20%** (Ban et al. 2024, the negative's \"delayed effect\"): plain CFG with the empty "

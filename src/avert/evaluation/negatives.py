@@ -63,6 +63,7 @@ DEFAULT_METHODS: tuple[Method, ...] = (
     Method("cfg"),
     Method("perp-neg", (("guidance", "perp-neg"),)),
     Method("dynamic", (("guidance", "dynamic"),)),
+    Method("apg", (("guidance", "apg"),)),  # Sadat et al. 2025 with avert's defaults: eta 0, no cap, no momentum
     Method("cfg, rescale 0.7", (("guidance_rescale", 0.7),)),
     Method("cfg, rescale 0.2", (("guidance_rescale", 0.2),)),  # nearest to CFG's suppression (2026-11-29)
     Method("cfg, negative from 20%", (("negative_window", (0.2, 1.0)),)),  # Ban et al. 2024: delayed negative

@@ -122,3 +122,58 @@ def rescale(guided: torch.Tensor, positive: torch.Tensor, phi: float) -> torch.T
     dims = tuple(range(1, guided.ndim))
     ratio = positive.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
     return phi * (guided * ratio) + (1 - phi) * guided
+
+
+def denoised(x: torch.Tensor, output: torch.Tensor, sigma: float, prediction_type: str) -> torch.Tensor:
+    """The model's estimate of the clean sample D = x_0 from its output, at noise level sigma.
+
+    `x` is the model input in variance-preserving form, x = (x_0 + sigma e) / sqrt(1 + sigma^2) (what every
+    scheduler's `scale_model_input` hands the model); then, as diffusers' schedulers compute
+    `pred_original_sample`: epsilon: D = sqrt(1 + sigma^2) x - sigma e; v_prediction: D = (x - sigma v) /
+    sqrt(1 + sigma^2); sample: D = the output itself.
+    """
+    a, b = _denoised_coefficients(sigma, prediction_type)
+    return a * x + b * output
+
+
+def from_denoised(x: torch.Tensor, d: torch.Tensor, sigma: float, prediction_type: str) -> torch.Tensor:
+    """The model output whose `denoised` estimate is d (the inverse of `denoised` at the same x and sigma)."""
+    a, b = _denoised_coefficients(sigma, prediction_type)
+    return (d - a * x) / b
+
+
+def _denoised_coefficients(sigma: float, prediction_type: str) -> tuple[float, float]:
+    """(a, b) with D = a x + b output; sigma must be above 0 unless the output is the sample itself."""
+    root = (1.0 + sigma * sigma) ** 0.5
+    if prediction_type == "epsilon":
+        return root, -sigma
+    if prediction_type == "v_prediction":
+        return 1.0 / root, -sigma / root
+    if prediction_type == "sample":
+        return 0.0, 1.0
+    raise ValueError(f"prediction_type {prediction_type!r}: must be epsilon, v_prediction or sample")
+
+
+def apg(cond: torch.Tensor, uncond: torch.Tensor, scale: float, eta: float = 0.0, norm_threshold: float = 0.0,
+        momentum: float = 0.0, running: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive projected guidance (Sadat, Hilliges & Weber, "Eliminating Oversaturation and Artifacts of High
+    Guidance Scales in Diffusion Models", ICLR 2025, Algorithm 1), on denoised predictions D, per sample:
+
+        d = D_c - D_u;  with momentum beta: m <- d + beta m, d = m (m starts at 0);
+        d <- d min(1, r / |d|)   (norm threshold r > 0; off at 0);
+        d_par = (<d, D_c> / |D_c|^2) D_c,  d_perp = d - d_par;
+        D = D_c + (w - 1) (d_perp + eta d_par).
+
+    The parallel part mostly raises saturation; eta = 0 drops it. With eta = 1, r = 0, beta = 0 this is
+    CFG, D_u + w (D_c - D_u). Returns the guided D and the running average to pass to the next step.
+    """
+    d = cond - uncond
+    if momentum != 0.0:
+        d = d if running is None else d + momentum * running
+    running = d
+    dims = tuple(range(1, d.ndim))
+    if norm_threshold > 0.0:
+        norm = d.norm(p=2, dim=dims, keepdim=True)
+        d = d * torch.clamp(norm_threshold / norm.clamp_min(torch.finfo(d.dtype).tiny), max=1.0)
+    parallel = d - perpendicular(d.double(), cond.double()).to(d.dtype)
+    return cond + (scale - 1.0) * (d - parallel + eta * parallel), running

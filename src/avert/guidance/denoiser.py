@@ -43,7 +43,7 @@ class Denoiser:
     autocast_dtype: torch.dtype | None = None
     count: EvaluationCount = field(default_factory=EvaluationCount)
     _batched: dict = field(default_factory=dict, repr=False)  # (branches, states) -> batched hidden states
-    _correction: dict = field(default_factory=dict, repr=False)  # "last": the last guided e - e_c (reuse)
+    _memory: dict = field(default_factory=dict, repr=False)  # per run: "correction" (reuse), "apg" (momentum)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, timestep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
@@ -56,7 +56,7 @@ class Denoiser:
         self.count.samples += out.shape[0]
         self.count.branches += len(names)
         predictions = dict(zip(names, out.to(x.dtype).chunk(len(names))))
-        combined = self.guidance.combine(predictions, ctx)
+        combined = self.guidance.combine(predictions, ctx, x, self._memory)
         if self.guidance.interval.reuse:
             return self._reuse(combined, predictions[prompt_branch(0)], ctx)
         return combined
@@ -64,9 +64,9 @@ class Denoiser:
     def _reuse(self, combined: torch.Tensor, positive: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """Remember a guided evaluation's correction; add the last one where guidance is skipped."""
         if self.guidance.guided(ctx):
-            self._correction["last"] = combined - positive
+            self._memory["correction"] = combined - positive
             return combined
-        last = self._correction.get("last")
+        last = self._memory.get("correction")
         return combined if last is None else f.reuse_correction(combined, last)
 
     def hidden_states(self, names: tuple[Branch, ...], step: int, rows: int) -> torch.Tensor:

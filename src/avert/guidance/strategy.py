@@ -96,8 +96,18 @@ class Interval:
         return not (skip and (self.s_min_uncond_all or ctx.index % 2 == 1))
 
 
+@dataclass(frozen=True)
+class Projection:
+    """Options of adaptive projected guidance (`avert.guidance.cfg.apg`): eta, the weight of the update's part
+    parallel to the prompt's denoised prediction; the norm threshold r (0: off); the momentum beta (0: off)."""
+
+    eta: float = 0.0
+    norm_threshold: float = 0.0
+    momentum: float = 0.0
+
+
 Combine = Callable[..., torch.Tensor]
-METHODS: dict[str, Combine] = {"perp-neg": f.perp_neg, "dynamic": f.dynamic_negative}  # and "cfg", below
+METHODS: dict[str, Combine] = {"perp-neg": f.perp_neg, "dynamic": f.dynamic_negative}  # "cfg", "apg": below
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,9 @@ class Guidance:
 
     cfg with negative_scale None (= scale): e_u = (1 - sum l_i) e_0 + sum l_i e_ni, e = e_u + w sum_k a_k
     (e_ck - e_u) -- one negative of weight 1 is plain CFG, term for term. cfg with a different negative_scale,
-    perp-neg and dynamic use e_0 and the formulas in `avert.guidance.cfg`.
+    perp-neg and dynamic use e_0 and the formulas in `avert.guidance.cfg`. apg takes the same e_u as cfg and
+    guides on denoised predictions (`projection` holds its options; `prediction_type` says what the model
+    outputs, as in the scheduler config); it needs the sample x and a per-run memory for its momentum.
     """
 
     scale: float
@@ -116,6 +128,8 @@ class Guidance:
     negatives: tuple[Term, ...] = (Term(),)
     rescale: float = 0.0
     interval: Interval = Interval()
+    projection: Projection = Projection()
+    prediction_type: str = "epsilon"
 
     @property
     def w_n(self) -> float:
@@ -125,11 +139,17 @@ class Guidance:
     def plain_cfg(self) -> bool:
         return self.method == "cfg" and self.w_n == self.scale
 
+    @property
+    def cfg_branches(self) -> bool:
+        """Guided by e_u and the prompt alone (e_0 only where the negatives' weights leave a share for it):
+        plain cfg, and apg (which always guides with the one scale w)."""
+        return self.plain_cfg or self.method == "apg"
+
     def active_negatives(self, ctx: StepContext) -> tuple[int, ...]:
         return tuple(i for i, t in enumerate(self.negatives) if t.active(ctx.fraction) and t.weight != 0.0)
 
     def guided(self, ctx: StepContext) -> bool:
-        if self.plain_cfg and self.scale * sum(self.prompt_weights) == 1.0 and len(self.prompt_weights) == 1:
+        if self.cfg_branches and self.scale * sum(self.prompt_weights) == 1.0 and len(self.prompt_weights) == 1:
             return False  # e = e_c exactly: the negative cannot matter
         return self.interval.applies(ctx)
 
@@ -139,10 +159,13 @@ class Guidance:
             return prompts
         active = self.active_negatives(ctx)
         weights = sum(self.negatives[i].weight for i in active)
-        needs_empty = not self.plain_cfg or not active or weights != 1.0
+        needs_empty = not self.cfg_branches or not active or weights != 1.0
         return tuple(negative_branch(i) for i in active) + ((EMPTY,) if needs_empty else ()) + prompts
 
-    def combine(self, predictions: Mapping[Branch, torch.Tensor], ctx: StepContext) -> torch.Tensor:
+    def combine(self, predictions: Mapping[Branch, torch.Tensor], ctx: StepContext, x: torch.Tensor | None = None,
+                memory: dict | None = None) -> torch.Tensor:
+        """The guided prediction of one evaluation; `x` (the model input) and `memory` (a dict kept for the
+        run, one per denoiser) are needed by apg only."""
         prompts = [predictions[prompt_branch(k)] for k in range(len(self.prompt_weights))]
         if not self.guided(ctx):  # the prompt alone: e_c, or A1111's AND sum around the first part
             return prompts[0] if len(prompts) == 1 else f.composable_cfg(prompts, self.prompt_weights, prompts[0], 1.0)
@@ -150,7 +173,9 @@ class Guidance:
         negatives = [predictions[negative_branch(i)] for i in active]
         weights = [self.negatives[i].weight for i in active]
         empty = predictions.get(EMPTY)
-        if self.plain_cfg:
+        if self.method == "apg":
+            guided = self._apg(prompts, f.unconditional(empty, negatives, weights), ctx, x, memory)
+        elif self.plain_cfg:
             uncond = f.unconditional(empty, negatives, weights)
             guided = f.composable_cfg(prompts, self.prompt_weights, uncond, self.scale)
         elif self.method == "cfg":
@@ -161,6 +186,18 @@ class Guidance:
             guided = METHODS[self.method](empty, direction, negatives, weights, self.scale, self.w_n)
         return f.rescale(guided, prompts[0], self.rescale)
 
+    def _apg(self, prompts: list[torch.Tensor], uncond: torch.Tensor, ctx: StepContext, x: torch.Tensor | None,
+             memory: dict | None) -> torch.Tensor:
+        """APG on D = denoised(output); the prompt side is e_u + sum_k a_k (e_ck - e_u) (e_c for one part)."""
+        if x is None or memory is None:
+            raise ValueError("apg needs the model input x and a per-run memory")
+        single = len(prompts) == 1 and self.prompt_weights[0] == 1.0
+        cond = prompts[0] if single else f.composable_cfg(prompts, self.prompt_weights, uncond, 1.0)
+        d_c, d_u = (f.denoised(x, e, ctx.sigma, self.prediction_type) for e in (cond, uncond))
+        p = self.projection
+        guided, memory["apg"] = f.apg(d_c, d_u, self.scale, p.eta, p.norm_threshold, p.momentum, memory.get("apg"))
+        return f.from_denoised(x, guided, ctx.sigma, self.prediction_type)
+
 
 def method_names() -> tuple[str, ...]:
-    return ("cfg",) + tuple(METHODS)
+    return ("cfg", "apg") + tuple(METHODS)

@@ -35,6 +35,9 @@ def infotext(request: GenerationRequest, seed: int, model: ModelSource) -> str:
 EXTRA_KEYS = {
     "negative_scale": ("Negative scale", float),
     "guidance": ("Guidance", str),
+    "apg_eta": ("APG eta", float),
+    "apg_norm_threshold": ("APG norm threshold", float),
+    "apg_momentum": ("APG momentum", float),
     "guidance_rescale": ("Guidance rescale", float),
     "guidance_start": ("Guidance start", float),
     "guidance_end": ("Guidance end", float),
