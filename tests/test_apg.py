@@ -77,6 +77,14 @@ def test_denoised_is_the_schedulers_pred_original_sample(prediction_type):
                           atol=1e-4)
 
 
+def test_denoised_at_zero_terminal_snr_is_minus_v_and_refused_for_epsilon():
+    inf = float("inf")
+    assert torch.equal(f.denoised(X, D_C, inf, "v_prediction"), -D_C)
+    assert torch.allclose(f.from_denoised(X, -D_C, inf, "v_prediction"), D_C)
+    with pytest.raises(ValueError, match="zero SNR"):
+        f.denoised(X, D_C, inf, "epsilon")
+
+
 def test_denoised_refuses_an_unknown_prediction_type():
     with pytest.raises(ValueError, match="prediction_type 'flow'"):
         f.denoised(X, D_C, 1.0, "flow")

@@ -96,7 +96,7 @@ def _apg_problems(request: GenerationRequest) -> list[FieldProblem]:
         return [FieldProblem(name, getattr(request, name), "applies only with guidance apg (leave it at "
                              f"{getattr(defaults, name)} for guidance {request.guidance})")
                 for name in ("apg_eta", "apg_norm_threshold", "apg_momentum")
-                if getattr(request, name) != getattr(defaults, name)]
+                if _has_type(getattr(request, name), float) and getattr(request, name) != getattr(defaults, name)]
     if request.negative_scale is not None and request.negative_scale != request.cfg_scale:
         return [FieldProblem("negative_scale", request.negative_scale, "must be left unset with guidance apg, which "
                              "guides prompt and negatives with cfg_scale alone")]

@@ -7,6 +7,7 @@ Tensors are [batch, C, H, W]; per-sample quantities reduce over every dim but th
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -139,16 +140,22 @@ def denoised(x: torch.Tensor, output: torch.Tensor, sigma: float, prediction_typ
 def from_denoised(x: torch.Tensor, d: torch.Tensor, sigma: float, prediction_type: str) -> torch.Tensor:
     """The model output whose `denoised` estimate is d (the inverse of `denoised` at the same x and sigma)."""
     a, b = _denoised_coefficients(sigma, prediction_type)
+    if b == 0.0:
+        raise ValueError(f"at sigma {sigma:g} the denoised estimate does not depend on the model output")
     return (d - a * x) / b
 
 
 def _denoised_coefficients(sigma: float, prediction_type: str) -> tuple[float, float]:
-    """(a, b) with D = a x + b output; sigma must be above 0 unless the output is the sample itself."""
-    root = (1.0 + sigma * sigma) ** 0.5
+    """(a, b) with D = a x + b output, from sqrt(alpha_bar) = 1 / sqrt(1 + sigma^2) and sqrt(1 - alpha_bar)
+    = sigma / sqrt(1 + sigma^2), written so that sigma = inf (zero terminal SNR) stays finite for v and x_0."""
+    signal = 1.0 / math.sqrt(1.0 + sigma * sigma)
+    noise = 1.0 / math.sqrt(1.0 + 1.0 / (sigma * sigma)) if sigma > 0 else 0.0
     if prediction_type == "epsilon":
-        return root, -sigma
+        if signal == 0.0:
+            raise ValueError("an epsilon-prediction model has no denoised estimate at sigma = inf (zero SNR)")
+        return 1.0 / signal, -noise / signal
     if prediction_type == "v_prediction":
-        return 1.0 / root, -sigma / root
+        return signal, -noise
     if prediction_type == "sample":
         return 0.0, 1.0
     raise ValueError(f"prediction_type {prediction_type!r}: must be epsilon, v_prediction or sample")
