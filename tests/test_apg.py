@@ -46,7 +46,7 @@ def test_with_eta_zero_the_update_has_no_part_along_the_prompt():
 def test_the_norm_threshold_caps_the_update_per_image():
     guided, _ = f.apg(D_C, D_U, 7.0, eta=1.0, norm_threshold=2.0)
     norms = (guided - D_C).flatten(1).norm(dim=1)
-    assert torch.allclose(norms, torch.full((2,), 6.0 * 2.0), atol=1e-4)  # |D_c - D_u| is about 11 here
+    assert torch.allclose(norms, torch.full((2,), 6.0 * 2.0), atol=1e-4)  # |D_c - D_u| is about 20 here
     loose, _ = f.apg(D_C, D_U, 7.0, eta=1.0, norm_threshold=1000.0)
     assert torch.allclose(loose, f.cfg(D_C, D_U, 7.0), atol=1e-5)
 
