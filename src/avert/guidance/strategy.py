@@ -173,11 +173,10 @@ class Guidance:
         negatives = [predictions[negative_branch(i)] for i in active]
         weights = [self.negatives[i].weight for i in active]
         empty = predictions.get(EMPTY)
-        if self.method == "apg":
-            guided = self._apg(prompts, f.unconditional(empty, negatives, weights), ctx, x, memory)
-        elif self.plain_cfg:
+        if self.cfg_branches:
             uncond = f.unconditional(empty, negatives, weights)
-            guided = f.composable_cfg(prompts, self.prompt_weights, uncond, self.scale)
+            guided = (self._apg(prompts, uncond, ctx, x, memory) if self.method == "apg"
+                      else f.composable_cfg(prompts, self.prompt_weights, uncond, self.scale))
         elif self.method == "cfg":
             direction = f.prompt_direction(prompts, self.prompt_weights, empty)
             guided = f.separate_scales(empty, direction, negatives, weights, self.scale, self.w_n)
