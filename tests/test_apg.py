@@ -213,3 +213,22 @@ def test_the_schema_offers_exactly_the_methods_the_strategy_knows():
     from avert.schema import GUIDANCE_METHODS
 
     assert set(GUIDANCE_METHODS) == set(method_names())
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--apg-eta", "11"], "apg_eta: 11.0 is not allowed; must be a number from -10 to 10"),
+    (["--apg-norm-threshold", "-1"], "apg_norm_threshold: -1.0 is not allowed; must be a number from 0 to 1000"),
+    (["--apg-momentum", "2"], "apg_momentum: 2.0 is not allowed; must be a number from -5 to 1"),
+    (["--apg-momentum", "abc"], "apg_momentum"),
+])
+def test_cli_refuses_out_of_range_apg_options_by_name(flags, message, capsys, tmp_path):
+    from avert.cli import main
+
+    try:
+        code = main(["generate", "a house", "-n", "trees", "--guidance", "apg", "-q", "-o", str(tmp_path / "x.png"),
+                     *flags])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
