@@ -292,6 +292,44 @@ def test_method_flags_make_a_labelled_method():
     assert dict(method.options) == {"guidance": "perp-neg", "guidance_end": 0.5, "s_min_uncond_all": True}
 
 
+def test_method_cfg_scale_sets_the_scale_of_the_renders_with_the_negative_only():
+    from avert.evaluation.cli import method_from_args
+
+    args = build_parser().parse_args(["eval", "negatives", "--guidance-rescale", "0.5", "--method-cfg-scale", "8"])
+    method = method_from_args(args)
+    assert method.label == "cfg, guidance_rescale 0.5, cfg_scale 8"
+    settings = Settings(steps=10)  # the baseline's scale: the default, 7
+    assert settings.request("a house", "red", 0, 1, method.options).cfg_scale == 8.0
+    assert settings.request("a house", "", 0, 1, ()).cfg_scale == 7.0
+
+
+@pytest.mark.parametrize("value", ["40", "-1", "strong"])
+def test_method_cfg_scale_out_of_range_is_refused_by_name(value, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "negatives", "--method-cfg-scale", value])
+    assert f"method_cfg_scale: {value!r} is not allowed; must be a number" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_method_at_its_own_scale_shares_the_plain_cfg_baseline():
+    from avert.api import load
+    from avert.evaluation.common import Renderer
+    from avert.evaluation.negatives import Method, evaluate_pairs
+    from avert.models.default import EMBEDDED_MODEL
+
+    model = load(EMBEDDED_MODEL)
+    pair = pair_from_texts("a day scene", "sun")
+    renderer = Renderer(model, Settings(steps=4, batch_size=2), progress=False)
+    plain, scaled = (evaluate_pairs([pair], model, seeds=2, steps=4, batch_size=2, progress=False, method=m,
+                                    renderer=renderer)[0]
+                     for m in (Method(), Method("cfg 3", (("cfg_scale", 3.0),))))
+    assert (plain.rate_without, plain.seeds_with_concept_without) == (scaled.rate_without,
+                                                                      scaled.seeds_with_concept_without)
+    with_plain = renderer.images(pair.prompt, pair.negative, 2)
+    with_scaled = renderer.images(pair.prompt, pair.negative, 2, (("cfg_scale", 3.0),))
+    assert np.abs(with_plain.astype(int) - with_scaled.astype(int)).mean() > 1  # the scale reached the renders
+
+
 def test_negative_window_option_puts_the_negative_in_a_window():
     from avert.cli import build_parser
     from avert.evaluation.cli import method_from_args

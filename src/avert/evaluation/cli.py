@@ -1,7 +1,7 @@
 """The `avert eval` subcommand: its flags (added to avert's parser) and what it runs.
 
     avert eval negatives [--model PATH] [--seeds N] [--first-seed S] [--pair PROMPT NEGATIVE]... [--method M]
-                         [guidance options] [--cfg-scale F] [--steps N]
+                         [guidance options] [--method-cfg-scale F] [--cfg-scale F] [--steps N]
                          [--sampler NAME] [--batch-size N] [--device D] [--threads N] [--json] [--docs DIR] [-q]
     avert eval methods   [--only LABEL]... [--first-seed S] [same flags as negatives, without --pair/--method]
     avert eval pool FILE... [--json]
@@ -51,6 +51,23 @@ def _number(kind, name: str):
         except ValueError:
             wanted = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"{name}: {text!r} is not allowed; must be {wanted}")
+
+    convert.__name__ = name
+    return convert
+
+
+def _schema_number(field: str, name: str):
+    """argparse type: a value the request schema allows for `field` (default limits), reported as `name`."""
+    def convert(text: str):
+        from avert.schema import PARAMS_BY_NAME, Limits
+        from avert.validation import check_field
+
+        param = PARAMS_BY_NAME[field]
+        value = _number(param.type, name)(text)
+        if check_field(param, value, Limits()) is not None:
+            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not allowed; "
+                                             f"{param.describe_allowed(Limits())}")
+        return value
 
     convert.__name__ = name
     return convert
@@ -131,6 +148,11 @@ def _method_flags(parser) -> None:
     parser.add_argument("--negative-window", type=window_arg, default=None, metavar="START:END",
                         help="the negative acts only in this fraction of the run, e.g. 0.2:1 (before it: plain CFG "
                         "against the empty prompt)")
+    parser.add_argument("--method-cfg-scale", type=_schema_number("cfg_scale", "method_cfg_scale"), default=None,
+                        metavar="F",
+                        help="cfg scale of the renders with the negative only; the renders without it keep "
+                        "--cfg-scale, so a method at its own scale is compared with the same baseline "
+                        "(default: --cfg-scale)")
 
 
 def method_from_args(args):
@@ -142,6 +164,8 @@ def method_from_args(args):
         options = (("guidance", args.method),) + options
     if getattr(args, "negative_window", None) is not None:
         options += (("negative_window", args.negative_window),)
+    if getattr(args, "method_cfg_scale", None) is not None:
+        options += (("cfg_scale", args.method_cfg_scale),)
     label = ", ".join([args.method] + [_option_label(n, v) for n, v in options if n != "guidance"])
     return Method(label, options)
 
