@@ -155,6 +155,16 @@ def test_console_script_runs(tiny_folder, tmp_path):
     assert (tmp_path / "a.png").exists()
 
 
+def test_help_and_bad_flags_answer_without_loading_torch_or_diffusers():
+    """The parser reads every choice (samplers, methods) from the schema, which must not pull in diffusers
+    (about 7 s of imports on a 2-core machine) just to print help or refuse a flag."""
+    script = ("import sys; from avert.cli import build_parser; build_parser().format_help(); "
+              "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_png_written_by_save_png_keeps_the_image(tmp_path):
     image = Image.new("RGB", (4, 4), (10, 200, 30))
     save_png(image, tmp_path / "x.png", "p", {"a": 1})

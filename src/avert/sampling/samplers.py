@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import diffusers
-
 
 @dataclass(frozen=True)
 class SamplerSpec:
@@ -25,6 +23,8 @@ class SamplerSpec:
 
     def build(self, base_config: dict, seed: int) -> Any:
         """A fresh scheduler for one image (schedulers hold per-run state, so one per image)."""
+        import diffusers  # here, not at the top: the CLI's parser reads SAMPLER_NAMES without loading diffusers
+
         cls = getattr(diffusers, self.scheduler)
         options = dict(self.options)
         if self.seeded_noise_sampler:
