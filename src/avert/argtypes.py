@@ -31,3 +31,20 @@ def window_arg(text: str) -> tuple[float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(str(FieldProblem("negative_window", text,
                                                           "must be START:END, two numbers from 0 to 1"))) from None
+
+
+def bounded(name: str, kind: type, low: float, high: float):
+    """An argparse type for a number option outside the request schema, with the schema's wording of errors."""
+    noun = "an integer" if kind is int else "a number"
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(str(FieldProblem(name, text, f"must be {noun} from {low} to {high}")))
+        return value
+
+    convert.__name__ = name
+    return convert

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from avert.argtypes import device_arg, window_arg
+from avert.argtypes import bounded, device_arg, window_arg
 from avert.errors import AvertError, FieldProblem, ValidationError
 from avert.schema import PARAMS, Limits, Param
 
@@ -78,15 +78,15 @@ def _train_parser(sub) -> None:
               "checkpoint_every": (1, 10**7), "decay_from": (0, 10**7)}
     helps = {"decay_from": "from this step the learning rate falls linearly to 5%% at --steps; 0: no decay"}
     for name, (low, high) in bounds.items():
-        p.add_argument("--" + name.replace("_", "-"), type=_bounded(name, int, low, high),
+        p.add_argument("--" + name.replace("_", "-"), type=bounded(name, int, low, high),
                        default=getattr(defaults, name),
                        help=f"{helps.get(name, '')} (default: {getattr(defaults, name)})".strip())
-    p.add_argument("--lr", type=_bounded("lr", float, 1e-7, 1.0), default=defaults.lr,
+    p.add_argument("--lr", type=bounded("lr", float, 1e-7, 1.0), default=defaults.lr,
                    help=f"learning rate (default: {defaults.lr})")
     p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
                    help="bf16 autocast or fp32; auto: bf16 where the CPU has native bf16 (AVX-512 bf16, AMX), "
                    "else fp32 (default: auto)")
-    p.add_argument("--threads", type=_bounded("threads", int, 1, 256), default=None,
+    p.add_argument("--threads", type=bounded("threads", int, 1, 256), default=None,
                    help="torch threads (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_train)
@@ -97,7 +97,7 @@ def _serve_parser(sub) -> None:
                        "and a web page")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; any other needs "
                    "--api-key or --insecure)")
-    p.add_argument("--port", type=_bounded("port", int, 1, 65535), default=7860, help="(default: 7860)")
+    p.add_argument("--port", type=bounded("port", int, 1, 65535), default=7860, help="(default: 7860)")
     p.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="default model: a name in --models-dir or a "
                    "path (default: $AVERT_MODEL, else the embedded model)")
     p.add_argument("--models-dir", type=Path, default=None, metavar="DIR",
@@ -107,9 +107,9 @@ def _serve_parser(sub) -> None:
     p.add_argument("--api-key", default=None, metavar="KEY", help="require KEY as a bearer token or basic-auth "
                    "password (default: $AVERT_API_KEY)")
     p.add_argument("--insecure", action="store_true", help="allow binding beyond 127.0.0.1 without an API key")
-    p.add_argument("--queue-size", type=_bounded("queue-size", int, 1, 10000), default=16,
+    p.add_argument("--queue-size", type=bounded("queue-size", int, 1, 10000), default=16,
                    help="jobs that may wait, over all models; more get 503 with Retry-After (default: 16)")
-    p.add_argument("--max-body-mb", type=_bounded("max-body-mb", float, 0.01, 1024), default=16.0,
+    p.add_argument("--max-body-mb", type=bounded("max-body-mb", float, 0.01, 1024), default=16.0,
                    help="largest request body in MiB (default: 16)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow cross-origin requests from ORIGIN (repeat; default: none)")
@@ -155,7 +155,7 @@ def _run_train(args) -> int:
 def _prompt_parser(sub) -> None:
     p = sub.add_parser("prompt", help="show how a prompt (or negative) is parsed, scheduled, weighted and chunked")
     p.add_argument("text", help="a prompt in A1111 syntax: (x:1.2), [x], [a:b:0.5], [a|b], AND, BREAK")
-    p.add_argument("--steps", type=_bounded("steps", int, 1, LIMITS.max_steps), default=20)
+    p.add_argument("--steps", type=bounded("steps", int, 1, LIMITS.max_steps), default=20)
     p.add_argument("--json", action="store_true", help="print one JSON object (keys schedule, attention, parts)")
     p.add_argument("--model", default=None, help="whose tokenizer counts the tokens (default: the embedded model)")
     p.add_argument("--embeddings", type=Path, default=None, metavar="DIR",
@@ -189,7 +189,7 @@ def _generate_parser(sub) -> None:
                    help="re-make an image from the parameters stored in it (flags given override them)")
     p.add_argument("-o", "--output", type=Path, default=None, metavar="FILE_OR_DIR",
                    help="a .png file, or a folder (default: ./outputs)")
-    p.add_argument("--upscale", type=_bounded("upscale", int, 1, 16), default=None, metavar="N",
+    p.add_argument("--upscale", type=bounded("upscale", int, 1, 16), default=None, metavar="N",
                    help="save images enlarged N times (nearest); default: enough for 256 px (the embedded model "
                    "makes 32x32 images), 1 for images of 256 px and more")
     _add_model_flags(p)
@@ -300,23 +300,6 @@ def _typed(param: Param):
             raise argparse.ArgumentTypeError(str(FieldProblem(param.name, text, param.describe_allowed(LIMITS))))
 
     convert.__name__ = param.name
-    return convert
-
-
-def _bounded(name: str, kind: type, low: float, high: float):
-    """An argparse type for a number option outside the request schema, with the schema's wording of errors."""
-    noun = "an integer" if kind is int else "a number"
-
-    def convert(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not low <= value <= high:
-            raise argparse.ArgumentTypeError(str(FieldProblem(name, text, f"must be {noun} from {low} to {high}")))
-        return value
-
-    convert.__name__ = name
     return convert
 
 

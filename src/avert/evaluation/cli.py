@@ -17,31 +17,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from avert.argtypes import device_arg, window_arg
+from avert.argtypes import bounded, device_arg, window_arg
+from avert.errors import FieldProblem
 
 MAX_SEEDS = 1024  # == avert.evaluation.common.MAX_SEEDS (not imported: that module pulls numpy)
 DEFAULT_SEEDS = 64
 
 
-def _bounded_int(name: str, low: int, high: int):
-    """argparse type: an integer from low to high, else a message naming the field and the value."""
-    def convert(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not allowed; "
-                                             f"must be an integer from {low} to {high}")
-        return value
-
-    convert.__name__ = name
-    return convert
-
-
 FIRST_SEED_MAX = 2**32 - MAX_SEEDS  # so that the last seed stays under avert.schema.SEED_MAX
-seeds_type = _bounded_int("seeds", 1, MAX_SEEDS)
-first_seed_type = _bounded_int("first_seed", 0, FIRST_SEED_MAX)
+seeds_type = bounded("seeds", int, 1, MAX_SEEDS)
+first_seed_type = bounded("first_seed", int, 0, FIRST_SEED_MAX)
 
 
 def _number(kind, name: str):
@@ -65,8 +50,7 @@ def _schema_number(field: str, name: str):
         param = PARAMS_BY_NAME[field]
         value = _number(param.type, name)(text)
         if check_field(param, value, Limits()) is not None:
-            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not allowed; "
-                                             f"{param.describe_allowed(Limits())}")
+            raise argparse.ArgumentTypeError(str(FieldProblem(name, text, param.describe_allowed(Limits()))))
         return value
 
     convert.__name__ = name
