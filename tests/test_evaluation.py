@@ -205,6 +205,37 @@ def test_bad_settings_are_refused_before_loading(capsys):
     assert code == 2 and "cfg_scale" in err and "nonexistent" not in err
 
 
+def test_prompt_concepts_lists_each_concept_a_prompt_names():
+    from avert.evaluation.concepts import prompt_concepts
+
+    assert prompt_concepts(["a lone tree"]) == [("tree", "a lone tree")]
+    assert prompt_concepts(["a red house by the sea", "trees"]) == [
+        ("house", "a red house by the sea"), ("red house", "a red house by the sea"), ("sea", "a red house by the sea"),
+        ("tree", "trees")]
+    with pytest.raises(AvertError, match="prompt: 'a landscape' names no concept"):
+        prompt_concepts(["trees", "a landscape"])
+
+
+def test_concept_summary_names_the_prompt_of_a_row_measured_under_another_phrasing():
+    from avert.evaluation.concepts import ConceptResult, summary_lines
+
+    def row(concept, prompt, rate):
+        return ConceptResult(concept, prompt, rate, 0.3, 0.4, 1.0, 0.0, 64, 7.0, 20, "Euler a", 1.0)
+
+    assert summary_lines([row("tree", "a tree", 0.84), row("sun", "the sun", 1.0)]) == [
+        "1 of 2 concepts reach 90% when named; below: tree (0.84)."]
+    assert summary_lines([row("tree", "a lone tree", 0.66), row("tree", "trees", 1.0), row("tree", "a tree", 0.84)]) == [
+        "1 of 3 (concept, prompt) rows reach 90% when named; below: tree under \"a lone tree\" (0.66), tree (0.84)."]
+    assert summary_lines([row("tree", "trees", 1.0)]) == [
+        "Every one of the 1 (concept, prompt) rows reaches 90% when named (lowest: tree under \"trees\", 1.00)."]
+
+
+def test_concepts_prompt_naming_no_concept_is_refused_before_loading(capsys):
+    code = main(["eval", "concepts", "--prompt", "a zebra", "--model", "/nonexistent", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'a zebra'" in err and "names no concept" in err and "nonexistent" not in err
+
+
 def test_concept_prompts_name_their_concept():
     assert tuple(CONCEPT_PROMPTS) == CONCEPTS
     for concept, prompt in CONCEPT_PROMPTS.items():
@@ -255,6 +286,19 @@ def test_evaluate_pairs_end_to_end_on_the_shipped_model():
     assert set(result.seeds_with_concept_without) <= set(range(4))
     assert result.suppression is None or result.suppression <= 1.0
     assert json.loads(results_json([result]))[0]["prompt"] == "a landscape in shades of green"
+
+
+@pytest.mark.slow
+def test_eval_concepts_prompt_end_to_end_measures_the_given_phrasing_and_writes_no_page(tmp_path, capsys):
+    code = main(["eval", "concepts", "--prompt", "a lone tree", "--seeds", "2", "--steps", "4", "--json",
+                 "--docs", str(tmp_path), "-q"])
+    [row] = json.loads(capsys.readouterr().out)
+    assert code == 0 and (row["concept"], row["prompt"], row["n_seeds"], row["steps"]) == ("tree", "a lone tree", 2, 4)
+    assert row["rate"] in (0.0, 0.5, 1.0) and row["base_rate_landscape"] in (0.0, 0.5, 1.0)
+    code = main(["eval", "concepts", "--prompt", "a lone tree", "--seeds", "2", "--steps", "4",
+                 "--docs", str(tmp_path), "-q"])
+    out = capsys.readouterr().out
+    assert code == 0 and "| tree | a lone tree |" in out and not (tmp_path / "eval").exists()
 
 
 # --- methods (issue 5) ----------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@
                          [--sampler NAME] [--batch-size N] [--device D] [--threads N] [--json] [--docs DIR] [-q]
     avert eval methods   [--only LABEL]... [--first-seed S] [same flags as negatives, without --pair/--method]
     avert eval pool FILE... [--json]
-    avert eval concepts  [--model PATH] [--seeds N] [--cfg-scale F] [--steps N] [--sampler NAME] [--batch-size N]
-                         [--device D] [--threads N] [--json] [--docs DIR] [-q]
+    avert eval concepts  [--prompt TEXT]... [--model PATH] [--seeds N] [--cfg-scale F] [--steps N]
+                         [--sampler NAME] [--batch-size N] [--device D] [--threads N] [--json] [--docs DIR] [-q]
 
 Only argparse is imported here, so building avert's parser stays fast.
 """
@@ -85,6 +85,9 @@ def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
     pool.add_argument("--json", action="store_true", help="print only the pooled rows as a JSON list")
     pool.set_defaults(handler=handler)
     concepts = what.add_parser("concepts", help="how often each concept appears when the prompt names it")
+    concepts.add_argument("--prompt", action="append", metavar="TEXT",
+                          help="measure this prompt for each concept it names, e.g. \"a lone tree\" (repeatable; "
+                          "default: one built-in prompt per concept; docs/ is written only by the default run)")
     for q in (negatives, methods, concepts):
         q.add_argument("--model", default=None, help="a diffusers folder or an SD .safetensors file "
                        "(default: $AVERT_MODEL, else the embedded model)")
@@ -287,15 +290,19 @@ def chosen_methods(only):
 def _run_concepts(args) -> int:
     from avert.evaluation import concepts as con
 
+    rows = con.prompt_concepts(args.prompt) if args.prompt else None  # errors about --prompt before loading
     settings, runtime, components, info = _common(args)
     results = con.evaluate_positive_concepts(components, seeds=args.seeds, cfg_scale=args.cfg_scale,
                                              steps=args.steps, sampler=args.sampler, batch_size=args.batch_size,
-                                             progress=not args.quiet, runtime=runtime)
+                                             progress=not args.quiet, rows=rows, runtime=runtime)
     if args.json:
         print(con.results_json(results))
         return 0
     print("\n".join(con.summary_lines(results)) + "\n")
     print(con.markdown_table(results))
+    if args.prompt:
+        print("\n(docs/ is written by the run of the built-in prompts)")
+        return 0
     page = con.write_concepts_docs(results, info, args.docs)
     print(f"\nwritten to {page}")
     return 0

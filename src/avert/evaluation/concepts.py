@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from avert.errors import AvertError
 from avert.evaluation.common import (
     Reading,
     Renderer,
@@ -24,7 +25,7 @@ from avert.evaluation.common import (
     load_detector,
     read_images,
 )
-from avert.world import CONCEPTS
+from avert.world import CONCEPTS, mentioned_concepts
 
 TARGET = 0.9
 BASE_PROMPTS = ("a landscape", "")
@@ -93,6 +94,19 @@ def summarize_concept(concept: str, prompt: str, named: Reading, landscape: Read
                          settings.cfg, settings.steps, settings.sampler_name, round(seconds, 3))
 
 
+def prompt_concepts(texts: Sequence[str]) -> list[tuple[str, str]]:
+    """(concept, prompt) for every concept each text names (`--prompt`), to measure phrasings other than
+    `CONCEPT_PROMPTS` ("a lone tree"); an `AvertError` naming a text that names no concept."""
+    rows = []
+    for text in texts:
+        found = mentioned_concepts(text)
+        if not found:
+            raise AvertError(f"prompt: {text!r} names no concept the detector knows; name one of: "
+                             f"{', '.join(CONCEPTS)}")
+        rows += [(concept, text) for concept in CONCEPTS if concept in found]
+    return rows
+
+
 def evaluate_positive_concepts(
     model=None,
     seeds: int = 64,
@@ -104,20 +118,25 @@ def evaluate_positive_concepts(
     progress: bool = True,
     *,
     prompts: dict[str, str] | None = None,
+    rows: Sequence[tuple[str, str]] | None = None,
     detector=None,
     runtime=None,
 ) -> list[ConceptResult]:
-    """For each concept: its detection rate under its prompt vs under "a landscape" and the empty prompt."""
+    """For each concept: its detection rate under its prompt vs under "a landscape" and the empty prompt.
+
+    `rows` ((concept, prompt) pairs, as `prompt_concepts` gives) replaces `concepts` and `prompts`."""
     check_seeds(seeds)
-    prompts = {**CONCEPT_PROMPTS, **(prompts or {})}
-    unknown = [c for c in concepts if c not in prompts]
-    if unknown:
-        raise ValueError(f"no prompt for concept(s) {unknown}")
+    if rows is None:
+        prompts = {**CONCEPT_PROMPTS, **(prompts or {})}
+        unknown = [c for c in concepts if c not in prompts]
+        if unknown:
+            raise ValueError(f"no prompt for concept(s) {unknown}")
+        rows = [(c, prompts[c]) for c in concepts]
     settings = Settings(steps=steps, cfg_scale=cfg_scale, sampler=sampler, batch_size=batch_size)
     settings.validate(seeds)
     components = load_components(model)
     detector = load_detector(detector)
-    total = len({prompts[c] for c in concepts} | set(BASE_PROMPTS)) * seeds
+    total = len({prompt for _, prompt in rows} | set(BASE_PROMPTS)) * seeds
     renderer = Renderer(components, settings, runtime, progress, total=total, desc="Evaluating concepts")
     readings: dict[str, Reading] = {}
 
@@ -129,11 +148,10 @@ def evaluate_positive_concepts(
     try:
         landscape, empty = (reading(p) for p in BASE_PROMPTS)
         results = []
-        for concept in concepts:
+        for concept, prompt in rows:
             timer = Timer()
-            named = reading(prompts[concept])
-            results.append(summarize_concept(concept, prompts[concept], named, landscape, empty, settings,
-                                             timer.lap()))
+            named = reading(prompt)
+            results.append(summarize_concept(concept, prompt, named, landscape, empty, settings, timer.lap()))
     finally:
         renderer.close()
     return results
@@ -156,15 +174,25 @@ def markdown_table(results: Sequence[ConceptResult]) -> str:
     return "\n".join(lines)
 
 
+def _named(result: ConceptResult) -> str:
+    """The concept, and its prompt when it is not the built-in one (`--prompt`)."""
+    if CONCEPT_PROMPTS.get(result.concept) == result.prompt:
+        return result.concept
+    return f"{result.concept} under \"{result.prompt}\""
+
+
 def summary_lines(results: Sequence[ConceptResult]) -> list[str]:
     below = [r for r in results if not r.meets_target]
     if not results:
         return []
     lowest = min(results, key=lambda r: r.rate)
+    builtin = all(CONCEPT_PROMPTS.get(r.concept) == r.prompt for r in results)
+    what = "concepts" if builtin else "(concept, prompt) rows"
     if not below:
-        return [f"Every concept reaches {TARGET:.0%} when named (lowest: {lowest.concept}, {lowest.rate:.2f})."]
-    return [f"{len(results) - len(below)} of {len(results)} concepts reach {TARGET:.0%} when named; below: "
-            + ", ".join(f"{r.concept} ({r.rate:.2f})" for r in sorted(below, key=lambda r: r.rate)) + "."]
+        return [f"Every one of the {len(results)} {what} reaches {TARGET:.0%} when named (lowest: "
+                f"{_named(lowest)}, {lowest.rate:.2f})."]
+    return [f"{len(results) - len(below)} of {len(results)} {what} reach {TARGET:.0%} when named; below: "
+            + ", ".join(f"{_named(r)} ({r.rate:.2f})" for r in sorted(below, key=lambda r: r.rate)) + "."]
 
 
 def concepts_page(results: Sequence[ConceptResult], info: RunInfo) -> str:
