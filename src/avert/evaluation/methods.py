@@ -162,9 +162,9 @@ def methods_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
         "parallel part dropped; no norm cap, no momentum); two branches, as cfg.",
         "- **rescale 0.7** (Lin et al. 2023): CFG whose result is rescaled toward the prompt's standard "
         "deviation, phi = 0.7; **rescale 0.2** the same with phi = 0.2.",
-        "- **cfg 8, rescale 0.7**: rescale 0.7 at cfg scale 8 for the renders with the negative (the renders "
-        "without it stay plain CFG at the run's scale): the higher scale gives back the suppression that rescale "
-        "takes, and rescale keeps the larger scale from over-guiding.",
+        "- **cfg 7.5, rescale 0.7** and **cfg 8, rescale 0.7**: rescale 0.7 at cfg scale 7.5 or 8 for the renders "
+        "with the negative (the renders without it stay plain CFG at the run's scale): the higher scale gives back "
+        "the suppression that rescale takes, and rescale keeps the larger scale from over-guiding.",
         "- **negative from 20%** (Ban et al. 2024, the negative's \"delayed effect\"): plain CFG with the empty "
         "prompt as the unconditional branch for the first 20% of the run, then the negative (a `Negative` window "
         "0.2-1); same cost as cfg.",
