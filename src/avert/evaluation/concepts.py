@@ -117,21 +117,19 @@ def evaluate_positive_concepts(
     batch_size: int = 16,
     progress: bool = True,
     *,
-    prompts: dict[str, str] | None = None,
     rows: Sequence[tuple[str, str]] | None = None,
     detector=None,
     runtime=None,
 ) -> list[ConceptResult]:
     """For each concept: its detection rate under its prompt vs under "a landscape" and the empty prompt.
 
-    `rows` ((concept, prompt) pairs, as `prompt_concepts` gives) replaces `concepts` and `prompts`."""
+    `rows` ((concept, prompt) pairs, as `prompt_concepts` gives) replaces `concepts` and their built-in prompts."""
     check_seeds(seeds)
     if rows is None:
-        prompts = {**CONCEPT_PROMPTS, **(prompts or {})}
-        unknown = [c for c in concepts if c not in prompts]
+        unknown = [c for c in concepts if c not in CONCEPT_PROMPTS]
         if unknown:
             raise ValueError(f"no prompt for concept(s) {unknown}")
-        rows = [(c, prompts[c]) for c in concepts]
+        rows = [(c, CONCEPT_PROMPTS[c]) for c in concepts]
     settings = Settings(steps=steps, cfg_scale=cfg_scale, sampler=sampler, batch_size=batch_size)
     settings.validate(seeds)
     components = load_components(model)
