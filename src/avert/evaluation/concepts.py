@@ -172,11 +172,14 @@ def markdown_table(results: Sequence[ConceptResult]) -> str:
     return "\n".join(lines)
 
 
+def _builtin(result: ConceptResult) -> bool:
+    """Whether the row was measured under its concept's built-in prompt (not a `--prompt` phrasing)."""
+    return CONCEPT_PROMPTS.get(result.concept) == result.prompt
+
+
 def _named(result: ConceptResult) -> str:
     """The concept, and its prompt when it is not the built-in one (`--prompt`)."""
-    if CONCEPT_PROMPTS.get(result.concept) == result.prompt:
-        return result.concept
-    return f"{result.concept} under \"{result.prompt}\""
+    return result.concept if _builtin(result) else f"{result.concept} under \"{result.prompt}\""
 
 
 def summary_lines(results: Sequence[ConceptResult]) -> list[str]:
@@ -184,8 +187,7 @@ def summary_lines(results: Sequence[ConceptResult]) -> list[str]:
     if not results:
         return []
     lowest = min(results, key=lambda r: r.rate)
-    builtin = all(CONCEPT_PROMPTS.get(r.concept) == r.prompt for r in results)
-    what = "concepts" if builtin else "(concept, prompt) rows"
+    what = "concepts" if all(_builtin(r) for r in results) else "(concept, prompt) rows"
     if not below:
         return [f"Every one of the {len(results)} {what} reaches {TARGET:.0%} when named (lowest: "
                 f"{_named(lowest)}, {lowest.rate:.2f})."]
