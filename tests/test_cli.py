@@ -198,6 +198,7 @@ def test_unknown_or_absent_device_is_refused_by_name(capsys, device):
     ("--steps", "0", "must be an integer from 1 to 10000000"),
     ("--batch-size", "x", "must be an integer from 1 to 1024"),
     ("--lr", "2", "must be a number from 1e-07 to 1.0"),
+    ("--ema-decay", "1", "must be a number from 0.0 to 0.99999"),
     ("--threads", "0", "must be an integer from 1 to 256"),
     ("--precision", "fp16", "argument --precision: invalid choice: 'fp16'"),
 ])

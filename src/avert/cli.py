@@ -83,6 +83,8 @@ def _train_parser(sub) -> None:
                        help=f"{helps.get(name, '')} (default: {getattr(defaults, name)})".strip())
     p.add_argument("--lr", type=bounded("lr", float, 1e-7, 1.0), default=defaults.lr,
                    help=f"learning rate (default: {defaults.lr})")
+    p.add_argument("--ema-decay", type=bounded("ema-decay", float, 0.0, 0.99999), default=defaults.ema_decay,
+                   help=f"decay of the exported EMA of the weights, per step (default: {defaults.ema_decay})")
     p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
                    help="bf16 autocast or fp32; auto: bf16 where the CPU has native bf16 (AVX-512 bf16, AMX), "
                    "else fp32 (default: auto)")
