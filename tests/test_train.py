@@ -100,64 +100,49 @@ def test_a_run_started_from_a_model_warms_up_again_from_its_step():
     assert config.learning_rate(2000) == pytest.approx(5e-5)
 
 
-OLD_LAYOUT = dict(  # the architecture before cross-attention at 16x16 (the model shipped until 2026-11-30)
-    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+GROWN_LAYOUT = dict(  # the experiment of 2026-11-30 (commit 2d1729b): cross-attention at 16x16 as well
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
 )
-NEW_16X16_BLOCKS = ["down_blocks.1.attentions.0", "up_blocks.2.attentions.0", "up_blocks.2.attentions.1"]
 
 
-def exported(folder, weights: dict[str, torch.Tensor], trained_steps: int = 7):
-    """A minimal exported model folder: the UNet weights and training.json."""
+def exported(folder, weights: dict[str, torch.Tensor]):
+    """A minimal exported model folder: only the UNet weights."""
     from safetensors.torch import save_file
 
     (folder / "unet").mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in weights.items()}, folder / "unet" / "diffusion_pytorch_model.safetensors")
-    (folder / "training.json").write_text(f'{{"trained_steps": {trained_steps}}}')
     return folder
 
 
-def old_unet():
+def unet_state(**layout) -> dict[str, torch.Tensor]:
     from diffusers import UNet2DConditionModel
 
     from avert.train.model import UNET_CONFIG
 
-    torch.manual_seed(1)
-    return UNet2DConditionModel(**{**UNET_CONFIG, **OLD_LAYOUT}).eval()
+    return UNet2DConditionModel(**{**UNET_CONFIG, **layout}).state_dict()
 
 
-def test_a_model_without_the_16x16_attention_grows_it_as_the_identity(tmp_path):
+def test_init_from_takes_the_exported_weights_exactly(tmp_path):
     from avert.train.model import new_unet
 
-    old = old_unet()
-    grown = new_unet().eval()
-    assert loop._load_exported(grown, exported(tmp_path / "old", old.state_dict())) == 7
-    for block in NEW_16X16_BLOCKS:
-        assert not grown.get_submodule(block).proj_out.weight.any()
-    assert grown.get_submodule("down_blocks.2.attentions.0").proj_out.weight.any()  # loaded, not zeroed
-    x, t, text = torch.randn(2, 3, 32, 32), torch.tensor([900, 30]), torch.randn(2, 32, 384)
-    with torch.no_grad():
-        assert torch.equal(old(x, t, encoder_hidden_states=text).sample, grown(x, t, encoder_hidden_states=text).sample)
-
-
-def test_training_grows_the_new_attention_from_zero(tmp_path, train):
-    run = tmp_path / "grown"
-    train(run, TrainConfig(**{**CONFIG.__dict__, "steps": 8}), progress=False,
-          init_from=exported(tmp_path / "old", old_unet().state_dict()))
-    weights = torch.load(run / "checkpoint.pt", weights_only=True)["unet"]
-    assert all(weights[f"{block}.proj_out.weight"].any() for block in NEW_16X16_BLOCKS)
+    torch.manual_seed(1)
+    weights = unet_state()
+    unet = new_unet()
+    assert loop._load_exported(unet, exported(tmp_path / "m", weights)) == 0  # no training.json: step 0
+    assert all(torch.equal(unet.state_dict()[k], v) for k, v in weights.items())
 
 
 @pytest.mark.parametrize("change, named", [
-    (lambda w: w.pop("conv_in.weight"), "conv_in.weight"),  # not an attention block
-    (lambda w: w.pop("down_blocks.2.attentions.0.proj_out.weight"), "down_blocks.2.attentions.0.proj_out.weight"),
+    (lambda w: w.pop("conv_in.weight"), "conv_in.weight"),
     (lambda w: w.update(extra=torch.zeros(1)), "extra"),
     (lambda w: w.update({"conv_in.weight": torch.zeros(8, 3, 3, 3)}), "conv_in.weight"),
+    (lambda w: w.update(unet_state(**GROWN_LAYOUT)), "down_blocks.1.attentions.0."),
 ])
-def test_init_from_refuses_any_other_mismatch_by_name(tmp_path, capsys, change, named):
+def test_init_from_refuses_weights_of_another_architecture_by_name(tmp_path, capsys, change, named):
     from avert.cli import main
 
-    weights = old_unet().state_dict()
+    weights = unet_state()
     change(weights)
     folder = exported(tmp_path / "odd", weights)
     assert main(["train", "--run", str(tmp_path / "run"), "--init-from", str(folder), "-q"]) == 2
@@ -166,12 +151,17 @@ def test_init_from_refuses_any_other_mismatch_by_name(tmp_path, capsys, change, 
     assert not (tmp_path / "run" / "data").exists()  # refused before building the training set
 
 
-def test_init_from_a_folder_without_weights_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("content", [None, b"not safetensors"])
+def test_init_from_a_folder_without_readable_weights_is_refused(tmp_path, capsys, content):
     from avert.cli import main
 
+    if content is not None:
+        (tmp_path / "unet").mkdir()
+        (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(content)
     assert main(["train", "--run", str(tmp_path / "run"), "--init-from", str(tmp_path), "-q"]) == 2
-    assert f"init_from: {str(tmp_path)!r} is not allowed; must be a model folder exported by `avert train`" \
-        in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"init_from: {str(tmp_path)!r} is not allowed; must be a model folder exported by `avert train` " \
+        "(unet/diffusion_pytorch_model.safetensors: " in err and "Traceback" not in err
 
 
 def test_the_ema_decay_flag_reaches_the_run(tmp_path, capsys):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -125,47 +124,26 @@ def _resume_or_start(run: Path, config: TrainConfig, init_from: Path | None):
 
 
 def _load_exported(unet, folder: Path) -> int:
-    """Copy an exported model's UNet weights into `unet`; return the steps it was trained for.
-
-    The exported UNet may lack attention blocks that `unet` has (a model trained before the architecture
-    gained them). Those blocks start as the identity: their output projection is zeroed, so the transformer
-    block adds nothing to its residual and `unet` computes exactly what the exported model did; training
-    then grows them from there, as ControlNet's zero convolutions do (Zhang et al. 2023, "Adding
-    Conditional Control to Text-to-Image Diffusion Models"). Any other mismatch is an error."""
+    """Copy an exported model's UNet weights into `unet`; return the steps it was trained for. The weights must
+    fit `unet`'s architecture exactly; if they do not, the error names the weights that differ."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = folder / "unet" / "diffusion_pytorch_model.safetensors"
-    if not path.is_file():
+    try:
+        weights = load_file(path)
+    except (OSError, SafetensorError) as problem:
         raise ModelLoadError(f"init_from: {str(folder)!r} is not allowed; must be a model folder exported by "
-                             f"`avert train` (no {path.relative_to(folder)} in it)")
-    weights = load_file(path)
-    new_blocks = _new_attention_blocks(unet.state_dict(), weights, folder)
-    unet.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
-    with torch.no_grad():
-        for prefix in new_blocks:
-            unet.get_submodule(prefix).proj_out.weight.zero_()
-            unet.get_submodule(prefix).proj_out.bias.zero_()
+                             f"`avert train` ({path.relative_to(folder)}: {problem})") from None
+    expected = unet.state_dict()
+    differ = sorted((expected.keys() ^ weights.keys())
+                    | {k for k in expected.keys() & weights.keys() if weights[k].shape != expected[k].shape})
+    if differ:
+        raise ModelLoadError(f"init_from: the UNet in {str(folder)!r} does not fit this architecture "
+                             f"({len(differ)} weights differ, e.g. {', '.join(differ[:3])})")
+    unet.load_state_dict({k: v.float() for k, v in weights.items()})
     info = folder / TRAINING_FILE
     return int(json.loads(info.read_text())["trained_steps"]) if info.exists() else 0
-
-
-_ATTENTION_BLOCK = re.compile(r"^(.*\.attentions\.\d+)\.")
-
-
-def _new_attention_blocks(expected: dict, weights: dict, folder: Path) -> list[str]:
-    """The attention blocks of the UNet ("down_blocks.1.attentions.0", ...) of which `weights` has no weight
-    at all; an error naming the weights if they differ from the UNet's in any other way."""
-    blocks = {m.group(1) for k in expected.keys() - weights.keys() if (m := _ATTENTION_BLOCK.match(k))}
-    blocks -= {m.group(1) for k in weights if (m := _ATTENTION_BLOCK.match(k))}
-    stray = sorted([k for k in expected.keys() - weights.keys()
-                    if not ((m := _ATTENTION_BLOCK.match(k)) and m.group(1) in blocks)]
-                   + list(weights.keys() - expected.keys())
-                   + [k for k in weights.keys() & expected.keys() if weights[k].shape != expected[k].shape])
-    if stray:
-        raise ModelLoadError(f"init_from: the UNet in {str(folder)!r} does not fit this architecture "
-                         f"({len(stray)} weights differ, e.g. {', '.join(stray[:3])}); only whole attention "
-                         "blocks may be missing")
-    return sorted(blocks)
 
 
 def _checkpoint(run: Path, unet, ema, optimizer, step: int, config: TrainConfig, loss: float) -> None:

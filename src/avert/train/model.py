@@ -1,7 +1,7 @@
 """The embedded model's architecture and its Stable-Diffusion-format folder.
 
 A pixel-space `UNet2DConditionModel` (32x32 RGB, values in [-1, 1]) conditioned on the hidden states of the
-frozen all-MiniLM-L6-v2 encoder through cross-attention at 16x16, 8x8 and 4x4 and, as SDXL does with pooled text,
+frozen all-MiniLM-L6-v2 encoder through cross-attention at 8x8 and 4x4 and, as SDXL does with pooled text,
 through the time embedding (`addition_embed_type="text"`: attention-pooled text added to the timestep
 embedding), so that global properties such as a tone grade reach every resolution. v-prediction
 (Salimans & Ho 2022) on a linear DDPM schedule (Ho et al. 2020).
@@ -25,8 +25,8 @@ TEXT_TOKENS = 32
 UNET_CONFIG = dict(
     sample_size=SIZE, in_channels=3, out_channels=3, layers_per_block=1,
     block_out_channels=(32, 64, 128, 128),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
     cross_attention_dim=384, attention_head_dim=4, norm_num_groups=32,
     addition_embed_type="text", addition_embed_type_num_heads=4,
 )
