@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_parser(sub) -> None:
-    from avert.train.config import PRECISIONS, TrainConfig
+    from avert.train.config import PRECISIONS, TRAIN_PARTS, TrainConfig
 
     p = sub.add_parser("train", help="train the embedded model on the procedural world (resumes a run)")
     p.add_argument("--run", dest="run_dir", type=Path, default=Path("runs/embedded"),
@@ -75,8 +75,9 @@ def _train_parser(sub) -> None:
                    help="start a new run from an exported model folder (e.g. the shipped one) and its step count")
     defaults = TrainConfig()
     bounds = {"steps": (1, 10**7), "batch_size": (1, 1024), "images": (64, 10**7), "seed": (0, 2**32 - 1),
-              "checkpoint_every": (1, 10**7), "decay_from": (0, 10**7)}
-    helps = {"decay_from": "from this step the learning rate falls linearly to 5%% at --steps; 0: no decay"}
+              "checkpoint_every": (1, 10**7), "decay_from": (0, 10**7), "warmup": (1, 10**7)}
+    helps = {"decay_from": "from this step the learning rate falls linearly to 5%% at --steps; 0: no decay",
+             "warmup": "steps of linear learning-rate warm-up from the run's first step"}
     for name, (low, high) in bounds.items():
         p.add_argument("--" + name.replace("_", "-"), type=bounded(name, int, low, high),
                        default=getattr(defaults, name),
@@ -85,6 +86,12 @@ def _train_parser(sub) -> None:
                    help=f"learning rate (default: {defaults.lr})")
     p.add_argument("--ema-decay", type=bounded("ema-decay", float, 0.0, 0.99999), default=defaults.ema_decay,
                    help=f"decay of the exported EMA of the weights, per step (default: {defaults.ema_decay})")
+    p.add_argument("--train-only", default=defaults.train_only, choices=TRAIN_PARTS,
+                   help="train all weights, or only where the UNet reads the text: cross-attention and the pooled-"
+                   "text embedding (default: all)")
+    p.add_argument("--short-share", type=bounded("short-share", float, 0.0, 1.0), default=defaults.short_share,
+                   help="share of each batch drawn from captions that name one thing, e.g. \"a tree\" "
+                   f"(default: {defaults.short_share})")
     p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
                    help="bf16 autocast or fp32; auto: bf16 where the CPU has native bf16 (AVX-512 bf16, AMX), "
                    "else fp32 (default: auto)")

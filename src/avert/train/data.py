@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from avert.world import make_dataset
+from avert.world import make_dataset, mentioned_concepts
+from avert.world.dataset import scenes_and_captions
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,24 @@ def build_training_set(n_images: int, seed: int, captions_per_image: int, cache:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(result.__dict__, path)
     return result
+
+
+def short_caption_pairs(data: TrainingSet, n_images: int, seed: int, captions_per_image: int) -> torch.Tensor:
+    """int64 [M, 2]: the (image, caption slot) pairs of `data` whose caption names one thing ("a tree", "a red
+    house", "a landscape in sepia"), found by replaying the captions of the set's arguments."""
+    _, captions = scenes_and_captions(n_images, seed, captions_per_image)
+    texts = sorted({c for caps in captions for c in caps} | {""})
+    if len(texts) != data.embeds.shape[0]:
+        raise ValueError(f"the cached training set has {data.embeds.shape[0]} captions, its arguments give {len(texts)}")
+    short = torch.tensor([_names_one_thing(t) for t in texts])
+    return short[data.caption_ids].nonzero()
+
+
+def _names_one_thing(text: str) -> bool:
+    names = mentioned_concepts(text)
+    if any(n.endswith(" house") for n in names):
+        names = names - {"house"}  # "a red house" names the house and its colour: one thing
+    return len(names) == 1
 
 
 @torch.inference_mode()

@@ -21,8 +21,8 @@ import torch
 from tqdm import tqdm
 
 from avert.errors import ModelLoadError
-from avert.train.config import TrainConfig
-from avert.train.data import TrainingSet, build_training_set
+from avert.train.config import TEXT_PARTS, TrainConfig
+from avert.train.data import TrainingSet, build_training_set, short_caption_pairs
 from avert.train.model import TRAINING_FILE, export_folder, new_scheduler, new_unet
 
 
@@ -36,16 +36,19 @@ def train(run: Path, config: TrainConfig, export: Path | None = None, progress: 
     """
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
-    unet, ema, optimizer, step, start = _resume_or_start(run, config, init_from)  # first: a bad model fails fast
+    config = config.resolved()  # a bad setting fails first
+    unet, ema, optimizer, step, start = _resume_or_start(run, config, init_from)  # then a bad model, before the data
     data = build_training_set(config.images, config.seed, config.captions_per_image,
                               data_dir or run / "data", progress)
-    config = dataclasses.replace(config.resolved(), start=start)
+    config = dataclasses.replace(config, start=start)
+    short = short_caption_pairs(data, config.images, config.seed, config.captions_per_image) \
+        if config.short_share > 0 else None
     scheduler = new_scheduler()
     alphas = scheduler.alphas_cumprod.float()
     bar = tqdm(total=config.steps, initial=step, desc="Training", unit="step", disable=not progress)
     losses: list[float] = []
     while step < config.steps:
-        loss = train_step(unet, optimizer, data, alphas, config, step)
+        loss = train_step(unet, optimizer, data, alphas, config, step, short)
         step += 1
         _update_ema(ema, unet, min(config.ema_decay, (1 + step) / (10 + step)))
         losses.append(loss)
@@ -66,9 +69,11 @@ def provenance(step: int, config: TrainConfig) -> dict:
             "weights": "EMA of the UNet weights, saved as float16"}
 
 
-def train_step(unet, optimizer, data: TrainingSet, alphas: torch.Tensor, config: TrainConfig, step: int) -> float:
-    """One optimiser step on a batch drawn from (seed, step)."""
-    x0, cond = _batch(data, config, step)
+def train_step(unet, optimizer, data: TrainingSet, alphas: torch.Tensor, config: TrainConfig, step: int,
+               short: torch.Tensor | None = None) -> float:
+    """One optimiser step on a batch drawn from (seed, step); `short` (from `short_caption_pairs`) is where the
+    `config.short_share` of the batch comes from."""
+    x0, cond = _batch(data, config, step, short)
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
     t = torch.randint(0, len(alphas), (x0.shape[0],), generator=generator)
     noise = torch.randn(x0.shape, generator=generator)
@@ -90,10 +95,15 @@ def train_step(unet, optimizer, data: TrainingSet, alphas: torch.Tensor, config:
     return loss.item()
 
 
-def _batch(data: TrainingSet, config: TrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(data: TrainingSet, config: TrainConfig, step: int,
+           short: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng([config.seed, step])
     idx = torch.from_numpy(rng.integers(0, len(data), config.batch_size))
     which = torch.from_numpy(rng.integers(0, data.caption_ids.shape[1], config.batch_size))
+    n_short = round(config.short_share * config.batch_size) if short is not None else 0
+    if n_short:
+        pick = torch.from_numpy(rng.integers(0, len(short), n_short))
+        idx[:n_short], which[:n_short] = short[pick, 0], short[pick, 1]
     images = data.images[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
     flip = torch.from_numpy(rng.random(config.batch_size) < 0.5)
     images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
@@ -110,7 +120,7 @@ def _update_ema(ema, model, decay: float) -> None:
 def _resume_or_start(run: Path, config: TrainConfig, init_from: Path | None):
     torch.manual_seed(config.seed)
     unet = new_unet().train()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(trainable(unet, config.train_only), lr=config.lr, weight_decay=0.01)
     path = run / "checkpoint.pt"
     if not path.exists():
         step = _load_exported(unet, Path(init_from)) if init_from else 0
@@ -121,6 +131,17 @@ def _resume_or_start(run: Path, config: TrainConfig, init_from: Path | None):
     ema.load_state_dict(saved["ema"])
     optimizer.load_state_dict(saved["optimizer"])
     return unet, ema, optimizer, int(saved["step"]), int(saved.get("start", 0))
+
+
+def trainable(unet, part: str) -> list[torch.nn.Parameter]:
+    """The weights a run trains ("all", or "text": those whose names hold one of `TEXT_PARTS`); the others are
+    frozen (no gradient, so the backward pass also skips their weight gradients)."""
+    chosen = []
+    for name, param in unet.named_parameters():
+        param.requires_grad_(part == "all" or any(key in name for key in TEXT_PARTS))
+        if param.requires_grad:
+            chosen.append(param)
+    return chosen
 
 
 def _load_exported(unet, folder: Path) -> int:
