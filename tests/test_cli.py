@@ -202,8 +202,7 @@ def test_unknown_or_absent_device_is_refused_by_name(capsys, device):
     ("--threads", "0", "must be an integer from 1 to 256"),
     ("--precision", "fp16", "argument --precision: invalid choice: 'fp16'"),
     ("--warmup", "0", "warmup: '0' is not allowed; must be an integer from 1 to 10000000"),
-    ("--short-share", "1.5", "short-share: '1.5' is not allowed; must be a number from 0.0 to 1.0"),
-    ("--train-only", "unet", "argument --train-only: invalid choice: 'unet'"),
+    ("--object-weight", "-1", "object-weight: '-1' is not allowed; must be a number from 0.0 to 100.0"),
 ])
 def test_train_flags_are_bounded(capsys, flag, value, allowed):
     with pytest.raises(SystemExit):

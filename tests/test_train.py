@@ -85,16 +85,6 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
         TrainConfig(precision="fp16").resolved()
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("train_only", "unet", "train_only: 'unet' is not allowed; must be one of all, text"),
-    ("short_share", 1.5, "short_share: 1.5 is not allowed; must be from 0 to 1"),
-])
-def test_bad_training_settings_are_refused_by_name(field, value, message):
-    with pytest.raises(ValueError) as problem:
-        TrainConfig(**{field: value}).resolved()
-    assert str(problem.value) == message
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_both_precisions_train_and_are_recorded(tmp_path, train, precision):
     run = tmp_path / precision
@@ -183,66 +173,46 @@ def test_the_ema_decay_flag_reaches_the_run(tmp_path, capsys):
     assert '"ema_decay": 0.9,' in (run / "model" / "training.json").read_text()
 
 
-@pytest.mark.parametrize("text, one", [
-    ("a tree", True), ("a lone tree", True), ("a house", True), ("a red house", True), ("a landscape in sepia", True),
-    ("the sun", True), ("a tree and a house", False), ("a red house on the sand", False), ("a landscape", False),
-    ("", False),
-])
-def test_a_short_caption_names_one_thing(text, one):
-    from avert.train.data import _names_one_thing
-
-    assert _names_one_thing(text) is one
-
-
-def test_short_caption_pairs_point_at_the_cached_captions_that_name_one_thing(data_dir):
-    from avert.train.data import _names_one_thing, build_training_set, encode_all, short_caption_pairs
-    from avert.world.dataset import scenes_and_captions
-
-    data = build_training_set(CONFIG.images, CONFIG.seed, CONFIG.captions_per_image, data_dir, progress=False)
-    pairs = short_caption_pairs(data, CONFIG.images, CONFIG.seed, CONFIG.captions_per_image)
-    _, captions = scenes_and_captions(CONFIG.images, CONFIG.seed, CONFIG.captions_per_image)
-    chosen = {tuple(p) for p in pairs.tolist()}
-    assert chosen == {(i, w) for i, caps in enumerate(captions) for w, t in enumerate(caps) if _names_one_thing(t)}
-    assert 0 < len(chosen) < CONFIG.images * CONFIG.captions_per_image
-    (i, w), *_ = sorted(chosen)
-    assert torch.equal(encode_all([captions[i][w]], progress=False)[0], data.embeds[data.caption_ids[i, w]])
-    with pytest.raises(ValueError, match="the cached training set has"):
-        short_caption_pairs(data, CONFIG.images // 2, CONFIG.seed, CONFIG.captions_per_image)
-
-
-def test_short_share_fills_that_share_of_the_batch_and_zero_changes_nothing(data_dir):
-    from avert.train.data import build_training_set
-
-    data = build_training_set(CONFIG.images, CONFIG.seed, CONFIG.captions_per_image, data_dir, progress=False)
-    short = torch.tensor([[5, 1], [7, 0]])
-    config = TrainConfig(**{**CONFIG.__dict__, "batch_size": 8, "short_share": 0.5})
-    _, cond = loop._batch(data, config, 3, short)
-    wanted = [data.embeds[data.caption_ids[5, 1]], data.embeds[data.caption_ids[7, 0]]]
-    assert all(any(torch.equal(c, w) for w in wanted) for c in cond[:4])
-    assert not all(any(torch.equal(c, w) for w in wanted) for c in cond[4:])
-    plain = TrainConfig(**{**CONFIG.__dict__, "batch_size": 8})
-    for a, b in zip(loop._batch(data, plain, 3), loop._batch(data, plain, 3, short)):
-        assert torch.equal(a, b)
-
-
-def test_train_only_text_moves_only_cross_attention_and_the_pooled_text(tmp_path, train):
-    base = tmp_path / "base"
-    train(base, TrainConfig(**{**CONFIG.__dict__, "steps": 1}), progress=False)
-    run = tmp_path / "text"
-    train(run, TrainConfig(**{**CONFIG.__dict__, "steps": 3, "train_only": "text", "short_share": 0.5}),
-          progress=False, init_from=base / "model")
-    a, b = unet_weights(base), unet_weights(run)
-    moved = {k for k in a if not torch.equal(a[k], b[k])}
-    assert any("attn2." in k for k in moved) and any("add_embedding." in k for k in moved)
-    assert all("attn2." in k or "add_embedding." in k for k in moved)
-    assert '"train_only": "text"' in (run / "model" / "training.json").read_text()
-
-
-def test_the_train_only_short_share_and_warmup_flags_reach_the_run(tmp_path):
+def test_the_warmup_flag_reaches_the_run(tmp_path):
     from avert.cli import main
 
     run = tmp_path / "run"
     assert main(["train", "--run", str(run), "--steps", "1", "--images", "64", "--batch-size", "2",
-                 "--train-only", "text", "--short-share", "0.25", "--warmup", "7", "-q"]) == 0
-    info = (run / "model" / "training.json").read_text()
-    assert '"train_only": "text"' in info and '"short_share": 0.25' in info and '"warmup": 7' in info
+                 "--warmup", "7", "-q"]) == 0
+    assert '"warmup": 7,' in (run / "model" / "training.json").read_text()
+
+
+def test_object_masks_are_the_worlds_masks_cached(data_dir):
+    from avert.train.data import build_object_masks
+    from avert.world.dataset import sample_scenes
+    from avert.world.render import object_mask
+
+    masks = build_object_masks(CONFIG.images, CONFIG.seed, data_dir, progress=False)
+    assert (data_dir / f"world-{CONFIG.images}-{CONFIG.seed}-objects.pt").exists()
+    scenes = sample_scenes(CONFIG.images, CONFIG.seed)
+    assert masks.shape == (CONFIG.images, 32, 32) and masks.dtype == torch.bool
+    assert all(torch.equal(masks[i], torch.from_numpy(object_mask(s))) for i, s in enumerate(scenes[:8]))
+    assert torch.equal(build_object_masks(CONFIG.images, CONFIG.seed, data_dir, progress=False), masks)
+
+
+def test_pixel_weights_follow_the_flipped_images(data_dir):
+    from avert.train.data import build_training_set
+
+    data = build_training_set(CONFIG.images, CONFIG.seed, CONFIG.captions_per_image, data_dir, progress=False)
+    bright = data.images[..., 0] > 200  # a stand-in mask that can be read back from the image itself
+    config = TrainConfig(**{**CONFIG.__dict__, "batch_size": 16, "object_weight": 3.0})
+    images, cond, weight = loop._batch(data, config, 5, bright)
+    assert weight.shape == (16, 1, 32, 32) and set(weight.unique().tolist()) <= {1.0, 4.0}
+    assert torch.equal(weight[:, 0] == 4.0, images[:, 0] > 200 / 127.5 - 1)
+    plain_images, plain_cond, none = loop._batch(data, TrainConfig(**{**CONFIG.__dict__, "batch_size": 16}), 5)
+    assert none is None and torch.equal(plain_images, images) and torch.equal(plain_cond, cond)
+
+
+def test_the_object_weight_changes_training_and_is_recorded(tmp_path, train):
+    plain, weighted = tmp_path / "plain", tmp_path / "weighted"
+    train(plain, TrainConfig(**{**CONFIG.__dict__, "steps": 2}), progress=False)
+    train(weighted, TrainConfig(**{**CONFIG.__dict__, "steps": 2, "object_weight": 3.0}), progress=False)
+    a, b = unet_weights(plain), unet_weights(weighted)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert '"object_weight": 3.0' in (weighted / "model" / "training.json").read_text()
+    assert '"object_weight": 0.0' in (plain / "model" / "training.json").read_text()

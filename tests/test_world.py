@@ -223,3 +223,29 @@ def test_tint_grades_shift_the_colour_clearly(graded) -> None:
     assert b_excess(blue).mean() > b_excess(none).mean() + 25
     assert (warmth(warm) > 30).all()
     assert warmth(warm).mean() > warmth(none).mean() + 80
+
+
+def test_object_mask_marks_the_objects_and_nothing_else(scenes) -> None:
+    from avert.world.render import object_mask
+
+    bare = [s for s in scenes if all(o.kind in ("mountain", "cloud") for o in s.objects) and s.sky == "cloudy"][:4]
+    bare += [s for s in scenes if all(o.kind == "mountain" for o in s.objects)][:4]
+    assert len(bare) == 8 and not any(object_mask(s).any() for s in bare)
+    lone = [s for s in scenes if len(s.objects) == 1 and s.count("tree") == 1][:5]
+    assert lone
+    for s in lone:
+        mask, tree = object_mask(s), s.of_kind("tree")[0]
+        rows, cols = np.nonzero(mask)
+        assert 0 < mask.mean() < 0.2
+        assert abs((cols.mean() + 0.5) / 32 - tree.x) < 0.06  # around the tree, from its top to its shadow
+        assert (tree.y - tree.size) * 32 - 4 <= rows.min() and rows.max() <= tree.y * 32 + 3
+    sun = [s for s in scenes if s.count("sun") == 1 and len(s.objects) == 1][0]
+    mask, disc = object_mask(sun), sun.of_kind("sun")[0]
+    rows, cols = np.nonzero(mask)
+    assert abs((cols.mean() + 0.5) / 32 - disc.x) < 0.06 and abs((rows.mean() + 0.5) / 32 - disc.y) < 0.06
+
+
+def test_sample_scenes_are_the_datasets_scenes() -> None:
+    from avert.world.dataset import sample_scenes
+
+    assert sample_scenes(12, seed=7) == make_dataset(12, seed=7, captions_per_image=1).scenes

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_parser(sub) -> None:
-    from avert.train.config import PRECISIONS, TRAIN_PARTS, TrainConfig
+    from avert.train.config import PRECISIONS, TrainConfig
 
     p = sub.add_parser("train", help="train the embedded model on the procedural world (resumes a run)")
     p.add_argument("--run", dest="run_dir", type=Path, default=Path("runs/embedded"),
@@ -86,12 +86,9 @@ def _train_parser(sub) -> None:
                    help=f"learning rate (default: {defaults.lr})")
     p.add_argument("--ema-decay", type=bounded("ema-decay", float, 0.0, 0.99999), default=defaults.ema_decay,
                    help=f"decay of the exported EMA of the weights, per step (default: {defaults.ema_decay})")
-    p.add_argument("--train-only", default=defaults.train_only, choices=TRAIN_PARTS,
-                   help="train all weights, or only where the UNet reads the text: cross-attention and the pooled-"
-                   "text embedding (default: all)")
-    p.add_argument("--short-share", type=bounded("short-share", float, 0.0, 1.0), default=defaults.short_share,
-                   help="share of each batch drawn from captions that name one thing, e.g. \"a tree\" "
-                   f"(default: {defaults.short_share})")
+    p.add_argument("--object-weight", type=bounded("object-weight", float, 0.0, 100.0), default=defaults.object_weight,
+                   help="extra loss weight on the pixels where the world draws an object, so small objects (a tree) "
+                   f"count for more than their area (default: {defaults.object_weight}: none)")
     p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
                    help="bf16 autocast or fp32; auto: bf16 where the CPU has native bf16 (AVX-512 bf16, AMX), "
                    "else fp32 (default: auto)")

@@ -20,8 +20,7 @@ class TrainConfig:
     seed: int = 0
     start: int = 0
     precision: str = "auto"  # "bf16" (autocast), "fp32", or "auto": bf16 where the CPU computes it natively
-    train_only: str = "all"  # "all" weights, or "text": only where the UNet reads the text (see TRAIN_PARTS)
-    short_share: float = 0.0  # share of each batch drawn from captions that name exactly one concept
+    object_weight: float = 0.0  # extra loss weight on the pixels of objects (see `loop.train_step`)
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up over `warmup` steps from `start` (the step a run began at: 0, or the step count of
@@ -42,10 +41,6 @@ class TrainConfig:
         error naming it (never a silent fp32)."""
         from avert.pipeline.runtime import native_bf16
 
-        if self.train_only not in TRAIN_PARTS:
-            raise ValueError(f"train_only: {self.train_only!r} is not allowed; must be one of {', '.join(TRAIN_PARTS)}")
-        if not 0.0 <= self.short_share <= 1.0:
-            raise ValueError(f"short_share: {self.short_share!r} is not allowed; must be from 0 to 1")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: {self.precision!r} is not allowed; must be one of {', '.join(PRECISIONS)}")
         if self.precision != "auto":
@@ -54,8 +49,4 @@ class TrainConfig:
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
-# "text": the cross-attention layers (attn2) and the pooled-text embedding (add_embedding), 1.4M of the 7.6M
-# weights; the rest stays frozen (as Custom Diffusion, Kumari et al. 2023, fine-tunes cross-attention only).
-TRAIN_PARTS = ("all", "text")
-TEXT_PARTS = ("attn2.", "add_embedding.")
 

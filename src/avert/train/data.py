@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from avert.world import make_dataset, mentioned_concepts
-from avert.world.dataset import scenes_and_captions
+from avert.world import make_dataset
+from avert.world.dataset import sample_scenes
+from avert.world.render import object_mask
 
 
 @dataclass(frozen=True)
@@ -44,22 +45,17 @@ def build_training_set(n_images: int, seed: int, captions_per_image: int, cache:
     return result
 
 
-def short_caption_pairs(data: TrainingSet, n_images: int, seed: int, captions_per_image: int) -> torch.Tensor:
-    """int64 [M, 2]: the (image, caption slot) pairs of `data` whose caption names one thing ("a tree", "a red
-    house", "a landscape in sepia"), found by replaying the captions of the set's arguments."""
-    _, captions = scenes_and_captions(n_images, seed, captions_per_image)
-    texts = sorted({c for caps in captions for c in caps} | {""})
-    if len(texts) != data.embeds.shape[0]:
-        raise ValueError(f"the cached training set has {data.embeds.shape[0]} captions, its arguments give {len(texts)}")
-    short = torch.tensor([_names_one_thing(t) for t in texts])
-    return short[data.caption_ids].nonzero()
-
-
-def _names_one_thing(text: str) -> bool:
-    names = mentioned_concepts(text)
-    if any(n.endswith(" house") for n in names):
-        names = names - {"house"}  # "a red house" names the house and its colour: one thing
-    return len(names) == 1
+def build_object_masks(n_images: int, seed: int, cache: Path, progress: bool = True) -> torch.Tensor:
+    """bool [N, H, W]: where each training image's objects are (`object_mask`), cached on disk by its arguments."""
+    path = Path(cache) / f"world-{n_images}-{seed}-objects.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    scenes = sample_scenes(n_images, seed)
+    masks = torch.from_numpy(np.stack([object_mask(s) for s in tqdm(scenes, desc="Object masks", disable=not progress,
+                                                                     unit="scene")]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(masks, path)
+    return masks
 
 
 @torch.inference_mode()

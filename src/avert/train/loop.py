@@ -3,6 +3,9 @@ bf16; fp32 otherwise), EMA, checkpoints, resume.
 
 Loss (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy", v-prediction form):
     L = E[ min(SNR(t), gamma) / (SNR(t) + 1) * || v_theta(x_t, t, c) - v ||^2 ],  v = sqrt(a_t) eps - sqrt(1 - a_t) x_0
+With `object_weight` lambda > 0 the squared error is a weighted mean over pixels, w = 1 + lambda * m with m the
+world's object mask (1 where an object is drawn): a small object (a tree covers 2-5% of a 32x32 image) then
+counts for more than its area in the loss.
 Every step draws its batch and noise from generators seeded by (seed, step), so a resumed run continues
 exactly as an uninterrupted one would.
 """
@@ -21,8 +24,8 @@ import torch
 from tqdm import tqdm
 
 from avert.errors import ModelLoadError
-from avert.train.config import TEXT_PARTS, TrainConfig
-from avert.train.data import TrainingSet, build_training_set, short_caption_pairs
+from avert.train.config import TrainConfig
+from avert.train.data import TrainingSet, build_object_masks, build_training_set
 from avert.train.model import TRAINING_FILE, export_folder, new_scheduler, new_unet
 
 
@@ -36,19 +39,18 @@ def train(run: Path, config: TrainConfig, export: Path | None = None, progress: 
     """
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
-    config = config.resolved()  # a bad setting fails first
-    unet, ema, optimizer, step, start = _resume_or_start(run, config, init_from)  # then a bad model, before the data
+    unet, ema, optimizer, step, start = _resume_or_start(run, config, init_from)  # first: a bad model fails fast
     data = build_training_set(config.images, config.seed, config.captions_per_image,
                               data_dir or run / "data", progress)
-    config = dataclasses.replace(config, start=start)
-    short = short_caption_pairs(data, config.images, config.seed, config.captions_per_image) \
-        if config.short_share > 0 else None
+    config = dataclasses.replace(config.resolved(), start=start)
+    masks = build_object_masks(config.images, config.seed, data_dir or run / "data", progress) \
+        if config.object_weight > 0 else None
     scheduler = new_scheduler()
     alphas = scheduler.alphas_cumprod.float()
     bar = tqdm(total=config.steps, initial=step, desc="Training", unit="step", disable=not progress)
     losses: list[float] = []
     while step < config.steps:
-        loss = train_step(unet, optimizer, data, alphas, config, step, short)
+        loss = train_step(unet, optimizer, data, alphas, config, step, masks)
         step += 1
         _update_ema(ema, unet, min(config.ema_decay, (1 + step) / (10 + step)))
         losses.append(loss)
@@ -70,10 +72,10 @@ def provenance(step: int, config: TrainConfig) -> dict:
 
 
 def train_step(unet, optimizer, data: TrainingSet, alphas: torch.Tensor, config: TrainConfig, step: int,
-               short: torch.Tensor | None = None) -> float:
-    """One optimiser step on a batch drawn from (seed, step); `short` (from `short_caption_pairs`) is where the
-    `config.short_share` of the batch comes from."""
-    x0, cond = _batch(data, config, step, short)
+               masks: torch.Tensor | None = None) -> float:
+    """One optimiser step on a batch drawn from (seed, step); `masks` (`build_object_masks`) weight the pixels
+    of objects by 1 + `config.object_weight`."""
+    x0, cond, pixel_weight = _batch(data, config, step, masks)
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
     t = torch.randint(0, len(alphas), (x0.shape[0],), generator=generator)
     noise = torch.randn(x0.shape, generator=generator)
@@ -87,7 +89,12 @@ def train_step(unet, optimizer, data: TrainingSet, alphas: torch.Tensor, config:
         pred = unet(x_t, t, encoder_hidden_states=cond if bf16 else cond.float()).sample
     snr = a.flatten() / (1 - a.flatten())
     weight = torch.clamp(snr, max=config.min_snr_gamma) / (snr + 1)
-    loss = (weight * (pred.float() - v).pow(2).mean(dim=(1, 2, 3))).mean()
+    error = (pred.float() - v).pow(2)
+    if pixel_weight is None:
+        per_image = error.mean(dim=(1, 2, 3))
+    else:
+        per_image = (pixel_weight * error).mean(dim=(1, 2, 3)) / pixel_weight.mean(dim=(1, 2, 3))
+    loss = (weight * per_image).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -95,20 +102,20 @@ def train_step(unet, optimizer, data: TrainingSet, alphas: torch.Tensor, config:
     return loss.item()
 
 
-def _batch(data: TrainingSet, config: TrainConfig, step: int,
-           short: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(data: TrainingSet, config: TrainConfig, step: int, masks: torch.Tensor | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     rng = np.random.default_rng([config.seed, step])
     idx = torch.from_numpy(rng.integers(0, len(data), config.batch_size))
     which = torch.from_numpy(rng.integers(0, data.caption_ids.shape[1], config.batch_size))
-    n_short = round(config.short_share * config.batch_size) if short is not None else 0
-    if n_short:
-        pick = torch.from_numpy(rng.integers(0, len(short), n_short))
-        idx[:n_short], which[:n_short] = short[pick, 0], short[pick, 1]
     images = data.images[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
     flip = torch.from_numpy(rng.random(config.batch_size) < 0.5)
     images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
     cond = data.embeds[data.caption_ids[idx, which]]
-    return images, cond
+    if masks is None:
+        return images, cond, None
+    m = masks[idx].unsqueeze(1).float()
+    m = torch.where(flip.view(-1, 1, 1, 1), m.flip(-1), m)
+    return images, cond, 1 + config.object_weight * m
 
 
 @torch.no_grad()
@@ -120,7 +127,7 @@ def _update_ema(ema, model, decay: float) -> None:
 def _resume_or_start(run: Path, config: TrainConfig, init_from: Path | None):
     torch.manual_seed(config.seed)
     unet = new_unet().train()
-    optimizer = torch.optim.AdamW(trainable(unet, config.train_only), lr=config.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.01)
     path = run / "checkpoint.pt"
     if not path.exists():
         step = _load_exported(unet, Path(init_from)) if init_from else 0
@@ -131,17 +138,6 @@ def _resume_or_start(run: Path, config: TrainConfig, init_from: Path | None):
     ema.load_state_dict(saved["ema"])
     optimizer.load_state_dict(saved["optimizer"])
     return unet, ema, optimizer, int(saved["step"]), int(saved.get("start", 0))
-
-
-def trainable(unet, part: str) -> list[torch.nn.Parameter]:
-    """The weights a run trains ("all", or "text": those whose names hold one of `TEXT_PARTS`); the others are
-    frozen (no gradient, so the backward pass also skips their weight gradients)."""
-    chosen = []
-    for name, param in unet.named_parameters():
-        param.requires_grad_(part == "all" or any(key in name for key in TEXT_PARTS))
-        if param.requires_grad:
-            chosen.append(param)
-    return chosen
 
 
 def _load_exported(unet, folder: Path) -> int:

@@ -78,21 +78,21 @@ def make_dataset(n: int, seed: int, size: int = 32, captions_per_image: int = 4)
     The same seed gives identical data. Scenes and captions come from separate random
     streams, so the scenes of a seed do not depend on `size` or `captions_per_image`.
     """
-    scenes, caps = scenes_and_captions(n, seed, captions_per_image)
+    if n < 0 or captions_per_image < 0:
+        raise ValueError("n and captions_per_image must be >= 0")
+    scenes = sample_scenes(n, seed)
+    caption_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     for i, s in enumerate(scenes):
         images[i] = render(s, size)
+    caps = tuple(tuple(make_captions(s, caption_rng, captions_per_image)) for s in scenes)
     return WorldDataset(images=images, captions=caps, concepts=concept_matrix(scenes), scenes=scenes, seed=seed)
 
 
-def scenes_and_captions(n: int, seed: int, captions_per_image: int) -> tuple[tuple[Scene, ...], tuple[tuple[str, ...], ...]]:
-    """The scenes and captions of `make_dataset(n, seed, captions_per_image=...)`, without rendering."""
-    if n < 0 or captions_per_image < 0:
-        raise ValueError("n and captions_per_image must be >= 0")
-    scene_seq, caption_seq = np.random.SeedSequence(seed).spawn(2)
-    scene_rng, caption_rng = np.random.default_rng(scene_seq), np.random.default_rng(caption_seq)
-    scenes = tuple(sample_scene(scene_rng) for _ in range(n))
-    return scenes, tuple(tuple(make_captions(s, caption_rng, captions_per_image)) for s in scenes)
+def sample_scenes(n: int, seed: int) -> tuple[Scene, ...]:
+    """The scenes of `make_dataset(n, seed)`, without rendering or captions (their random stream is separate)."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[0])
+    return tuple(sample_scene(rng) for _ in range(n))
 
 
 def save_npz(dataset: WorldDataset, path: str | Path) -> None:

@@ -8,6 +8,7 @@ always gives the same pixels.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -455,3 +456,12 @@ def render(scene: Scene, size: int = 32) -> np.ndarray:
             p.hand(o)
     small = p.img.resize((size, size), RESAMPLE)
     return apply_tone(np.asarray(small), scene.tone)
+
+
+def object_mask(scene: Scene, size: int = 32) -> np.ndarray:
+    """Bool [size, size]: the pixels the scene's objects change. Mountains stay in the reference (they are
+    painted before the ground texture, which would shift without them), and so do the clouds of a cloudy sky
+    (which is not a valid scene without them)."""
+    kept = ("mountain", "cloud") if scene.sky == "cloudy" else ("mountain",)
+    bare = dataclasses.replace(scene, objects=tuple(o for o in scene.objects if o.kind in kept))
+    return (render(scene, size) != render(bare, size)).any(axis=-1)
