@@ -216,3 +216,9 @@ def test_the_object_weight_changes_training_and_is_recorded(tmp_path, train):
     assert any(not torch.equal(a[k], b[k]) for k in a)
     assert '"object_weight": 3.0' in (weighted / "model" / "training.json").read_text()
     assert '"object_weight": 0.0' in (plain / "model" / "training.json").read_text()
+
+
+def test_a_negative_object_weight_is_refused_by_name():
+    with pytest.raises(ValueError) as problem:
+        TrainConfig(object_weight=-1.0).resolved()
+    assert str(problem.value) == "object_weight: -1.0 is not allowed; must be a number from 0.0 to 100.0"

@@ -41,6 +41,8 @@ class TrainConfig:
         error naming it (never a silent fp32)."""
         from avert.pipeline.runtime import native_bf16
 
+        if not 0.0 <= self.object_weight <= 100.0:
+            raise ValueError(f"object_weight: {self.object_weight!r} is not allowed; must be a number from 0.0 to 100.0")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: {self.precision!r} is not allowed; must be one of {', '.join(PRECISIONS)}")
         if self.precision != "auto":
