@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -222,3 +224,58 @@ def test_a_negative_object_weight_is_refused_by_name():
     with pytest.raises(ValueError) as problem:
         TrainConfig(object_weight=-1.0).resolved()
     assert str(problem.value) == "object_weight: -1.0 is not allowed; must be a number from 0.0 to 100.0"
+
+
+def test_named_object_masks_follow_each_caption_and_are_cached(data_dir):
+    from avert.train.data import build_named_object_masks, named_kinds
+    from avert.world.dataset import sample_captions, sample_scenes
+    from avert.world.render import object_mask
+
+    k = CONFIG.captions_per_image
+    masks = build_named_object_masks(CONFIG.images, CONFIG.seed, k, data_dir, progress=False)
+    assert (data_dir / f"world-{CONFIG.images}-{CONFIG.seed}-{k}-named-objects.pt").exists()
+    assert masks.shape == (CONFIG.images, k, 32, 32) and masks.dtype == torch.bool
+    scenes = sample_scenes(CONFIG.images, CONFIG.seed)
+    phrases = sample_captions(scenes, CONFIG.seed, k)
+    for i in range(12):
+        for j, (_, concepts) in enumerate(phrases[i]):
+            assert torch.equal(masks[i, j], torch.from_numpy(object_mask(scenes[i], kinds=named_kinds(concepts))))
+    everything = torch.from_numpy(np.stack([object_mask(s) for s in scenes]))
+    outside = (masks & ~everything.unsqueeze(1)).sum()  # pixels not in the image's mask of every object
+    assert outside <= 0.02 * masks.sum()  # only where objects meet in the downscale
+    assert masks.sum() < 0.8 * everything.unsqueeze(1).expand_as(masks).sum()  # captions name a subset
+    assert torch.equal(build_named_object_masks(CONFIG.images, CONFIG.seed, k, data_dir, progress=False), masks)
+
+
+def test_named_kinds_are_the_object_kinds_a_caption_names():
+    from avert.train.data import named_kinds
+
+    assert named_kinds(frozenset({"red house", "tree", "sunset", "green tones", "cloudy sky"})) == {"house", "tree"}
+    assert named_kinds(frozenset()) == frozenset()
+
+
+def test_named_masks_weigh_the_drawn_caption(data_dir):
+    from avert.train.data import build_training_set
+
+    data = build_training_set(CONFIG.images, CONFIG.seed, CONFIG.captions_per_image, data_dir, progress=False)
+    n, k = data.caption_ids.shape
+    # A stand-in per-caption mask that says which caption was drawn: all ones for caption 1, zeros for caption 0.
+    which_mask = torch.zeros((n, k, 32, 32), dtype=torch.bool)
+    which_mask[:, 1] = True
+    config = TrainConfig(**{**CONFIG.__dict__, "batch_size": 16, "object_weight": 3.0, "object_mask": "named"})
+    images, cond, weight = loop._batch(data, config, 5, which_mask)
+    rng = np.random.default_rng([config.seed, 5])
+    idx, which = rng.integers(0, n, 16), rng.integers(0, k, 16)
+    assert 0 < which.sum() < 16
+    assert torch.equal(weight[:, 0, 0, 0], torch.from_numpy(1.0 + 3.0 * which).float())
+    assert torch.equal(cond, data.embeds[data.caption_ids[torch.from_numpy(idx), torch.from_numpy(which)]])
+
+
+def test_the_named_object_mask_is_recorded_and_an_unknown_one_refused(tmp_path, train):
+    run = tmp_path / "named"
+    train(run, TrainConfig(**{**CONFIG.__dict__, "steps": 1, "object_weight": 3.0, "object_mask": "named"}),
+          progress=False)
+    assert '"object_mask": "named"' in (run / "model" / "training.json").read_text()
+    with pytest.raises(ValueError) as problem:
+        TrainConfig(object_mask="some").resolved()
+    assert str(problem.value) == "object_mask: 'some' is not allowed; must be one of all, named"

@@ -10,6 +10,7 @@ from PIL import Image
 
 from avert.world import (
     CONCEPTS,
+    OBJECT_KINDS,
     TONES,
     Scene,
     SceneObject,
@@ -249,3 +250,32 @@ def test_sample_scenes_are_the_datasets_scenes() -> None:
     from avert.world.dataset import sample_scenes
 
     assert sample_scenes(12, seed=7) == make_dataset(12, seed=7, captions_per_image=1).scenes
+
+
+def test_object_mask_of_some_kinds_marks_only_those(scenes) -> None:
+    from avert.world.render import object_mask
+
+    both = [s for s in scenes if s.count("tree") and s.count("sun") and s.sky != "cloudy"][:5]
+    assert both
+    for s in both:
+        every, trees, sun = object_mask(s), object_mask(s, kinds={"tree"}), object_mask(s, kinds=["sun"])
+        assert trees.any() and sun.any()
+        # Each is (up to a few pixels of the downscale where objects meet) part of the mask of every object.
+        assert (trees & ~every).sum() <= 0.05 * trees.sum() and (sun & ~every).sum() <= 0.05 * sun.sum()
+        assert not np.array_equal(trees, sun)
+        assert np.array_equal(object_mask(s, kinds=OBJECT_KINDS), every)
+        assert not object_mask(s, kinds=()).any() and not object_mask(s, kinds={"mountain"}).any()
+    only_trees = [s for s in scenes if s.objects and all(o.kind == "tree" for o in s.objects)][0]
+    assert np.array_equal(object_mask(only_trees, kinds={"tree", "boat"}), object_mask(only_trees))
+
+
+def test_sample_captions_are_the_datasets_captions_with_what_they_name() -> None:
+    from avert.world.dataset import sample_captions, sample_scenes
+
+    data = make_dataset(40, seed=3, captions_per_image=3)
+    phrases = sample_captions(sample_scenes(40, seed=3), seed=3, captions_per_image=3)
+    assert tuple(tuple(text for text, _ in caps) for caps in phrases) == data.captions
+    named = [(text, concepts) for caps in phrases for text, concepts in caps]
+    assert any(concepts for _, concepts in named)
+    assert all(concepts <= scene.concepts() for scene, caps in zip(data.scenes, phrases) for _, concepts in caps)
+    assert all({c for c in concepts if c in OBJECT_KINDS} <= mentioned_concepts(text) for text, concepts in named)

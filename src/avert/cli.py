@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_parser(sub) -> None:
-    from avert.train.config import PRECISIONS, TrainConfig
+    from avert.train.config import OBJECT_MASKS, PRECISIONS, TrainConfig
 
     p = sub.add_parser("train", help="train the embedded model on the procedural world (resumes a run)")
     p.add_argument("--run", dest="run_dir", type=Path, default=Path("runs/embedded"),
@@ -89,6 +89,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--object-weight", type=bounded("object-weight", float, 0.0, 100.0), default=defaults.object_weight,
                    help="extra loss weight on the pixels where the world draws an object, so small objects (a tree) "
                    f"count for more than their area (default: {defaults.object_weight}: none)")
+    p.add_argument("--object-mask", default=defaults.object_mask, choices=OBJECT_MASKS,
+                   help="which objects --object-weight weighs: all in the image, or only those the caption names "
+                   f"(default: {defaults.object_mask})")
     p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
                    help="bf16 autocast or fp32; auto: bf16 where the CPU has native bf16 (AVX-512 bf16, AMX), "
                    "else fp32 (default: auto)")

@@ -21,6 +21,7 @@ class TrainConfig:
     start: int = 0
     precision: str = "auto"  # "bf16" (autocast), "fp32", or "auto": bf16 where the CPU computes it natively
     object_weight: float = 0.0  # extra loss weight on the pixels of objects (see `loop.train_step`)
+    object_mask: str = "all"  # which objects `object_weight` weighs: "all" in the image, or those the caption "named"
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up over `warmup` steps from `start` (the step a run began at: 0, or the step count of
@@ -43,6 +44,8 @@ class TrainConfig:
 
         if not 0.0 <= self.object_weight <= 100.0:
             raise ValueError(f"object_weight: {self.object_weight!r} is not allowed; must be a number from 0.0 to 100.0")
+        if self.object_mask not in OBJECT_MASKS:
+            raise ValueError(f"object_mask: {self.object_mask!r} is not allowed; must be one of {', '.join(OBJECT_MASKS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: {self.precision!r} is not allowed; must be one of {', '.join(PRECISIONS)}")
         if self.precision != "auto":
@@ -51,4 +54,5 @@ class TrainConfig:
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
+OBJECT_MASKS = ("all", "named")
 

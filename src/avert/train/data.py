@@ -10,7 +10,8 @@ import torch
 from tqdm import tqdm
 
 from avert.world import make_dataset
-from avert.world.dataset import sample_scenes
+from avert.world.attributes import OBJECT_KINDS
+from avert.world.dataset import sample_captions, sample_scenes
 from avert.world.render import object_mask
 
 
@@ -56,6 +57,29 @@ def build_object_masks(n_images: int, seed: int, cache: Path, progress: bool = T
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(masks, path)
     return masks
+
+
+def build_named_object_masks(n_images: int, seed: int, captions_per_image: int, cache: Path,
+                             progress: bool = True) -> torch.Tensor:
+    """bool [N, k, H, W]: for caption j of image i, where the objects that caption names are (`object_mask`
+    over `named_kinds`), in the order of `TrainingSet.caption_ids`; cached on disk by its arguments."""
+    path = Path(cache) / f"world-{n_images}-{seed}-{captions_per_image}-named-objects.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    scenes = sample_scenes(n_images, seed)
+    phrases = sample_captions(scenes, seed, captions_per_image)
+    masks = torch.from_numpy(np.stack([
+        np.stack([object_mask(scene, kinds=named_kinds(concepts)) for _, concepts in caps])
+        for scene, caps in tqdm(zip(scenes, phrases), total=n_images, desc="Named-object masks",
+                                disable=not progress, unit="scene")]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(masks, path)
+    return masks
+
+
+def named_kinds(concepts: frozenset[str]) -> frozenset[str]:
+    """The object kinds among a caption's named concepts ("red house" names a house)."""
+    return frozenset(c.split()[-1] for c in concepts if c.split()[-1] in OBJECT_KINDS)
 
 
 @torch.inference_mode()

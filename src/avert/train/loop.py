@@ -5,7 +5,10 @@ Loss (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Stra
     L = E[ min(SNR(t), gamma) / (SNR(t) + 1) * || v_theta(x_t, t, c) - v ||^2 ],  v = sqrt(a_t) eps - sqrt(1 - a_t) x_0
 With `object_weight` lambda > 0 the squared error is a weighted mean over pixels, w = 1 + lambda * m with m the
 world's object mask (1 where an object is drawn): a small object (a tree covers 2-5% of a 32x32 image) then
-counts for more than its area in the loss.
+counts for more than its area in the loss. The weight depends on the target, so it biases the optimum
+E[w x_0 | x_t, c] / E[w | x_t, c] towards images with objects: with `object_mask` "all" (every object in the
+image) the model draws objects more often also where the caption does not ask for them; with "named" (only the
+objects the caption names) the bias stays with the objects the caption asks for.
 Every step draws its batch and noise from generators seeded by (seed, step), so a resumed run continues
 exactly as an uninterrupted one would.
 """
@@ -25,7 +28,7 @@ from tqdm import tqdm
 
 from avert.errors import ModelLoadError
 from avert.train.config import TrainConfig
-from avert.train.data import TrainingSet, build_object_masks, build_training_set
+from avert.train.data import TrainingSet, build_named_object_masks, build_object_masks, build_training_set
 from avert.train.model import TRAINING_FILE, export_folder, new_scheduler, new_unet
 
 
@@ -43,8 +46,7 @@ def train(run: Path, config: TrainConfig, export: Path | None = None, progress: 
     data = build_training_set(config.images, config.seed, config.captions_per_image,
                               data_dir or run / "data", progress)
     config = dataclasses.replace(config.resolved(), start=start)
-    masks = build_object_masks(config.images, config.seed, data_dir or run / "data", progress) \
-        if config.object_weight > 0 else None
+    masks = _object_masks(config, data_dir or run / "data", progress)
     scheduler = new_scheduler()
     alphas = scheduler.alphas_cumprod.float()
     bar = tqdm(total=config.steps, initial=step, desc="Training", unit="step", disable=not progress)
@@ -102,6 +104,15 @@ def train_step(unet, optimizer, data: TrainingSet, alphas: torch.Tensor, config:
     return loss.item()
 
 
+def _object_masks(config: TrainConfig, cache: Path, progress: bool) -> torch.Tensor | None:
+    """None without an object weight; else bool [N, H, W] ("all") or [N, k, H, W] per caption ("named")."""
+    if config.object_weight == 0:
+        return None
+    if config.object_mask == "named":
+        return build_named_object_masks(config.images, config.seed, config.captions_per_image, cache, progress)
+    return build_object_masks(config.images, config.seed, cache, progress)
+
+
 def _batch(data: TrainingSet, config: TrainConfig, step: int, masks: torch.Tensor | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     rng = np.random.default_rng([config.seed, step])
@@ -113,7 +124,7 @@ def _batch(data: TrainingSet, config: TrainConfig, step: int, masks: torch.Tenso
     cond = data.embeds[data.caption_ids[idx, which]]
     if masks is None:
         return images, cond, None
-    m = masks[idx].unsqueeze(1).float()
+    m = (masks[idx, which] if masks.dim() == 4 else masks[idx]).unsqueeze(1).float()
     m = torch.where(flip.view(-1, 1, 1, 1), m.flip(-1), m)
     return images, cond, 1 + config.object_weight * m
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from avert.world.attributes import CONCEPT_INDEX, CONCEPTS, Scene
-from avert.world.captions import captions as make_captions
+from avert.world.captions import Phrase, caption_with_concepts
 from avert.world.render import render
 from avert.world.sample import sample_scene
 
@@ -81,11 +81,10 @@ def make_dataset(n: int, seed: int, size: int = 32, captions_per_image: int = 4)
     if n < 0 or captions_per_image < 0:
         raise ValueError("n and captions_per_image must be >= 0")
     scenes = sample_scenes(n, seed)
-    caption_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     for i, s in enumerate(scenes):
         images[i] = render(s, size)
-    caps = tuple(tuple(make_captions(s, caption_rng, captions_per_image)) for s in scenes)
+    caps = tuple(tuple(text for text, _ in phrases) for phrases in sample_captions(scenes, seed, captions_per_image))
     return WorldDataset(images=images, captions=caps, concepts=concept_matrix(scenes), scenes=scenes, seed=seed)
 
 
@@ -93,6 +92,13 @@ def sample_scenes(n: int, seed: int) -> tuple[Scene, ...]:
     """The scenes of `make_dataset(n, seed)`, without rendering or captions (their random stream is separate)."""
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[0])
     return tuple(sample_scene(rng) for _ in range(n))
+
+
+def sample_captions(scenes: tuple[Scene, ...], seed: int, captions_per_image: int) -> tuple[tuple[Phrase, ...], ...]:
+    """The captions of `make_dataset(len(scenes), seed, captions_per_image=...)`, each with the concepts it names
+    (`caption_with_concepts`), without rendering: the caption stream is separate from the scenes'."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
+    return tuple(tuple(caption_with_concepts(s, rng) for _ in range(captions_per_image)) for s in scenes)
 
 
 def save_npz(dataset: WorldDataset, path: str | Path) -> None:

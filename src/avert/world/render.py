@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from avert.world.attributes import RGB, Scene, SceneObject
+from avert.world.attributes import OBJECT_KINDS, RGB, Scene, SceneObject
 
 SUPERSAMPLE = 4
 RESAMPLE = Image.Resampling.LANCZOS
@@ -458,10 +459,13 @@ def render(scene: Scene, size: int = 32) -> np.ndarray:
     return apply_tone(np.asarray(small), scene.tone)
 
 
-def object_mask(scene: Scene, size: int = 32) -> np.ndarray:
-    """Bool [size, size]: the pixels the scene's objects change. Mountains stay in the reference (they are
-    painted before the ground texture, which would shift without them), and so do the clouds of a cloudy sky
-    (which is not a valid scene without them)."""
-    kept = ("mountain", "cloud") if scene.sky == "cloudy" else ("mountain",)
-    bare = dataclasses.replace(scene, objects=tuple(o for o in scene.objects if o.kind in kept))
+def object_mask(scene: Scene, size: int = 32, kinds: Iterable[str] | None = None) -> np.ndarray:
+    """Bool [size, size]: the pixels the scene's objects change (only those of `kinds`, when given). Mountains
+    stay in the reference (they are painted before the ground texture, which would shift without them), and so
+    do the clouds of a cloudy sky (which is not a valid scene without them)."""
+    kept = {"mountain", "cloud"} if scene.sky == "cloudy" else {"mountain"}
+    removed = set(OBJECT_KINDS if kinds is None else kinds) - kept
+    if not any(o.kind in removed for o in scene.objects):
+        return np.zeros((size, size), dtype=bool)
+    bare = dataclasses.replace(scene, objects=tuple(o for o in scene.objects if o.kind not in removed))
     return (render(scene, size) != render(bare, size)).any(axis=-1)
