@@ -279,3 +279,11 @@ def test_the_named_object_mask_is_recorded_and_an_unknown_one_refused(tmp_path, 
     with pytest.raises(ValueError) as problem:
         TrainConfig(object_mask="some").resolved()
     assert str(problem.value) == "object_mask: 'some' is not allowed; must be one of all, named"
+
+
+def test_a_bad_setting_fails_before_the_model_or_the_data(tmp_path):
+    data = tmp_path / "data"
+    with pytest.raises(ValueError, match="object_mask: 'some' is not allowed"):
+        loop.train(tmp_path / "run", TrainConfig(**{**CONFIG.__dict__, "object_mask": "some"}), progress=False,
+                   init_from=tmp_path / "no-such-model", data_dir=data)
+    assert not data.exists()

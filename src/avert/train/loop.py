@@ -42,10 +42,11 @@ def train(run: Path, config: TrainConfig, export: Path | None = None, progress: 
     """
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
-    unet, ema, optimizer, step, start = _resume_or_start(run, config, init_from)  # first: a bad model fails fast
+    config = config.resolved()  # a bad setting fails first
+    unet, ema, optimizer, step, start = _resume_or_start(run, config, init_from)  # then a bad model, before the data
     data = build_training_set(config.images, config.seed, config.captions_per_image,
                               data_dir or run / "data", progress)
-    config = dataclasses.replace(config.resolved(), start=start)
+    config = dataclasses.replace(config, start=start)
     masks = _object_masks(config, data_dir or run / "data", progress)
     scheduler = new_scheduler()
     alphas = scheduler.alphas_cumprod.float()
