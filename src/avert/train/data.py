@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,49 +34,49 @@ class TrainingSet:
 def build_training_set(n_images: int, seed: int, captions_per_image: int, cache: Path,
                        progress: bool = True) -> TrainingSet:
     """Render the world, caption it and encode every distinct caption (cached on disk by its arguments)."""
-    path = Path(cache) / f"world-{n_images}-{seed}-{captions_per_image}.pt"
-    if path.exists():
-        return TrainingSet(**torch.load(path, weights_only=True))
-    data = make_dataset(n_images, seed, captions_per_image=captions_per_image)
-    texts = sorted({c for caps in data.captions for c in caps} | {""})
-    row = {t: i for i, t in enumerate(texts)}
-    ids = torch.tensor([[row[c] for c in caps] for caps in data.captions], dtype=torch.int64)
-    embeds = encode_all(texts, progress)
-    result = TrainingSet(torch.from_numpy(np.array(data.images)), ids, embeds, row[""])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(result.__dict__, path)
-    return result
+    def make() -> dict:
+        data = make_dataset(n_images, seed, captions_per_image=captions_per_image)
+        texts = sorted({c for caps in data.captions for c in caps} | {""})
+        row = {t: i for i, t in enumerate(texts)}
+        ids = torch.tensor([[row[c] for c in caps] for caps in data.captions], dtype=torch.int64)
+        return TrainingSet(torch.from_numpy(np.array(data.images)), ids, encode_all(texts, progress), row[""]).__dict__
+
+    return TrainingSet(**_cached(Path(cache) / f"world-{n_images}-{seed}-{captions_per_image}.pt", make))
 
 
 def build_object_masks(n_images: int, seed: int, cache: Path, progress: bool = True) -> torch.Tensor:
     """bool [N, H, W]: where each training image's objects are (`object_mask`), cached on disk by its arguments."""
-    path = Path(cache) / f"world-{n_images}-{seed}-objects.pt"
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    scenes = sample_scenes(n_images, seed)
-    masks = torch.from_numpy(np.stack([object_mask(s) for s in tqdm(scenes, desc="Object masks", disable=not progress,
-                                                                     unit="scene")]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(masks, path)
-    return masks
+    def make() -> torch.Tensor:
+        scenes = sample_scenes(n_images, seed)
+        return torch.from_numpy(np.stack([object_mask(s) for s in tqdm(scenes, desc="Object masks",
+                                                                      disable=not progress, unit="scene")]))
+
+    return _cached(Path(cache) / f"world-{n_images}-{seed}-objects.pt", make)
 
 
 def build_named_object_masks(n_images: int, seed: int, captions_per_image: int, cache: Path,
                              progress: bool = True) -> torch.Tensor:
     """bool [N, k, H, W]: for caption j of image i, where the objects that caption names are (`object_mask`
     over `named_kinds`), in the order of `TrainingSet.caption_ids`; cached on disk by its arguments."""
-    path = Path(cache) / f"world-{n_images}-{seed}-{captions_per_image}-named-objects.pt"
+    def make() -> torch.Tensor:
+        scenes = sample_scenes(n_images, seed)
+        phrases = sample_captions(scenes, seed, captions_per_image)
+        return torch.from_numpy(np.stack([
+            np.stack([object_mask(scene, kinds=named_kinds(concepts)) for _, concepts in caps])
+            for scene, caps in tqdm(zip(scenes, phrases), total=n_images, desc="Named-object masks",
+                                    disable=not progress, unit="scene")]))
+
+    return _cached(Path(cache) / f"world-{n_images}-{seed}-{captions_per_image}-named-objects.pt", make)
+
+
+def _cached(path: Path, make: Callable[[], Any]) -> Any:
+    """What `path` holds (tensors only, loaded without pickle), or `make()`, saved there first."""
     if path.exists():
         return torch.load(path, weights_only=True)
-    scenes = sample_scenes(n_images, seed)
-    phrases = sample_captions(scenes, seed, captions_per_image)
-    masks = torch.from_numpy(np.stack([
-        np.stack([object_mask(scene, kinds=named_kinds(concepts)) for _, concepts in caps])
-        for scene, caps in tqdm(zip(scenes, phrases), total=n_images, desc="Named-object masks",
-                                disable=not progress, unit="scene")]))
+    value = make()
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(masks, path)
-    return masks
+    torch.save(value, path)
+    return value
 
 
 def named_kinds(concepts: frozenset[str]) -> frozenset[str]:
