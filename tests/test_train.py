@@ -247,6 +247,28 @@ def test_named_object_masks_follow_each_caption_and_are_cached(data_dir):
     assert torch.equal(build_named_object_masks(CONFIG.images, CONFIG.seed, k, data_dir, progress=False), masks)
 
 
+def test_a_caption_naming_a_tone_weighs_the_whole_image_under_named_plus_tone(data_dir):
+    from avert.train.data import build_named_masks_with_tones, build_named_object_masks, names_a_tone
+    from avert.world.dataset import sample_captions, sample_scenes
+
+    k = CONFIG.captions_per_image
+    named = build_named_object_masks(CONFIG.images, CONFIG.seed, k, data_dir, progress=False)
+    masks = build_named_masks_with_tones(CONFIG.images, CONFIG.seed, k, data_dir, progress=False)
+    phrases = sample_captions(sample_scenes(CONFIG.images, CONFIG.seed), CONFIG.seed, k)
+    toned = [(i, j) for i, caps in enumerate(phrases) for j, (_, concepts) in enumerate(caps) if names_a_tone(concepts)]
+    assert 0.2 * CONFIG.images * k < len(toned) < 0.8 * CONFIG.images * k  # graded images are about half
+    for i, caps in enumerate(phrases):
+        for j, _ in enumerate(caps):
+            assert torch.equal(masks[i, j], torch.ones_like(masks[i, j]) if (i, j) in toned else named[i, j])
+
+
+def test_names_a_tone():
+    from avert.train.data import names_a_tone
+
+    assert names_a_tone(frozenset({"tree", "sepia"})) and names_a_tone(frozenset({"green tones"}))
+    assert not names_a_tone(frozenset({"tree", "green grass", "blue house"})) and not names_a_tone(frozenset())
+
+
 def test_named_kinds_are_the_object_kinds_a_caption_names():
     from avert.train.data import named_kinds
 
@@ -271,14 +293,15 @@ def test_named_masks_weigh_the_drawn_caption(data_dir):
     assert torch.equal(cond, data.embeds[data.caption_ids[torch.from_numpy(idx), torch.from_numpy(which)]])
 
 
-def test_the_named_object_mask_is_recorded_and_an_unknown_one_refused(tmp_path, train):
+@pytest.mark.parametrize("mask", ["named", "named+tone"])
+def test_the_named_object_mask_is_recorded_and_an_unknown_one_refused(tmp_path, train, mask):
     run = tmp_path / "named"
-    train(run, TrainConfig(**{**CONFIG.__dict__, "steps": 1, "object_weight": 3.0, "object_mask": "named"}),
+    train(run, TrainConfig(**{**CONFIG.__dict__, "steps": 1, "object_weight": 3.0, "object_mask": mask}),
           progress=False)
-    assert '"object_mask": "named"' in (run / "model" / "training.json").read_text()
+    assert f'"object_mask": "{mask}"' in (run / "model" / "training.json").read_text()
     with pytest.raises(ValueError) as problem:
         TrainConfig(object_mask="some").resolved()
-    assert str(problem.value) == "object_mask: 'some' is not allowed; must be one of all, named"
+    assert str(problem.value) == "object_mask: 'some' is not allowed; must be one of all, named, named+tone"
 
 
 def test_a_bad_setting_fails_before_the_model_or_the_data(tmp_path):

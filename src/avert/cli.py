@@ -90,7 +90,8 @@ def _train_parser(sub) -> None:
                    help="extra loss weight on the pixels where the world draws an object, so small objects (a tree) "
                    f"count for more than their area (default: {defaults.object_weight}: none)")
     p.add_argument("--object-mask", default=defaults.object_mask, choices=OBJECT_MASKS,
-                   help="which objects --object-weight weighs: all in the image, or only those the caption names "
+                   help="which pixels --object-weight weighs: all objects in the image; named: only the objects "
+                   "the caption names; named+tone: those, or the whole image when the caption names a tone grade "
                    f"(default: {defaults.object_mask})")
     p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
                    help="bf16 autocast or fp32; auto: bf16 where the CPU has native bf16 (AVX-512 bf16, AMX), "

@@ -21,7 +21,7 @@ class TrainConfig:
     start: int = 0
     precision: str = "auto"  # "bf16" (autocast), "fp32", or "auto": bf16 where the CPU computes it natively
     object_weight: float = 0.0  # extra loss weight on the pixels of objects (see `loop.train_step`)
-    object_mask: str = "all"  # which objects `object_weight` weighs: "all" in the image, or those the caption "named"
+    object_mask: str = "all"  # which pixels `object_weight` weighs: all objects, the "named" ones, "named+tone"
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up over `warmup` steps from `start` (the step a run began at: 0, or the step count of
@@ -54,5 +54,5 @@ class TrainConfig:
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
-OBJECT_MASKS = ("all", "named")
+OBJECT_MASKS = ("all", "named", "named+tone")
 

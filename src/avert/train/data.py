@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from avert.world import make_dataset
-from avert.world.attributes import OBJECT_KINDS
+from avert.world.attributes import OBJECT_KINDS, TONES
 from avert.world.dataset import sample_captions, sample_scenes
 from avert.world.render import object_mask
 
@@ -67,6 +67,21 @@ def build_named_object_masks(n_images: int, seed: int, captions_per_image: int, 
                                     disable=not progress, unit="scene")]))
 
     return _cached(Path(cache) / f"world-{n_images}-{seed}-{captions_per_image}-named-objects.pt", make)
+
+
+def build_named_masks_with_tones(n_images: int, seed: int, captions_per_image: int, cache: Path,
+                                 progress: bool = True) -> torch.Tensor:
+    """bool [N, k, H, W]: `build_named_object_masks`, except that a caption naming a tone grade names the whole
+    image (a grade changes every pixel), so its mask is all ones."""
+    masks = build_named_object_masks(n_images, seed, captions_per_image, cache, progress)
+    phrases = sample_captions(sample_scenes(n_images, seed), seed, captions_per_image)
+    toned = torch.tensor([[names_a_tone(concepts) for _, concepts in caps] for caps in phrases])
+    return masks | toned[:, :, None, None]
+
+
+def names_a_tone(concepts: frozenset[str]) -> bool:
+    """Whether a caption's named concepts include a tone grade ("green tones", "sepia", ...)."""
+    return any(tone in concepts for tone in TONES if tone != "none")
 
 
 def _cached(path: Path, make: Callable[[], Any]) -> Any:

@@ -8,7 +8,9 @@ world's object mask (1 where an object is drawn): a small object (a tree covers 
 counts for more than its area in the loss. The weight depends on the target, so it biases the optimum
 E[w x_0 | x_t, c] / E[w | x_t, c] towards images with objects: with `object_mask` "all" (every object in the
 image) the model draws objects more often also where the caption does not ask for them; with "named" (only the
-objects the caption names) the bias stays with the objects the caption asks for.
+objects the caption names) the bias stays with the objects the caption asks for. "named+tone" also counts a
+named tone grade as naming every pixel: such a caption's weight is uniform, so after the per-image
+normalisation its loss is the unweighted one, and a grade's conditional is learnt as without object weights.
 Every step draws its batch and noise from generators seeded by (seed, step), so a resumed run continues
 exactly as an uninterrupted one would.
 """
@@ -28,7 +30,8 @@ from tqdm import tqdm
 
 from avert.errors import ModelLoadError
 from avert.train.config import TrainConfig
-from avert.train.data import TrainingSet, build_named_object_masks, build_object_masks, build_training_set
+from avert.train.data import (TrainingSet, build_named_masks_with_tones, build_named_object_masks, build_object_masks,
+                              build_training_set)
 from avert.train.model import TRAINING_FILE, export_folder, new_scheduler, new_unet
 
 
@@ -106,9 +109,12 @@ def train_step(unet, optimizer, data: TrainingSet, alphas: torch.Tensor, config:
 
 
 def _object_masks(config: TrainConfig, cache: Path, progress: bool) -> torch.Tensor | None:
-    """None without an object weight; else bool [N, H, W] ("all") or [N, k, H, W] per caption ("named")."""
+    """None without an object weight; else bool [N, H, W] ("all") or [N, k, H, W] per caption ("named",
+    "named+tone")."""
     if config.object_weight == 0:
         return None
+    if config.object_mask == "named+tone":
+        return build_named_masks_with_tones(config.images, config.seed, config.captions_per_image, cache, progress)
     if config.object_mask == "named":
         return build_named_object_masks(config.images, config.seed, config.captions_per_image, cache, progress)
     return build_object_masks(config.images, config.seed, cache, progress)
