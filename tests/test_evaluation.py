@@ -122,6 +122,39 @@ def test_summary_page_names_the_worst_fidelity_drop():
     assert "0123456789" in page and "negatives.png" in page and "seeds 0..3" in page
 
 
+def test_absent_page_counts_the_pairs_within_the_fidelity_target(tmp_path):
+    from avert.evaluation.common import RunInfo
+    from avert.evaluation.negatives import absent_page, write_negatives_docs
+
+    rows = [row(negative="sepia", concept="sepia", rate_without=0.0, rate_with=0.0, suppression=None,
+                fidelity_without=0.94, fidelity_with=0.06),
+            row(negative="hands", concept="hand", rate_without=0.0, rate_with=0.0, suppression=None,
+                fidelity_without=0.94, fidelity_with=0.88)]  # within 10 points
+    info = RunInfo("2026-01-01", "test machine", "model", "0123456789", 4, Settings(), "cpu, fp32")
+    page = absent_page(rows, info)
+    assert "Fidelity drop within 10 points: **1 of 2 pairs**" in page
+    assert 'Worst: **+0.88** (well-formed 0.94 -> 0.06) for "a landscape" with negative "sepia"' in page
+    assert "avert eval negatives --absent" in page and "negatives-absent.png" in page
+    written = write_negatives_docs(rows, info, tmp_path, absent=True)
+    assert written == tmp_path / "eval" / "negatives-absent.md" and not (tmp_path / "eval" / "negatives.md").exists()
+    assert "negatives-absent.png" not in written.read_text()  # no figure given
+
+
+def test_absent_pairs_are_chosen_by_flag_and_exclude_pair():
+    from avert.evaluation.negatives import ABSENT_FIGURE_PAIRS, ABSENT_PAIRS
+
+    args = build_parser().parse_args(["eval", "negatives", "--absent"])
+    assert pairs_from_args(args.pair, args.absent) == ABSENT_PAIRS
+    assert ("a house on a hill", "green tones") == (ABSENT_PAIRS[0].prompt, ABSENT_PAIRS[0].negative)  # README
+    assert set(ABSENT_FIGURE_PAIRS) <= {(p.prompt, p.negative) for p in ABSENT_PAIRS}
+    for pair in ABSENT_PAIRS:
+        assert pair.concept not in mentioned_concepts(pair.prompt), pair
+        assert target_concept(pair.negative, pair.prompt) == pair.concept, pair
+        assert pair_from_texts(pair.prompt, pair.negative) == pair
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "negatives", "--absent", "--pair", "a landscape", "trees"])
+
+
 def test_results_json_shape():
     data = json.loads(results_json([row(), row(prompt="a scene", negative="hands", concept="hand")]))
     assert isinstance(data, list) and len(data) == 2

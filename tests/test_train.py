@@ -262,6 +262,48 @@ def test_a_caption_naming_a_tone_weighs_the_whole_image_under_named_plus_tone(da
             assert torch.equal(masks[i, j], torch.ones_like(masks[i, j]) if (i, j) in toned else named[i, j])
 
 
+def test_the_tone_noise_table_lists_ungraded_images_and_tone_only_captions():
+    from avert.train.data import names_a_tone, tone_noise_table
+    from avert.world.dataset import sample_captions, sample_scenes
+
+    k = CONFIG.captions_per_image
+    ungraded, tone_only = tone_noise_table(CONFIG.images, CONFIG.seed, k)
+    scenes = sample_scenes(CONFIG.images, CONFIG.seed)
+    assert ungraded.tolist() == [s.tone == "none" for s in scenes] and 0 < ungraded.sum() < CONFIG.images
+    phrases = sample_captions(scenes, CONFIG.seed, k)
+    texts = sorted({t for caps in phrases for t, _ in caps} | {""})  # the rows of TrainingSet.embeds
+    concepts = {t: c for caps in phrases for t, c in caps}
+    named = [concepts[texts[i]] for i in tone_only.tolist()]
+    assert named and all(c and all(names_a_tone(frozenset({x})) for x in c) for c in named)
+    assert len(tone_only) == len({t for t, c in concepts.items() if c and all(names_a_tone(frozenset({x})) for x in c)})
+
+
+def test_tone_noise_swaps_only_ungraded_images_to_tone_only_captions(data_dir):
+    from avert.train.data import build_training_set, tone_noise_table
+
+    data = build_training_set(CONFIG.images, CONFIG.seed, CONFIG.captions_per_image, data_dir, progress=False)
+    noise = tone_noise_table(CONFIG.images, CONFIG.seed, CONFIG.captions_per_image)
+    plain = TrainConfig(**{**CONFIG.__dict__, "batch_size": 32, "object_weight": 3.0})
+    masks = torch.ones((CONFIG.images, CONFIG.captions_per_image, 32, 32), dtype=torch.bool)
+    images, cond, weight = loop._batch(data, plain, 3, masks)
+    rng = np.random.default_rng([plain.seed, 3])
+    idx, which = rng.integers(0, CONFIG.images, 32), rng.integers(0, CONFIG.captions_per_image, 32)
+    ungraded = noise[0][torch.from_numpy(idx)]
+    tone_rows = data.embeds[noise[1]]
+    for p, expected in ((0.0, 0), (1.0, int(ungraded.sum()))):
+        config = TrainConfig(**{**plain.__dict__, "tone_noise": p})
+        noisy_images, noisy_cond, noisy_weight = loop._batch(data, config, 3, masks, noise)
+        assert torch.equal(noisy_images, images)  # the same images and flips: the draws come after them
+        swapped = [i for i in range(32) if not torch.equal(noisy_cond[i], cond[i])]
+        assert len(swapped) == expected and all(bool(ungraded[i]) for i in swapped)
+        assert all(any(torch.equal(noisy_cond[i], t) for t in tone_rows) for i in swapped)
+        assert all(bool((noisy_weight[i] == 1.0).all()) for i in swapped)  # a tone-only caption names no object
+        assert all(torch.equal(noisy_weight[i], weight[i]) for i in range(32) if i not in swapped)
+    with pytest.raises(ValueError) as problem:
+        TrainConfig(tone_noise=1.5).resolved()
+    assert str(problem.value) == "tone_noise: 1.5 is not allowed; must be a number from 0.0 to 1.0"
+
+
 def test_names_a_tone():
     from avert.train.data import names_a_tone
 

@@ -89,6 +89,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--object-weight", type=bounded("object-weight", float, 0.0, 100.0), default=defaults.object_weight,
                    help="extra loss weight on the pixels where the world draws an object, so small objects (a tree) "
                    f"count for more than their area (default: {defaults.object_weight}: none)")
+    p.add_argument("--tone-noise", type=bounded("tone-noise", float, 0.0, 1.0), default=defaults.tone_noise,
+                   help="chance that an image without a tone grade is trained on a caption that names only a tone "
+                   f"(caption noise that keeps tone negatives from overshooting) (default: {defaults.tone_noise})")
     p.add_argument("--object-mask", default=defaults.object_mask, choices=OBJECT_MASKS,
                    help="which pixels --object-weight weighs: all objects in the image; named: only the objects "
                    "the caption names; named+tone: those, or the whole image when the caption names a tone grade "

@@ -66,8 +66,12 @@ def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
     what = p.add_subparsers(dest="eval_what", required=True, metavar="WHAT")
     negatives = what.add_parser("negatives", help="suppression and fidelity of negative prompts, same seeds "
                                 "without and with the negative")
-    negatives.add_argument("--pair", nargs=2, action="append", metavar=("PROMPT", "NEGATIVE"),
-                           help="evaluate this prompt and negative (repeatable); default: the built-in pairs")
+    chosen = negatives.add_mutually_exclusive_group()
+    chosen.add_argument("--pair", nargs=2, action="append", metavar=("PROMPT", "NEGATIVE"),
+                        help="evaluate this prompt and negative (repeatable); default: the built-in pairs")
+    chosen.add_argument("--absent", action="store_true",
+                        help="the built-in standing negatives instead: negatives whose concept the prompt does not "
+                        "produce, which should cost no fidelity (writes docs/eval/negatives-absent.md)")
     _method_flags(negatives)
     methods = what.add_parser("methods", help="every negative-guidance method on the same pairs and seeds: "
                               "suppression, fidelity, UNet evaluations and seconds per image")
@@ -195,7 +199,7 @@ def _common(args):
 def _run_negatives(args) -> int:
     from avert.evaluation import negatives as neg
 
-    pairs = neg.pairs_from_args(args.pair)  # errors about --pair come before any loading
+    pairs = neg.pairs_from_args(args.pair, args.absent)  # errors about --pair come before any loading
     method = method_from_args(args)
     settings, runtime, components, info = _common(args)
     _validate_method(settings, method)
@@ -213,8 +217,9 @@ def _run_negatives(args) -> int:
     if not args.pair and (method.options or settings.first_seed):
         print("\n(docs/ is written by the plain-CFG run from seed 0 and by `avert eval methods`)")
     elif not args.pair:
-        figure = neg.negatives_figure(results, components, runtime=runtime, batch_size=args.batch_size)
-        page = neg.write_negatives_docs(results, info, args.docs, figure)
+        figure = neg.negatives_figure(results, components, runtime=runtime, batch_size=args.batch_size,
+                                      pairs=neg.ABSENT_FIGURE_PAIRS if args.absent else neg.FIGURE_PAIRS)
+        page = neg.write_negatives_docs(results, info, args.docs, figure, absent=args.absent)
         print(f"\nwritten to {page}" + (f" and {page.with_suffix('.png')}" if figure is not None else ""))
     return 0
 

@@ -46,6 +46,7 @@ from avert.evaluation.common import (
 from avert.world import CONCEPT_INDEX, CONCEPTS, HOUSE_COLORS, mentioned_concepts
 
 MIN_BASE_RATE = 0.4
+MAX_FIDELITY_DROP = 0.10  # the issue's target: fidelity falls by at most 10 points
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,26 @@ DEFAULT_PAIRS: tuple[Pair, ...] = (
     Pair("a landscape in shades of blue", "blue tones", "blue tones"),  # 1.00 at step 3000
     Pair("a cold landscape", "snow", "snow"),  # 0.94 ("a landscape" 0.00)
     Pair("a village", "house", "house"),  # 0.78 at step 18500 ("a scene with a tree" 0.03, "a farm" 0.25)
+)
+
+# Standing negatives: a negative whose concept the prompt does not produce (measured: none or nearly none of the
+# images without it have it), as people keep "sepia, black and white, hands" in every negative. Nothing should
+# change but what the negative names, so these measure fidelity only (suppression is undefined). The first is
+# the README's main command; the last two are object controls.
+ABSENT_PAIRS: tuple[Pair, ...] = (
+    Pair("a house on a hill", "green tones", "green tones", ("house",)),
+    Pair("a landscape", "green tones", "green tones"),
+    Pair("a landscape", "blue tones", "blue tones"),
+    Pair("a landscape", "warm tones", "warm tones"),
+    Pair("a landscape", "black and white", "black and white"),
+    Pair("a landscape", "sepia", "sepia"),
+    Pair("a village", "boat", "boat", ("house",)),
+    Pair("a landscape", "hands", "hand"),
+)
+ABSENT_FIGURE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("a house on a hill", "green tones"),
+    ("a landscape", "sepia"),
+    ("a landscape", "black and white"),
 )
 
 # The guide's side-by-side figure: these pairs, when evaluated, one compare grid each.
@@ -319,7 +340,7 @@ def target_concept(negative: str, prompt: str = "") -> str:
 
 def pair_from_texts(prompt: str, negative: str) -> Pair:
     """A `Pair` for a prompt and negative given on the command line (a default pair when it is one)."""
-    for pair in DEFAULT_PAIRS:
+    for pair in DEFAULT_PAIRS + ABSENT_PAIRS:
         if (pair.prompt, pair.negative) == (prompt, negative):
             return pair
     concept = target_concept(negative, prompt)
@@ -327,10 +348,11 @@ def pair_from_texts(prompt: str, negative: str) -> Pair:
     return Pair(prompt, negative, concept, wanted)
 
 
-def pairs_from_args(given: Sequence[Sequence[str]] | None) -> tuple[Pair, ...]:
-    """The pairs of repeated `--pair PROMPT NEGATIVE` options, or `DEFAULT_PAIRS` when none are given."""
+def pairs_from_args(given: Sequence[Sequence[str]] | None, absent: bool = False) -> tuple[Pair, ...]:
+    """The pairs of repeated `--pair PROMPT NEGATIVE` options, or `DEFAULT_PAIRS` (`ABSENT_PAIRS` with
+    `absent`) when none are given."""
     if not given:
-        return DEFAULT_PAIRS
+        return ABSENT_PAIRS if absent else DEFAULT_PAIRS
     return tuple(pair_from_texts(prompt, negative) for prompt, negative in given)
 
 
@@ -523,13 +545,44 @@ def hstack(images: Sequence[Image.Image], gap: int = 24) -> Image.Image:
     return canvas
 
 
+def absent_page(results: Sequence[PairResult], info: RunInfo, figure: str | None = "negatives-absent.png") -> str:
+    """The markdown page docs/eval/negatives-absent.md: standing negatives whose concept the prompt lacks."""
+    worst = worst_fidelity_drop(results)
+    within = [r for r in results if r.fidelity_drop <= MAX_FIDELITY_DROP + 1e-9]
+    lines = [
+        "# Negative prompts the image does not need: what they cost",
+        "",
+        info.line("avert eval negatives --absent"),
+        "",
+        f"Fidelity drop within {MAX_FIDELITY_DROP * 100:.0f} points: **{len(within)} of {len(results)} pairs**."
+        + (f" Worst: **{worst.fidelity_drop:+.2f}** ({worst.fidelity_measure} {worst.fidelity_without:.2f} -> "
+           f"{worst.fidelity_with:.2f}) for \"{worst.prompt}\" with negative \"{worst.negative}\"." if worst else ""),
+        "",
+        markdown_table(results),
+        "",
+        "Each prompt here rarely or never produces the negative's concept, as when a negative list is kept for every "
+        "prompt (\"sepia, black and white, hands\"). The image should then stay what the prompt alone gives: "
+        "*fidelity* (defined as in [negatives.md](negatives.md): the prompt's own concepts, or the share of "
+        "well-formed images for a generic prompt) should not fall. Suppression is undefined where the concept "
+        "never appears without the negative. The first row is the README's main command.",
+    ]
+    if figure:
+        lines += ["", f"![no negative vs negative, same seeds]({figure})", "",
+                  "The first pairs, without (left) and with (right) the negative, on the run's lowest seeds (a seed "
+                  "whose image has the concept without the negative would come first)."]
+    return "\n".join(lines) + "\n"
+
+
 def write_negatives_docs(results: Sequence[PairResult], info: RunInfo, docs: Path,
-                         figure: Image.Image | None = None) -> Path:
-    """Write docs/eval/negatives.md (and negatives.png when a figure is given); the markdown path."""
+                         figure: Image.Image | None = None, absent: bool = False) -> Path:
+    """Write docs/eval/negatives.md (negatives-absent.md with `absent`), and the .png beside it when a figure
+    is given; the markdown path."""
     folder = Path(docs) / "eval"
     folder.mkdir(parents=True, exist_ok=True)
+    name = "negatives-absent" if absent else "negatives"
     if figure is not None:
-        figure.save(folder / "negatives.png")
-    page = folder / "negatives.md"
-    page.write_text(negatives_page(results, info, "negatives.png" if figure is not None else None))
+        figure.save(folder / f"{name}.png")
+    png = f"{name}.png" if figure is not None else None
+    page = folder / f"{name}.md"
+    page.write_text(absent_page(results, info, png) if absent else negatives_page(results, info, png))
     return page

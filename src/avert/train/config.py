@@ -21,6 +21,7 @@ class TrainConfig:
     start: int = 0
     precision: str = "auto"  # "bf16" (autocast), "fp32", or "auto": bf16 where the CPU computes it natively
     object_weight: float = 0.0  # extra loss weight on the pixels of objects (see `loop.train_step`)
+    tone_noise: float = 0.0  # chance that an ungraded image is trained on a caption naming only a tone (`_batch`)
     object_mask: str = "all"  # which pixels `object_weight` weighs: all objects, the "named" ones, "named+tone"
 
     def learning_rate(self, step: int) -> float:
@@ -44,6 +45,8 @@ class TrainConfig:
 
         if not 0.0 <= self.object_weight <= 100.0:
             raise ValueError(f"object_weight: {self.object_weight!r} is not allowed; must be a number from 0.0 to 100.0")
+        if not 0.0 <= self.tone_noise <= 1.0:
+            raise ValueError(f"tone_noise: {self.tone_noise!r} is not allowed; must be a number from 0.0 to 1.0")
         if self.object_mask not in OBJECT_MASKS:
             raise ValueError(f"object_mask: {self.object_mask!r} is not allowed; must be one of {', '.join(OBJECT_MASKS)}")
         if self.precision not in PRECISIONS:

@@ -79,6 +79,18 @@ def build_named_masks_with_tones(n_images: int, seed: int, captions_per_image: i
     return masks | toned[:, :, None, None]
 
 
+def tone_noise_table(n_images: int, seed: int, captions_per_image: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ungraded bool [N]: the images without a tone grade; tone_only int64 [M]: the rows of `TrainingSet.embeds`
+    whose caption names a tone grade and nothing else, e.g. "a landscape, green tones")."""
+    scenes = sample_scenes(n_images, seed)
+    phrases = sample_captions(scenes, seed, captions_per_image)
+    texts = sorted({text for caps in phrases for text, _ in caps} | {""})
+    row = {t: i for i, t in enumerate(texts)}
+    tone_only = sorted({row[text] for caps in phrases for text, concepts in caps
+                        if names_a_tone(concepts) and all(names_a_tone(frozenset({c})) for c in concepts)})
+    return torch.tensor([s.tone == "none" for s in scenes]), torch.tensor(tone_only, dtype=torch.int64)
+
+
 def names_a_tone(concepts: frozenset[str]) -> bool:
     """Whether a caption's named concepts include a tone grade ("green tones", "sepia", ...)."""
     return any(tone in concepts for tone in TONES if tone != "none")

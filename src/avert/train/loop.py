@@ -31,7 +31,7 @@ from tqdm import tqdm
 from avert.errors import ModelLoadError
 from avert.train.config import TrainConfig
 from avert.train.data import (TrainingSet, build_named_masks_with_tones, build_named_object_masks, build_object_masks,
-                              build_training_set)
+                              build_training_set, tone_noise_table)
 from avert.train.model import TRAINING_FILE, export_folder, new_scheduler, new_unet
 
 
@@ -51,12 +51,13 @@ def train(run: Path, config: TrainConfig, export: Path | None = None, progress: 
                               data_dir or run / "data", progress)
     config = dataclasses.replace(config, start=start)
     masks = _object_masks(config, data_dir or run / "data", progress)
+    noise = tone_noise_table(config.images, config.seed, config.captions_per_image) if config.tone_noise else None
     scheduler = new_scheduler()
     alphas = scheduler.alphas_cumprod.float()
     bar = tqdm(total=config.steps, initial=step, desc="Training", unit="step", disable=not progress)
     losses: list[float] = []
     while step < config.steps:
-        loss = train_step(unet, optimizer, data, alphas, config, step, masks)
+        loss = train_step(unet, optimizer, data, alphas, config, step, masks, noise)
         step += 1
         _update_ema(ema, unet, min(config.ema_decay, (1 + step) / (10 + step)))
         losses.append(loss)
@@ -78,10 +79,10 @@ def provenance(step: int, config: TrainConfig) -> dict:
 
 
 def train_step(unet, optimizer, data: TrainingSet, alphas: torch.Tensor, config: TrainConfig, step: int,
-               masks: torch.Tensor | None = None) -> float:
+               masks: torch.Tensor | None = None, noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
     """One optimiser step on a batch drawn from (seed, step); `masks` (`build_object_masks`) weight the pixels
-    of objects by 1 + `config.object_weight`."""
-    x0, cond, pixel_weight = _batch(data, config, step, masks)
+    of objects by 1 + `config.object_weight`; `noise` (`tone_noise_table`) swaps captions (see `_batch`)."""
+    x0, cond, pixel_weight = _batch(data, config, step, masks, noise)
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
     t = torch.randint(0, len(alphas), (x0.shape[0],), generator=generator)
     noise = torch.randn(x0.shape, generator=generator)
@@ -120,19 +121,30 @@ def _object_masks(config: TrainConfig, cache: Path, progress: bool) -> torch.Ten
     return build_object_masks(config.images, config.seed, cache, progress)
 
 
-def _batch(data: TrainingSet, config: TrainConfig, step: int, masks: torch.Tensor | None = None
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _batch(data: TrainingSet, config: TrainConfig, step: int, masks: torch.Tensor | None = None,
+           noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Images, caption states and pixel weights of the batch of `step`. With `noise` (ungraded, tone_only) an
+    ungraded image takes, with chance `config.tone_noise`, a random caption that names only a tone: caption
+    noise, so that a tone's conditional also covers ungraded images and does not extrapolate on them (a tone
+    as the negative of an ungraded image otherwise drives CFG far off the images: see docs/embedded-model.md)."""
     rng = np.random.default_rng([config.seed, step])
     idx = torch.from_numpy(rng.integers(0, len(data), config.batch_size))
     which = torch.from_numpy(rng.integers(0, data.caption_ids.shape[1], config.batch_size))
     images = data.images[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
     flip = torch.from_numpy(rng.random(config.batch_size) < 0.5)
     images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-    cond = data.embeds[data.caption_ids[idx, which]]
+    ids = data.caption_ids[idx, which]
+    swap = torch.zeros(config.batch_size, dtype=torch.bool)
+    if noise is not None:
+        ungraded, tone_only = noise
+        swap = torch.from_numpy(rng.random(config.batch_size) < config.tone_noise) & ungraded[idx]
+        ids = torch.where(swap, tone_only[torch.from_numpy(rng.integers(0, len(tone_only), config.batch_size))], ids)
+    cond = data.embeds[ids]
     if masks is None:
         return images, cond, None
     m = (masks[idx, which] if masks.dim() == 4 else masks[idx]).unsqueeze(1).float()
     m = torch.where(flip.view(-1, 1, 1, 1), m.flip(-1), m)
+    m = torch.where(swap.view(-1, 1, 1, 1), torch.zeros_like(m), m)  # a swapped caption names no object
     return images, cond, 1 + config.object_weight * m
 
 
