@@ -11,6 +11,11 @@ image) the model draws objects more often also where the caption does not ask fo
 objects the caption names) the bias stays with the objects the caption asks for. "named+tone" also counts a
 named tone grade as naming every pixel: such a caption's weight is uniform, so after the per-image
 normalisation its loss is the unweighted one, and a grade's conditional is learnt as without object weights.
+With `tone_noise` p > 0 an image without a tone grade is trained, with chance p, on a random caption that names
+only a tone ("a landscape, sepia"): in the world a tone is named exactly when the image is graded, so the
+conditional of a tone phrase has no mass on ungraded images, and CFG with that phrase as the negative of an
+ungraded prompt, e = e_n + w (e_c - e_n), extrapolates without bound (saturated, off-world images). Caption noise,
+which real captions have, gives that conditional some mass there.
 Every step draws its batch and noise from generators seeded by (seed, step), so a resumed run continues
 exactly as an uninterrupted one would.
 """
