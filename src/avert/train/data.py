@@ -36,10 +36,10 @@ def build_training_set(n_images: int, seed: int, captions_per_image: int, cache:
     """Render the world, caption it and encode every distinct caption (cached on disk by its arguments)."""
     def make() -> dict:
         data = make_dataset(n_images, seed, captions_per_image=captions_per_image)
-        texts = sorted({c for caps in data.captions for c in caps} | {""})
-        row = {t: i for i, t in enumerate(texts)}
+        row = caption_rows(data.captions)
         ids = torch.tensor([[row[c] for c in caps] for caps in data.captions], dtype=torch.int64)
-        return TrainingSet(torch.from_numpy(np.array(data.images)), ids, encode_all(texts, progress), row[""]).__dict__
+        return TrainingSet(torch.from_numpy(np.array(data.images)), ids, encode_all(list(row), progress),
+                           row[""]).__dict__
 
     return TrainingSet(**_cached(Path(cache) / f"world-{n_images}-{seed}-{captions_per_image}.pt", make))
 
@@ -84,16 +84,22 @@ def tone_noise_table(n_images: int, seed: int, captions_per_image: int) -> tuple
     whose caption names a tone grade and nothing else, e.g. "a landscape, green tones")."""
     scenes = sample_scenes(n_images, seed)
     phrases = sample_captions(scenes, seed, captions_per_image)
-    texts = sorted({text for caps in phrases for text, _ in caps} | {""})
-    row = {t: i for i, t in enumerate(texts)}
-    tone_only = sorted({row[text] for caps in phrases for text, concepts in caps
-                        if names_a_tone(concepts) and all(names_a_tone(frozenset({c})) for c in concepts)})
+    row = caption_rows([[text for text, _ in caps] for caps in phrases])
+    tone_only = sorted({row[text] for caps in phrases for text, concepts in caps if concepts and concepts <= GRADES})
     return torch.tensor([s.tone == "none" for s in scenes]), torch.tensor(tone_only, dtype=torch.int64)
+
+
+GRADES = frozenset(TONES) - {"none"}
 
 
 def names_a_tone(concepts: frozenset[str]) -> bool:
     """Whether a caption's named concepts include a tone grade ("green tones", "sepia", ...)."""
-    return any(tone in concepts for tone in TONES if tone != "none")
+    return not concepts.isdisjoint(GRADES)
+
+
+def caption_rows(captions) -> dict[str, int]:
+    """Each distinct caption (and the empty one) to its row of `TrainingSet.embeds`: sorted, in that order."""
+    return {t: i for i, t in enumerate(sorted({c for caps in captions for c in caps} | {""}))}
 
 
 def _cached(path: Path, make: Callable[[], Any]) -> Any:

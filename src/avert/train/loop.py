@@ -56,13 +56,13 @@ def train(run: Path, config: TrainConfig, export: Path | None = None, progress: 
                               data_dir or run / "data", progress)
     config = dataclasses.replace(config, start=start)
     masks = _object_masks(config, data_dir or run / "data", progress)
-    noise = tone_noise_table(config.images, config.seed, config.captions_per_image) if config.tone_noise else None
+    swaps = tone_noise_table(config.images, config.seed, config.captions_per_image) if config.tone_noise else None
     scheduler = new_scheduler()
     alphas = scheduler.alphas_cumprod.float()
     bar = tqdm(total=config.steps, initial=step, desc="Training", unit="step", disable=not progress)
     losses: list[float] = []
     while step < config.steps:
-        loss = train_step(unet, optimizer, data, alphas, config, step, masks, noise)
+        loss = train_step(unet, optimizer, data, alphas, config, step, masks, swaps)
         step += 1
         _update_ema(ema, unet, min(config.ema_decay, (1 + step) / (10 + step)))
         losses.append(loss)
@@ -84,10 +84,10 @@ def provenance(step: int, config: TrainConfig) -> dict:
 
 
 def train_step(unet, optimizer, data: TrainingSet, alphas: torch.Tensor, config: TrainConfig, step: int,
-               masks: torch.Tensor | None = None, noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+               masks: torch.Tensor | None = None, swaps: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
     """One optimiser step on a batch drawn from (seed, step); `masks` (`build_object_masks`) weight the pixels
-    of objects by 1 + `config.object_weight`; `noise` (`tone_noise_table`) swaps captions (see `_batch`)."""
-    x0, cond, pixel_weight = _batch(data, config, step, masks, noise)
+    of objects by 1 + `config.object_weight`; `swaps` (`tone_noise_table`) swaps captions (see `_batch`)."""
+    x0, cond, pixel_weight = _batch(data, config, step, masks, swaps)
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
     t = torch.randint(0, len(alphas), (x0.shape[0],), generator=generator)
     noise = torch.randn(x0.shape, generator=generator)
@@ -127,8 +127,8 @@ def _object_masks(config: TrainConfig, cache: Path, progress: bool) -> torch.Ten
 
 
 def _batch(data: TrainingSet, config: TrainConfig, step: int, masks: torch.Tensor | None = None,
-           noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Images, caption states and pixel weights of the batch of `step`. With `noise` (ungraded, tone_only) an
+           swaps: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Images, caption states and pixel weights of the batch of `step`. With `swaps` (ungraded, tone_only) an
     ungraded image takes, with chance `config.tone_noise`, a random caption that names only a tone: caption
     noise, so that a tone's conditional also covers ungraded images and does not extrapolate on them (a tone
     as the negative of an ungraded image otherwise drives CFG far off the images: see docs/embedded-model.md)."""
@@ -140,8 +140,8 @@ def _batch(data: TrainingSet, config: TrainConfig, step: int, masks: torch.Tenso
     images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
     ids = data.caption_ids[idx, which]
     swap = torch.zeros(config.batch_size, dtype=torch.bool)
-    if noise is not None:
-        ungraded, tone_only = noise
+    if swaps is not None:
+        ungraded, tone_only = swaps
         swap = torch.from_numpy(rng.random(config.batch_size) < config.tone_noise) & ungraded[idx]
         ids = torch.where(swap, tone_only[torch.from_numpy(rng.integers(0, len(tone_only), config.batch_size))], ids)
     cond = data.embeds[ids]
