@@ -204,6 +204,8 @@ def test_unknown_or_absent_device_is_refused_by_name(capsys, device):
     ("--warmup", "0", "warmup: '0' is not allowed; must be an integer from 1 to 10000000"),
     ("--object-weight", "-1", "object-weight: '-1' is not allowed; must be a number from 0.0 to 100.0"),
     ("--object-mask", "some", "argument --object-mask: invalid choice: 'some'"),
+    ("--tone-noise", "1.5", "tone-noise: '1.5' is not allowed; must be a number from 0.0 to 1.0"),
+    ("--tone-noise", "-0.1", "tone-noise: '-0.1' is not allowed; must be a number from 0.0 to 1.0"),
 ])
 def test_train_flags_are_bounded(capsys, flag, value, allowed):
     with pytest.raises(SystemExit):
