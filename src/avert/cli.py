@@ -75,9 +75,12 @@ def _train_parser(sub) -> None:
                    help="start a new run from an exported model folder (e.g. the shipped one) and its step count")
     defaults = TrainConfig()
     bounds = {"steps": (1, 10**7), "batch_size": (1, 1024), "images": (64, 10**7), "seed": (0, 2**32 - 1),
-              "checkpoint_every": (1, 10**7), "decay_from": (0, 10**7), "warmup": (1, 10**7)}
+              "checkpoint_every": (1, 10**7), "decay_from": (0, 10**7), "warmup": (1, 10**7),
+              "tone_noise_below": (1, 1000)}
     helps = {"decay_from": "from this step the learning rate falls linearly to 5%% at --steps; 0: no decay",
-             "warmup": "steps of linear learning-rate warm-up from the run's first step"}
+             "warmup": "steps of linear learning-rate warm-up from the run's first step",
+             "tone_noise_below": "--tone-noise swaps captions only at training timesteps below this (of 1000), "
+             "where the sample shows whether it is graded; 1000: at every timestep"}
     for name, (low, high) in bounds.items():
         p.add_argument("--" + name.replace("_", "-"), type=bounded(name, int, low, high),
                        default=getattr(defaults, name),

@@ -16,6 +16,10 @@ only a tone ("a landscape, sepia"): in the world a tone is named exactly when th
 conditional of a tone phrase has no mass on ungraded images, and CFG with that phrase as the negative of an
 ungraded prompt, e = e_n + w (e_c - e_n), extrapolates without bound (saturated, off-world images). Caption noise,
 which real captions have, gives that conditional some mass there.
+With `tone_noise_below` T < 1000 the swap is made only at timesteps t < T. At high noise, where a run decides
+whether the image is graded, a tone's conditional then stays that of graded images (the phrase as a prompt
+keeps its strength); at lower noise, where the sample already shows whether it is graded and the overshoot of
+a tone negative happens (measured with `--negative-window`), the conditional of an ungraded sample is learnt.
 Every step draws its batch and noise from generators seeded by (seed, step), so a resumed run continues
 exactly as an uninterrupted one would.
 """
@@ -87,9 +91,9 @@ def train_step(unet, optimizer, data: TrainingSet, alphas: torch.Tensor, config:
                masks: torch.Tensor | None = None, swaps: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
     """One optimiser step on a batch drawn from (seed, step); `masks` (`build_object_masks`) weight the pixels
     of objects by 1 + `config.object_weight`; `swaps` (`tone_noise_table`) swaps captions (see `_batch`)."""
-    x0, cond, pixel_weight = _batch(data, config, step, masks, swaps)
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-    t = torch.randint(0, len(alphas), (x0.shape[0],), generator=generator)
+    t = torch.randint(0, len(alphas), (config.batch_size,), generator=generator)
+    x0, cond, pixel_weight = _batch(data, config, step, masks, swaps, t)
     noise = torch.randn(x0.shape, generator=generator)
     a = alphas[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -127,11 +131,13 @@ def _object_masks(config: TrainConfig, cache: Path, progress: bool) -> torch.Ten
 
 
 def _batch(data: TrainingSet, config: TrainConfig, step: int, masks: torch.Tensor | None = None,
-           swaps: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+           swaps: tuple[torch.Tensor, torch.Tensor] | None = None,
+           t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Images, caption states and pixel weights of the batch of `step`. With `swaps` (ungraded, tone_only) an
     ungraded image takes, with chance `config.tone_noise`, a random caption that names only a tone: caption
     noise, so that a tone's conditional also covers ungraded images and does not extrapolate on them (a tone
-    as the negative of an ungraded image otherwise drives CFG far off the images: see docs/embedded-model.md)."""
+    as the negative of an ungraded image otherwise drives CFG far off the images: see docs/embedded-model.md).
+    Given the batch's timesteps `t`, only samples with t < `config.tone_noise_below` are swapped."""
     rng = np.random.default_rng([config.seed, step])
     idx = torch.from_numpy(rng.integers(0, len(data), config.batch_size))
     which = torch.from_numpy(rng.integers(0, data.caption_ids.shape[1], config.batch_size))
@@ -143,6 +149,8 @@ def _batch(data: TrainingSet, config: TrainConfig, step: int, masks: torch.Tenso
     if swaps is not None:
         ungraded, tone_only = swaps
         swap = torch.from_numpy(rng.random(config.batch_size) < config.tone_noise) & ungraded[idx]
+        if t is not None:
+            swap &= t < config.tone_noise_below
         ids = torch.where(swap, tone_only[torch.from_numpy(rng.integers(0, len(tone_only), config.batch_size))], ids)
     cond = data.embeds[ids]
     if masks is None:
