@@ -206,6 +206,8 @@ def test_unknown_or_absent_device_is_refused_by_name(capsys, device):
     ("--object-mask", "some", "argument --object-mask: invalid choice: 'some'"),
     ("--tone-noise", "1.5", "tone-noise: '1.5' is not allowed; must be a number from 0.0 to 1.0"),
     ("--tone-noise", "-0.1", "tone-noise: '-0.1' is not allowed; must be a number from 0.0 to 1.0"),
+    ("--tone-noise-below", "0", "tone_noise_below: '0' is not allowed; must be an integer from 1 to 1000"),
+    ("--tone-noise-captions", "all", "argument --tone-noise-captions: invalid choice: 'all'"),
 ])
 def test_train_flags_are_bounded(capsys, flag, value, allowed):
     with pytest.raises(SystemExit):

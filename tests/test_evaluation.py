@@ -129,10 +129,15 @@ def test_absent_page_counts_the_pairs_within_the_fidelity_target(tmp_path):
     rows = [row(negative="sepia", concept="sepia", rate_without=0.0, rate_with=0.0, suppression=None,
                 fidelity_without=0.94, fidelity_with=0.06),
             row(negative="hands", concept="hand", rate_without=0.0, rate_with=0.0, suppression=None,
-                fidelity_without=0.94, fidelity_with=0.88)]  # within 10 points
+                fidelity_without=0.94, fidelity_with=0.88),  # within 10 points
+            row(prompt="a house", negative="green tones", concept="green tones", rate_without=0.0, rate_with=0.0,
+                suppression=None, fidelity_measure="house", fidelity_without=1.0, fidelity_with=1.0,
+                well_formed_without=1.0, well_formed_with=0.5)]  # the house stays, the background does not
     info = RunInfo("2026-01-01", "test machine", "model", "0123456789", 4, Settings(), "cpu, fp32")
     page = absent_page(rows, info)
-    assert "Fidelity drop within 10 points: **1 of 2 pairs**" in page
+    assert "Fidelity drop within 10 points: **2 of 3 pairs**" in page
+    assert "Well-formed images (a sky, a ground, not speckled) within 10 points: **2 of 3 pairs**" in page
+    assert '"a house" / "green tones" 1.00 -> 0.50' in page
     assert 'Worst: **+0.88** (well-formed 0.94 -> 0.06) for "a landscape" with negative "sepia"' in page
     assert "avert eval negatives --absent" in page and "negatives-absent.png" in page
     written = write_negatives_docs(rows, info, tmp_path, absent=True)

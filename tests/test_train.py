@@ -278,6 +278,25 @@ def test_the_tone_noise_table_lists_ungraded_images_and_tone_only_captions():
     assert len(tone_only) == len({t for t, c in concepts.items() if c and all(names_a_tone(frozenset({x})) for x in c)})
 
 
+def test_the_bare_tone_noise_table_keeps_only_tone_phrases_alone():
+    from avert.train.data import caption_rows, tone_noise_table
+    from avert.world.captions import TONE_WORDS
+    from avert.world.dataset import sample_captions, sample_scenes
+
+    k = CONFIG.captions_per_image
+    ungraded, tone_only = tone_noise_table(CONFIG.images, CONFIG.seed, k)
+    bare_ungraded, bare = tone_noise_table(CONFIG.images, CONFIG.seed, k, bare=True)
+    phrases = sample_captions(sample_scenes(CONFIG.images, CONFIG.seed), CONFIG.seed, k)
+    text = {i: t for t, i in caption_rows([[t for t, _ in caps] for caps in phrases]).items()}
+    words = {w for ws in TONE_WORDS.values() for w in ws}
+    assert torch.equal(bare_ungraded, ungraded) and 0 < len(bare) < len(tone_only)
+    assert set(bare.tolist()) <= set(tone_only.tolist()) and {text[i] for i in bare.tolist()} <= words
+    assert {text[i] for i in tone_only.tolist()} & words == {text[i] for i in bare.tolist()}
+    with pytest.raises(ValueError) as problem:
+        TrainConfig(tone_noise_captions="all").resolved()
+    assert str(problem.value) == "tone_noise_captions: 'all' is not allowed; must be one of tone-only, bare"
+
+
 def test_tone_noise_swaps_only_ungraded_images_to_tone_only_captions(data_dir):
     from avert.train.data import build_training_set, tone_noise_table
 
@@ -302,6 +321,27 @@ def test_tone_noise_swaps_only_ungraded_images_to_tone_only_captions(data_dir):
     with pytest.raises(ValueError) as problem:
         TrainConfig(tone_noise=1.5).resolved()
     assert str(problem.value) == "tone_noise: 1.5 is not allowed; must be a number from 0.0 to 1.0"
+
+
+def test_tone_noise_below_swaps_only_at_low_timesteps(data_dir):
+    from avert.train.data import build_training_set, tone_noise_table
+
+    data = build_training_set(CONFIG.images, CONFIG.seed, CONFIG.captions_per_image, data_dir, progress=False)
+    noise = tone_noise_table(CONFIG.images, CONFIG.seed, CONFIG.captions_per_image)
+    config = TrainConfig(**{**CONFIG.__dict__, "batch_size": 32, "tone_noise": 1.0, "tone_noise_below": 300})
+    _, cond, _ = loop._batch(data, config, 3, None)
+    _, everywhere, _ = loop._batch(data, config, 3, None, noise)
+    t = torch.arange(32) * 31  # 0 .. 961: some below 300, most above
+    _, limited, _ = loop._batch(data, config, 3, None, noise, t)
+    swapped = {i for i in range(32) if not torch.equal(everywhere[i], cond[i])}
+    assert swapped & {i for i in range(32) if t[i] < 300} and swapped - {i for i in range(32) if t[i] < 300}
+    for i in range(32):
+        assert torch.equal(limited[i], everywhere[i] if t[i] < 300 else cond[i])
+    for bad in (0, 1001):
+        with pytest.raises(ValueError) as problem:
+            TrainConfig(tone_noise_below=bad).resolved()
+        assert str(problem.value) == (f"tone_noise_below: {bad} is not allowed; must be an integer from 1 to "
+                                      "1000 (a training timestep)")
 
 
 def test_names_a_tone():

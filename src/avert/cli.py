@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_parser(sub) -> None:
-    from avert.train.config import OBJECT_MASKS, PRECISIONS, TrainConfig
+    from avert.train.config import OBJECT_MASKS, PRECISIONS, TONE_NOISE_CAPTIONS, TrainConfig
 
     p = sub.add_parser("train", help="train the embedded model on the procedural world (resumes a run)")
     p.add_argument("--run", dest="run_dir", type=Path, default=Path("runs/embedded"),
@@ -80,7 +80,7 @@ def _train_parser(sub) -> None:
     helps = {"decay_from": "from this step the learning rate falls linearly to 5%% at --steps; 0: no decay",
              "warmup": "steps of linear learning-rate warm-up from the run's first step",
              "tone_noise_below": "--tone-noise swaps captions only at training timesteps below this (of 1000), "
-             "where the sample shows whether it is graded; 1000: at every timestep"}
+             "late in a run, where a tone negative overshoots; 1000: at every timestep"}
     for name, (low, high) in bounds.items():
         p.add_argument("--" + name.replace("_", "-"), type=bounded(name, int, low, high),
                        default=getattr(defaults, name),
@@ -95,6 +95,11 @@ def _train_parser(sub) -> None:
     p.add_argument("--tone-noise", type=bounded("tone-noise", float, 0.0, 1.0), default=defaults.tone_noise,
                    help="chance that an image without a tone grade is trained on a caption that names only a tone "
                    f"(caption noise that keeps tone negatives from overshooting) (default: {defaults.tone_noise})")
+    p.add_argument("--tone-noise-captions", default=defaults.tone_noise_captions, choices=TONE_NOISE_CAPTIONS,
+                   help="the captions --tone-noise draws: tone-only: every caption that names only a tone (\"a "
+                   "landscape, green tones\"); bare: only a tone phrase alone (\"green tones\"), the form a "
+                   f"standing negative takes, so prompts that name a scene keep their grade (default: "
+                   f"{defaults.tone_noise_captions})")
     p.add_argument("--object-mask", default=defaults.object_mask, choices=OBJECT_MASKS,
                    help="which pixels --object-weight weighs: all objects in the image; named: only the objects "
                    "the caption names; named+tone: those, or the whole image when the caption names a tone grade "

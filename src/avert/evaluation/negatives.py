@@ -558,6 +558,8 @@ def absent_page(results: Sequence[PairResult], info: RunInfo, figure: str | None
         + (f" Worst: **{worst.fidelity_drop:+.2f}** ({worst.fidelity_measure} {worst.fidelity_without:.2f} -> "
            f"{worst.fidelity_with:.2f}) for \"{worst.prompt}\" with negative \"{worst.negative}\"." if worst else ""),
         "",
+        well_formed_line(results),
+        "",
         markdown_table(results),
         "",
         "Each prompt here rarely or never produces the negative's concept, as when a negative list is kept for every "
@@ -571,6 +573,16 @@ def absent_page(results: Sequence[PairResult], info: RunInfo, figure: str | None
                   "The first pairs, without (left) and with (right) the negative, on the run's lowest seeds (a seed "
                   "whose image has the concept without the negative would come first)."]
     return "\n".join(lines) + "\n"
+
+
+def well_formed_line(results: Sequence[PairResult]) -> str:
+    """How many pairs keep their share of well-formed images (a sky, a ground, not speckled) within the fidelity
+    target: for a prompt that names concepts, fidelity counts those and can hide a wrecked background."""
+    within = sum(r.well_formed_without - r.well_formed_with <= MAX_FIDELITY_DROP + 1e-9 for r in results)
+    pairs = "; ".join(f"\"{r.prompt}\" / \"{r.negative}\" {r.well_formed_without:.2f} -> {r.well_formed_with:.2f}"
+                      for r in results)
+    return (f"Well-formed images (a sky, a ground, not speckled) within {MAX_FIDELITY_DROP * 100:.0f} points: "
+            f"**{within} of {len(results)} pairs**: {pairs}.")
 
 
 def write_negatives_docs(results: Sequence[PairResult], info: RunInfo, docs: Path,

@@ -23,6 +23,7 @@ class TrainConfig:
     object_weight: float = 0.0  # extra loss weight on the pixels of objects (see `loop.train_step`)
     tone_noise: float = 0.0  # chance that an ungraded image is trained on a caption naming only a tone (`_batch`)
     tone_noise_below: int = 1000  # ... only at training timesteps t below this (1000: at every timestep)
+    tone_noise_captions: str = "tone-only"  # ... drawn from every tone-only caption, or only "bare" tone phrases
     object_mask: str = "all"  # which pixels `object_weight` weighs: all objects, the "named" ones, "named+tone"
 
     def learning_rate(self, step: int) -> float:
@@ -49,8 +50,11 @@ class TrainConfig:
         if not 0.0 <= self.tone_noise <= 1.0:
             raise ValueError(f"tone_noise: {self.tone_noise!r} is not allowed; must be a number from 0.0 to 1.0")
         if not 1 <= self.tone_noise_below <= 1000:
-            raise ValueError(f"tone_noise_below: {self.tone_noise_below!r} is not allowed; must be a whole number "
-                             "from 1 to 1000 (training timesteps)")
+            raise ValueError(f"tone_noise_below: {self.tone_noise_below!r} is not allowed; must be an integer "
+                             "from 1 to 1000 (a training timestep)")
+        if self.tone_noise_captions not in TONE_NOISE_CAPTIONS:
+            raise ValueError(f"tone_noise_captions: {self.tone_noise_captions!r} is not allowed; must be one of "
+                             f"{', '.join(TONE_NOISE_CAPTIONS)}")
         if self.object_mask not in OBJECT_MASKS:
             raise ValueError(f"object_mask: {self.object_mask!r} is not allowed; must be one of {', '.join(OBJECT_MASKS)}")
         if self.precision not in PRECISIONS:
@@ -62,4 +66,5 @@ class TrainConfig:
 
 PRECISIONS = ("auto", "bf16", "fp32")
 OBJECT_MASKS = ("all", "named", "named+tone")
+TONE_NOISE_CAPTIONS = ("tone-only", "bare")
 

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from avert.world import make_dataset
 from avert.world.attributes import OBJECT_KINDS, TONES
+from avert.world.captions import TONE_WORDS
 from avert.world.dataset import sample_captions, sample_scenes
 from avert.world.render import object_mask
 
@@ -79,17 +80,21 @@ def build_named_masks_with_tones(n_images: int, seed: int, captions_per_image: i
     return masks | toned[:, :, None, None]
 
 
-def tone_noise_table(n_images: int, seed: int, captions_per_image: int) -> tuple[torch.Tensor, torch.Tensor]:
+def tone_noise_table(n_images: int, seed: int, captions_per_image: int,
+                     bare: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(ungraded bool [N]: the images without a tone grade; tone_only int64 [M]: the rows of `TrainingSet.embeds`
-    whose caption names a tone grade and nothing else, e.g. "a landscape, green tones")."""
+    whose caption names a tone grade and nothing else, e.g. "a landscape, green tones"; with `bare`, only those
+    that are a tone phrase alone, e.g. "green tones", the form a standing negative takes)."""
     scenes = sample_scenes(n_images, seed)
     phrases = sample_captions(scenes, seed, captions_per_image)
     row = caption_rows([[text for text, _ in caps] for caps in phrases])
-    tone_only = sorted({row[text] for caps in phrases for text, concepts in caps if concepts and concepts <= GRADES})
+    tone_only = sorted({row[text] for caps in phrases for text, concepts in caps
+                        if concepts and concepts <= GRADES and (not bare or text in BARE_TONES)})
     return torch.tensor([s.tone == "none" for s in scenes]), torch.tensor(tone_only, dtype=torch.int64)
 
 
 GRADES = frozenset(TONES) - {"none"}
+BARE_TONES = frozenset(w for words in TONE_WORDS.values() for w in words)
 
 
 def names_a_tone(concepts: frozenset[str]) -> bool:

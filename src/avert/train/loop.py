@@ -16,10 +16,12 @@ only a tone ("a landscape, sepia"): in the world a tone is named exactly when th
 conditional of a tone phrase has no mass on ungraded images, and CFG with that phrase as the negative of an
 ungraded prompt, e = e_n + w (e_c - e_n), extrapolates without bound (saturated, off-world images). Caption noise,
 which real captions have, gives that conditional some mass there.
-With `tone_noise_below` T < 1000 the swap is made only at timesteps t < T. At high noise, where a run decides
-whether the image is graded, a tone's conditional then stays that of graded images (the phrase as a prompt
-keeps its strength); at lower noise, where the sample already shows whether it is graded and the overshoot of
-a tone negative happens (measured with `--negative-window`), the conditional of an ungraded sample is learnt.
+With `tone_noise_below` T < 1000 the swap is made only at timesteps t < T, late in a run, where the overshoot of a
+tone negative happens (measured with `--negative-window`); with `tone_noise_captions` "bare" the swapped caption is
+a tone phrase alone ("green tones"), the form a standing negative takes, so that captions naming a scene and a
+tone ("a landscape, green tones") keep only graded images. Neither spares every use of a tone phrase: the grade is
+finished late too, and a bare phrase diluted by noise no longer removes a grade that is there (measured in
+docs/embedded-model.md).
 Every step draws its batch and noise from generators seeded by (seed, step), so a resumed run continues
 exactly as an uninterrupted one would.
 """
@@ -60,7 +62,8 @@ def train(run: Path, config: TrainConfig, export: Path | None = None, progress: 
                               data_dir or run / "data", progress)
     config = dataclasses.replace(config, start=start)
     masks = _object_masks(config, data_dir or run / "data", progress)
-    swaps = tone_noise_table(config.images, config.seed, config.captions_per_image) if config.tone_noise else None
+    swaps = (tone_noise_table(config.images, config.seed, config.captions_per_image,
+                              bare=config.tone_noise_captions == "bare") if config.tone_noise else None)
     scheduler = new_scheduler()
     alphas = scheduler.alphas_cumprod.float()
     bar = tqdm(total=config.steps, initial=step, desc="Training", unit="step", disable=not progress)
