@@ -102,6 +102,49 @@ def test_dynamic_switches_a_negative_off_when_its_concept_is_absent():
     assert torch.allclose(g.combine(predictions(toward), CTX), expected, atol=1e-4)
 
 
+def test_posterior_odds_rise_toward_the_negative_and_fall_away_from_it():
+    x, d_0, d_n = E_C, E_0, E_N  # a VE sample and the two branches' denoised predictions
+    mu_0, mu_n = f.bridge_mean(x, d_0, 2.0, 1.0), f.bridge_mean(x, d_n, 2.0, 1.0)
+    assert torch.allclose(mu_0, d_0 + 0.25 * (x - d_0))
+    step = (mu_n - mu_0).pow(2).flatten(1).sum(1) / (2 * 1.0 * 0.75)  # |mu_n - mu_0|^2 / (2 s^2), s^2 = 1 - 1/4
+    start = torch.tensor([0.5, -1.0])
+    toward = f.posterior_logit(start, x, 2.0, mu_n, 1.0, d_0, d_n, 1.0)
+    away = f.posterior_logit(start, x, 2.0, mu_0, 1.0, d_0, d_n, 1.0)
+    assert torch.allclose(toward, start + step, atol=1e-4) and torch.allclose(away, start - step, atol=1e-4)
+    assert torch.allclose(f.posterior_logit(start, x, 2.0, mu_n, 1.0, d_0, d_n, 0.2), start + 0.2 * step, atol=1e-4)
+    assert torch.equal(f.posterior_logit(start, x, 2.0, mu_n, 1.0, d_0, d_0, 1.0), start)  # no difference, no news
+    with pytest.raises(ValueError, match="0 < sigma_next < sigma"):
+        f.posterior_logit(start, x, 1.0, mu_n, 1.0, d_0, d_n, 1.0)
+
+
+def posterior_run(target: str, batch=slice(None)):
+    """Two guided evaluations (sigma 2, then 1) of method posterior on a model that outputs D itself; the sample
+    of the second is the empty branch's step mean ("away") or the negative's ("toward")."""
+    g = Guidance(7.0, method="posterior", negative_scale=6.0, prediction_type="sample")
+    memory: dict = {}
+    first, second = StepContext(0, 2, 900.0, sigma=2.0), StepContext(1, 2, 500.0, sigma=1.0)
+    x1 = E_M[batch] / 5 ** 0.5  # the model input x / sqrt(1 + sigma^2) of the VE sample E_M
+    predicted = predictions(E_N[batch], empty=E_0[batch], prompt=E_C[batch])
+    out1 = g.combine(predicted, first, x1, memory)
+    d = E_N[batch] if target == "toward" else E_0[batch]
+    x2 = f.bridge_mean(E_M[batch], d, 2.0, 1.0) / 2 ** 0.5
+    return out1, g.combine(predicted, second, x2, memory), memory
+
+
+def test_posterior_starts_at_full_strength_and_switches_off_a_negative_the_sample_moves_away_from():
+    full = E_0 + 7.0 * (E_C - E_0) - 6.0 * (E_N - E_0)  # prior 0.8 = p_max: the three-branch formula
+    out1, away, memory = posterior_run("away")
+    assert torch.allclose(out1, full, atol=1e-4)
+    assert torch.allclose(away, E_0 + 7.0 * (E_C - E_0), atol=1e-3)  # the odds fell: the negative is off
+    assert (memory["posterior"]["logits"][0] < -20).all()
+    _, toward, _ = posterior_run("toward")
+    assert torch.allclose(toward, full, atol=1e-4)  # the odds rose: still at full strength
+    for i in range(2):  # each image keeps its own odds
+        assert torch.allclose(posterior_run("away", slice(i, i + 1))[1], away[i : i + 1], atol=1e-4)
+    with pytest.raises(ValueError, match="posterior needs the model input x"):
+        Guidance(7.0, method="posterior").combine(predictions(E_N), CTX)
+
+
 def test_a_window_covering_the_whole_run_equals_no_window():
     whole, none = Guidance(7.0, negatives=(Term(1.0, 0.0, 1.0),)), Guidance(7.0)
     for i in range(10):
@@ -233,8 +276,9 @@ def test_batch_equals_singles_with_several_negatives(tiny):
         assert np.abs(np.asarray(image.image, dtype=np.int16) - np.asarray(alone.image, dtype=np.int16)).max() <= 1
 
 
-@pytest.mark.parametrize("changes", [{"guidance": "perp-neg"}, {"guidance": "dynamic"}, {"negative_scale": 2.0},
-                                     {"guidance_rescale": 0.7}, {"negatives": (Negative("car", 2.0),)}])
+@pytest.mark.parametrize("changes", [{"guidance": "perp-neg"}, {"guidance": "dynamic"}, {"guidance": "posterior"},
+                                     {"negative_scale": 2.0}, {"guidance_rescale": 0.7},
+                                     {"negatives": (Negative("car", 2.0),)}])
 def test_each_option_changes_the_image(tiny, changes):
     assert np.abs(pixels(generate(BASE.replace(**changes), tiny)) - pixels(generate(BASE, tiny))).max() > 0
 

@@ -74,7 +74,7 @@ def _size_param(name: str, short: str) -> Param:
     )
 
 
-GUIDANCE_METHODS = ("cfg", "apg", "perp-neg", "dynamic")
+GUIDANCE_METHODS = ("cfg", "apg", "perp-neg", "dynamic", "posterior")
 EMPHASIS_MODES = ("Original", "No norm")
 SIGMA_MAX = 1000.0
 
@@ -97,7 +97,9 @@ PARAMS: tuple[Param, ...] = (
           "--negative-scale", low=lambda l: 0.0, high=lambda l: l.max_cfg_scale),
     Param("guidance", str, "cfg", "how the negatives steer: cfg, apg (adaptive projected guidance, Sadat et al. "
           "2025, on denoised predictions), perp-neg (Armandpour et al. 2023), dynamic (strength follows the "
-          "estimated presence of each negative concept)", "--guidance", choices=GUIDANCE_METHODS),
+          "estimated presence of each negative concept), posterior (strength follows the posterior of each negative "
+          "concept tracked along the run, Koulischer et al. 2025: a negative whose concept the image lacks switches "
+          "itself off)", "--guidance", choices=GUIDANCE_METHODS),
     Param("apg_eta", float, 0.0, "apg: weight of the guidance update's part parallel to the prompt's denoised "
           "prediction (0 drops it, 1 keeps it as CFG does)", "--apg-eta", low=lambda l: -10.0, high=lambda l: 10.0),
     Param("apg_norm_threshold", float, 0.0, "apg: cap on the norm of the update D_c - D_u per image, in pixel or "

@@ -105,6 +105,34 @@ def dynamic_negative(empty: torch.Tensor, direction: torch.Tensor, negatives: Se
     return separate_scales(empty, direction, negatives, scaled, scale, negative_scale)
 
 
+def bridge_mean(x: torch.Tensor, d: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """Mean of the reverse step from sigma to sigma_next < sigma of a branch whose denoised prediction is D, in
+    variance-exploding form x = x_0 + sigma n (the Brownian bridge between D and x): mu = D + r (x - D), with
+    r = sigma_next^2 / sigma^2 and variance sigma_next^2 (1 - r)."""
+    r = (sigma_next / sigma) ** 2
+    return d + r * (x - d)
+
+
+def posterior_logit(logit: torch.Tensor, x: torch.Tensor, sigma: float, x_next: torch.Tensor, sigma_next: float,
+                    empty: torch.Tensor, negative: torch.Tensor, temperature: float) -> torch.Tensor:
+    """One Bayes update of the log-odds that a sample holds a negative's concept, after Koulischer et al.,
+    "Dynamic Negative Guidance of Diffusion Models" (ICLR 2025, sec. 4, Alg. 1), who track the posterior along
+    the chain: p(c | x') is proportional to p(c | x) N(x'; mu_n, s^2) / N(x'; mu_0, s^2). With both branches'
+    steps Gaussian bridges (`bridge_mean`, variance s^2 = sigma'^2 (1 - r)), per sample:
+
+        logit' = logit + T (|x' - mu_0|^2 - |x' - mu_n|^2) / (2 s^2),
+
+    x and x' in variance-exploding form, `empty` and `negative` the denoised predictions D_0 and D_n at x, T the
+    temperature (1: Bayes; the authors' code uses 0.2 on 1000 DDPM steps). Moving toward the negative's mean
+    raises the odds, away lowers them. Needs 0 < sigma_next < sigma."""
+    if not 0.0 < sigma_next < sigma:
+        raise ValueError(f"a posterior step needs 0 < sigma_next < sigma, got {sigma_next:g} and {sigma:g}")
+    variance = sigma_next * sigma_next * (1.0 - (sigma_next / sigma) ** 2)
+    mu_0, mu_n = (bridge_mean(x, d, sigma, sigma_next) for d in (empty, negative))
+    gain = ((x_next - mu_0).pow(2) - (x_next - mu_n).pow(2)).flatten(1).sum(1) / (2.0 * variance)
+    return logit + temperature * gain
+
+
 def reuse_correction(positive: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
     """Guidance reuse on an evaluation whose negative is skipped: e_t = e_c,t + (e_s - e_c,s), the correction
     of the last guided evaluation s added to this one's prompt prediction (for plain CFG the correction is

@@ -12,6 +12,7 @@ prompt alone is evaluated: one branch instead of two or more.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -106,8 +107,20 @@ class Projection:
     momentum: float = 0.0
 
 
+@dataclass(frozen=True)
+class Posterior:
+    """Options of the posterior-tracked negative (`method="posterior"`, see `Guidance._posterior`): the prior
+    p(c) of each negative's concept at the first guided evaluation, the temperature T of the Bayes update
+    (`avert.guidance.cfg.posterior_logit`), and p_max, the posterior at which a negative acts at full strength.
+    Picked on the embedded model (seeds 0..15, docs/embedded-model.md): prior 0.8, T 1, p_max 0.8."""
+
+    prior: float = 0.8
+    temperature: float = 1.0
+    p_max: float = 0.8
+
+
 Combine = Callable[..., torch.Tensor]
-METHODS: dict[str, Combine] = {"perp-neg": f.perp_neg, "dynamic": f.dynamic_negative}  # "cfg", "apg": below
+METHODS: dict[str, Combine] = {"perp-neg": f.perp_neg, "dynamic": f.dynamic_negative}  # cfg, apg, posterior: below
 
 
 @dataclass(frozen=True)
@@ -116,9 +129,11 @@ class Guidance:
 
     cfg with negative_scale None (= scale): e_u = (1 - sum l_i) e_0 + sum l_i e_ni, e = e_u + w sum_k a_k
     (e_ck - e_u) -- one negative of weight 1 is plain CFG, term for term. cfg with a different negative_scale,
-    perp-neg and dynamic use e_0 and the formulas in `avert.guidance.cfg`. apg takes the same e_u as cfg and
-    guides on denoised predictions (`projection` holds its options; `prediction_type` says what the model
-    outputs, as in the scheduler config); it needs the sample x and a per-run memory for its momentum.
+    perp-neg, dynamic and posterior use e_0 and the formulas in `avert.guidance.cfg`; posterior also needs the
+    sample x and the per-run memory, where it keeps each negative's odds (`posterior` holds its options). apg
+    takes the same e_u as cfg and guides on denoised predictions (`projection` holds its options;
+    `prediction_type` says what the model outputs, as in the scheduler config); it needs the sample x and a
+    per-run memory for its momentum.
     """
 
     scale: float
@@ -130,6 +145,7 @@ class Guidance:
     interval: Interval = Interval()
     projection: Projection = Projection()
     prediction_type: str = "epsilon"
+    posterior: Posterior = Posterior()
 
     @property
     def w_n(self) -> float:
@@ -180,10 +196,41 @@ class Guidance:
         elif self.method == "cfg":
             direction = f.prompt_direction(prompts, self.prompt_weights, empty)
             guided = f.separate_scales(empty, direction, negatives, weights, self.scale, self.w_n)
+        elif self.method == "posterior":
+            direction = f.prompt_direction(prompts, self.prompt_weights, empty)
+            presence = self._posterior(empty, dict(zip(active, negatives)), ctx, x, memory)
+            scaled = [l * presence[i] for l, i in zip(weights, active)]
+            guided = f.separate_scales(empty, direction, negatives, scaled, self.scale, self.w_n)
         else:
             direction = f.prompt_direction(prompts, self.prompt_weights, empty)
             guided = METHODS[self.method](empty, direction, negatives, weights, self.scale, self.w_n)
         return f.rescale(guided, prompts[0], self.rescale)
+
+    def _posterior(self, empty: torch.Tensor, negatives: dict[int, torch.Tensor], ctx: StepContext,
+                   x: torch.Tensor | None, memory: dict | None) -> dict[int, torch.Tensor]:
+        """Each active negative's strength in [0, 1], per sample [batch, 1, 1, 1]: min(p, p_max) / p_max, p the
+        posterior of its concept tracked along the run (Koulischer et al. 2025; `cfg.posterior_logit`), updated
+        from the last guided evaluation's denoised predictions to the sample the sampler has now reached. A
+        negative starts at the prior; one not evaluated at the last guided evaluation keeps its odds."""
+        if x is None or memory is None:
+            raise ValueError("posterior needs the model input x and a per-run memory")
+        sigma, options = ctx.sigma, self.posterior
+        point = x * math.sqrt(1.0 + sigma * sigma)  # the model input is x / sqrt(1 + sigma^2): back to x_0 + sigma n
+        d_0 = f.denoised(x, empty, sigma, self.prediction_type)
+        d_n = {i: f.denoised(x, e, sigma, self.prediction_type) for i, e in negatives.items()}
+        last = memory.get("posterior")
+        logits = dict(last["logits"]) if last else {}
+        if last and 0.0 < sigma < last["sigma"]:
+            for i, d in last["negatives"].items():
+                logits[i] = f.posterior_logit(logits[i], last["x"], last["sigma"], point, sigma, last["empty"], d,
+                                              options.temperature)
+        prior = math.log(options.prior / (1.0 - options.prior))
+        start = torch.full((x.shape[0],), prior, dtype=x.dtype, device=x.device)
+        for i in negatives:
+            logits.setdefault(i, start)
+        memory["posterior"] = {"x": point, "sigma": sigma, "empty": d_0, "negatives": d_n, "logits": logits}
+        return {i: (torch.sigmoid(logits[i]).clamp(max=options.p_max) / options.p_max).view(-1, 1, 1, 1)
+                for i in negatives}
 
     def _apg(self, prompts: list[torch.Tensor], uncond: torch.Tensor, ctx: StepContext, x: torch.Tensor | None,
              memory: dict | None) -> torch.Tensor:
@@ -199,4 +246,4 @@ class Guidance:
 
 
 def method_names() -> tuple[str, ...]:
-    return ("cfg", "apg") + tuple(METHODS)
+    return ("cfg", "apg") + tuple(METHODS) + ("posterior",)
