@@ -215,6 +215,13 @@ def test_train_flags_are_bounded(capsys, flag, value, allowed):
     assert allowed in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, value", [("--tone-noise-below", "300"), ("--tone-noise-captions", "bare")])
+def test_tone_noise_options_without_tone_noise_are_refused_by_name(capsys, tmp_path, flag, value):
+    code, _, err = run(capsys, "train", "--run", tmp_path / "run", flag, value)
+    assert code == 2 and "Traceback" not in err and not (tmp_path / "run" / "data").exists()
+    assert "tone_noise: 0.0 is not allowed with tone_noise_below or tone_noise_captions set" in err
+
+
 def test_eval_refuses_an_unknown_device_too(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "negatives", "--device", "gpu"])

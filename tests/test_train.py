@@ -295,6 +295,9 @@ def test_the_bare_tone_noise_table_keeps_only_tone_phrases_alone():
     with pytest.raises(ValueError) as problem:
         TrainConfig(tone_noise_captions="all").resolved()
     assert str(problem.value) == "tone_noise_captions: 'all' is not allowed; must be one of tone-only, bare"
+    with pytest.raises(ValueError, match="they only apply with tone_noise above 0.0"):
+        TrainConfig(tone_noise_captions="bare").resolved()
+    assert TrainConfig(tone_noise=0.1, tone_noise_captions="bare").resolved().tone_noise_captions == "bare"
 
 
 def test_tone_noise_swaps_only_ungraded_images_to_tone_only_captions(data_dir):

@@ -168,6 +168,10 @@ def _run_train(args) -> int:
         torch.set_num_threads(args.threads)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    try:
+        config.resolved()  # settings that are wrong together, named before any work
+    except ValueError as problem:
+        raise AvertError(str(problem)) from None
     model = train(args.run_dir, config, export=args.export, progress=not args.quiet, init_from=args.init_from)
     print(f"model written to {model}")
     return 0

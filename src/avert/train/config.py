@@ -55,6 +55,9 @@ class TrainConfig:
         if self.tone_noise_captions not in TONE_NOISE_CAPTIONS:
             raise ValueError(f"tone_noise_captions: {self.tone_noise_captions!r} is not allowed; must be one of "
                              f"{', '.join(TONE_NOISE_CAPTIONS)}")
+        if self.tone_noise == 0.0 and (self.tone_noise_below, self.tone_noise_captions) != (1000, "tone-only"):
+            raise ValueError(f"tone_noise: {self.tone_noise!r} is not allowed with tone_noise_below or "
+                             "tone_noise_captions set; they only apply with tone_noise above 0.0")
         if self.object_mask not in OBJECT_MASKS:
             raise ValueError(f"object_mask: {self.object_mask!r} is not allowed; must be one of {', '.join(OBJECT_MASKS)}")
         if self.precision not in PRECISIONS:
