@@ -145,6 +145,52 @@ def test_posterior_starts_at_full_strength_and_switches_off_a_negative_the_sampl
         Guidance(7.0, method="posterior").combine(predictions(E_N), CTX)
 
 
+def test_posterior_options_reach_the_run(tiny):
+    """At temperature 0 the odds never move, so the negative acts at prior / p_max throughout: prior 0.4 and
+    p_max 0.8 at negative scale 6 is the three-branch formula at negative scale 3, image for image."""
+    still = BASE.replace(guidance="posterior", negative_scale=6.0, posterior_temperature=0.0, posterior_prior=0.4,
+                         posterior_p_max=0.8)
+    halved = BASE.replace(negative_scale=3.0)
+    assert np.abs(pixels(generate(still, tiny)) - pixels(generate(halved, tiny))).max() <= 1
+    moving = generate(still.replace(posterior_temperature=1.0), tiny)
+    assert np.abs(pixels(moving) - pixels(generate(halved, tiny))).max() > 0
+
+
+def test_posterior_options_are_refused_outside_posterior_and_out_of_range(capsys, tmp_path):
+    from avert.cli import main
+    from avert.errors import ValidationError
+    from avert.validation import validate
+
+    with pytest.raises(ValidationError) as info:
+        validate(GenerationRequest("x", guidance="apg", posterior_prior=0.5, posterior_p_max=0.5))
+    assert {p.field for p in info.value.problems} == {"posterior_prior", "posterior_p_max"}
+    assert "applies only with guidance posterior" in str(info.value)
+    for flags, message in [(["--posterior-prior", "1"], "posterior_prior: 1.0 is not allowed; must be a number "
+                             "from 0.001 to 0.999"),
+                           (["--posterior-p-max", "0"], "posterior_p_max: 0.0 is not allowed"),
+                           (["--posterior-temperature", "-1"], "posterior_temperature: -1.0 is not allowed")]:
+        code = main(["generate", "a house", "-n", "trees", "--guidance", "posterior", "-q", "-o",
+                     str(tmp_path / "x.png"), *flags])
+        assert code == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "x.png").exists()
+
+
+def test_posterior_options_are_recorded_and_remade_from_the_png(tiny, tmp_path):
+    from avert.output.pnginfo import parse_parameters, read_png_metadata, save_png
+    from avert.pipeline.metadata import request_from_a1111, request_from_record
+
+    request = BASE.replace(batch_size=1, guidance="posterior", posterior_prior=0.6, posterior_temperature=3.0,
+                           posterior_p_max=0.5)
+    image = generate(request, tiny).images[0]
+    save_png(image.image, tmp_path / "x.png", image.infotext, image.record)
+    meta = read_png_metadata(tmp_path / "x.png")
+    assert "Guidance: posterior" in meta.parameters and "Posterior temperature: 3.0" in meta.parameters
+    for remade in (request_from_a1111(parse_parameters(meta.parameters)), request_from_record(meta.record)):
+        assert (remade.posterior_prior, remade.posterior_temperature, remade.posterior_p_max) == (0.6, 3.0, 0.5)
+        assert np.array_equal(np.asarray(generate(remade, tiny).images[0].image), np.asarray(image.image))
+
+
 def test_a_window_covering_the_whole_run_equals_no_window():
     whole, none = Guidance(7.0, negatives=(Term(1.0, 0.0, 1.0),)), Guidance(7.0)
     for i in range(10):

@@ -58,6 +58,9 @@ class GenerationRequest:
     apg_eta: float = 0.0
     apg_norm_threshold: float = 0.0
     apg_momentum: float = 0.0
+    posterior_prior: float = 0.8
+    posterior_temperature: float = 1.0
+    posterior_p_max: float = 0.8
     guidance_rescale: float = 0.0
     guidance_start: float = 0.0
     guidance_end: float = 1.0

@@ -86,21 +86,25 @@ def check_relations(request: GenerationRequest) -> list[FieldProblem]:
     low, high = request.guidance_sigma_min, request.guidance_sigma_max
     if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low >= high:
         problems.append(FieldProblem("guidance_sigma_min", low, f"must be below guidance_sigma_max ({high})"))
-    return problems + _apg_problems(request)
+    return problems + _method_problems(request)
 
 
-def _apg_problems(request: GenerationRequest) -> list[FieldProblem]:
-    """apg guides with the one scale cfg_scale; its options mean nothing to the other methods."""
+METHOD_ONLY = {"apg": ("apg_eta", "apg_norm_threshold", "apg_momentum"),
+               "posterior": ("posterior_prior", "posterior_temperature", "posterior_p_max")}
+
+
+def _method_problems(request: GenerationRequest) -> list[FieldProblem]:
+    """A method's own options mean nothing to the other methods; apg guides with the one scale cfg_scale."""
     defaults = GenerationRequest()
-    if request.guidance != "apg":
-        return [FieldProblem(name, getattr(request, name), "applies only with guidance apg (leave it at "
+    problems = [FieldProblem(name, getattr(request, name), f"applies only with guidance {method} (leave it at "
                              f"{getattr(defaults, name)} for guidance {request.guidance})")
-                for name in ("apg_eta", "apg_norm_threshold", "apg_momentum")
+                for method, names in METHOD_ONLY.items() if request.guidance != method for name in names
                 if _has_type(getattr(request, name), float) and getattr(request, name) != getattr(defaults, name)]
-    if request.negative_scale is not None and request.negative_scale != request.cfg_scale:
-        return [FieldProblem("negative_scale", request.negative_scale, "must be left unset with guidance apg, which "
-                             "guides prompt and negatives with cfg_scale alone")]
-    return []
+    apg_scale = request.negative_scale is not None and request.negative_scale != request.cfg_scale
+    if request.guidance == "apg" and apg_scale:
+        problems.append(FieldProblem("negative_scale", request.negative_scale, "must be left unset with guidance "
+                                     "apg, which guides prompt and negatives with cfg_scale alone"))
+    return problems
 
 
 def _has_type(value: object, kind: type) -> bool:

@@ -160,6 +160,10 @@ def methods_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
         "- **apg** (Sadat et al. 2025, adaptive projected guidance): on denoised predictions D, the update "
         "d = D_c - D_n split into its parts along D_c and orthogonal to it, D = D_c + (w - 1) d_perp (eta 0: the "
         "parallel part dropped; no norm cap, no momentum); two branches, as cfg.",
+        "- **posterior, negative scale 10** (Koulischer et al. 2025, as they do it): the three-branch formula with "
+        "w_n 10 and each negative's strength min(p, 0.8) / 0.8, p the posterior of its concept, which starts at "
+        "0.8 and is updated by Bayes' rule at every step from where the sample went (toward the negative "
+        "branch's step mean or the empty one's); made for standing negatives, whose concept the image lacks.",
         "- **rescale 0.7** (Lin et al. 2023): CFG whose result is rescaled toward the prompt's standard "
         "deviation, phi = 0.7; **rescale 0.2** the same with phi = 0.2.",
         "- **cfg 7.5, rescale 0.7** and **cfg 8, rescale 0.7**: rescale 0.7 at cfg scale 7.5 or 8 for the renders "

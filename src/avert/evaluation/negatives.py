@@ -77,6 +77,8 @@ DEFAULT_METHODS: tuple[Method, ...] = (
     Method("cfg, s_min_uncond 100", (("s_min_uncond", 100.0),)),  # above every sigma: every other step
     Method("cfg, s_min_uncond 100, reuse", (("s_min_uncond", 100.0), ("guidance_reuse", True))),
     Method("cfg, interval 0.3-0.8, reuse", (("guidance_start", 0.3), ("guidance_end", 0.8), ("guidance_reuse", True))),
+    # Koulischer et al. 2025, for standing negatives; w_n 10 picked on seeds 0..15 (docs/embedded-model.md)
+    Method("posterior, negative scale 10", (("guidance", "posterior"), ("negative_scale", 10.0))),
 )
 NO_NEGATIVE = "No negative prompt"
 

@@ -14,8 +14,8 @@ import torch
 from avert.conditioning.embeddings import EmbeddingLibrary
 from avert.conditioning.encode import EncodeOptions, TextEncoding
 from avert.conditioning.prompt import ScheduledStates, condition_prompt, encode_prompts
-from avert.guidance.strategy import (EMPTY, Branch, Guidance, Interval, Projection, Term, negative_branch,
-                                     prompt_branch)
+from avert.guidance.strategy import (EMPTY, Branch, Guidance, Interval, Posterior, Projection, Term,
+                                     negative_branch, prompt_branch)
 from avert.models.components import Components
 from avert.pipeline.runtime import Runtime
 from avert.prompts.parse import ParsedPrompt, parse_prompt
@@ -56,6 +56,7 @@ def condition(request: GenerationRequest, components: Components, runtime: Runti
         prompt_weights=tuple(p.weight for p in prompt_parts), negatives=tuple(terms),
         rescale=request.guidance_rescale, interval=interval(request),
         projection=Projection(request.apg_eta, request.apg_norm_threshold, request.apg_momentum),
+        posterior=Posterior(request.posterior_prior, request.posterior_temperature, request.posterior_p_max),
         prediction_type=components.scheduler_config.get("prediction_type", "epsilon"),
     )
     return RequestConditioning(branches, empty, guidance, prompt, negatives)
