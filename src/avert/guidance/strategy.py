@@ -112,7 +112,8 @@ class Posterior:
     """Options of the posterior-tracked negative (`method="posterior"`, see `Guidance._posterior`): the prior
     p(c) of each negative's concept at the first guided evaluation, the temperature T of the Bayes update
     (`avert.guidance.cfg.posterior_logit`), and p_max, the posterior at which a negative acts at full strength.
-    Picked on the embedded model (seeds 0..15, docs/embedded-model.md): prior 0.8, T 1, p_max 0.8."""
+    Picked on the embedded model (seeds 0..15, docs/embedded-model.md): prior 0.8, T 1, p_max 0.8; a request sets
+    them as posterior_prior, posterior_temperature and posterior_p_max."""
 
     prior: float = 0.8
     temperature: float = 1.0
