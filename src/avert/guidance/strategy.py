@@ -121,7 +121,8 @@ class Posterior:
 
 
 Combine = Callable[..., torch.Tensor]
-METHODS: dict[str, Combine] = {"perp-neg": f.perp_neg, "dynamic": f.dynamic_negative}  # cfg, apg, posterior: below
+# three-branch formulas besides `f.separate_scales` (cfg at its own negative scale, and posterior); apg: `_apg`
+METHODS: dict[str, Combine] = {"perp-neg": f.perp_neg, "dynamic": f.dynamic_negative}
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ class Guidance:
     def combine(self, predictions: Mapping[Branch, torch.Tensor], ctx: StepContext, x: torch.Tensor | None = None,
                 memory: dict | None = None) -> torch.Tensor:
         """The guided prediction of one evaluation; `x` (the model input) and `memory` (a dict kept for the
-        run, one per denoiser) are needed by apg only."""
+        run, one per denoiser) are needed by apg and posterior only."""
         prompts = [predictions[prompt_branch(k)] for k in range(len(self.prompt_weights))]
         if not self.guided(ctx):  # the prompt alone: e_c, or A1111's AND sum around the first part
             return prompts[0] if len(prompts) == 1 else f.composable_cfg(prompts, self.prompt_weights, prompts[0], 1.0)
@@ -194,17 +195,13 @@ class Guidance:
             uncond = f.unconditional(empty, negatives, weights)
             guided = (self._apg(prompts, uncond, ctx, x, memory) if self.method == "apg"
                       else f.composable_cfg(prompts, self.prompt_weights, uncond, self.scale))
-        elif self.method == "cfg":
+        else:  # three branches: cfg at its own negative scale, posterior (per-sample weights), perp-neg, dynamic
             direction = f.prompt_direction(prompts, self.prompt_weights, empty)
-            guided = f.separate_scales(empty, direction, negatives, weights, self.scale, self.w_n)
-        elif self.method == "posterior":
-            direction = f.prompt_direction(prompts, self.prompt_weights, empty)
-            presence = self._posterior(empty, dict(zip(active, negatives)), ctx, x, memory)
-            scaled = [l * presence[i] for l, i in zip(weights, active)]
-            guided = f.separate_scales(empty, direction, negatives, scaled, self.scale, self.w_n)
-        else:
-            direction = f.prompt_direction(prompts, self.prompt_weights, empty)
-            guided = METHODS[self.method](empty, direction, negatives, weights, self.scale, self.w_n)
+            if self.method == "posterior":
+                presence = self._posterior(empty, dict(zip(active, negatives)), ctx, x, memory)
+                weights = [l * presence[i] for l, i in zip(weights, active)]
+            combine = f.separate_scales if self.method in ("cfg", "posterior") else METHODS[self.method]
+            guided = combine(empty, direction, negatives, weights, self.scale, self.w_n)
         return f.rescale(guided, prompts[0], self.rescale)
 
     def _posterior(self, empty: torch.Tensor, negatives: dict[int, torch.Tensor], ctx: StepContext,
@@ -226,9 +223,8 @@ class Guidance:
                 logits[i] = f.posterior_logit(logits[i], last["x"], last["sigma"], point, sigma, last["empty"], d,
                                               options.temperature)
         prior = math.log(options.prior / (1.0 - options.prior))
-        start = torch.full((x.shape[0],), prior, dtype=x.dtype, device=x.device)
-        for i in negatives:
-            logits.setdefault(i, start)
+        for i in negatives.keys() - logits.keys():
+            logits[i] = torch.full((x.shape[0],), prior, dtype=x.dtype, device=x.device)
         memory["posterior"] = {"x": point, "sigma": sigma, "empty": d_0, "negatives": d_n, "logits": logits}
         return {i: (torch.sigmoid(logits[i]).clamp(max=options.p_max) / options.p_max).view(-1, 1, 1, 1)
                 for i in negatives}
