@@ -74,7 +74,7 @@ def _size_param(name: str, short: str) -> Param:
     )
 
 
-GUIDANCE_METHODS = ("cfg", "apg", "perp-neg", "dynamic", "posterior")
+GUIDANCE_METHODS = ("cfg", "apg", "perp-neg", "dynamic", "posterior", "gated")
 EMPHASIS_MODES = ("Original", "No norm")
 SIGMA_MAX = 1000.0
 
@@ -99,20 +99,22 @@ PARAMS: tuple[Param, ...] = (
           "2025, on denoised predictions), perp-neg (Armandpour et al. 2023), dynamic (strength follows the "
           "estimated presence of each negative concept), posterior (strength follows the posterior of each negative "
           "concept tracked along the run, Koulischer et al. 2025: a negative whose concept the image lacks switches "
-          "itself off)", "--guidance", choices=GUIDANCE_METHODS),
+          "itself off), gated (plain cfg where the prompt's own image holds each negative's concept, the posterior "
+          "tracked along the prompt's branch; off where it does not: a standing negative leaves the image alone)",
+          "--guidance", choices=GUIDANCE_METHODS),
     Param("apg_eta", float, 0.0, "apg: weight of the guidance update's part parallel to the prompt's denoised "
           "prediction (0 drops it, 1 keeps it as CFG does)", "--apg-eta", low=lambda l: -10.0, high=lambda l: 10.0),
     Param("apg_norm_threshold", float, 0.0, "apg: cap on the norm of the update D_c - D_u per image, in pixel or "
           "latent units (0: no cap)", "--apg-norm-threshold", low=lambda l: 0.0, high=lambda l: 1000.0),
     Param("apg_momentum", float, 0.0, "apg: momentum beta of the running update m <- d + beta m (0: off; the "
           "paper uses negative values)", "--apg-momentum", low=lambda l: -5.0, high=lambda l: 1.0),
-    Param("posterior_prior", float, 0.8, "posterior: prior p(c) of each negative's concept; the negative acts at "
+    Param("posterior_prior", float, 0.8, "posterior, gated: prior p(c) of each negative's concept; the negative acts at "
           "min(prior, p_max) / p_max of its strength at the first guided step", "--posterior-prior",
           low=lambda l: 0.001, high=lambda l: 0.999),
-    Param("posterior_temperature", float, 1.0, "posterior: temperature T of the Bayes update of each concept's "
+    Param("posterior_temperature", float, 1.0, "posterior, gated: temperature T of the Bayes update of each concept's "
           "log-odds (1: Bayes; higher: the evidence counts more, a negative switches off sooner where its concept "
           "is absent)", "--posterior-temperature", low=lambda l: 0.0, high=lambda l: 100.0),
-    Param("posterior_p_max", float, 0.8, "posterior: the posterior at which a negative acts at full strength",
+    Param("posterior_p_max", float, 0.8, "posterior, gated: the posterior at which a negative acts at full strength",
           "--posterior-p-max", low=lambda l: 0.01, high=lambda l: 1.0),
     Param("guidance_rescale", float, 0.0, "guidance rescale phi (Lin et al. 2023): 0 off, 0.7 typical",
           "--guidance-rescale", low=lambda l: 0.0, high=lambda l: 1.0),

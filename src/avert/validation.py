@@ -89,21 +89,24 @@ def check_relations(request: GenerationRequest) -> list[FieldProblem]:
     return problems + _method_problems(request)
 
 
-METHOD_ONLY = {"apg": ("apg_eta", "apg_norm_threshold", "apg_momentum"),
-               "posterior": ("posterior_prior", "posterior_temperature", "posterior_p_max")}
+METHOD_ONLY = {("apg",): ("apg_eta", "apg_norm_threshold", "apg_momentum"),
+               ("posterior", "gated"): ("posterior_prior", "posterior_temperature", "posterior_p_max")}
+ONE_SCALE = {"apg": "guides prompt and negatives with cfg_scale alone",
+             "gated": "weighs each negative as plain cfg does, by cfg_scale - 1 times its gate"}
 
 
 def _method_problems(request: GenerationRequest) -> list[FieldProblem]:
-    """A method's own options mean nothing to the other methods; apg guides with the one scale cfg_scale."""
+    """A method's own options mean nothing to the other methods; apg and gated guide with the one scale
+    cfg_scale."""
     defaults = GenerationRequest()
-    problems = [FieldProblem(name, getattr(request, name), f"applies only with guidance {method} (leave it at "
-                             f"{getattr(defaults, name)} for guidance {request.guidance})")
-                for method, names in METHOD_ONLY.items() if request.guidance != method for name in names
+    problems = [FieldProblem(name, getattr(request, name), f"applies only with guidance {' or '.join(methods)} "
+                             f"(leave it at {getattr(defaults, name)} for guidance {request.guidance})")
+                for methods, names in METHOD_ONLY.items() if request.guidance not in methods for name in names
                 if _has_type(getattr(request, name), float) and getattr(request, name) != getattr(defaults, name)]
-    apg_scale = request.negative_scale is not None and request.negative_scale != request.cfg_scale
-    if request.guidance == "apg" and apg_scale:
+    own_scale = request.negative_scale is not None and request.negative_scale != request.cfg_scale
+    if request.guidance in ONE_SCALE and own_scale:
         problems.append(FieldProblem("negative_scale", request.negative_scale, "must be left unset with guidance "
-                                     "apg, which guides prompt and negatives with cfg_scale alone"))
+                                     f"{request.guidance}, which {ONE_SCALE[request.guidance]}"))
     return problems
 
 

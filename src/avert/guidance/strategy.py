@@ -109,11 +109,11 @@ class Projection:
 
 @dataclass(frozen=True)
 class Posterior:
-    """Options of the posterior-tracked negative (`method="posterior"`, see `Guidance._posterior`): the prior
-    p(c) of each negative's concept at the first guided evaluation, the temperature T of the Bayes update
-    (`avert.guidance.cfg.posterior_logit`), and p_max, the posterior at which a negative acts at full strength.
-    Picked on the embedded model (seeds 0..15, docs/embedded-model.md): prior 0.8, T 1, p_max 0.8; a request sets
-    them as posterior_prior, posterior_temperature and posterior_p_max."""
+    """Options of the posterior-tracked negative (methods "posterior" and "gated", see `Guidance._posterior`):
+    the prior p(c) of each negative's concept at the first guided evaluation, the temperature T of the Bayes
+    update (`avert.guidance.cfg.posterior_logit`), and p_max, the posterior at which a negative acts at full
+    strength. Picked on the embedded model (seeds 0..15, docs/embedded-model.md): prior 0.8, T 1, p_max 0.8; a
+    request sets them as posterior_prior, posterior_temperature and posterior_p_max."""
 
     prior: float = 0.8
     temperature: float = 1.0
@@ -121,8 +121,9 @@ class Posterior:
 
 
 Combine = Callable[..., torch.Tensor]
-# three-branch formulas besides `f.separate_scales` (cfg at its own negative scale, and posterior); apg: `_apg`
+# three-branch formulas besides `f.separate_scales` (cfg at its own negative scale, posterior, gated); apg: `_apg`
 METHODS: dict[str, Combine] = {"perp-neg": f.perp_neg, "dynamic": f.dynamic_negative}
+TRACKED = ("posterior", "gated")  # methods that scale each negative by its concept's posterior
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,10 @@ class Guidance:
     cfg with negative_scale None (= scale): e_u = (1 - sum l_i) e_0 + sum l_i e_ni, e = e_u + w sum_k a_k
     (e_ck - e_u) -- one negative of weight 1 is plain CFG, term for term. cfg with a different negative_scale,
     perp-neg, dynamic and posterior use e_0 and the formulas in `avert.guidance.cfg`; posterior also needs the
-    sample x and the per-run memory, where it keeps each negative's odds (`posterior` holds its options). apg
+    sample x and the per-run memory, where it keeps each negative's odds (`posterior` holds its options). gated
+    is plain CFG with each negative's weight scaled by the posterior of its concept along the prompt's own
+    chain (`_posterior`): e_u = (1 - sum l_i p_i) e_0 + sum l_i p_i e_ni, e = e_u + w (e_c - e_u), which is the
+    three-branch formula at w_n = w - 1; its negative scale is not free. apg
     takes the same e_u as cfg and guides on denoised predictions (`projection` holds its options;
     `prediction_type` says what the model outputs, as in the scheduler config); it needs the sample x and a
     per-run memory for its momentum.
@@ -151,6 +155,8 @@ class Guidance:
 
     @property
     def w_n(self) -> float:
+        if self.method == "gated":
+            return self.scale - 1.0  # plain CFG's weight on -(e_n - e_0)
         return self.scale if self.negative_scale is None else self.negative_scale
 
     @property
@@ -167,7 +173,8 @@ class Guidance:
         return tuple(i for i, t in enumerate(self.negatives) if t.active(ctx.fraction) and t.weight != 0.0)
 
     def guided(self, ctx: StepContext) -> bool:
-        if self.cfg_branches and self.scale * sum(self.prompt_weights) == 1.0 and len(self.prompt_weights) == 1:
+        unit = self.scale * sum(self.prompt_weights) == 1.0 and len(self.prompt_weights) == 1
+        if unit and (self.cfg_branches or self.method == "gated"):
             return False  # e = e_c exactly: the negative cannot matter
         return self.interval.applies(ctx)
 
@@ -195,37 +202,50 @@ class Guidance:
             uncond = f.unconditional(empty, negatives, weights)
             guided = (self._apg(prompts, uncond, ctx, x, memory) if self.method == "apg"
                       else f.composable_cfg(prompts, self.prompt_weights, uncond, self.scale))
-        else:  # three branches: cfg at its own negative scale, posterior (per-sample weights), perp-neg, dynamic
+        else:  # three branches: cfg at its own negative scale, posterior and gated (per-sample weights), perp-neg,
+            # dynamic
             direction = f.prompt_direction(prompts, self.prompt_weights, empty)
-            if self.method == "posterior":
-                presence = self._posterior(empty, dict(zip(active, negatives)), ctx, x, memory)
+            if self.method in TRACKED:
+                evidence = empty + direction if self.method == "gated" else None  # the prompt's own prediction
+                presence = self._posterior(empty, dict(zip(active, negatives)), ctx, x, memory, evidence)
                 weights = [l * presence[i] for l, i in zip(weights, active)]
-            combine = f.separate_scales if self.method in ("cfg", "posterior") else METHODS[self.method]
+            combine = f.separate_scales if self.method in ("cfg",) + TRACKED else METHODS[self.method]
             guided = combine(empty, direction, negatives, weights, self.scale, self.w_n)
         return f.rescale(guided, prompts[0], self.rescale)
 
     def _posterior(self, empty: torch.Tensor, negatives: dict[int, torch.Tensor], ctx: StepContext,
-                   x: torch.Tensor | None, memory: dict | None) -> dict[int, torch.Tensor]:
+                   x: torch.Tensor | None, memory: dict | None,
+                   evidence: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
         """Each active negative's strength in [0, 1], per sample [batch, 1, 1, 1]: min(p, p_max) / p_max, p the
         posterior of its concept tracked along the run (Koulischer et al. 2025; `cfg.posterior_logit`), updated
-        from the last guided evaluation's denoised predictions to the sample the sampler has now reached. A
-        negative starts at the prior; one not evaluated at the last guided evaluation keeps its odds."""
+        from the last guided evaluation's denoised predictions to a point at this one's noise level. A negative
+        starts at the prior; one not evaluated at the last guided evaluation keeps its odds.
+
+        The point is the sample the sampler has reached (posterior), or, given the prompt's own prediction as
+        `evidence` (gated), the step mean of the prompt's branch from the last sample, mu_c = D_c + r (x - D_c):
+        where the prompt alone would take the sample. The sample reached has been pushed away from the
+        negative's concept by the negative itself; the prompt's step has not, so the odds say whether the
+        prompt's image holds the concept, and do not fall because the negative worked."""
         if x is None or memory is None:
-            raise ValueError("posterior needs the model input x and a per-run memory")
+            raise ValueError(f"{self.method} needs the model input x and a per-run memory")
         sigma, options = ctx.sigma, self.posterior
         point = x * math.sqrt(1.0 + sigma * sigma)  # the model input is x / sqrt(1 + sigma^2): back to x_0 + sigma n
         d_0 = f.denoised(x, empty, sigma, self.prediction_type)
         d_n = {i: f.denoised(x, e, sigma, self.prediction_type) for i, e in negatives.items()}
+        d_c = None if evidence is None else f.denoised(x, evidence, sigma, self.prediction_type)
         last = memory.get("posterior")
         logits = dict(last["logits"]) if last else {}
         if last and 0.0 < sigma < last["sigma"]:
+            reached = (point if last["prompt"] is None
+                       else f.bridge_mean(last["x"], last["prompt"], last["sigma"], sigma))
             for i, d in last["negatives"].items():
-                logits[i] = f.posterior_logit(logits[i], last["x"], last["sigma"], point, sigma, last["empty"], d,
+                logits[i] = f.posterior_logit(logits[i], last["x"], last["sigma"], reached, sigma, last["empty"], d,
                                               options.temperature)
         prior = math.log(options.prior / (1.0 - options.prior))
         for i in negatives.keys() - logits.keys():
             logits[i] = torch.full((x.shape[0],), prior, dtype=x.dtype, device=x.device)
-        memory["posterior"] = {"x": point, "sigma": sigma, "empty": d_0, "negatives": d_n, "logits": logits}
+        memory["posterior"] = {"x": point, "sigma": sigma, "empty": d_0, "prompt": d_c, "negatives": d_n,
+                               "logits": logits}
         return {i: (torch.sigmoid(logits[i]).clamp(max=options.p_max) / options.p_max).view(-1, 1, 1, 1)
                 for i in negatives}
 
@@ -243,4 +263,4 @@ class Guidance:
 
 
 def method_names() -> tuple[str, ...]:
-    return ("cfg", "apg") + tuple(METHODS) + ("posterior",)
+    return ("cfg", "apg") + tuple(METHODS) + TRACKED

@@ -83,10 +83,10 @@ def negative_warnings(request: GenerationRequest, components: Components | None 
         return ("this model is guidance-distilled (its UNet takes a guidance embedding, time_cond_proj_dim): it "
                 "was trained to be sampled without CFG, so the negatives are applied by the chosen formula but the "
                 "result may be poor; use a model trained for CFG",)
-    if not request.all_negatives() or request.cfg_scale > 1.0 or request.guidance not in ("cfg", "apg") \
+    if not request.all_negatives() or request.cfg_scale > 1.0 or request.guidance not in ("cfg", "apg", "gated") \
             or request.negative_scale not in (None, request.cfg_scale):
         return ()
-    scale = "guidance cfg with negative_scale" if request.guidance == "apg" else "negative_scale"
+    scale = "negative_scale" if request.guidance == "cfg" else "guidance cfg with negative_scale"
     if request.cfg_scale == 1.0:
         return (f"negative_prompt has no effect at cfg_scale {request.cfg_scale:g}: guidance e_n + w (e_c - e_n) "
                 f"is the prompt's prediction alone at w = 1; use a cfg_scale above 1, or set {scale} "
