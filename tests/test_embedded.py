@@ -81,3 +81,30 @@ def test_a_wrong_text_encoder_hash_is_refused(tmp_path):
     reference.write_text(json.dumps({**data, "sha256": "0" * 64}))
     with pytest.raises(ModelLoadError, match="expected SHA-256"):
         load_model(copy)
+
+
+def test_gated_leaves_a_standing_negative_alone_and_is_plain_cfg_where_the_concept_is_there(embedded):
+    """Relations over golden images of the shipped model (seeds 0..3, Euler a, 20 steps; docs/embedded-model.md).
+    A tone the prompt never makes ("sepia" on "a landscape", the README's "green tones" on "a house on a hill")
+    wrecks the image under plain CFG; gated keeps it near the image without the negative (here about 0.4 of
+    CFG's mean distance). Where the prompt makes the concept (the green and sun pairs), the gate stays open and
+    gated renders CFG's image."""
+    def px(result):
+        return np.stack([np.asarray(i.image, dtype=np.float32) for i in result.images])
+
+    def renders(prompt, negative):
+        base = GenerationRequest(prompt, seed=0, batch_size=4)
+        return [px(generate(r, embedded)) for r in (base, base.replace(negative_prompt=negative),
+                                                   base.replace(negative_prompt=negative, guidance="gated"))]
+
+    cfg_moved, gated_moved = [], []
+    for prompt, negative in [("a landscape", "sepia"), ("a house on a hill", "green tones")]:
+        alone, cfg, gated = renders(prompt, negative)
+        cfg_moved.append(np.abs(cfg - alone).mean())
+        gated_moved.append(np.abs(gated - alone).mean())
+    assert min(cfg_moved) > 60  # plain CFG: colour fields
+    assert sum(gated_moved) < 0.5 * sum(cfg_moved)
+    for prompt, negative in [("a landscape in shades of green", "green tones"), ("a bright day", "sun")]:
+        alone, cfg, gated = renders(prompt, negative)
+        assert np.abs(cfg - alone).mean() > 10  # the negative works here
+        assert np.abs(gated - cfg).max() <= 2

@@ -145,6 +145,63 @@ def test_posterior_starts_at_full_strength_and_switches_off_a_negative_the_sampl
         Guidance(7.0, method="posterior").combine(predictions(E_N), CTX)
 
 
+def tracked_run(method: str, prompt_first: torch.Tensor):
+    """Two guided evaluations (sigma 2, then 1) of a posterior-tracked method on a model that outputs D itself.
+    At the first, the prompt's prediction is `prompt_first`; between them the sample moves as the empty branch
+    would (the negative pushed it away from its concept). The second returns the guided output for E_C."""
+    g = Guidance(7.0, method=method, negative_scale=6.0 if method == "posterior" else None,
+                 prediction_type="sample")
+    memory: dict = {}
+    first, second = StepContext(0, 2, 900.0, sigma=2.0), StepContext(1, 2, 500.0, sigma=1.0)
+    out1 = g.combine(predictions(E_N, empty=E_0, prompt=prompt_first), first, E_M / 5 ** 0.5, memory)
+    x2 = f.bridge_mean(E_M, E_0, 2.0, 1.0) / 2 ** 0.5
+    return out1, g.combine(predictions(E_N), second, x2, memory)
+
+
+def test_gated_is_plain_cfg_where_the_prompts_own_step_holds_the_concept_and_off_where_it_does_not():
+    """gated weighs the evidence at the prompt branch's step mean, not at the sample the negative pushed: a
+    prompt whose own prediction is the negative's keeps the negative on although the sample moved away (where
+    posterior switches it off); a prompt whose prediction is the empty one's switches it off."""
+    g = Guidance(7.0, method="gated")
+    assert g.branches(CTX) == (negative_branch(0), EMPTY, prompt_branch(0)) and g.w_n == 6.0
+    full, off = f.cfg(E_C, E_N, 7.0), E_0 + 7.0 * (E_C - E_0)
+    first, holds = tracked_run("gated", prompt_first=E_N)
+    assert torch.allclose(first, f.cfg(E_N, E_N, 7.0), atol=1e-4)  # prior 0.8 = p_max: plain CFG at once
+    assert torch.allclose(holds, full, atol=1e-4)
+    assert torch.allclose(tracked_run("gated", prompt_first=E_0)[1], off, atol=1e-3)
+    assert torch.allclose(tracked_run("posterior", prompt_first=E_N)[1], off, atol=1e-3)  # the sample's evidence
+    assert not Guidance(1.0, method="gated").guided(CTX)  # e = e_c at cfg 1: the negative is not evaluated
+    with pytest.raises(ValueError, match="gated needs the model input x"):
+        g.combine(predictions(E_N), CTX)
+
+
+def test_gated_at_a_fixed_gate_is_plain_cfg_with_the_negative_at_that_weight(tiny):
+    """At temperature 0 the gate stays min(prior, p_max) / p_max: 1 is plain CFG, 0.5 is plain CFG with the
+    negative at weight 0.5 (e_u = 0.5 e_0 + 0.5 e_n), image for image; temperature 1 moves it."""
+    full = BASE.replace(guidance="gated", posterior_temperature=0.0)
+    assert np.abs(pixels(generate(full, tiny)) - pixels(generate(BASE, tiny))).max() <= 1
+    half = full.replace(posterior_prior=0.4)
+    weighted = BASE.replace(negative_prompt="", negatives=(Negative("blue tree", 0.5),))
+    assert np.abs(pixels(generate(half, tiny)) - pixels(generate(weighted, tiny))).max() <= 1
+    moving = generate(half.replace(posterior_temperature=1.0), tiny)
+    assert np.abs(pixels(moving) - pixels(generate(weighted, tiny))).max() > 0
+
+
+def test_gated_refuses_a_negative_scale_and_takes_the_posterior_options(capsys, tmp_path):
+    from avert.cli import main
+    from avert.errors import ValidationError
+    from avert.validation import validate
+
+    validate(GenerationRequest("x", "y", guidance="gated", posterior_temperature=2.0, negative_scale=7.0))
+    with pytest.raises(ValidationError) as info:
+        validate(GenerationRequest("x", "y", guidance="gated", negative_scale=10.0))
+    assert "negative_scale: 10.0 is not allowed; must be left unset with guidance gated" in str(info.value)
+    code = main(["generate", "a house", "-n", "trees", "--guidance", "gated", "--negative-scale", "3", "-q", "-o",
+                 str(tmp_path / "x.png")])
+    assert code == 2 and "must be left unset with guidance gated" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_posterior_options_reach_the_run(tiny):
     """At temperature 0 the odds never move, so the negative acts at prior / p_max throughout: prior 0.4 and
     p_max 0.8 at negative scale 6 is the three-branch formula at negative scale 3, image for image."""
@@ -164,7 +221,7 @@ def test_posterior_options_are_refused_outside_posterior_and_out_of_range(capsys
     with pytest.raises(ValidationError) as info:
         validate(GenerationRequest("x", guidance="apg", posterior_prior=0.5, posterior_p_max=0.5))
     assert {p.field for p in info.value.problems} == {"posterior_prior", "posterior_p_max"}
-    assert "applies only with guidance posterior" in str(info.value)
+    assert "applies only with guidance posterior or gated" in str(info.value)
     for flags, message in [(["--posterior-prior", "1"], "posterior_prior: 1.0 is not allowed; must be a number "
                              "from 0.001 to 0.999"),
                            (["--posterior-p-max", "0"], "posterior_p_max: 0.0 is not allowed"),

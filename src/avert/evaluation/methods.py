@@ -164,6 +164,10 @@ def methods_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
         "w_n 10 and each negative's strength min(p, 0.8) / 0.8, p the posterior of its concept, which starts at "
         "0.8 and is updated by Bayes' rule at every step from where the sample went (toward the negative "
         "branch's step mean or the empty one's); made for standing negatives, whose concept the image lacks.",
+        "- **gated** (avert's): plain CFG with each negative's weight times a gate min(p, 0.8) / 0.8, p the "
+        "posterior of its concept updated as above but from where the prompt's own branch would take the sample "
+        "(its step mean), not where the sample went; so the gate stays open where the prompt makes the concept "
+        "and shuts where it does not, and the negative's own push does not shut it. Three branches.",
         "- **rescale 0.7** (Lin et al. 2023): CFG whose result is rescaled toward the prompt's standard "
         "deviation, phi = 0.7; **rescale 0.2** the same with phi = 0.2.",
         "- **cfg 7.5, rescale 0.7** and **cfg 8, rescale 0.7**: rescale 0.7 at cfg scale 7.5 or 8 for the renders "

@@ -79,6 +79,8 @@ DEFAULT_METHODS: tuple[Method, ...] = (
     Method("cfg, interval 0.3-0.8, reuse", (("guidance_start", 0.3), ("guidance_end", 0.8), ("guidance_reuse", True))),
     # Koulischer et al. 2025, for standing negatives; w_n 10 picked on seeds 0..15 (docs/embedded-model.md)
     Method("posterior, negative scale 10", (("guidance", "posterior"), ("negative_scale", 10.0))),
+    # avert's: CFG where the prompt's own step holds the negative's concept, off where not (2026-12-01)
+    Method("gated", (("guidance", "gated"),)),
 )
 NO_NEGATIVE = "No negative prompt"
 
