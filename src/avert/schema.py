@@ -108,8 +108,8 @@ PARAMS: tuple[Param, ...] = (
           "latent units (0: no cap)", "--apg-norm-threshold", low=lambda l: 0.0, high=lambda l: 1000.0),
     Param("apg_momentum", float, 0.0, "apg: momentum beta of the running update m <- d + beta m (0: off; the "
           "paper uses negative values)", "--apg-momentum", low=lambda l: -5.0, high=lambda l: 1.0),
-    Param("posterior_prior", float, 0.8, "posterior, gated: prior p(c) of each negative's concept; the negative acts at "
-          "min(prior, p_max) / p_max of its strength at the first guided step", "--posterior-prior",
+    Param("posterior_prior", float, 0.8, "posterior, gated: prior p(c) of each negative's concept; the negative "
+          "acts at min(prior, p_max) / p_max of its strength at the first guided step", "--posterior-prior",
           low=lambda l: 0.001, high=lambda l: 0.999),
     Param("posterior_temperature", float, 1.0, "posterior, gated: temperature T of the Bayes update of each concept's "
           "log-odds (1: Bayes; higher: the evidence counts more, a negative switches off sooner where its concept "
