@@ -175,6 +175,15 @@ def test_gated_is_plain_cfg_where_the_prompts_own_step_holds_the_concept_and_off
         g.combine(predictions(E_N), CTX)
 
 
+def test_at_unit_scale_with_no_weight_left_on_the_negatives_only_the_prompt_is_evaluated():
+    """e = e_0 + w d_c - w_n (...) is e_c at w = 1 once w_n is 0 (gated at cfg 1, or cfg with negative scale 0);
+    a negative scale above 0 still steers at cfg 1."""
+    for g in (Guidance(1.0, method="gated"), Guidance(1.0, negative_scale=0.0), Guidance(1.0, method="perp-neg",
+                                                                                       negative_scale=0.0)):
+        assert g.branches(CTX) == (prompt_branch(0),) and torch.equal(g.combine(predictions(E_N), CTX), E_C)
+    assert Guidance(1.0, negative_scale=2.0).branches(CTX) == (negative_branch(0), EMPTY, prompt_branch(0))
+
+
 def test_gated_at_a_fixed_gate_is_plain_cfg_with_the_negative_at_that_weight(tiny):
     """At temperature 0 the gate stays min(prior, p_max) / p_max: 1 is plain CFG, 0.5 is plain CFG with the
     negative at weight 0.5 (e_u = 0.5 e_0 + 0.5 e_n), image for image; temperature 1 moves it."""

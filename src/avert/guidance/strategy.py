@@ -174,8 +174,8 @@ class Guidance:
 
     def guided(self, ctx: StepContext) -> bool:
         unit = self.scale * sum(self.prompt_weights) == 1.0 and len(self.prompt_weights) == 1
-        if unit and (self.cfg_branches or self.method == "gated"):
-            return False  # e = e_c exactly: the negative cannot matter
+        if unit and (self.cfg_branches or self.w_n == 0.0):
+            return False  # e = e_c exactly (e_u + (e_c - e_u), or e_0 + d_c - 0): the negative cannot matter
         return self.interval.applies(ctx)
 
     def branches(self, ctx: StepContext) -> tuple[Branch, ...]:
