@@ -86,7 +86,7 @@ def test_a_wrong_text_encoder_hash_is_refused(tmp_path):
 def test_gated_leaves_a_standing_negative_alone_and_is_plain_cfg_where_the_concept_is_there(embedded):
     """Relations over golden images of the shipped model (seeds 0..3, Euler a, 20 steps; docs/embedded-model.md).
     A tone the prompt never makes ("sepia" on "a landscape", the README's "green tones" on "a house on a hill")
-    wrecks the image under plain CFG; gated keeps it near the image without the negative (here about 0.4 of
+    wrecks the image under plain CFG; gated keeps it near the image without the negative (less than half of
     CFG's mean distance). Where the prompt makes the concept (the green and sun pairs), the gate stays open and
     gated renders CFG's image."""
     def px(result):
