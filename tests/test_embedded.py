@@ -53,7 +53,7 @@ def test_embedded_model_equals_diffusers_pipeline_on_the_same_components(embedde
 
     from avert.sampling.samplers import sampler_spec
 
-    request = REQUEST.replace(sampler=sampler)
+    request = REQUEST.replace(sampler=sampler, guidance="cfg")  # diffusers' pipeline is plain CFG
     pipe = StableDiffusionPipeline(unet=embedded.unet, vae=None, text_encoder=embedded.text_encoder,
                                    tokenizer=embedded.tokenizer,
                                    scheduler=sampler_spec(sampler).build(embedded.scheduler_config, request.seed),
@@ -93,7 +93,7 @@ def test_gated_leaves_a_standing_negative_alone_and_is_plain_cfg_where_the_conce
         return np.stack([np.asarray(i.image, dtype=np.float32) for i in result.images])
 
     def renders(prompt, negative):
-        base = GenerationRequest(prompt, seed=0, batch_size=4)
+        base = GenerationRequest(prompt, seed=0, batch_size=4, guidance="cfg")
         return [px(generate(r, embedded)) for r in (base, base.replace(negative_prompt=negative),
                                                    base.replace(negative_prompt=negative, guidance="gated"))]
 
@@ -108,3 +108,26 @@ def test_gated_leaves_a_standing_negative_alone_and_is_plain_cfg_where_the_conce
         alone, cfg, gated = renders(prompt, negative)
         assert np.abs(cfg - alone).mean() > 10  # the negative works here
         assert np.abs(gated - cfg).max() <= 2
+
+
+def test_the_embedded_model_recommends_gated_and_a_request_without_guidance_gets_it(embedded):
+    """The shipped folder's avert.json names gated: the README's command without --guidance renders, image for
+    image, what --guidance gated renders, and records it; --guidance cfg still gives plain CFG. Without a
+    negative, gated is plain CFG, so a prompt alone is unchanged by the model's default."""
+    assert embedded.default_guidance == "gated"
+    base = GenerationRequest("a house on a hill", "green tones", seed=0, batch_size=2, steps=8)
+
+    def px(request):
+        result = generate(request, embedded)
+        return result, np.stack([np.asarray(i.image, dtype=np.int16) for i in result.images])
+
+    default, default_px = px(base)
+    _, gated_px = px(base.replace(guidance="gated"))
+    _, cfg_px = px(base.replace(guidance="cfg"))
+    assert default.request.guidance == "gated" and "Guidance: gated" in default.images[0].infotext
+    assert default.images[0].record["request"]["guidance"] == "gated"
+    assert np.array_equal(default_px, gated_px)
+    assert np.abs(default_px - cfg_px).mean() > 20  # plain CFG's colour fields
+    _, alone_default = px(base.replace(negative_prompt=""))
+    _, alone_cfg = px(base.replace(negative_prompt="", guidance="cfg"))
+    assert np.array_equal(alone_default, alone_cfg)

@@ -602,3 +602,20 @@ def test_a_renderer_of_another_seed_range_is_refused_before_loading():
     renderer = SimpleNamespace(settings=Settings(first_seed=64))
     with pytest.raises(ValueError, match="first_seed: 0 but the renderer given renders from seed 64"):
         evaluate_pairs([pair_from_texts("an orchard", "trees")], "no/such/model", seeds=2, renderer=renderer)
+
+
+def test_without_method_the_evaluation_measures_the_models_default_guidance():
+    """No --method: the model's default (the embedded model's gated), labelled and set explicitly; with a
+    plain-CFG model, plain CFG. A method's own request names cfg unless its options name another, so the
+    methods table means what its labels say on any model."""
+    from avert.evaluation.cli import method_from_args
+
+    args = build_parser().parse_args(["eval", "negatives"])
+    gated = method_from_args(args, "gated")
+    assert gated.label == "gated" and dict(gated.options) == {"guidance": "gated"}
+    plain = method_from_args(args)
+    assert plain.label == "cfg" and plain.options == ()
+    assert Settings(steps=10).request("a house", "red", 0, 1, plain.options).guidance == "cfg"
+    assert Settings(steps=10).request("a house", "red", 0, 1, gated.options).guidance == "gated"
+    explicit = build_parser().parse_args(["eval", "negatives", "--method", "cfg"])
+    assert method_from_args(explicit, "gated").label == "cfg"

@@ -129,3 +129,41 @@ def test_loading_never_reaches_a_hub(tiny_folder, monkeypatch):
     for name in ("hf_hub_download", "snapshot_download", "model_info"):
         monkeypatch.setattr(huggingface_hub, name, refuse)
     load_model(tiny_folder)
+
+
+def test_a_folder_without_avert_json_keeps_plain_cfg(tiny):
+    assert tiny.default_guidance == "cfg"
+    assert generate(REQUEST, tiny).request.guidance == "cfg"
+
+
+def test_avert_json_sets_the_guidance_a_request_without_one_gets(tiny, tiny_folder, tmp_path):
+    """A folder's avert.json names its default guidance: a request without `guidance` renders, image for image,
+    what naming that method renders; naming cfg still gives plain CFG; the weights' hash does not change."""
+    from avert.models.defaults import defaults_file_text
+
+    copy = shutil.copytree(tiny_folder, tmp_path / "copy")
+    (copy / "avert.json").write_text(defaults_file_text("perp-neg"))
+    model = load_model(copy)
+    assert model.default_guidance == "perp-neg" and model.source.hash == tiny.source.hash
+    result = generate(REQUEST, model)
+    assert result.request.guidance == "perp-neg" and "Guidance: perp-neg" in result.images[0].infotext
+    assert np.array_equal(image(model), np.asarray(generate(REQUEST.replace(guidance="perp-neg"), tiny)
+                                                   .images[0].image, dtype=np.int16))
+    assert not np.array_equal(image(model), image(tiny))  # perp-neg differs from plain CFG on this request
+    assert np.array_equal(np.asarray(generate(REQUEST.replace(guidance="cfg"), model).images[0].image,
+                                     dtype=np.int16), image(tiny))
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"defaults": {"guidance": "magic"}}', "defaults.guidance 'magic' is not allowed; must be one of: cfg, apg"),
+    ('{"defaults": {"cfg_scale": 5}}', "defaults.cfg_scale is not allowed; a model may set only defaults.guidance"),
+    ('{"guidance": "gated"}', 'must be an object with one key, "defaults"'),
+    ('["gated"]', 'must be an object with one key, "defaults"'),
+    ("{not json", "is not readable JSON"),
+])
+def test_a_bad_avert_json_is_a_clear_error(tiny_folder, tmp_path, text, message):
+    copy = shutil.copytree(tiny_folder, tmp_path / "copy")
+    (copy / "avert.json").write_text(text)
+    with pytest.raises(ModelLoadError, match="avert.json") as info:
+        load_model(copy)
+    assert message in str(info.value)

@@ -235,3 +235,22 @@ def test_sd_parsers_reads_our_png(tmp_path):
     sampler = info.samplers[0]
     assert sampler.name == "Euler a"
     assert str(sampler.parameters["seed"]) == "965400086"
+
+
+def test_an_infotext_without_guidance_is_remade_with_plain_cfg_whatever_the_models_default():
+    """An A1111 image (or avert's with cfg, whose infotext omits it) was made with plain CFG, so the request
+    names cfg instead of leaving the method to the model that re-makes it; avert's "Guidance" key is read."""
+    from pathlib import Path
+
+    from avert.models.components import ModelSource
+    from avert.pipeline.metadata import infotext, request_from_a1111
+    from avert.request import GenerationRequest
+
+    text = "a house\nNegative prompt: sun\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 32x32"
+    assert request_from_a1111(parse_parameters(text)).guidance == "cfg"
+    source = ModelSource(Path("m"), "m", "0123456789", "diffusers-folder")
+    for method in ("cfg", "gated"):
+        made = GenerationRequest("a house", "sun", seed=1, width=32, height=32, guidance=method)
+        written = infotext(made, 1, source)
+        assert ("Guidance:" in written) == (method != "cfg")
+        assert request_from_a1111(parse_parameters(written)).guidance == method

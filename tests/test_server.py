@@ -107,6 +107,30 @@ def test_txt2img_negative_per_image_equals_each_seed_alone(client, embedded):
         assert np.abs(pixels(b64) - alone(embedded, 40 + i, negative, **FAST, sampler="Euler a")).max() == 0
 
 
+def test_txt2img_takes_the_models_default_guidance_and_override_settings_can_ask_for_cfg(client, embedded):
+    """The embedded model recommends gated: an A1111 body gets it (the image equals gated alone);
+    override_settings.avert_guidance "cfg" gives plain CFG; a method that is not one is refused by that name.
+    On the native API a negative_scale, which gated refuses, is a 422 that says the method is the model's."""
+    body = {"prompt": "a house on a hill", "negative_prompt": "green tones", "seed": 2, "sampler_name": "Euler a",
+            **FAST}
+    r = client.post("/sdapi/v1/txt2img", json=body)
+    assert r.status_code == 200, r.text
+    assert "Guidance: gated" in json.loads(r.json()["info"])["infotexts"][0]
+    gated, cfg = (alone(embedded, 2, "green tones", **FAST, sampler="Euler a", guidance=g) for g in ("gated", "cfg"))
+    assert np.abs(pixels(r.json()["images"][0]) - gated).max() == 0 and np.abs(gated - cfg).mean() > 10
+    plain = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"avert_guidance": "cfg"}})
+    assert plain.status_code == 200, plain.text
+    assert "Guidance" not in json.loads(plain.json()["info"])["infotexts"][0]
+    assert np.abs(pixels(plain.json()["images"][0]) - cfg).max() == 0
+    assert client.get("/sdapi/v1/options").json()["avert_guidance"] is None
+    assert_names(client.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"avert_guidance": "best"}}),
+                 422, "override_settings.avert_guidance")
+    native = {"prompt": "a house on a hill", "negative_prompt": "green tones", "negative_scale": 9.0, **FAST}
+    refused = assert_names(client.post("/v1/generate", json=native), 422, "negative_scale")
+    assert "gated (the model's default; set guidance, e.g. cfg, for another)" in json.dumps(refused)
+    assert client.post("/v1/generate", json={**native, "guidance": "cfg"}).status_code == 200
+
+
 def test_txt2img_n_iter_continues_the_seeds(client):
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "a boat", "seed": 3, "batch_size": 2, "n_iter": 2, **FAST})
     assert json.loads(r.json()["info"])["all_seeds"] == [3, 4, 5, 6]

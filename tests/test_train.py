@@ -395,3 +395,21 @@ def test_a_bad_setting_fails_before_the_model_or_the_data(tmp_path):
         loop.train(tmp_path / "run", TrainConfig(**{**CONFIG.__dict__, "object_mask": "some"}), progress=False,
                    init_from=tmp_path / "no-such-model", data_dir=data)
     assert not data.exists()
+
+
+def test_the_export_recommends_its_default_guidance_and_the_flag_reaches_it(tmp_path, train):
+    """The exported folder's avert.json names the run's default guidance (gated unless --default-guidance says
+    otherwise), and the loader gives it to requests that name none; an unknown method is refused by name."""
+    from avert.cli import build_parser
+
+    run = tmp_path / "run"
+    train(run, TrainConfig(**{**CONFIG.__dict__, "steps": 1}), progress=False)
+    assert load_model(run / "model").default_guidance == "gated"
+    other = tmp_path / "other"
+    train(other, TrainConfig(**{**CONFIG.__dict__, "steps": 1, "default_guidance": "cfg"}), progress=False)
+    assert load_model(other / "model").default_guidance == "cfg"
+    args = build_parser().parse_args(["train", "--default-guidance", "posterior"])
+    assert args.default_guidance == "posterior"
+    with pytest.raises(ValueError) as problem:
+        TrainConfig(default_guidance="best").resolved()
+    assert str(problem.value).startswith("default_guidance: 'best' is not allowed; must be one of cfg, apg")

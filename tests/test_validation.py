@@ -64,3 +64,22 @@ def test_limits_are_configurable():
     assert validate(OK.replace(width=32, height=128, batch_size=2), limits)
     with pytest.raises(ValidationError, match="from 32 to 128"):
         validate(OK.replace(width=256), limits)
+
+
+def test_a_request_without_guidance_is_checked_against_the_models_method():
+    """`guidance` None is the model's method: gated refuses a negative_scale, and the message says the method
+    came from the model; with a plain-CFG model, or guidance named, the same request is valid."""
+    request = OK.replace(negative_prompt="sun", negative_scale=9.0)
+    assert validate(request) is request
+    assert validate(request, model_guidance="cfg") is request
+    with pytest.raises(ValidationError) as info:
+        validate(request, model_guidance="gated")
+    assert str(info.value) == ("negative_scale: 9.0 is not allowed; must be left unset with guidance gated (the "
+                               "model's default; set guidance, e.g. cfg, for another), which weighs each negative "
+                               "as plain cfg does, by cfg_scale - 1 times its gate")
+    assert validate(request.replace(guidance="cfg"), model_guidance="gated").guidance == "cfg"
+    prior = OK.replace(posterior_prior=0.5)
+    assert validate(prior, model_guidance="gated") is prior
+    with pytest.raises(ValidationError, match="posterior_prior: 0.5 is not allowed; applies only with guidance "
+                       r"posterior or gated \(leave it at 0.8 for guidance cfg \(the model's default"):
+        validate(prior)

@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_parser(sub) -> None:
+    from avert.schema import GUIDANCE_METHODS
     from avert.train.config import OBJECT_MASKS, PRECISIONS, TONE_NOISE_CAPTIONS, TrainConfig
 
     p = sub.add_parser("train", help="train the embedded model on the procedural world (resumes a run)")
@@ -107,6 +108,10 @@ def _train_parser(sub) -> None:
     p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
                    help="bf16 autocast or fp32; auto: bf16 where the CPU has native bf16 (AVX-512 bf16, AMX), "
                    "else fp32 (default: auto)")
+    p.add_argument("--default-guidance", default=defaults.default_guidance, choices=GUIDANCE_METHODS,
+                   help="the guidance the exported model recommends (its avert.json), used when a request names "
+                   f"none (default: {defaults.default_guidance}: a tone the image lacks, as a standing negative, "
+                   "wrecks a world model's image under plain cfg)")
     p.add_argument("--threads", type=bounded("threads", int, 1, 256), default=None,
                    help="torch threads (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -287,7 +292,7 @@ def _add_request_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...]) -
     for param in PARAMS:
         if param.name in skip:
             continue
-        help_text = f"{param.help} (default: {param.default if param.default is not None else 'model native'})"
+        help_text = f"{param.help} (default: {param.default if param.default is not None else param.unset})"
         if param.name == "prompt":
             parser.add_argument("prompt", nargs="?", default=None, type=_typed(param), help=param.help)
             continue

@@ -41,7 +41,9 @@ class GenerationRequest:
 
     Fields and their defaults are declared once in `avert.schema.PARAMS` (`negatives`, a list of values, is
     checked by `avert.validation`); `width`/`height` of None mean the model's native size; seed -1 means "draw
-    a random seed" (the result reports the seed used); `negative_scale` None means "the same as cfg_scale".
+    a random seed" (the result reports the seed used); `negative_scale` None means "the same as cfg_scale";
+    `guidance` None means the model's own method (`Components.default_guidance`: cfg unless the model's folder
+    names another).
     """
 
     prompt: str = ""
@@ -54,7 +56,7 @@ class GenerationRequest:
     sampler: str = "Euler a"
     batch_size: int = 1
     negative_scale: float | None = None
-    guidance: str = "cfg"
+    guidance: str | None = None
     apg_eta: float = 0.0
     apg_norm_threshold: float = 0.0
     apg_momentum: float = 0.0

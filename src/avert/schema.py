@@ -42,6 +42,7 @@ class Param:
     choices: tuple[str, ...] = field(default=())
     multiple_of: int | None = None
     allow: tuple[object, ...] = field(default=())  # special values allowed outside the range (seed -1)
+    unset: str = ""  # what a default of None stands for, in help texts
 
     def describe_allowed(self, limits: Limits) -> str:
         """Human text for what this field accepts, used in every error about it."""
@@ -69,8 +70,8 @@ def _num(x: float) -> str:
 
 def _size_param(name: str, short: str) -> Param:
     return Param(
-        name, int, None, f"image {name} in pixels, a multiple of 8 (default: the model's native size)",
-        f"--{name}", short, low=lambda l: l.min_size, high=lambda l: l.max_size, multiple_of=8,
+        name, int, None, f"image {name} in pixels, a multiple of 8", f"--{name}", short,
+        low=lambda l: l.min_size, high=lambda l: l.max_size, multiple_of=8, unset="the model's native size",
     )
 
 
@@ -93,15 +94,16 @@ PARAMS: tuple[Param, ...] = (
     Param("batch_size", int, 1, "number of images, seeds seed .. seed + n - 1", "--batch-size", "-b",
           low=lambda l: 1, high=lambda l: l.max_batch_size),
     Param("negative_scale", float, None, "strength of the negatives apart from the prompt's; when it differs "
-          "from cfg_scale: e = e_0 + w (e_c - e_0) - w_n sum_i l_i (e_ni - e_0) (default: same as cfg_scale)",
-          "--negative-scale", low=lambda l: 0.0, high=lambda l: l.max_cfg_scale),
-    Param("guidance", str, "cfg", "how the negatives steer: cfg, apg (adaptive projected guidance, Sadat et al. "
+          "from cfg_scale: e = e_0 + w (e_c - e_0) - w_n sum_i l_i (e_ni - e_0)",
+          "--negative-scale", low=lambda l: 0.0, high=lambda l: l.max_cfg_scale, unset="the same as cfg_scale"),
+    Param("guidance", str, None, "how the negatives steer: cfg, apg (adaptive projected guidance, Sadat et al. "
           "2025, on denoised predictions), perp-neg (Armandpour et al. 2023), dynamic (strength follows the "
           "estimated presence of each negative concept), posterior (strength follows the posterior of each negative "
           "concept tracked along the run, Koulischer et al. 2025: a negative whose concept the image lacks switches "
           "itself off), gated (plain cfg where the prompt's own image holds each negative's concept, the posterior "
           "tracked along the prompt's branch; off where it does not: a standing negative leaves the image alone)",
-          "--guidance", choices=GUIDANCE_METHODS),
+          "--guidance", choices=GUIDANCE_METHODS, unset="the model's own: cfg, unless its folder's avert.json "
+          "names another; the embedded model names gated"),
     Param("apg_eta", float, 0.0, "apg: weight of the guidance update's part parallel to the prompt's denoised "
           "prediction (0 drops it, 1 keeps it as CFG does)", "--apg-eta", low=lambda l: -10.0, high=lambda l: 10.0),
     Param("apg_norm_threshold", float, 0.0, "apg: cap on the norm of the update D_c - D_u per image, in pixel or "
@@ -123,9 +125,11 @@ PARAMS: tuple[Param, ...] = (
     Param("guidance_end", float, 1.0, "guidance applies up to this fraction of the run; outside, the prompt "
           "alone is evaluated (one UNet branch)", "--guidance-end", low=lambda l: 0.0, high=lambda l: 1.0),
     Param("guidance_sigma_min", float, None, "guidance applies only where sigma > this (Kynkaanniemi et al. "
-          "2024 interval, lower end)", "--guidance-sigma-min", low=lambda l: 0.0, high=lambda l: SIGMA_MAX),
+          "2024 interval, lower end)", "--guidance-sigma-min", low=lambda l: 0.0, high=lambda l: SIGMA_MAX,
+          unset="no lower end"),
     Param("guidance_sigma_max", float, None, "guidance applies only where sigma <= this (interval, upper end)",
-          "--guidance-sigma-max", low=lambda l: 0.0, high=lambda l: SIGMA_MAX),
+          "--guidance-sigma-max", low=lambda l: 0.0, high=lambda l: SIGMA_MAX,
+          unset="no upper end"),
     Param("s_min_uncond", float, 0.0, "A1111's s_min_uncond: below this sigma, skip the negative on every "
           "other step (0: off)", "--s-min-uncond", low=lambda l: 0.0, high=lambda l: SIGMA_MAX),
     Param("s_min_uncond_all", bool, False, "apply s_min_uncond on every step, not every other one",

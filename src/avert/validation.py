@@ -12,11 +12,14 @@ from avert.request import GenerationRequest, Negative
 from avert.schema import PARAMS, Limits, Param
 
 
-def validate(request: GenerationRequest, limits: Limits = Limits()) -> GenerationRequest:
-    """Return the request unchanged if valid, else raise `ValidationError` listing every bad field."""
+def validate(request: GenerationRequest, limits: Limits = Limits(), model_guidance: str = "cfg") -> GenerationRequest:
+    """Return the request unchanged if valid, else raise `ValidationError` listing every bad field.
+
+    `model_guidance` is the method a request without `guidance` gets from its model (`Components.default_guidance`).
+    """
     problems = [p for param in PARAMS if (p := check_field(param, getattr(request, param.name), limits))]
     problems += check_negatives(request.negatives, limits)
-    problems += check_relations(request)
+    problems += check_relations(request, model_guidance)
     if problems:
         raise ValidationError(problems)
     return request
@@ -76,7 +79,7 @@ def _in_range(value: object, low: float, high: float) -> bool:
     return _has_type(value, float) and math.isfinite(value) and low <= value <= high
 
 
-def check_relations(request: GenerationRequest) -> list[FieldProblem]:
+def check_relations(request: GenerationRequest, model_guidance: str = "cfg") -> list[FieldProblem]:
     """Fields that are valid alone but not together."""
     problems = []
     if _in_range(request.guidance_start, 0, 1) and _in_range(request.guidance_end, 0, 1) \
@@ -86,7 +89,7 @@ def check_relations(request: GenerationRequest) -> list[FieldProblem]:
     low, high = request.guidance_sigma_min, request.guidance_sigma_max
     if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low >= high:
         problems.append(FieldProblem("guidance_sigma_min", low, f"must be below guidance_sigma_max ({high})"))
-    return problems + _method_problems(request)
+    return problems + _method_problems(request, model_guidance)
 
 
 METHOD_ONLY = {("apg",): ("apg_eta", "apg_norm_threshold", "apg_momentum"),
@@ -95,18 +98,21 @@ ONE_SCALE = {"apg": "guides prompt and negatives with cfg_scale alone",
              "gated": "weighs each negative as plain cfg does, by cfg_scale - 1 times its gate"}
 
 
-def _method_problems(request: GenerationRequest) -> list[FieldProblem]:
+def _method_problems(request: GenerationRequest, model_guidance: str) -> list[FieldProblem]:
     """A method's own options mean nothing to the other methods; apg and gated guide with the one scale
-    cfg_scale."""
+    cfg_scale. A request without `guidance` is checked against its model's method, and the message says so."""
     defaults = GenerationRequest()
+    method = request.guidance if request.guidance is not None else model_guidance
+    shown = method if request.guidance is not None else \
+        f"{method} (the model's default; set guidance, e.g. cfg, for another)"
     problems = [FieldProblem(name, getattr(request, name), f"applies only with guidance {' or '.join(methods)} "
-                             f"(leave it at {getattr(defaults, name)} for guidance {request.guidance})")
-                for methods, names in METHOD_ONLY.items() if request.guidance not in methods for name in names
+                             f"(leave it at {getattr(defaults, name)} for guidance {shown})")
+                for methods, names in METHOD_ONLY.items() if method not in methods for name in names
                 if _has_type(getattr(request, name), float) and getattr(request, name) != getattr(defaults, name)]
     own_scale = request.negative_scale is not None and request.negative_scale != request.cfg_scale
-    if request.guidance in ONE_SCALE and own_scale:
+    if method in ONE_SCALE and own_scale:
         problems.append(FieldProblem("negative_scale", request.negative_scale, "must be left unset with guidance "
-                                     f"{request.guidance}, which {ONE_SCALE[request.guidance]}"))
+                                     f"{shown}, which {ONE_SCALE[method]}"))
     return problems
 
 

@@ -127,8 +127,10 @@ def _method_flags(parser) -> None:
     """--method and the guidance options, from the request schema (validated as a request is)."""
     from avert.schema import GUIDANCE_METHODS, PARAMS_BY_NAME
 
-    parser.add_argument("--method", default="cfg", choices=GUIDANCE_METHODS,
-                        help="negative guidance method for the renders with the negative (default: cfg)")
+    parser.add_argument("--method", default=None, choices=GUIDANCE_METHODS,
+                        help="negative guidance method for the renders with the negative (default: the model's, "
+                        "as `avert generate` uses it: cfg unless the model's avert.json names another; the embedded "
+                        "model's is gated)")
     for name in METHOD_OPTIONS:
         param = PARAMS_BY_NAME[name]
         if param.type is bool:
@@ -147,19 +149,27 @@ def _method_flags(parser) -> None:
                         "(default: --cfg-scale)")
 
 
-def method_from_args(args):
-    """The `Method` the flags describe: label from the method and the options given."""
+def method_from_args(args, model_guidance: str = "cfg"):
+    """The `Method` the flags describe: label from the method (without --method, the model's default
+    `model_guidance`) and the options given."""
     from avert.evaluation.negatives import Method
 
+    method = args.method or model_guidance
     options = tuple((n, getattr(args, n)) for n in METHOD_OPTIONS if getattr(args, n, None) is not None)
-    if args.method != "cfg":
-        options = (("guidance", args.method),) + options
+    if method != "cfg":
+        options = (("guidance", method),) + options
     if getattr(args, "negative_window", None) is not None:
         options += (("negative_window", args.negative_window),)
     if getattr(args, "method_cfg_scale", None) is not None:
         options += (("cfg_scale", args.method_cfg_scale),)
-    label = ", ".join([args.method] + [_option_label(n, v) for n, v in options if n != "guidance"])
+    label = ", ".join([method] + [_option_label(n, v) for n, v in options if n != "guidance"])
     return Method(label, options)
+
+
+def _options_given(args) -> bool:
+    """Whether any flag besides --method changes the renders with the negative."""
+    flags = METHOD_OPTIONS + ("negative_window", "method_cfg_scale")
+    return any(getattr(args, n, None) is not None for n in flags)
 
 
 def _option_label(name: str, value) -> str:
@@ -201,8 +211,8 @@ def _run_negatives(args) -> int:
     from avert.evaluation import negatives as neg
 
     pairs = neg.pairs_from_args(args.pair, args.absent)  # errors about --pair come before any loading
-    method = method_from_args(args)
     settings, runtime, components, info = _common(args)
+    method = method_from_args(args, components.default_guidance)
     _validate_method(settings, method)
     warnings: list[str] = []
     results = neg.evaluate_pairs(pairs, components, seeds=args.seeds, cfg_scale=args.cfg_scale, steps=args.steps,
@@ -215,11 +225,13 @@ def _run_negatives(args) -> int:
         return 0
     print("\n".join(neg.summary_lines(results)) + "\n")
     print(neg.markdown_table(results))
-    if not args.pair and (method.options or settings.first_seed):
-        print("\n(docs/ is written by the plain-CFG run from seed 0 and by `avert eval methods`)")
+    if not args.pair and (args.method or _options_given(args) or settings.first_seed):
+        print("\n(docs/ is written by the run of the model's default guidance from seed 0, without method flags, "
+              "and by `avert eval methods`)")
     elif not args.pair:
         figure = neg.negatives_figure(results, components, runtime=runtime, batch_size=args.batch_size,
-                                      pairs=neg.ABSENT_FIGURE_PAIRS if args.absent else neg.FIGURE_PAIRS)
+                                      pairs=neg.ABSENT_FIGURE_PAIRS if args.absent else neg.FIGURE_PAIRS,
+                                      method=method)
         page = neg.write_negatives_docs(results, info, args.docs, figure, absent=args.absent)
         print(f"\nwritten to {page}" + (f" and {page.with_suffix('.png')}" if figure is not None else ""))
     return 0

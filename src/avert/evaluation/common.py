@@ -59,7 +59,9 @@ class Settings:
 
     def request(self, prompt: str, negative: str, seed: int, batch: int, options: tuple = ()):
         """The request for seeds seed .. seed + batch - 1; `options` are further request fields (a method),
-        plus `negative_window` (start, end): the negative acts only in that fraction of the run."""
+        plus `negative_window` (start, end): the negative acts only in that fraction of the run. The guidance
+        is plain CFG unless `options` name another, whatever the model's default (a method's label says what
+        it measures)."""
         from avert.request import GenerationRequest, Negative
 
         fields = dict(options)
@@ -68,7 +70,7 @@ class Settings:
             fields.update(negative_prompt="", negatives=(Negative(negative, 1.0, *window),))
             negative = ""
         return GenerationRequest(prompt, negative, seed=seed, steps=self.steps, cfg_scale=self.cfg,
-                                 sampler=self.sampler_name, batch_size=batch).replace(**fields)
+                                 sampler=self.sampler_name, batch_size=batch, guidance="cfg").replace(**fields)
 
 
 def check_seeds(n: int) -> int:

@@ -424,6 +424,8 @@ def negatives_page(results: Sequence[PairResult], info: RunInfo, figure: str | N
         "",
         info.line("avert eval negatives"),
         "",
+        method_line(results),
+        "",
         *summary_lines(results),
         "",
         markdown_table(results),
@@ -507,9 +509,12 @@ def figure_title(result: PairResult) -> str:
 
 
 def negatives_figure(results: Sequence[PairResult], model=None, *, pairs=FIGURE_PAIRS, rows: int = FIGURE_ROWS,
-                     runtime=None, min_cell: int = 160, batch_size: int = 16) -> Image.Image | None:
+                     runtime=None, min_cell: int = 160, batch_size: int = 16,
+                     method: Method | None = None) -> Image.Image | None:
     """The guide's figure: for each of `pairs` among `results`, a labelled grid (no negative | negative) of
-    `rows` seeds, the grids side by side. None when none of `pairs` was evaluated."""
+    `rows` seeds, the grids side by side; the negative column is rendered with `method`, as the run's renders
+    with the negative were. None when none of `pairs` was evaluated."""
+    options = (method or Method()).options
     from avert.output.grid import compare_grid
     from avert.pipeline.generate import generate
 
@@ -524,8 +529,9 @@ def negatives_figure(results: Sequence[PairResult], model=None, *, pairs=FIGURE_
         seeds = figure_seeds(r, rows)
         columns = []
         for negative in ("", r.negative):
-            images = [generate(settings.request(r.prompt, negative, s, 1), components, runtime=_runtime(runtime))
-                      .images[0].image for s in seeds]
+            request = settings.request(r.prompt, negative, 0, 1, options if negative else ())
+            images = [generate(request.replace(seed=s), components, runtime=_runtime(runtime)).images[0].image
+                      for s in seeds]
             columns.append((NO_NEGATIVE if not negative else f"Negative prompt: {negative}", images))
         grids.append(compare_grid(columns, title=figure_title(r), row_labels=[f"seed {s}" for s in seeds],
                                   min_cell=min_cell))
@@ -558,6 +564,8 @@ def absent_page(results: Sequence[PairResult], info: RunInfo, figure: str | None
         "",
         info.line("avert eval negatives --absent"),
         "",
+        method_line(results),
+        "",
         f"Fidelity drop within {MAX_FIDELITY_DROP * 100:.0f} points: **{len(within)} of {len(results)} pairs**."
         + (f" Worst: **{worst.fidelity_drop:+.2f}** ({worst.fidelity_measure} {worst.fidelity_without:.2f} -> "
            f"{worst.fidelity_with:.2f}) for \"{worst.prompt}\" with negative \"{worst.negative}\"." if worst else ""),
@@ -577,6 +585,14 @@ def absent_page(results: Sequence[PairResult], info: RunInfo, figure: str | None
                   "The first pairs, without (left) and with (right) the negative, on the run's lowest seeds (a seed "
                   "whose image has the concept without the negative would come first)."]
     return "\n".join(lines) + "\n"
+
+
+def method_line(results: Sequence[PairResult]) -> str:
+    """Which guidance made the renders with the negative (the renders without it are plain CFG)."""
+    methods = sorted({r.method for r in results})
+    return (f"Guidance of the renders with the negative: **{', '.join(methods) or 'none'}**, the model's default "
+            "(`avert generate` uses it when no `--guidance` is given). The renders without a negative are plain "
+            "CFG, for every method.")
 
 
 def well_formed_line(results: Sequence[PairResult]) -> str:

@@ -23,6 +23,8 @@ class Components:
 
     `vae` is None for a pixel-space model (the UNet works on the image itself, values in [-1, 1]).
     `scheduler_config` is the model's own scheduler config; samplers are built from it.
+    `default_guidance` is the guidance method a request that names none gets: A1111's "cfg", unless the
+    model's folder recommends another in its `avert.json` (`avert.models.defaults`).
     """
 
     unet: Any  # diffusers.UNet2DConditionModel
@@ -31,6 +33,7 @@ class Components:
     tokenizer: Any  # transformers tokenizer
     scheduler_config: dict
     source: ModelSource
+    default_guidance: str = "cfg"
 
     @property
     def vae_scale_factor(self) -> int:

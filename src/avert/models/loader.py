@@ -21,6 +21,7 @@ import torch  # noqa: E402
 
 from avert.errors import ModelLoadError  # noqa: E402
 from avert.models.components import Components, ModelSource  # noqa: E402
+from avert.models.defaults import read_default_guidance  # noqa: E402
 from avert.models.hashing import model_hash  # noqa: E402
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -71,11 +72,13 @@ def _load_folder(path: Path, allow_pickle: bool) -> Components:
             f"model: {str(path)!r} is not a Stable Diffusion 1.x/2.x folder (SDXL and other pipelines are "
             "not supported yet)"
         )
+    guidance = read_default_guidance(path)  # a bad avert.json is reported before any weights are read
     try:
-        return _folder_components(path, index, use_safetensors=not allow_pickle)
+        components = _folder_components(path, index, use_safetensors=not allow_pickle)
     except (OSError, ValueError, KeyError, TypeError, EnvironmentError) as exc:
         hint = "" if allow_pickle else " (only .safetensors weights are read unless --allow-pickle is given)"
         raise ModelLoadError(f"model: cannot load {str(path)!r}: {exc}{hint}") from exc
+    return dataclasses.replace(components, default_guidance=guidance)
 
 
 def _read_index(path: Path) -> dict:

@@ -10,13 +10,12 @@ from PIL import Image
 from avert.conditioning.embeddings import EmbeddingLibrary
 from avert.models.components import Components
 from avert.output.grid import compare_grid
-from avert.pipeline.generate import generate, model_limits, resolve
+from avert.pipeline.generate import check, generate, resolve
 from avert.pipeline.result import GenerationResult
 from avert.pipeline.runtime import Runtime
 from avert.request import GenerationRequest
 from avert.sampling.loop import StepEvent
 from avert.schema import Limits
-from avert.validation import validate
 
 NO_NEGATIVE = "No negative prompt"
 
@@ -49,10 +48,9 @@ def compare(
     embeddings: EmbeddingLibrary = EmbeddingLibrary(),
 ) -> Comparison:
     """Render `request` without a negative and with each of `negatives`, all with the same resolved seed."""
-    limits = model_limits(limits, components)
     for negative in negatives:
-        validate(request.replace(negative_prompt=negative), limits)
-    base = resolve(validate(request, limits), components)
+        check(request.replace(negative_prompt=negative), limits, components)
+    base = resolve(check(request, limits, components), components)
     columns = tuple(
         generate(base.replace(negative_prompt=n, negatives=()), components, runtime=runtime, limits=limits,
                  on_step=on_step, embeddings=embeddings)

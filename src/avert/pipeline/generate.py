@@ -39,7 +39,7 @@ def generate(
 ) -> GenerationResult:
     """Render `request.batch_size` images; image i uses seed + i and equals that seed rendered alone."""
     started = time.perf_counter()
-    request = resolve(validate(request, model_limits(limits, components)), components)  # 1. validate, defaults
+    request = resolve(check(request, limits, components), components)                # 1. validate, defaults
     seeds = image_seeds(request.seed, request.batch_size)
     text = condition(request, components, runtime, embeddings)                       # 2. text -> branches
     denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty,   # 3. guidance, denoiser
@@ -62,11 +62,19 @@ def model_limits(limits: Limits, components: Components) -> Limits:
     return dataclasses.replace(limits, min_size=min(limits.min_size, native_size(components)))
 
 
+def check(request: GenerationRequest, limits: Limits, components: Components) -> GenerationRequest:
+    """Validate against the model: its native size is allowed, and a request without `guidance` is checked
+    against the model's default method."""
+    return validate(request, model_limits(limits, components), components.default_guidance)
+
+
 def resolve(request: GenerationRequest, components: Components) -> GenerationRequest:
-    """Fill the random seed and the model's native size where the request leaves them open."""
+    """Fill what the request leaves to the model or to chance: the seed, the model's native size, and the
+    model's guidance method (`Components.default_guidance`: cfg unless the model's folder names another)."""
     native = native_size(components)
+    guidance = request.guidance if request.guidance is not None else components.default_guidance
     return request.replace(seed=resolve_seed(request.seed), width=request.width or native,
-                           height=request.height or native)
+                           height=request.height or native, guidance=guidance)
 
 
 def native_size(components: Components) -> int:

@@ -53,6 +53,7 @@ EXTRA_KEYS = {
     "emphasis": ("Emphasis", str),
 }
 NEGATIVES_KEY = "Negatives"
+A1111_REQUEST = GenerationRequest(guidance="cfg")  # what an infotext without avert's keys was made with
 
 
 def negative_line(request: GenerationRequest) -> str:
@@ -64,7 +65,8 @@ def negative_line(request: GenerationRequest) -> str:
 
 
 def guidance_params(request: GenerationRequest) -> tuple[tuple[str, object], ...]:
-    defaults = GenerationRequest()
+    """The extra keys whose value differs from A1111's; "Guidance" is written for any method but cfg."""
+    defaults = A1111_REQUEST
     params = [(key, getattr(request, name)) for name, (key, _) in EXTRA_KEYS.items()
               if getattr(request, name) != getattr(defaults, name)]
     if request.negatives:
@@ -96,9 +98,12 @@ def request_from_record(data: dict) -> GenerationRequest:
 def request_from_a1111(parsed: ParsedParameters) -> GenerationRequest:
     """A request from an A1111 infotext (an image made elsewhere): prompt, negative and the settings we share.
 
+    Without a "Guidance" key the image was made with plain CFG (A1111's, or avert's cfg, which is not written),
+    so the request names cfg rather than leaving the method to the model that re-makes it.
+
     Values that do not convert are passed through as text, so validation names them.
     """
-    request = GenerationRequest(prompt=parsed.prompt, negative_prompt=parsed.negative_prompt, batch_size=1)
+    request = A1111_REQUEST.replace(prompt=parsed.prompt, negative_prompt=parsed.negative_prompt, batch_size=1)
     fields = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg_scale", float),
               "Seed": ("seed", int)}
     changes = {name: _convert(parsed.get(key), kind) for key, (name, kind) in fields.items() if parsed.get(key)}

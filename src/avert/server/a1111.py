@@ -147,7 +147,8 @@ def txt2img_job(state: ServerState, body: dict) -> Job:
     return Job(model, bodies.batch_parts(request, per_image, rounds), kind="txt2img")
 
 
-A1111_NAMES = {"sampler": "sampler_name", "clip_skip": "override_settings.CLIP_stop_at_last_layers"}
+A1111_NAMES = {"sampler": "sampler_name", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+               "guidance": "override_settings.avert_guidance"}
 
 
 def _renamed(build: Callable[[], Any]) -> Any:
@@ -193,7 +194,9 @@ def _check_eta(eta: Any, sampler: str) -> None:
 
 
 # override_settings keys that map to request fields (A1111 option name -> avert field)
-OVERRIDE_FIELDS = {"CLIP_stop_at_last_layers": "clip_skip"}
+# avert_guidance is avert's: null (the option's value) is the model's default method, so an A1111 client can
+# ask for plain "cfg" on a model that recommends another (the embedded model: gated).
+OVERRIDE_FIELDS = {"CLIP_stop_at_last_layers": "clip_skip", "avert_guidance": "guidance"}
 
 
 def _override(state: ServerState, override: Any) -> tuple[str, dict[str, Any], list[FieldProblem]]:
@@ -339,6 +342,7 @@ async def scripts() -> dict:
 def options(state: ServerState) -> dict[str, Any]:
     """The options avert has, with A1111's names and (fixed) values; only sd_model_checkpoint can change."""
     return {"sd_model_checkpoint": state.current_model, "sd_checkpoint_hash": None, "CLIP_stop_at_last_layers": 1,
+            "avert_guidance": None,
             "eta_ancestral": ANCESTRAL_ETA, "eta_ddim": DDIM_ETA, "samples_format": "png", "sd_vae": "None",
             "enable_pnginfo": True, "samples_save": False, "grid_save": False}
 

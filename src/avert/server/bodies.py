@@ -14,12 +14,11 @@ import typing
 from typing import Any, Sequence
 
 from avert.errors import FieldProblem, ValidationError
-from avert.pipeline.generate import model_limits
+from avert.pipeline.generate import check as validate_for_model
 from avert.request import GenerationRequest
 from avert.sampling.noise import image_seeds, resolve_seed
 from avert.schema import PARAMS_BY_NAME, Limits
 from avert.server.jobs import Part
-from avert.validation import validate
 
 REQUEST_FIELDS = {f.name: f for f in dataclasses.fields(GenerationRequest)}
 
@@ -111,12 +110,12 @@ def split_negatives(value: Any, count: int, field: str = "negative_prompt") -> t
 
 def check(request: GenerationRequest, limits: Limits, components, per_image: Sequence[str] | None,
           field: str = "negative_prompt") -> GenerationRequest:
-    """Validate as the CLI does (the model's native size allowed), each per-image negative included."""
-    limits = model_limits(limits, components)
-    validate(request, limits)
+    """Validate as the CLI does (the model's native size and default guidance), each per-image negative
+    included."""
+    validate_for_model(request, limits, components)
     for i, negative in enumerate(per_image or ()):
         try:
-            validate(request.replace(negative_prompt=negative), limits)
+            validate_for_model(request.replace(negative_prompt=negative), limits, components)
         except ValidationError as error:
             raise ValidationError([dataclasses.replace(p, field=f"{field}[{i}]") if p.field == "negative_prompt"
                                    else p for p in error.problems]) from None

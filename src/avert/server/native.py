@@ -183,7 +183,8 @@ async def models(request: Request) -> dict:
 @router.get("/schema", summary="Every request field: type, default, bounds, choices and help (drives the page)")
 async def schema(request: Request) -> dict:
     limits = get_state(request).config.limits
-    params = [{"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help,
+    params = [{"name": p.name, "type": p.type.__name__, "default": p.default, "unset": p.unset or None,
+               "help": p.help,
                "allowed": p.describe_allowed(limits), "choices": list(p.choices),
                "min": p.low(limits) if p.low else None, "max": p.high(limits) if p.high else None,
                "multiple_of": p.multiple_of} for p in PARAMS]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from avert.schema import GUIDANCE_METHODS
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -25,6 +27,10 @@ class TrainConfig:
     tone_noise_below: int = 1000  # ... only at training timesteps t below this (1000: at every timestep)
     tone_noise_captions: str = "tone-only"  # ... drawn from every tone-only caption, or only "bare" tone phrases
     object_mask: str = "all"  # which pixels `object_weight` weighs: all objects, the "named" ones, "named+tone"
+    # the guidance the exported model recommends (its avert.json): gated, because the world names a tone exactly
+    # when the image has it, and under plain CFG such a tone as a standing negative wrecks the image
+    # (docs/embedded-model.md, "The embedded model's default guidance")
+    default_guidance: str = "gated"
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up over `warmup` steps from `start` (the step a run began at: 0, or the step count of
@@ -60,6 +66,9 @@ class TrainConfig:
                              "tone_noise_captions set; they only apply with tone_noise above 0.0")
         if self.object_mask not in OBJECT_MASKS:
             raise ValueError(f"object_mask: {self.object_mask!r} is not allowed; must be one of {', '.join(OBJECT_MASKS)}")
+        if self.default_guidance not in GUIDANCE_METHODS:
+            raise ValueError(f"default_guidance: {self.default_guidance!r} is not allowed; must be one of "
+                             f"{', '.join(GUIDANCE_METHODS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: {self.precision!r} is not allowed; must be one of {', '.join(PRECISIONS)}")
         if self.precision != "auto":

@@ -77,9 +77,9 @@ def train(run: Path, config: TrainConfig, export: Path | None = None, progress: 
         bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
         if step % config.checkpoint_every == 0 or step == config.steps:
             _checkpoint(run, unet, ema, optimizer, step, config, float(np.mean(losses[-config.checkpoint_every:])))
-            export_folder(ema, run / "model", provenance(step, config))
+            export_folder(ema, run / "model", provenance(step, config), config.default_guidance)
     bar.close()
-    return export_folder(ema, export or run / "model", provenance(step, config))
+    return export_folder(ema, export or run / "model", provenance(step, config), config.default_guidance)
 
 
 def provenance(step: int, config: TrainConfig) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from avert.models.defaults import DEFAULTS_FILE, defaults_file_text
 from avert.models.minilm import EXTERNAL_FILE, external_reference, minilm_folder
 
 SIZE = 32
@@ -80,9 +81,10 @@ def text_encoder_config():
     return config, AutoTokenizer.from_pretrained(folder, model_max_length=TEXT_TOKENS)
 
 
-def export_folder(unet, out: Path, training: dict | None = None) -> Path:
+def export_folder(unet, out: Path, training: dict | None = None, default_guidance: str | None = None) -> Path:
     """Write a diffusers-format model folder: UNet weights, scheduler, tokenizer, text-encoder reference,
-    and what the weights were trained with (`training.json`)."""
+    what the weights were trained with (`training.json`) and, given `default_guidance`, the guidance method
+    the model recommends (`avert.json`, read by `avert.models.defaults`)."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -96,6 +98,8 @@ def export_folder(unet, out: Path, training: dict | None = None) -> Path:
     (tmp / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n")
     if training is not None:
         (tmp / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
+    if default_guidance is not None:
+        (tmp / DEFAULTS_FILE).write_text(defaults_file_text(default_guidance))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
