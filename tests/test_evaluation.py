@@ -619,3 +619,27 @@ def test_without_method_the_evaluation_measures_the_models_default_guidance():
     assert Settings(steps=10).request("a house", "red", 0, 1, gated.options).guidance == "gated"
     explicit = build_parser().parse_args(["eval", "negatives", "--method", "cfg"])
     assert method_from_args(explicit, "gated").label == "cfg"
+
+
+def test_a_run_of_another_method_than_the_models_default_writes_its_own_page(tmp_path):
+    """`avert eval negatives --method cfg` on a model whose default is gated writes negatives-cfg.md, whose
+    header gives the command that re-makes it and points to the default's page; the default's run writes
+    negatives.md and says the method is the model's default."""
+    from avert.evaluation.common import RunInfo
+    from avert.evaluation.negatives import write_negatives_docs
+
+    info = RunInfo("2026-01-01", "test machine", "model", "0123456789", 4, Settings(), "cpu, fp32")
+    cfg_rows = [row(method="cfg")]
+    page = write_negatives_docs(cfg_rows, info, tmp_path, model_default="gated")
+    assert page == tmp_path / "eval" / "negatives-cfg.md" and not (tmp_path / "eval" / "negatives.md").exists()
+    text = page.read_text()
+    assert "`avert eval negatives --method cfg`" in text
+    assert "Guidance of the renders with the negative: **cfg**, `--method cfg`; the model's default is gated, " \
+           "measured in [negatives.md](negatives.md)" in text
+    absent = write_negatives_docs(cfg_rows, info, tmp_path, absent=True, model_default="gated")
+    assert absent.name == "negatives-absent-cfg.md" and "--absent --method cfg" in absent.read_text()
+    default = write_negatives_docs([row(method="gated")], info, tmp_path, model_default="gated")
+    assert default.name == "negatives.md"
+    assert "**gated**, the model's default" in default.read_text() and "--method" not in default.read_text()
+    with pytest.raises(ValueError, match="one method's"):
+        write_negatives_docs([row(method="cfg"), row(method="gated")], info, tmp_path, model_default="gated")

@@ -225,14 +225,15 @@ def _run_negatives(args) -> int:
         return 0
     print("\n".join(neg.summary_lines(results)) + "\n")
     print(neg.markdown_table(results))
-    if not args.pair and (args.method or _options_given(args) or settings.first_seed):
-        print("\n(docs/ is written by the run of the model's default guidance from seed 0, without method flags, "
-              "and by `avert eval methods`)")
+    if not args.pair and (_options_given(args) or settings.first_seed):
+        print("\n(docs/ is written by a run from seed 0 with --method alone or no method flag, and by `avert eval "
+              "methods`)")
     elif not args.pair:
         figure = neg.negatives_figure(results, components, runtime=runtime, batch_size=args.batch_size,
                                       pairs=neg.ABSENT_FIGURE_PAIRS if args.absent else neg.FIGURE_PAIRS,
                                       method=method)
-        page = neg.write_negatives_docs(results, info, args.docs, figure, absent=args.absent)
+        page = neg.write_negatives_docs(results, info, args.docs, figure, absent=args.absent,
+                                        model_default=components.default_guidance)
         print(f"\nwritten to {page}" + (f" and {page.with_suffix('.png')}" if figure is not None else ""))
     return 0
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -417,14 +418,15 @@ def summary_lines(results: Sequence[PairResult]) -> list[str]:
     return lines
 
 
-def negatives_page(results: Sequence[PairResult], info: RunInfo, figure: str | None = "negatives.png") -> str:
+def negatives_page(results: Sequence[PairResult], info: RunInfo, figure: str | None = "negatives.png",
+                   model_default: str | None = None) -> str:
     """The markdown page docs/eval/negatives.md."""
     lines = [
         "# Negative prompts: suppression and fidelity",
         "",
-        info.line("avert eval negatives"),
+        info.line("avert eval negatives" + _method_flag(results, model_default)),
         "",
-        method_line(results),
+        method_line(results, model_default, "negatives.md"),
         "",
         *summary_lines(results),
         "",
@@ -555,16 +557,17 @@ def hstack(images: Sequence[Image.Image], gap: int = 24) -> Image.Image:
     return canvas
 
 
-def absent_page(results: Sequence[PairResult], info: RunInfo, figure: str | None = "negatives-absent.png") -> str:
+def absent_page(results: Sequence[PairResult], info: RunInfo, figure: str | None = "negatives-absent.png",
+                model_default: str | None = None) -> str:
     """The markdown page docs/eval/negatives-absent.md: standing negatives whose concept the prompt lacks."""
     worst = worst_fidelity_drop(results)
     within = [r for r in results if r.fidelity_drop <= MAX_FIDELITY_DROP + 1e-9]
     lines = [
         "# Negative prompts the image does not need: what they cost",
         "",
-        info.line("avert eval negatives --absent"),
+        info.line("avert eval negatives --absent" + _method_flag(results, model_default)),
         "",
-        method_line(results),
+        method_line(results, model_default, "negatives-absent.md"),
         "",
         f"Fidelity drop within {MAX_FIDELITY_DROP * 100:.0f} points: **{len(within)} of {len(results)} pairs**."
         + (f" Worst: **{worst.fidelity_drop:+.2f}** ({worst.fidelity_measure} {worst.fidelity_without:.2f} -> "
@@ -587,12 +590,20 @@ def absent_page(results: Sequence[PairResult], info: RunInfo, figure: str | None
     return "\n".join(lines) + "\n"
 
 
-def method_line(results: Sequence[PairResult]) -> str:
+def method_line(results: Sequence[PairResult], model_default: str | None = None, default_page: str = "") -> str:
     """Which guidance made the renders with the negative (the renders without it are plain CFG)."""
-    methods = sorted({r.method for r in results})
-    return (f"Guidance of the renders with the negative: **{', '.join(methods) or 'none'}**, the model's default "
-            "(`avert generate` uses it when no `--guidance` is given). The renders without a negative are plain "
-            "CFG, for every method.")
+    method = run_method(results)
+    whose = ("the model's default (`avert generate` uses it when no `--guidance` is given)"
+             if model_default in (None, method) else
+             f"`--method {method}`; the model's default is {model_default}, measured in "
+             f"[{default_page}]({default_page})")
+    return (f"Guidance of the renders with the negative: **{method}**, {whose}. The renders without a negative are "
+            "plain CFG, for every method.")
+
+
+def _method_flag(results: Sequence[PairResult], model_default: str | None) -> str:
+    method = run_method(results)
+    return "" if model_default in (None, method) else f" --method {method}"
 
 
 def well_formed_line(results: Sequence[PairResult]) -> str:
@@ -606,15 +617,36 @@ def well_formed_line(results: Sequence[PairResult]) -> str:
 
 
 def write_negatives_docs(results: Sequence[PairResult], info: RunInfo, docs: Path,
-                         figure: Image.Image | None = None, absent: bool = False) -> Path:
+                         figure: Image.Image | None = None, absent: bool = False,
+                         model_default: str | None = None) -> Path:
     """Write docs/eval/negatives.md (negatives-absent.md with `absent`), and the .png beside it when a figure
-    is given; the markdown path."""
+    is given; the markdown path. A run of a method other than the model's default (`model_default`; None: the
+    run's own) writes negatives-METHOD.md (negatives-absent-METHOD.md), so the default's page stays."""
     folder = Path(docs) / "eval"
     folder.mkdir(parents=True, exist_ok=True)
-    name = "negatives-absent" if absent else "negatives"
+    method = run_method(results)
+    name = ("negatives-absent" if absent else "negatives") + page_suffix(method, model_default)
     if figure is not None:
         figure.save(folder / f"{name}.png")
     png = f"{name}.png" if figure is not None else None
     page = folder / f"{name}.md"
-    page.write_text(absent_page(results, info, png) if absent else negatives_page(results, info, png))
+    default = model_default or method
+    page.write_text(absent_page(results, info, png, default) if absent else negatives_page(results, info, png, default))
     return page
+
+
+def run_method(results: Sequence[PairResult]) -> str:
+    """The one method label of a run's rows ("cfg" for none)."""
+    methods = {r.method for r in results}
+    if len(methods) > 1:
+        raise ValueError(f"a docs page is one method's; these rows have {sorted(methods)}")
+    return methods.pop() if methods else "cfg"
+
+
+def page_suffix(method: str, model_default: str | None) -> str:
+    """"" for the model's default method, else "-METHOD" (a label of GUIDANCE_METHODS: letters and '-')."""
+    if model_default is None or method == model_default:
+        return ""
+    if not re.fullmatch(r"[a-z][a-z-]*", method):
+        raise ValueError(f"method: {method!r} is not a page name; a docs page is written for a bare method only")
+    return "-" + method
