@@ -128,6 +128,7 @@ def test_the_embedded_model_recommends_gated_and_a_request_without_guidance_gets
     assert default.images[0].record["request"]["guidance"] == "gated"
     assert np.array_equal(default_px, gated_px)
     assert np.abs(default_px - cfg_px).mean() > 20  # plain CFG's colour fields
-    _, alone_default = px(base.replace(negative_prompt=""))
-    _, alone_cfg = px(base.replace(negative_prompt="", guidance="cfg"))
+    default_alone, alone_default = px(base.replace(negative_prompt=""))
+    cfg_alone, alone_cfg = px(base.replace(negative_prompt="", guidance="cfg"))
     assert np.array_equal(alone_default, alone_cfg)
+    assert default_alone.branch_evaluations == cfg_alone.branch_evaluations == 8 * 2  # 8 steps x 2 branches
