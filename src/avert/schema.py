@@ -76,6 +76,7 @@ def _size_param(name: str, short: str) -> Param:
 
 
 GUIDANCE_METHODS = ("cfg", "apg", "perp-neg", "dynamic", "posterior", "gated")
+FALLBACK_GUIDANCE = "cfg"  # A1111's: the method of a model whose folder names none (`avert.models.defaults`)
 EMPHASIS_MODES = ("Original", "No norm")
 SIGMA_MAX = 1000.0
 

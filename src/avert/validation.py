@@ -9,10 +9,11 @@ import math
 
 from avert.errors import FieldProblem, ValidationError
 from avert.request import GenerationRequest, Negative
-from avert.schema import PARAMS, Limits, Param
+from avert.schema import FALLBACK_GUIDANCE, PARAMS, Limits, Param
 
 
-def validate(request: GenerationRequest, limits: Limits = Limits(), model_guidance: str = "cfg") -> GenerationRequest:
+def validate(request: GenerationRequest, limits: Limits = Limits(),
+             model_guidance: str = FALLBACK_GUIDANCE) -> GenerationRequest:
     """Return the request unchanged if valid, else raise `ValidationError` listing every bad field.
 
     `model_guidance` is the method a request without `guidance` gets from its model (`Components.default_guidance`).
@@ -79,7 +80,7 @@ def _in_range(value: object, low: float, high: float) -> bool:
     return _has_type(value, float) and math.isfinite(value) and low <= value <= high
 
 
-def check_relations(request: GenerationRequest, model_guidance: str = "cfg") -> list[FieldProblem]:
+def check_relations(request: GenerationRequest, model_guidance: str = FALLBACK_GUIDANCE) -> list[FieldProblem]:
     """Fields that are valid alone but not together."""
     problems = []
     if _in_range(request.guidance_start, 0, 1) and _in_range(request.guidance_end, 0, 1) \

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from avert.argtypes import bounded, device_arg, window_arg
 from avert.errors import FieldProblem
+from avert.schema import FALLBACK_GUIDANCE
 
 MAX_SEEDS = 1024  # == avert.evaluation.common.MAX_SEEDS (not imported: that module pulls numpy)
 DEFAULT_SEEDS = 64
@@ -149,7 +150,7 @@ def _method_flags(parser) -> None:
                         "(default: --cfg-scale)")
 
 
-def method_from_args(args, model_guidance: str = "cfg"):
+def method_from_args(args, model_guidance: str = FALLBACK_GUIDANCE):
     """The `Method` the flags describe: label from the method (without --method, the model's default
     `model_guidance`) and the options given."""
     from avert.evaluation.negatives import Method

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from avert.schema import FALLBACK_GUIDANCE
+
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -33,7 +35,7 @@ class Components:
     tokenizer: Any  # transformers tokenizer
     scheduler_config: dict
     source: ModelSource
-    default_guidance: str = "cfg"
+    default_guidance: str = FALLBACK_GUIDANCE
 
     @property
     def vae_scale_factor(self) -> int:

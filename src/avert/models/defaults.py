@@ -14,10 +14,9 @@ import json
 from pathlib import Path
 
 from avert.errors import ModelLoadError
-from avert.schema import GUIDANCE_METHODS
+from avert.schema import FALLBACK_GUIDANCE, GUIDANCE_METHODS
 
 DEFAULTS_FILE = "avert.json"
-FALLBACK_GUIDANCE = "cfg"
 
 
 def read_default_guidance(folder: Path) -> str:
