@@ -385,3 +385,67 @@ def test_prompt_command_text(capsys):
     assert main(["prompt", "a cat AND a dog BREAK x :0.5", "--steps", "4"]) == 0
     out = capsys.readouterr().out
     assert "AND part 2, weight 0.5" in out and "chunk 2:" in out
+
+
+# ---------------------------------------------------------------- bounded parsing
+
+
+def test_schedule_cut_at_commas_equals_the_whole_parse_on_random_texts():
+    """The parser sees each comma-separated piece alone (bounded time); the entries must equal A1111's parse of
+    the whole text, for texts made of the characters that matter (brackets, colons, bars, commas, escapes)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from avert.prompts.schedule import _schedule_whole
+
+    tokens = st.sampled_from(list("ab ,()[]:|") + ["1", "0.5", "3", ", ", "\\(", "\\[", "\\"])
+
+    @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(st.lists(tokens, max_size=20), st.integers(1, 12))
+    def check(parts, steps):
+        text = "".join(parts)
+        assert schedule.__wrapped__(text, steps) == _schedule_whole(text, steps), text
+
+    check()
+
+
+@pytest.mark.parametrize("text", ["(a:1.1), " * 910, "(masterpiece:1.2), " * 200 + "[cat:dog:0.5]", " " * 8190,
+                                  "[a:b:3], " * 20 + "x" * 7000])
+def test_long_prompts_parse_in_well_under_a_second(text):
+    import time
+
+    from avert.prompts.parse import parse_prompt
+
+    started = time.perf_counter()
+    parse_prompt(text, 150)
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("text, limit", [("[a:b:3], " * 910, "in one stretch"), ("[a] " * 100, "in one stretch"),
+                                         ("[" * 4000, "in one stretch"), ("[((a)):[b]:1] AND " * 30, "in all")])
+def test_schedule_syntax_over_the_parsers_budget_is_refused_by_name(text, limit):
+    from avert.prompts.parse import parse_prompt
+    from avert.prompts.schedule import PromptTooComplex
+
+    with pytest.raises(PromptTooComplex, match="must have at most 64 bracket"):
+        parse_prompt(text[:8192], 20)
+    with pytest.raises(Exception) as error:
+        from avert.validation import validate
+
+        validate(GenerationRequest(text[:8192]))
+    assert "prompt:" in str(error.value) and "bounded time" in str(error.value)
+
+
+def test_and_parts_and_distinct_text_are_bounded_in_validation():
+    from avert.errors import ValidationError
+    from avert.request import Negative
+    from avert.validation import validate
+
+    with pytest.raises(ValidationError, match="at most 32 AND parts"):
+        validate(GenerationRequest("a AND " * 40))
+    with pytest.raises(ValidationError, match="at most 32 AND parts"):
+        validate(GenerationRequest("a", negatives=tuple(Negative("b AND " * 5) for _ in range(6))))
+    alternating = "[a|b|c|d|e|f|g], " * 20 + "x" * 7000
+    with pytest.raises(ValidationError, match="65536 characters encoded"):
+        validate(GenerationRequest(alternating, steps=150, negatives=(Negative(alternating),)))
+    validate(GenerationRequest(alternating, steps=150))  # alone: 7 distinct texts of 7340 characters

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from avert.errors import AvertError
+from avert.errors import AvertError, ValidationError
 from avert.output.pnginfo import parse_parameters, read_png_metadata
 from avert.pipeline.generate import generate
 from avert.request import GenerationRequest
@@ -27,7 +27,7 @@ FAST = {"steps": 4, "width": 32, "height": 32}
 
 @pytest.fixture(scope="module")
 def client():
-    with TestClient(create_app(ServerConfig())) as c:
+    with TestClient(create_app(ServerConfig()), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -167,9 +167,13 @@ def test_txt2img_names_every_bad_field_at_once(client):
     assert {e["field"] for e in body["errors"]} == {"steps", "mystery", "enable_hr", "sampler_name"}
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def test_malformed_json_and_non_objects_name_the_body(client):
-    assert_names(client.post("/sdapi/v1/txt2img", content=b'{"prompt": '), 422, "body")
-    assert_names(client.post("/v1/generate", content=b"[1, 2]"), 422, "body")
+    assert_names(client.post("/sdapi/v1/txt2img", content=b'{"prompt": ', headers=JSON), 422, "body")
+    assert_names(client.post("/v1/generate", content=b"[1, 2]", headers=JSON), 422, "body")
+    assert_names(client.post("/v1/generate", content=b'{"prompt": "a"}'), 415, "content-type")
 
 
 def test_lists_options_and_styles(client):
@@ -190,7 +194,7 @@ def test_lists_options_and_styles(client):
 def test_options_switch_models_by_name_only(tiny_folder, tmp_path):
     shutil.copytree(tiny_folder, tmp_path / "tiny-sd")
     (tmp_path / "notes.txt").write_text("not a model")
-    with TestClient(create_app(ServerConfig(models_dir=tmp_path))) as c:
+    with TestClient(create_app(ServerConfig(models_dir=tmp_path)), base_url="http://127.0.0.1") as c:
         titles = [m["title"] for m in c.get("/sdapi/v1/sd-models").json()]
         assert titles == ["embedded", "tiny-sd"]
         assert c.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd [0123456789]"}).status_code == 200
@@ -284,7 +288,7 @@ def test_embeddings_are_listed_and_used_by_name(tmp_path):
     width = ModelRegistry().components("embedded").text_encoder.get_input_embeddings().weight.shape[1]
     save_file({"emb_params": torch.randn(2, width)}, str(tmp_path / "nosun.safetensors"))
     (tmp_path / "broken.safetensors").write_bytes(b"not a tensor file")
-    with TestClient(create_app(ServerConfig(embeddings_dir=tmp_path))) as c:
+    with TestClient(create_app(ServerConfig(embeddings_dir=tmp_path)), base_url="http://127.0.0.1") as c:
         listed = c.get("/sdapi/v1/embeddings").json()
         assert listed["loaded"]["nosun"]["vectors"] == 2 and listed["loaded"]["nosun"]["shape"] == width
         assert "broken" in listed["skipped"]
@@ -322,7 +326,7 @@ def test_unknown_job_is_404_naming_it(client):
 
 def test_job_progress_and_cancellation_at_the_next_step():
     gate = Gate()
-    with TestClient(create_app(ServerConfig(), render=gate.render)) as c:
+    with TestClient(create_app(ServerConfig(), render=gate.render), base_url="http://127.0.0.1") as c:
         job = c.post("/v1/generate?wait=false", json={"prompt": "a house", "steps": 20, "width": 32, "height": 32})
         assert job.status_code == 202 and job.headers["location"] == f"/v1/jobs/{job.json()['id']}"
         job_id = job.json()["id"]
@@ -342,7 +346,7 @@ def test_job_progress_and_cancellation_at_the_next_step():
 
 def test_full_queue_answers_503_with_retry_after_and_cancelled_waiting_jobs_leave():
     gate = Gate()
-    with TestClient(create_app(ServerConfig(queue_size=1), render=gate.render)) as c:
+    with TestClient(create_app(ServerConfig(queue_size=1), render=gate.render), base_url="http://127.0.0.1") as c:
         running = c.post("/v1/generate?wait=false", json={"prompt": "a", **FAST}).json()
         assert gate.reached.wait(30)
         waiting = c.post("/v1/generate?wait=false", json={"prompt": "b", **FAST}).json()
@@ -363,13 +367,18 @@ def test_a_failing_job_is_reported_on_that_job_and_the_server_keeps_serving():
     def render(request, components, **kw):
         if request.prompt == "oom":
             raise MemoryError("cannot allocate 64 GiB")
+        if request.prompt == "cpu oom":  # what torch's CPU allocator raises: a RuntimeError, not OutOfMemoryError
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 68719476736 bytes")
         if request.prompt == "bug":
             raise RuntimeError("something broke")
         return generate(request, components, **kw)
 
-    with TestClient(create_app(ServerConfig(), render=render)) as c:
+    with TestClient(create_app(ServerConfig(), render=render), base_url="http://127.0.0.1") as c:
         oom = c.post("/sdapi/v1/txt2img", json={"prompt": "oom", **FAST})
         assert oom.status_code == 503 and "out of memory" in oom.json()["detail"]
+        cpu = c.post("/v1/generate", json={"prompt": "cpu oom", **FAST})
+        assert cpu.status_code == 503 and int(cpu.headers["retry-after"]) > 0 and cpu.json()["job"]["status"] == "failed"
         bug = c.post("/v1/generate", json={"prompt": "bug", **FAST})
         assert bug.status_code == 500 and "something broke" in bug.json()["detail"]
         assert bug.json()["job"]["status"] == "failed" and "Traceback" not in bug.text
@@ -384,27 +393,30 @@ def test_binding_beyond_localhost_needs_a_key_or_insecure():
     ServerConfig().check_bind()
     with pytest.raises(AvertError, match="api-key"):
         ServerConfig(host="0.0.0.0").check_bind()
-    ServerConfig(host="0.0.0.0", api_key="k").check_bind()
+    ServerConfig(host="0.0.0.0", api_keys=("k" * 16,)).check_bind()
     ServerConfig(host="0.0.0.0", insecure=True).check_bind()
+    with pytest.raises(AvertError, match="at least 16 characters"):
+        ServerConfig(host="0.0.0.0", api_keys=("k",)).check_bind()
+    ServerConfig(host="0.0.0.0", api_keys=("k",), insecure_key=True).check_bind()
 
 
 def test_api_key_as_bearer_or_basic_auth_guards_everything():
-    with TestClient(create_app(ServerConfig(api_key="s3cret"))) as c:
+    with TestClient(create_app(ServerConfig(api_keys=("s3cret-s3cret-s3cret",))), base_url="http://127.0.0.1") as c:
         for path in ("/", "/sdapi/v1/samplers", "/v1/models", "/docs"):
             r = c.get(path)
             assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
         assert c.get("/sdapi/v1/samplers", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert c.get("/sdapi/v1/samplers", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-        assert c.get("/sdapi/v1/samplers", auth=("anyone", "s3cret")).status_code == 200
+        assert c.get("/sdapi/v1/samplers", headers={"Authorization": "Bearer s3cret-s3cret-s3cret"}).status_code == 200
+        assert c.get("/sdapi/v1/samplers", auth=("anyone", "s3cret-s3cret-s3cret")).status_code == 200
         assert c.get("/sdapi/v1/samplers", auth=("anyone", "nope")).status_code == 401
 
 
 def test_body_size_is_bounded_and_cors_is_off_unless_configured(client):
-    with TestClient(create_app(ServerConfig(max_body_bytes=1000))) as c:
+    with TestClient(create_app(ServerConfig(max_body_bytes=1000)), base_url="http://127.0.0.1") as c:
         assert_names(c.post("/v1/generate", json={"prompt": "x" * 2000}), 413, "body")
     r = client.get("/sdapi/v1/samplers", headers={"Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in r.headers
-    with TestClient(create_app(ServerConfig(cors_origins=("http://app.example",)))) as c:
+    with TestClient(create_app(ServerConfig(cors_origins=("http://app.example",))), base_url="http://127.0.0.1") as c:
         r = c.get("/sdapi/v1/samplers", headers={"Origin": "http://app.example"})
         assert r.headers["access-control-allow-origin"] == "http://app.example"
 
@@ -418,3 +430,47 @@ def test_page_openapi_and_fixed_static_files(client):
     assert {"/sdapi/v1/txt2img", "/v1/generate", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel"} <= set(paths)
     schema = client.get("/v1/schema").json()
     assert "negative_prompt" in schema["fields"] and schema["params"][3]["max"] == 150
+
+
+def test_strict_json_refuses_what_python_would_accept():
+    from avert.server.bodies import parse_json
+
+    for raw, field in ((b'{"cfg_scale": NaN}', "body"), (b'{"a": Infinity}', "body"), (b'{"prompt": "\\ud800"}', "prompt"),
+                       (b"[" * 50 + b"]" * 50, "body"), (b'{"a": ' + b"[" * 33 + b"]" * 33 + b"}", "body")):
+        with pytest.raises(ValidationError) as error:
+            parse_json(raw)
+        assert error.value.problems[0].field == field, raw
+    assert parse_json(b'{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[", "b": [[1]]}')["b"] == [[1]]
+
+
+def test_work_counts_pixels_evaluations_branches_and_images(client):
+    from avert.models.default import EMBEDDED_MODEL
+    from avert.models.store import get_model
+    from avert.pipeline import work
+    from avert.request import Negative
+
+    components = get_model(EMBEDDED_MODEL)
+    base = GenerationRequest("a house", width=512, height=512, steps=20)
+    assert work.estimate(base, components, "cfg").megapixel_steps == pytest.approx(0.262144 * 20 * 2)
+    heun = work.estimate(base.replace(sampler="Heun", batch_size=3), components, "cfg")
+    assert (heun.evaluations, heun.branches, heun.images) == (39, 2, 3)  # Heun: two a step but the last
+    assert work.branches(base.replace(negative_prompt="trees"), "cfg") == 2  # the negative replaces the empty prompt
+    assert work.branches(base.replace(negative_prompt="trees"), "gated") == 3
+    assert work.branches(base.replace(prompt="a AND b :0.5", negatives=(Negative("x"), Negative("y AND z"))),
+                         "cfg") == 2 + 3 + 1
+    with pytest.raises(ValidationError, match="must be at most 16 megapixel steps"):
+        work.check([heun], 16.0)
+    body = assert_names(client.post("/v1/generate", json={"prompt": "a", "width": 1024, "height": 1024}), 422, "work")
+    assert "megapixel steps" in body["detail"] and "--max-work" in body["detail"]
+
+
+def test_host_names_and_redaction():
+    from avert.server.guards import host_name
+    from avert.server.http import redact
+
+    assert host_name("[::1]:7860") == "::1" and host_name("Example.ORG:80") == "example.org" and host_name("x") == "x"
+    assert ServerConfig().host_names() == {"127.0.0.1", "localhost", "::1"}
+    assert ServerConfig(host="0.0.0.0", api_keys=("k" * 16,)).host_names() is None
+    assert "proxy.example" in ServerConfig(allowed_hosts=("proxy.example",)).host_names()
+    assert redact("model: '/home/op/models/x.safetensors' is bad") == "model: '.../x.safetensors' is bad"
+    assert redact("see http://example.com/a/b and 1/2/3") == "see http://example.com/a/b and 1/2/3"

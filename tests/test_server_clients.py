@@ -93,7 +93,7 @@ def test_webuiapi_progress_and_interrupt(server):
 def test_a_client_that_disconnects_cancels_its_job_and_the_server_goes_on(server):
     body = b'{"prompt": "a tree", "steps": 150, "width": 32, "height": 32}'
     with socket.create_connection(("127.0.0.1", int(server.rsplit(":", 1)[1]))) as s:
-        s.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         job_id = wait_until(lambda: requests.get(f"{server}/sdapi/v1/progress").json()["state"]["job"])
     job = wait_until(lambda: (j := requests.get(f"{server}/v1/jobs/{job_id}?images=false").json())["status"]

@@ -20,19 +20,46 @@ from avert.schema import PARAMS, Limits, Param
 LIMITS = Limits()
 
 
+USAGE, FAILURE = 2, 1  # exit statuses: what was given is wrong; the run failed (I/O, memory, a bug)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command. Every error is one line on stderr (`AVERT_DEBUG=1` adds the traceback): exit status 2
+    when an argument or a file given is wrong, 1 when the run fails, 130 when interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
     except ValidationError as exc:
-        print("avert: error: invalid request:", *(f"  {p}" for p in exc.problems), sep="\n", file=sys.stderr)
+        return _error("invalid request: " + "; ".join(str(_shown(p)) for p in exc.problems), USAGE)
     except AvertError as exc:
-        print(f"avert: error: {exc}", file=sys.stderr)
+        return _error(str(exc), USAGE)
     except KeyboardInterrupt:
         print("avert: interrupted", file=sys.stderr)
         return 130
-    return 2
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _error(f"{where}{exc.strerror or exc}", FAILURE)
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback (unless asked for)
+        return _error(f"{type(exc).__name__}: {exc}", FAILURE)
+
+
+def _shown(problem: FieldProblem, limit: int = 200) -> FieldProblem:
+    """The problem with a long value cut (an 8192-character prompt is not worth repeating)."""
+    value = problem.value
+    if isinstance(value, str) and len(value) > limit:
+        value = value[:limit] + f"... ({len(problem.value)} characters)"
+    return FieldProblem(problem.field, value, problem.allowed)
+
+
+def _error(message: str, status: int) -> int:
+    import os
+    import traceback
+
+    if os.environ.get("AVERT_DEBUG"):
+        traceback.print_exc()
+    print(f"avert: error: {' '.join(message.split())}", file=sys.stderr)
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +146,8 @@ def _train_parser(sub) -> None:
 
 
 def _serve_parser(sub) -> None:
+    from avert.server.config import DEFAULT_MAX_WORK, MIN_KEY_CHARS
+
     p = sub.add_parser("serve", help="HTTP server: A1111-compatible API, avert's API with every negative control, "
                        "and a web page")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; any other needs "
@@ -130,9 +159,21 @@ def _serve_parser(sub) -> None:
                    help="folder of models clients may choose by name (diffusers folders, .safetensors files)")
     p.add_argument("--embeddings", type=Path, default=None, metavar="DIR",
                    help="textual-inversion .safetensors files, used by name in prompts (default: $AVERT_EMBEDDINGS)")
-    p.add_argument("--api-key", default=None, metavar="KEY", help="require KEY as a bearer token or basic-auth "
-                   "password (default: $AVERT_API_KEY)")
+    p.add_argument("--api-key-file", type=Path, default=None, metavar="FILE",
+                   help="require a key from FILE (one per line; each key's jobs are its own) as a bearer token or "
+                   "basic-auth password (default: $AVERT_API_KEY, one key)")
+    p.add_argument("--api-key", default=None, metavar="KEY", help="a key on the command line, where every user of "
+                   "the machine can read it in ps: prefer $AVERT_API_KEY or --api-key-file")
+    p.add_argument("--insecure-key", action="store_true", help=f"accept keys shorter than {MIN_KEY_CHARS} characters")
     p.add_argument("--insecure", action="store_true", help="allow binding beyond 127.0.0.1 without an API key")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host name clients reach the server by, besides the bound address (repeat; '*': any), e.g. "
+                   "the name a reverse proxy forwards; others get 400 (DNS rebinding)")
+    p.add_argument("--max-work", type=bounded("max-work", float, 0.001, 1e6), default=DEFAULT_MAX_WORK,
+                   metavar="MP_STEPS", help="the most a request may cost, in megapixel steps (width x height / 10^6 x "
+                   "model evaluations x branches x images) (default: %(default)s, a few minutes on a 2-core CPU)")
+    p.add_argument("--rate-limit", type=bounded("rate-limit", int, 0, 100000), default=120, metavar="N",
+                   help="POST requests a client may make per minute; 0: no limit (default: 120)")
     p.add_argument("--queue-size", type=bounded("queue-size", int, 1, 10000), default=16,
                    help="jobs that may wait, over all models; more get 503 with Retry-After (default: 16)")
     p.add_argument("--max-body-mb", type=bounded("max-body-mb", float, 0.01, 1024), default=16.0,
@@ -145,19 +186,42 @@ def _serve_parser(sub) -> None:
 
 
 def _run_serve(args) -> int:
-    import os
+    import dataclasses
 
     from avert.server.app import serve
     from avert.server.config import ServerConfig
 
     _quiet_libraries()
-    serve(ServerConfig(host=args.host, port=args.port, model=args.model, models_dir=args.models_dir,
-                       embeddings_dir=_embeddings_dir(args),
-                       api_key=args.api_key or os.environ.get("AVERT_API_KEY") or None, insecure=args.insecure,
-                       queue_size=args.queue_size, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-                       cors_origins=tuple(args.cors_origin), limits=LIMITS, device=args.device,
-                       precision=args.precision))
+    config = ServerConfig(host=args.host, port=args.port, model=args.model, models_dir=args.models_dir,
+                          embeddings_dir=_embeddings_dir(args), api_keys=_api_keys(args), insecure=args.insecure,
+                          insecure_key=args.insecure_key, allowed_hosts=tuple(args.allowed_host),
+                          rate_limit=args.rate_limit, queue_size=args.queue_size,
+                          max_body_bytes=int(args.max_body_mb * 1024 * 1024), cors_origins=tuple(args.cors_origin),
+                          limits=dataclasses.replace(LIMITS, max_work=args.max_work), device=args.device,
+                          precision=args.precision)
+    config.check_bind()
+    if args.api_key:
+        print("avert serve: warning: --api-key is visible to every user of this machine (ps); prefer $AVERT_API_KEY "
+              "or --api-key-file", file=sys.stderr)
+    serve(config)
     return 0
+
+
+def _api_keys(args) -> tuple[str, ...]:
+    """The keys: --api-key-file (one a line; blank lines and # comments skipped), --api-key, $AVERT_API_KEY."""
+    import os
+
+    keys = []
+    if args.api_key_file is not None:
+        path = args.api_key_file
+        if not path.is_file():
+            raise AvertError(f"api-key-file: {str(path)!r} is not a readable file")
+        keys += [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                 if line.strip() and not line.lstrip().startswith("#")]
+        if not keys:
+            raise AvertError(f"api-key-file: {str(path)!r} holds no key")
+    keys += [k for k in (args.api_key, os.environ.get("AVERT_API_KEY")) if k]
+    return tuple(dict.fromkeys(keys))
 
 
 def _run_train(args) -> int:
@@ -196,9 +260,13 @@ def _prompt_parser(sub) -> None:
 def _run_prompt(args) -> int:
     from avert.conditioning.embeddings import load_embeddings
     from avert.conditioning.report import format_report, prompt_report
+    from avert.prompts.schedule import PromptTooComplex
 
     components = _load_plain(args.model)
-    report = prompt_report(args.text, args.steps, components.tokenizer, load_embeddings(_embeddings_dir(args)))
+    try:
+        report = prompt_report(args.text, args.steps, components.tokenizer, load_embeddings(_embeddings_dir(args)))
+    except PromptTooComplex as error:
+        raise ValidationError([FieldProblem("prompt", args.text, str(error))]) from None
     print(json.dumps(report, ensure_ascii=False) if args.json else format_report(report))
     return 0
 

@@ -25,6 +25,9 @@ class Limits:
     max_cfg_scale: float = 30.0
     max_prompt_chars: int = 8192
     max_negatives: int = 8
+    max_prompt_parts: int = 32  # AND parts of the prompt and all negatives: each is a branch of every evaluation
+    max_encoded_chars: int = 65536  # distinct texts to encode over the run (schedules make several), all fields
+    max_work: float | None = None  # megapixel steps a request may cost (see `avert.pipeline.work`); None: no cap
 
 
 @dataclass(frozen=True)

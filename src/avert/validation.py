@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 
 from avert.errors import FieldProblem, ValidationError
+from avert.prompts.parse import count_parts, parse_prompt
+from avert.prompts.schedule import PromptTooComplex
 from avert.request import GenerationRequest, Negative
 from avert.schema import FALLBACK_GUIDANCE, PARAMS, Limits, Param
 
@@ -21,6 +23,8 @@ def validate(request: GenerationRequest, limits: Limits = Limits(),
     problems = [p for param in PARAMS if (p := check_field(param, getattr(request, param.name), limits))]
     problems += check_negatives(request.negatives, limits)
     problems += check_relations(request, model_guidance)
+    if not problems:
+        problems += check_prompt_work(request, limits)
     if problems:
         raise ValidationError(problems)
     return request
@@ -76,6 +80,34 @@ def _negative_problems(name: str, n: Negative, limits: Limits) -> list[FieldProb
 _RANGES = {"weight": (-10.0, 10.0), "start": (0.0, 1.0), "end": (0.0, 1.0)}
 
 
+def prompt_fields(request: GenerationRequest) -> list[tuple[str, str]]:
+    """(field name, text) of the prompt and every negative, as errors name them."""
+    fields = [("prompt", request.prompt)] + ([("negative_prompt", request.negative_prompt)]
+                                             if request.negative_prompt else [])
+    return fields + [(f"negatives[{i}].text", n.text) for i, n in enumerate(request.negatives)]
+
+
+def check_prompt_work(request: GenerationRequest, limits: Limits) -> list[FieldProblem]:
+    """The text side's work, bounded before any of it is done: AND parts (each a branch of every model
+    evaluation), the schedule parser's load, and the distinct texts the run would encode."""
+    fields = prompt_fields(request)
+    parts = sum(count_parts(text) for _, text in fields)
+    if parts > limits.max_prompt_parts:
+        return [FieldProblem("prompt", f"{parts} AND parts over the prompt and negatives", "must have at most "
+                             f"{limits.max_prompt_parts} AND parts in all (each is evaluated at every step)")]
+    problems, encoded = [], 0
+    for name, text in fields:
+        try:
+            encoded += sum(len(t) for t in parse_prompt(text, request.steps).texts())
+        except PromptTooComplex as error:
+            problems.append(FieldProblem(name, text, str(error)))
+    if not problems and encoded > limits.max_encoded_chars:
+        problems.append(FieldProblem("prompt", f"{encoded} characters of distinct text over {request.steps} steps",
+                                     f"must need at most {limits.max_encoded_chars} characters encoded in all "
+                                     "(each [a|b] alternation or [from:to:when] edit is a text of its own)"))
+    return problems
+
+
 def _in_range(value: object, low: float, high: float) -> bool:
     return _has_type(value, float) and math.isfinite(value) and low <= value <= high
 
@@ -104,6 +136,8 @@ def _method_problems(request: GenerationRequest, model_guidance: str) -> list[Fi
     cfg_scale. A request without `guidance` is checked against its model's method, and the message says so."""
     defaults = GenerationRequest()
     method = request.guidance if request.guidance is not None else model_guidance
+    if not isinstance(method, str):
+        return []  # check_field names the field
     shown = method if request.guidance is not None else \
         f"{method} (the model's default; set guidance, e.g. cfg, for another)"
     problems = [FieldProblem(name, getattr(request, name), f"applies only with guidance {' or '.join(methods)} "

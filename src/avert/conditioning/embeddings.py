@@ -66,6 +66,9 @@ def load_embeddings(folder: Path | str | None) -> EmbeddingLibrary:
         raise EmbeddingError(f"embeddings folder {str(folder)!r} does not exist or is not a folder")
     found, problems = {}, {}
     for path in sorted(folder.glob("*" + SUFFIX)):
+        if not path.is_file():  # a FIFO or a device would block
+            problems[path.stem] = f"embedding {path.name}: not a regular file"
+            continue
         try:
             found[path.stem] = Embedding(path.stem, read_embedding(path), path)
         except EmbeddingError as exc:

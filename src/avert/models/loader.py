@@ -55,6 +55,8 @@ def _load_any(path: Path, allow_pickle: bool, config_dir: Path | None, predictio
         raise ModelLoadError(f"model: {str(path)!r} is not readable")
     if path.is_dir():
         return _load_folder(path, allow_pickle)
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise ModelLoadError(f"model: {str(path)!r} is neither a folder nor a regular file")
     if path.suffix == ".safetensors":
         return _load_single(path, path, config_dir, prediction_type)
     if path.suffix in PICKLE_SUFFIXES:
@@ -74,7 +76,8 @@ def _load_folder(path: Path, allow_pickle: bool) -> Components:
         )
     guidance = read_default_guidance(path)  # a bad avert.json is reported before any weights are read
     try:
-        components = _folder_components(path, index, use_safetensors=not allow_pickle)
+        # with allow_pickle, safetensors are still preferred where present (None), pickles read where not
+        components = _folder_components(path, index, use_safetensors=None if allow_pickle else True)
     except (OSError, ValueError, KeyError, TypeError, EnvironmentError) as exc:
         hint = "" if allow_pickle else " (only .safetensors weights are read unless --allow-pickle is given)"
         raise ModelLoadError(f"model: cannot load {str(path)!r}: {exc}{hint}") from exc
@@ -90,7 +93,7 @@ def _read_index(path: Path) -> dict:
         raise ModelLoadError(f"model: {str(path / 'model_index.json')!r} is not valid JSON: {exc}") from exc
 
 
-def _folder_components(path: Path, index: dict, use_safetensors: bool) -> Components:
+def _folder_components(path: Path, index: dict, use_safetensors: bool | None) -> Components:
     import diffusers
     import transformers
 
@@ -107,7 +110,7 @@ def _folder_components(path: Path, index: dict, use_safetensors: bool) -> Compon
     return _assemble(unet, vae, text_encoder, tokenizer, scheduler_config, path, "diffusers-folder")
 
 
-def _text_encoder(folder: Path, class_name: str, use_safetensors: bool):
+def _text_encoder(folder: Path, class_name: str, use_safetensors: bool | None):
     """The folder's text encoder, or the installed package weights its `external.json` points at."""
     import transformers
 

@@ -191,15 +191,29 @@ class PngMetadata:
     record: dict | None
 
 
+MAX_METADATA_PIXELS = 4096 * 4096  # pixels over all frames decoded to reach text chunks after the image data
+
+
 def _open_png(source: Path | str | bytes, name: str) -> Image.Image:
-    """Open a PNG from a path or bytes, or raise AvertError naming ``name``."""
+    """Open a PNG from a path or bytes, or raise AvertError naming ``name``.
+
+    Text chunks may follow the image data, and Pillow decodes every frame to reach them; so a PNG (or APNG)
+    whose frames hold more than `MAX_METADATA_PIXELS` pixels in all is refused before anything is decoded
+    (a decompression bomb costs nothing but its header)."""
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-    except (OSError, UnidentifiedImageError, ValueError) as error:
+    except Image.DecompressionBombError as error:
+        raise AvertError(f"cannot read {name}: {error}") from error
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
         raise AvertError(f"cannot read {name} as an image: {error}") from error
     if image.format != "PNG":
         image.close()
         raise AvertError(f"{name} is not a PNG file (found {image.format or 'an unknown format'})")
+    pixels = image.width * image.height * getattr(image, "n_frames", 1)
+    if pixels > MAX_METADATA_PIXELS:
+        image.close()
+        raise AvertError(f"{name} holds {image.width}x{image.height} pixels in {getattr(image, 'n_frames', 1)} "
+                         f"frame(s); metadata is read from PNGs of at most {MAX_METADATA_PIXELS} pixels in all")
     return image
 
 
@@ -207,7 +221,7 @@ def _text_chunks(image: Image.Image, name: str) -> dict[str, str]:
     """Return an image's text chunks, including any after the image data."""
     try:
         chunks = image.text if isinstance(image, PngImagePlugin.PngImageFile) else image.info
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
         raise AvertError(f"cannot read {name}: damaged PNG ({error})") from error
     return {key: value for key, value in chunks.items() if isinstance(value, str)}
 
@@ -236,6 +250,9 @@ def read_png_metadata(source: Path | str | bytes | Image.Image) -> PngMetadata:
         chunks = _text_chunks(source, name)
     else:
         name = "the PNG data" if isinstance(source, bytes) else f"file {source}"
+        if not isinstance(source, bytes) and not Path(source).is_file():  # a FIFO or a device would block
+            state = "does not exist" if not Path(source).exists() else "is not a regular file"
+            raise AvertError(f"cannot read {name}: it {state}")
         with _open_png(source, name) as image:
             chunks = _text_chunks(image, name)
     return PngMetadata(parameters=chunks.get(PARAMETERS_KEY), record=_parse_record(chunks.get(RECORD_KEY), name))

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 from PIL import Image
 
 from avert.conditioning.embeddings import EmbeddingLibrary
+from avert.errors import FieldProblem, ValidationError
 from avert.models.components import Components
 from avert.output.grid import compare_grid
 from avert.pipeline.generate import check, generate, resolve
@@ -47,7 +48,11 @@ def compare(
     on_step: Callable[[StepEvent], None] | None = None,
     embeddings: EmbeddingLibrary = EmbeddingLibrary(),
 ) -> Comparison:
-    """Render `request` without a negative and with each of `negatives`, all with the same resolved seed."""
+    """Render `request` without a negative and with each of `negatives` (at most `limits.max_negatives`), all with
+    the same resolved seed."""
+    if len(negatives) > limits.max_negatives:
+        raise ValidationError([FieldProblem("negatives", f"{len(negatives)} columns", "must have at most "
+                                            f"{limits.max_negatives} negatives, one column each")])
     for negative in negatives:
         check(request.replace(negative_prompt=negative), limits, components)
     base = resolve(check(request, limits, components), components)

@@ -14,12 +14,12 @@ from PIL import Image
 from avert.conditioning.embeddings import EmbeddingLibrary
 from avert.guidance.denoiser import Denoiser
 from avert.models.components import Components
-from avert.pipeline import metadata
+from avert.pipeline import metadata, work
 from avert.pipeline.conditioning import condition
 from avert.pipeline.result import GeneratedImage, GenerationResult
 from avert.pipeline.runtime import Runtime
 from avert.request import GenerationRequest
-from avert.sampling.loop import StepEvent, sample
+from avert.sampling.loop import Cancelled, StepEvent, sample
 from avert.sampling.noise import image_seeds, initial_noise, resolve_seed
 from avert.sampling.samplers import sampler_spec
 from avert.schema import Limits
@@ -47,6 +47,8 @@ def generate(
     schedulers = make_schedulers(request, components, seeds, runtime)               # 4. one scheduler per image
     noise, generators = initial_noise(seeds, latent_shape(request, components), runtime.device)
     latents = sample(denoiser, schedulers, noise, generators, on_step, should_stop)  # 5. the one loop
+    if should_stop is not None and should_stop():
+        raise Cancelled("stopped before decoding")
     pictures = decode(latents, components, runtime)                                  # 6. latents -> images
     images = tuple(                                                                  # 7. metadata
         GeneratedImage(img, s, metadata.infotext(request, s, components.source),
@@ -63,9 +65,19 @@ def model_limits(limits: Limits, components: Components) -> Limits:
 
 
 def check(request: GenerationRequest, limits: Limits, components: Components) -> GenerationRequest:
-    """Validate against the model: its native size is allowed, and a request without `guidance` is checked
-    against the model's default method."""
-    return validate(request, model_limits(limits, components), components.default_guidance)
+    """Validate against the model: its native size is allowed, a request without `guidance` is checked
+    against the model's default method, and its work is held to `limits.max_work` where one is set."""
+    validate(request, model_limits(limits, components), components.default_guidance)
+    if limits.max_work is not None:
+        work.check([request_work(request, components)], limits.max_work)
+    return request
+
+
+def request_work(request: GenerationRequest, components: Components) -> work.Work:
+    """The work of a validated request (`avert.pipeline.work`), its size and method as the model resolves them."""
+    native = native_size(components)
+    sized = request.replace(width=request.width or native, height=request.height or native)
+    return work.estimate(sized, components, request.guidance or components.default_guidance)
 
 
 def resolve(request: GenerationRequest, components: Components) -> GenerationRequest:

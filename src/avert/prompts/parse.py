@@ -5,11 +5,12 @@ This is the value the conditioning step consumes, for the prompt and every negat
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from avert.prompts.attention import Fragment, parse_attention
 from avert.prompts.composable import split_and
-from avert.prompts.schedule import schedule
+from avert.prompts.schedule import check_parser_load, parser_load, schedule
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,25 @@ class ParsedPrompt:
 
 
 def parse_prompt(text: str, steps: int, *, use_and: bool = True) -> ParsedPrompt:
-    """Parse `text` for a run of `steps` steps: AND (unless `use_and` is False), schedules, attention."""
+    """Parse `text` for a run of `steps` steps: AND (unless `use_and` is False), schedules, attention.
+
+    Raises `PromptTooComplex` when its schedule syntax, over all AND parts, is over the parser's budget."""
     subprompts = split_and(text) if use_and else None
     pieces = [(s.text, s.weight) for s in subprompts] if subprompts else [(text, 1.0)]
+    check_parser_load(tuple(n for t, _ in pieces for n in parser_load(t)))
     return ParsedPrompt(text, steps, tuple(_scheduled(t, w, steps) for t, w in pieces))
 
 
+def count_parts(text: str) -> int:
+    """The AND parts of `text` (each a branch of the model evaluation), without parsing anything else."""
+    return len(split_and(text))
+
+
 def _scheduled(text: str, weight: float, steps: int) -> ScheduledPrompt:
-    entries = tuple(ScheduledText(e.end_step, e.text, parse_attention(e.text)) for e in schedule(text, steps))
+    entries = tuple(ScheduledText(e.end_step, e.text, _attention(e.text)) for e in schedule(text, steps))
     return ScheduledPrompt(weight, entries)
+
+
+@functools.lru_cache(maxsize=1024)
+def _attention(text: str) -> tuple[Fragment, ...]:
+    return parse_attention(text)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from fastapi import APIRouter, Request
@@ -23,11 +25,12 @@ from avert import __version__
 from avert.errors import AvertError, FieldProblem, ValidationError
 from avert.output.pnginfo import parse_parameters, read_png_metadata
 from avert.sampling.samplers import SAMPLER_NAMES, SAMPLERS
-from avert.server import bodies
+from avert.server import bodies, openapi
 from avert.server.http import error_response, failure_response, wait_for
 from avert.server.jobs import CANCELLED, FAILED, Job
+from avert.server.security import client_of
 from avert.server.results import job_images, job_warnings, negative_text, png_base64
-from avert.server.state import ServerState, get_state
+from avert.server.state import ServerState, get_state, owner
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"])
 
@@ -49,22 +52,31 @@ TXT2IMG_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _any(value: Any) -> bool:
-    return True
+@dataclass(frozen=True)
+class _OneOf:
+    """A value among `values` (booleans only as themselves: False is not 0); `schema` is the JSON Schema."""
+
+    values: tuple
+
+    def __call__(self, value: Any) -> bool:
+        return any(value == a and type(value) is not bool or value is a for a in self.values)
+
+    def schema(self) -> dict:
+        unique = {json.dumps(float(v) if type(v) is int else v): v for v in self.values}  # 0 and 0.0: one number
+        return {"enum": list(unique.values())}
 
 
-def _one_of(*allowed: Any) -> Callable[[Any], bool]:
-    return lambda value: any(value == a and type(value) is not bool or value is a for a in allowed)
+def _one_of(*allowed: Any) -> _OneOf:
+    return _OneOf(allowed)
 
 
-def _empty(value: Any) -> bool:
-    return value in (None, "", [], {})
+_empty = _OneOf((None, "", [], {}))
 
 
 # Fields avert does not implement: accepted where they have no effect, else refused (never ignored).
 NO_EFFECT: dict[str, tuple[Callable[[Any], bool], str]] = {
     "styles": (_empty, "must be empty: no prompt styles are configured (GET /sdapi/v1/prompt-styles)"),
-    "subseed": (_any, ""),
+    "subseed": (lambda value: True, ""),
     "subseed_strength": (_one_of(None, 0, 0.0), "must be 0: variation seeds are not supported"),
     "seed_resize_from_h": (_one_of(None, 0, -1), "must be -1 or 0: seed resizing is not supported"),
     "seed_resize_from_w": (_one_of(None, 0, -1), "must be -1 or 0: seed resizing is not supported"),
@@ -101,12 +113,12 @@ DDIM_ETA = 0.0  # avert's DDIM, like A1111's default eta_ddim
 
 
 @router.post("/txt2img", summary="Text to image (A1111 fields, defaults and response)",
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
-                 "type": "object", "properties": {k: {"default": v} for k, v in TXT2IMG_DEFAULTS.items()}}}}}})
+             openapi_extra=openapi.txt2img_body(TXT2IMG_DEFAULTS, {k: rule[0].schema() for k, rule in NO_EFFECT.items()
+                                                                   if isinstance(rule[0], _OneOf)}, IGNORED))
 async def txt2img(request: Request) -> JSONResponse:
     state = get_state(request)
-    body = bodies.parse_json(await request.body())
-    job = await run_in_threadpool(txt2img_job, state, body)
+    raw = await request.body()
+    body, job = await run_in_threadpool(_parse_txt2img, state, raw, owner(request))
     state.queue.submit(job)
     if not await wait_for(job, request, state.queue):
         return error_response(409, "cancelled", "the client disconnected; the job was cancelled")
@@ -117,9 +129,32 @@ async def txt2img(request: Request) -> JSONResponse:
     return JSONResponse(txt2img_response(job, {**TXT2IMG_DEFAULTS, **body}))
 
 
-def txt2img_job(state: ServerState, body: dict) -> Job:
+def _parse_txt2img(state: ServerState, raw: bytes, client: str | None) -> tuple[dict, Job]:
+    body = bodies.parse_json(raw)
+    return body, txt2img_job(state, body, client)
+
+
+# A1111 fields that avert reads itself, with the JSON types they may have (null: the default)
+A1111_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "sampler_name": ((str, type(None)), "must be a sampler name (GET /sdapi/v1/samplers) or null"),
+    "sampler_index": ((str, type(None)), "must be a sampler name (GET /sdapi/v1/samplers) or null"),
+    "scheduler": ((str, type(None)), "must be one of: automatic, karras, or null"),
+    "override_settings": ((dict, type(None)), "must be an object of options, or null"),
+    "send_images": ((bool,), "must be true or false"),
+    "eta": ((int, float, type(None)), "must be a number or null"),
+}
+
+
+def _type_problems(body: dict) -> list[FieldProblem]:
+    return [FieldProblem(k, body[k], rule) for k, (kinds, rule) in A1111_TYPES.items()
+            if k in body and (not isinstance(body[k], kinds) or (isinstance(body[k], bool) and bool not in kinds))]
+
+
+def txt2img_job(state: ServerState, body: dict, client: str | None = None) -> Job:
     """Check an A1111 txt2img body and build its job (one part per negative run and n_iter round)."""
     problems = bodies.unknown_fields(body, TXT2IMG_DEFAULTS)
+    if _type_problems(body):  # the checks below read these fields
+        raise ValidationError(problems + _type_problems(body))
     problems += [FieldProblem(k, body[k], rule[1]) for k, rule in NO_EFFECT.items()
                  if k in body and k not in bodies.REQUEST_FIELDS and not rule[0](body[k])]
     settings = {**TXT2IMG_DEFAULTS, **body}
@@ -139,12 +174,16 @@ def txt2img_job(state: ServerState, body: dict) -> Job:
         request = _renamed(lambda: bodies.request_from_fields({**shared, **overrides, **fields,
                                                                "negative_prompt": negative, "sampler": sampler}))
         _check_eta(settings.get("eta"), request.sampler)
-        _renamed(lambda: bodies.check(request, limits, state.registry.components(model), per_image))
+        components = state.registry.components(model)
+        _renamed(lambda: bodies.check(request, limits, components, per_image))
     except ValidationError as error:
         raise ValidationError(problems + list(error.problems)) from None
     if problems:
         raise ValidationError(problems)
-    return Job(model, bodies.batch_parts(request, per_image, rounds), kind="txt2img")
+    parts = bodies.batch_parts(request, per_image, rounds)
+    bodies.check_work(parts, components, limits)
+    return Job(model, parts, kind="txt2img", owner=client)
+
 
 
 A1111_NAMES = {"sampler": "sampler_name", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
@@ -186,7 +225,8 @@ def _check_eta(eta: Any, sampler: str) -> None:
     spec = SAMPLERS[sampler]
     stochastic = sampler.split(" Karras")[0].endswith(" a") or "SDE" in sampler
     wanted = DDIM_ETA if spec.scheduler == "DDIMScheduler" else ANCESTRAL_ETA if stochastic else None
-    ok = isinstance(eta, (int, float)) and not isinstance(eta, bool) and (wanted is None or float(eta) == wanted)
+    ok = isinstance(eta, (int, float)) and not isinstance(eta, bool) and math.isfinite(eta) and (
+        wanted is None or float(eta) == wanted)
     if not ok:
         raise ValidationError([FieldProblem("eta", eta, f"must be null or {wanted if wanted is not None else 'a number'}"
                                             f" for {sampler!r}: avert's {sampler} runs with eta "
@@ -260,7 +300,8 @@ async def img2img() -> JSONResponse:
 async def progress(request: Request) -> dict:
     state = get_state(request)
     running = state.queue.running()
-    job = max(running, key=lambda j: j.started or 0.0) if running else None
+    own = _own_running(request)
+    job = max(own, key=lambda j: j.started or 0.0) if own else None
     waiting = state.queue.waiting()
     if job is None:
         return {"progress": 0.0, "eta_relative": 0.0, "current_image": None, "textinfo": None,
@@ -280,18 +321,24 @@ def _state(skipped: bool, interrupted: bool, job: str, count: int, number: int, 
             "sampling_step": step, "sampling_steps": steps, "job_timestamp": stamp}
 
 
-@router.post("/interrupt", summary="Stop the running jobs at their next step")
+@router.post("/interrupt", summary="Stop the caller's running jobs at their next model evaluation")
 async def interrupt(request: Request) -> dict:
-    for job in get_state(request).queue.running():
+    for job in _own_running(request):
         job.cancel()
     return {}
 
 
 @router.post("/skip", summary="Skip the batch being sampled; the job goes on with its next batch")
 async def skip(request: Request) -> dict:
-    for job in get_state(request).queue.running():
+    for job in _own_running(request):
         job.skip()
     return {}
+
+
+def _own_running(request: Request) -> list[Job]:
+    """The running jobs a client may stop: its own, or all where jobs have no owners."""
+    state = get_state(request)
+    return state.queue.running(client_of(request.scope), everyone=not state.config.owned_jobs)
 
 
 # ---------------------------------------------------------------- lists and options
@@ -352,10 +399,11 @@ async def get_options(request: Request) -> dict:
     return options(get_state(request))
 
 
-@router.post("/options", summary="Set options; sd_model_checkpoint switches the model (by name)")
+@router.post("/options", summary="Set options; sd_model_checkpoint switches the model (by name)",
+             openapi_extra=openapi.options_body({}, ()))
 async def set_options(request: Request) -> None:
     state = get_state(request)
-    body = bodies.parse_json(await request.body())
+    body = await run_in_threadpool(bodies.parse_json, await request.body())
     current = options(state)
     problems = [FieldProblem(k, v, "unknown option or not settable; settable: sd_model_checkpoint (others must "
                              "equal their current value)") for k, v in body.items()
@@ -377,9 +425,14 @@ def _model_name(value: Any) -> Any:
 # ---------------------------------------------------------------- png-info
 
 
-@router.post("/png-info", summary="The generation parameters stored in a PNG (sent as base64; URLs are refused)")
+@router.post("/png-info", summary="The generation parameters stored in a PNG (sent as base64; URLs are refused)",
+             openapi_extra=openapi.png_info_body())
 async def png_info(request: Request) -> dict:
-    body = bodies.parse_json(await request.body())
+    return await run_in_threadpool(_png_info, await request.body())  # decoding never blocks the event loop
+
+
+def _png_info(raw: bytes) -> dict:
+    body = bodies.parse_json(raw)
     problems = bodies.unknown_fields(body, ("image",))
     if problems:
         raise ValidationError(problems)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,12 +16,15 @@ from avert.conditioning.embeddings import load_embeddings
 from avert.errors import AvertError, ValidationError
 from avert.pipeline.generate import generate
 from avert.pipeline.runtime import Runtime
-from avert.server import a1111, native
+from avert.server import a1111, native, openapi
 from avert.server.config import ServerConfig
 from avert.server.http import error_response, problems_response, queue_full_response
-from avert.server.jobs import JobQueue, QueueFull, Render
+from avert.server.jobs import JobQueue, QueueFull, Render, is_out_of_memory
 from avert.server.registry import ModelRegistry
-from avert.server.security import ApiKeyMiddleware, BodyLimitMiddleware
+from avert.server.docs import add_docs
+from avert.server.guards import (HostGuardMiddleware, OriginGuardMiddleware, RateLimitMiddleware,
+                                 SecurityHeadersMiddleware)
+from avert.server.security import ApiKeyMiddleware, BodyLimitMiddleware, SessionMiddleware
 from avert.server.state import ServerState
 
 log = logging.getLogger("avert.server")
@@ -43,21 +47,47 @@ def create_app(config: ServerConfig = ServerConfig(), *, render: Render = genera
         yield
         queue.close()
 
-    app = FastAPI(title="avert", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="avert", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Text-to-image with the negative prompt as a first-class control: an "
                   "AUTOMATIC1111-compatible API under /sdapi/v1 and avert's own API under /v1.")
     app.state.avert = ServerState(config, registry, queue, registry.default_name)
     app.include_router(a1111.router)
     app.include_router(native.router)
     _add_page(app)
+    policies = add_docs(app)
+    _live_openapi(app)
     _add_error_handlers(app)
+    _add_middleware(app, config, policies)
+    return app
+
+
+def _add_middleware(app: FastAPI, config: ServerConfig, policies: dict[str, str]) -> None:
+    """Outermost first: CORS (so a preflight is answered before any key is asked for), headers, Host, the key or
+    session, the rate, Origin and content type, the body size."""
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(OriginGuardMiddleware, cors_origins=config.cors_origins)
+    app.add_middleware(RateLimitMiddleware, per_minute=config.rate_limit)
+    if config.api_keys:
+        app.add_middleware(ApiKeyMiddleware, api_keys=config.api_keys)
+    elif config.owned_jobs:
+        app.add_middleware(SessionMiddleware)
+    app.add_middleware(HostGuardMiddleware, names=config.host_names())
+    app.add_middleware(SecurityHeadersMiddleware, page_policies=policies)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST",
                            "DELETE"], allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
-    if config.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
-    return app
+
+
+def _live_openapi(app: FastAPI) -> None:
+    """The document with what changes while the server runs: the models `sd_model_checkpoint` may name."""
+    def document() -> dict:
+        schema = copy.deepcopy(FastAPI.openapi(app))  # FastAPI builds it once and caches it
+        state: ServerState = app.state.avert
+        body = openapi.options_body(a1111.options(state), state.registry.names())
+        schema["paths"]["/sdapi/v1/options"]["post"]["requestBody"] = body["requestBody"]
+        return schema
+
+    app.openapi = document
 
 
 def _add_page(app: FastAPI) -> None:
@@ -87,6 +117,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def internal(request: Request, error: Exception) -> JSONResponse:
+        if is_out_of_memory(error):
+            return error_response(503, "out of memory", f"out of memory: {error}; try a smaller size or batch",
+                                  headers={"Retry-After": "30"})
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(500, "internal error", f"{type(error).__name__}: {error}")
 

@@ -10,28 +10,79 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from typing import Any, Sequence
 
+import numpy as np
+
 from avert.errors import FieldProblem, ValidationError
-from avert.pipeline.generate import check as validate_for_model
+from avert.pipeline import work
+from avert.pipeline.generate import check as validate_for_model, request_work
 from avert.request import GenerationRequest
 from avert.sampling.noise import image_seeds, resolve_seed
-from avert.schema import PARAMS_BY_NAME, Limits
+from avert.schema import Limits
 from avert.server.jobs import Part
 
 REQUEST_FIELDS = {f.name: f for f in dataclasses.fields(GenerationRequest)}
 
 
+MAX_DEPTH = 32  # nesting of arrays and objects; no field of any body needs more than 4
+
+
 def parse_json(raw: bytes) -> dict:
-    """The body as a JSON object, or a ValidationError naming `body`."""
+    """The body as a JSON object of strict JSON, or a ValidationError naming `body` or the field.
+
+    Refused: text that is not UTF-8 JSON, the NaN and Infinity literals (not JSON; Python would accept them),
+    nesting deeper than `MAX_DEPTH` (checked before parsing, so no recursion limit is reached), and strings
+    holding lone surrogates (they cannot be encoded, tokenized or written back)."""
+    allowed = "must be a JSON object (strict JSON, UTF-8)"
+    if _depth(raw) > MAX_DEPTH:
+        raise ValidationError([FieldProblem("body", _short(raw), f"must nest arrays and objects at most {MAX_DEPTH} "
+                                            "deep")])
     try:
-        data = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ValidationError([FieldProblem("body", _short(raw), f"must be valid JSON ({error})")]) from None
+        data = json.loads(raw or b"null", parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise ValidationError([FieldProblem("body", _short(raw), f"{allowed} ({str(error)[:120]})")]) from None
     if not isinstance(data, dict):
-        raise ValidationError([FieldProblem("body", _short(raw), "must be a JSON object")])
+        raise ValidationError([FieldProblem("body", _short(raw), allowed)])
+    bad = _lone_surrogate(data)
+    if bad is not None:
+        raise ValidationError([FieldProblem(bad or "body", "(text with a lone surrogate)", "must be text of valid "
+                                            "Unicode characters (no unpaired \\ud800-\\udfff escapes)")])
     return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _depth(raw: bytes) -> int:
+    """The deepest nesting of [ and { outside strings (regular expressions and numpy: no Python loop per byte)."""
+    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    steps = np.frombuffer(brackets, dtype=np.uint8)
+    return int(np.cumsum(np.where((steps == ord("[")) | (steps == ord("{")), 1, -1)).max())
+
+
+def _lone_surrogate(data: dict) -> str | None:
+    """The top-level field whose text (a key or a value, at any depth) holds a lone surrogate, or None."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
+    for key, value in data.items():
+        try:
+            json.dumps({key: value}, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return key if not any(0xD800 <= ord(c) <= 0xDFFF for c in key) else "body"
+    return "body"
 
 
 def _short(raw: bytes) -> str:
@@ -122,6 +173,11 @@ def check(request: GenerationRequest, limits: Limits, components, per_image: Seq
     return request
 
 
+def check_work(parts: Sequence[Part], components, limits: Limits) -> None:
+    """Hold a job's parts together to the server's work budget (`avert.pipeline.work`)."""
+    work.check([request_work(p.request, components) for p in parts], limits.max_work)
+
+
 def batch_parts(request: GenerationRequest, per_image: Sequence[str] | None, rounds: int = 1) -> list[Part]:
     """Engine calls for `rounds` batches of `request` (A1111's n_iter), the seed resolved once.
 
@@ -143,22 +199,3 @@ def batch_parts(request: GenerationRequest, per_image: Sequence[str] | None, rou
             parts.append(Part(request.replace(seed=seeds[k], batch_size=end - k, negative_prompt=negatives[k])))
             k = end
     return parts
-
-
-def field_schema(name: str) -> dict:
-    """The JSON schema of a request field from `avert.schema` (type, default, bounds, choices, help)."""
-    param = PARAMS_BY_NAME.get(name)
-    if param is None:
-        return {}
-    kind = {int: "integer", float: "number", str: "string", bool: "boolean"}.get(param.type, "string")
-    schema: dict[str, Any] = {"type": kind, "description": param.help}
-    if param.default is not None:
-        schema["default"] = param.default
-    if param.choices:
-        schema["enum"] = list(param.choices)
-    limits = Limits()
-    if param.low is not None and param.type not in (str, bool):
-        schema["minimum"] = param.low(limits)
-    if param.high is not None:
-        schema["maxLength" if param.type is str else "maximum"] = param.high(limits)
-    return schema

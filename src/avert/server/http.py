@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 from typing import Any, Sequence
 
 from starlette.requests import Request
@@ -13,6 +15,14 @@ from avert.server.jobs import Job, JobFailure, JobQueue, QueueFull
 
 FAILURE_STATUS = {"validation": 422, "model": 422, "out_of_memory": 503, "internal": 500}
 MAX_VALUE_CHARS = 200
+OUT_OF_MEMORY_RETRY = 30  # seconds: the memory is freed when the job ends; a smaller request may fit at once
+_PATH = re.compile(r"(?<![\w.:/])(?:/[^\s'\"/:]+){2,}/?")
+
+
+def redact(text: str) -> str:
+    """`text` with every absolute path cut to its last part (`/home/op/models/x.safetensors` -> `.../x.safetensors`):
+    a client learns which file, never where the server keeps it."""
+    return _PATH.sub(lambda m: ".../" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
 def problem_json(problem: FieldProblem) -> dict[str, Any]:
@@ -20,8 +30,11 @@ def problem_json(problem: FieldProblem) -> dict[str, Any]:
     value = problem.value
     if isinstance(value, (str, list, dict)) and len(str(value)) > MAX_VALUE_CHARS:
         value = str(value)[:MAX_VALUE_CHARS] + "..."
-    shown = FieldProblem(problem.field, value, problem.allowed)
-    return {"field": problem.field, "value": value, "allowed": problem.allowed, "message": str(shown)}
+    value = redact(value) if isinstance(value, str) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        value = repr(value)  # JSON has no infinity (1e309 parses to it)
+    shown = FieldProblem(problem.field, value, redact(problem.allowed))
+    return {"field": problem.field, "value": value, "allowed": shown.allowed, "message": str(shown)}
 
 
 def problems_response(problems: Sequence[FieldProblem], status: int = 422) -> JSONResponse:
@@ -31,16 +44,18 @@ def problems_response(problems: Sequence[FieldProblem], status: int = 422) -> JS
 
 
 def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail, "errors": []}, status_code=status, headers=headers)
+    return JSONResponse({"error": error, "detail": redact(detail), "errors": []}, status_code=status, headers=headers)
 
 
 def failure_json(failure: JobFailure) -> dict[str, Any]:
-    return {"kind": failure.kind, "detail": failure.message, "errors": [problem_json(p) for p in failure.problems]}
+    return {"kind": failure.kind, "detail": redact(failure.message),
+            "errors": [problem_json(p) for p in failure.problems]}
 
 
 def failure_response(failure: JobFailure, extra: dict[str, Any] | None = None) -> JSONResponse:
     body = {"error": failure.kind.replace("_", " "), **failure_json(failure), **(extra or {})}
-    return JSONResponse(body, status_code=FAILURE_STATUS.get(failure.kind, 500))
+    headers = {"Retry-After": str(OUT_OF_MEMORY_RETRY)} if failure.kind == "out_of_memory" else None
+    return JSONResponse(body, status_code=FAILURE_STATUS.get(failure.kind, 500), headers=headers)
 
 
 def queue_full_response(error: QueueFull) -> JSONResponse:

@@ -63,11 +63,23 @@ class QueueFull(AvertError):
         super().__init__(f"the queue is full ({size} jobs waiting); retry after {retry_after} s")
 
 
+OUT_OF_MEMORY_TEXT = ("can't allocate memory", "out of memory", "not enough memory", "failed to allocate")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's OutOfMemoryError, Python's MemoryError, and the RuntimeError torch's CPU allocator raises
+    ("DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and any(t in str(error).lower() for t in OUT_OF_MEMORY_TEXT)
+
+
 class Job:
     """A job's state, written by its worker and read by request handlers (guarded by a lock)."""
 
-    def __init__(self, model: str, parts: Sequence[Part], kind: str = "generate"):
+    def __init__(self, model: str, parts: Sequence[Part], kind: str = "generate", owner: str | None = None):
         self.id = uuid.uuid4().hex
+        self.owner = owner  # the client (key or session) that made it; None where the server has one user
         self.model = model
         self.parts = tuple(parts)
         self.kind = kind
@@ -164,9 +176,11 @@ class JobQueue:
             self._cond.notify_all()
         return job
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str, owner: str | None = None) -> Job | None:
+        """The job, if it is held and belongs to `owner` (a job without an owner belongs to everybody)."""
         with self._cond:
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id)
+        return job if job is not None and job.owner in (None, owner) else None
 
     def cancel(self, job: Job) -> None:
         """Cancel a job: a waiting one leaves the queue now, a running one stops at its next step."""
@@ -177,9 +191,10 @@ class JobQueue:
                 queue.remove(job)
                 job.finish(CANCELLED)
 
-    def running(self) -> list[Job]:
+    def running(self, owner: str | None = None, everyone: bool = True) -> list[Job]:
+        """Running jobs: all, or (`everyone` False) those of `owner` and those without an owner."""
         with self._cond:
-            return [j for j in self._jobs.values() if j.status == RUNNING]
+            return [j for j in self._jobs.values() if j.status == RUNNING and (everyone or j.owner in (None, owner))]
 
     def waiting(self) -> int:
         with self._cond:
@@ -256,12 +271,14 @@ class JobQueue:
             job.finish(FAILED, JobFailure("validation", str(error), error.problems))
         except ModelLoadError as error:
             job.finish(FAILED, JobFailure("model", str(error)))
-        except (torch.OutOfMemoryError, MemoryError) as error:
-            gc.collect()
-            job.finish(FAILED, JobFailure("out_of_memory", f"out of memory: {error or type(error).__name__}; "
-                                          "try a smaller size or batch"))
         except AvertError as error:
             job.finish(FAILED, JobFailure("validation", str(error)))
+        except Exception as error:  # noqa: BLE001 - out of memory is told apart; anything else goes to _work
+            if not is_out_of_memory(error):
+                raise
+            gc.collect()
+            job.finish(FAILED, JobFailure("out_of_memory", f"out of memory: {str(error)[:300] or type(error).__name__}; "
+                                          "try a smaller size or batch"))
 
     def _run_part(self, job: Job, part: Part, components) -> bool:
         """Render one part; False when the job was cancelled (a skipped part counts as done, without images)."""

@@ -21,49 +21,38 @@ from avert.pipeline.compare import NO_NEGATIVE
 from avert.request import GenerationRequest, Negative
 from avert.sampling.noise import resolve_seed
 from avert.schema import PARAMS
-from avert.server import bodies
+from avert.server import bodies, openapi
 from avert.server.http import error_response, failure_response, wait_for
 from avert.server.jobs import CANCELLED, FAILED, Job, Part
 from avert.server.results import job_json
-from avert.server.state import ServerState, get_state
+from avert.server.security import client_of
+from avert.server.state import ServerState, get_state, owner
 
 router = APIRouter(prefix="/v1", tags=["avert API"])
 
 MAX_COLUMNS = 8
 
 
-def _body_schema(extra: dict[str, Any]) -> dict:
-    properties = {name: bodies.field_schema(name) for name in bodies.REQUEST_FIELDS}
-    properties["negative_prompt"] = {"description": "a string, or a list with one negative per image",
-                                     "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
-    if "negatives" in properties:
-        properties["negatives"] = {"type": "array", "description": "negatives with weights and windows (fractions "
-                                   "of the run); a plain text means weight 1, the whole run",
-                                   "items": {"anyOf": [{"type": "string"}, {"type": "object", "properties": {
-                                       "text": {"type": "string"}, "weight": {"type": "number", "default": 1.0},
-                                       "start": {"type": "number", "default": 0.0},
-                                       "end": {"type": "number", "default": 1.0}}}]}}
-    properties["model"] = {"type": "string", "description": "a served model's name (GET /v1/models)"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "additionalProperties": False, "properties": {**properties, **extra}}}}}}
-
-
-@router.post("/generate", summary="Generate images (waits unless ?wait=false)", openapi_extra=_body_schema({}))
+@router.post("/generate", summary="Generate images (waits unless ?wait=false)", openapi_extra=openapi.native_body({}))
 async def generate(request: Request, wait: bool = True) -> JSONResponse:
     state = get_state(request)
-    body = bodies.parse_json(await request.body())
-    job = await run_in_threadpool(generate_job, state, body)
+    job = await run_in_threadpool(_job, generate_job, state, await request.body(), owner(request))
     return await _submit(state, job, request, wait)
 
 
 @router.post("/compare", summary="The same seed without a negative and with each negative in `columns`",
-             openapi_extra=_body_schema({"columns": {"type": "array", "items": {"type": "string"},
-                                                     "description": "negatives, one column each"}}))
+             openapi_extra=openapi.compare_body(MAX_COLUMNS))
 async def compare(request: Request, wait: bool = True) -> JSONResponse:
     state = get_state(request)
-    body = bodies.parse_json(await request.body())
-    job = await run_in_threadpool(compare_job, state, body)
+    job = await run_in_threadpool(_job, compare_job, state, await request.body(), owner(request))
     return await _submit(state, job, request, wait)
+
+
+def _job(build, state: ServerState, raw: bytes, client: str | None) -> Job:
+    """Parse a body and build its job (off the event loop: parsing and validation take time)."""
+    job = build(state, bodies.parse_json(raw))
+    job.owner = client
+    return job
 
 
 async def _submit(state: ServerState, job: Job, request: Request, wait: bool) -> JSONResponse:
@@ -92,8 +81,11 @@ def generate_job(state: ServerState, body: dict) -> Job:
     model, request, negative = _request(state, body, ())
     first, per_image = bodies.split_negatives(negative, request.batch_size if isinstance(request.batch_size, int) else 0)
     request = request.replace(negative_prompt=first)
-    bodies.check(request, state.config.limits, state.registry.components(model), per_image)
-    return Job(model, bodies.batch_parts(request, per_image), kind="generate")
+    components = state.registry.components(model)
+    bodies.check(request, state.config.limits, components, per_image)
+    parts = bodies.batch_parts(request, per_image)
+    bodies.check_work(parts, components, state.config.limits)
+    return Job(model, parts, kind="generate")
 
 
 def compare_job(state: ServerState, body: dict) -> Job:
@@ -119,6 +111,7 @@ def compare_job(state: ServerState, body: dict) -> Job:
                                    for p in error.problems]) from None
     base = base.replace(seed=resolve_seed(base.seed))
     parts = [Part(base, NO_NEGATIVE)] + [Part(base.replace(negatives=(n,)), _label(n)) for n in negatives]
+    bodies.check_work(parts, components, state.config.limits)
     return Job(model, parts, kind="compare")
 
 
@@ -142,7 +135,7 @@ def _label(negative: Negative) -> str:
 
 @router.get("/jobs/{job_id}", summary="A job's status and progress; images, seeds and metadata once done")
 async def get_job(job_id: str, request: Request, images: bool = True) -> JSONResponse:
-    job = get_state(request).queue.get(job_id)
+    job = get_state(request).queue.get(job_id, client_of(request.scope))
     if job is None:
         return _no_job(job_id)
     return JSONResponse(job_json(job, images=images))
@@ -160,7 +153,7 @@ async def cancel_job(job_id: str, request: Request) -> JSONResponse:
 
 def _cancel(job_id: str, request: Request) -> JSONResponse:
     state = get_state(request)
-    job = state.queue.get(job_id)
+    job = state.queue.get(job_id, client_of(request.scope))
     if job is None:
         return _no_job(job_id)
     state.queue.cancel(job)
@@ -168,7 +161,7 @@ def _cancel(job_id: str, request: Request) -> JSONResponse:
 
 
 def _no_job(job_id: str) -> JSONResponse:
-    problem = FieldProblem("job_id", job_id[:64], "must be the id of a job this server still holds")
+    problem = FieldProblem("job_id", job_id[:64], "must be the id of a job of yours this server still holds")
     return JSONResponse({"error": "not found", "detail": str(problem),
                          "errors": [{"field": "job_id", "value": problem.value, "allowed": problem.allowed,
                                      "message": str(problem)}]}, status_code=404)

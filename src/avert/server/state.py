@@ -10,6 +10,7 @@ from starlette.requests import Request
 from avert.server.config import ServerConfig
 from avert.server.jobs import JobQueue
 from avert.server.registry import ModelRegistry
+from avert.server.security import client_of
 
 
 @dataclass
@@ -25,3 +26,8 @@ class ServerState:
 
 def get_state(request: Request) -> ServerState:
     return request.app.state.avert
+
+
+def owner(request: Request) -> str | None:
+    """The client a new job belongs to, where jobs have owners (`ServerConfig.owned_jobs`), else None."""
+    return client_of(request.scope) if get_state(request).config.owned_jobs else None

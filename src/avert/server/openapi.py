@@ -1,0 +1,134 @@
+"""The request bodies as JSON Schema, for the OpenAPI document: derived from the same declarations that validate
+them (`avert.schema.PARAMS`, the A1111 field tables), so that a client generated from the document sends what
+the server accepts. What a schema cannot say (the work budget, a negative per image matching the batch, eta per
+sampler, a method's own options) is said in the descriptions; the server names it when it refuses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from avert.sampling.samplers import SAMPLER_NAMES
+from avert.schema import PARAMS_BY_NAME, Limits
+from avert.server.bodies import REQUEST_FIELDS
+
+NULL = {"type": "null"}
+WORK = ("Every request is held to the server's work budget (avert serve --max-work, in megapixel steps: width x "
+        "height / 10^6 x model evaluations x branches x images); over it, 422 names the figure and the limit.")
+
+
+def field_schema(name: str, limits: Limits = Limits()) -> dict:
+    """The JSON schema of a request field from `avert.schema` (type, default, bounds, choices, help); a field
+    whose default is None (the model's size, its method, ...) also takes null."""
+    param = PARAMS_BY_NAME.get(name)
+    if param is None:
+        return {}
+    kind = {int: "integer", float: "number", str: "string", bool: "boolean"}.get(param.type, "string")
+    schema: dict[str, Any] = {"type": kind, "description": param.help}
+    if param.choices:
+        schema["enum"] = list(param.choices)
+    if param.low is not None and param.type not in (str, bool):
+        schema["minimum"] = param.low(limits)
+    if param.high is not None:
+        schema["maxLength" if param.type is str else "maximum"] = param.high(limits)
+    if param.multiple_of:
+        schema["multipleOf"] = param.multiple_of
+    if param.allow:
+        schema = {"anyOf": [schema, {"enum": list(param.allow)}], "description": param.help}
+    if param.default is None:
+        return {"anyOf": [schema, NULL], "default": None, "description": param.help}
+    return {**schema, "default": param.default}
+
+
+def negative_schema(limits: Limits = Limits()) -> dict:
+    text = {"type": "string", "maxLength": limits.max_prompt_chars}
+    share = {"type": "number", "minimum": 0, "maximum": 1}
+    return {"anyOf": [text, {"type": "object", "additionalProperties": False, "required": ["text"], "properties": {
+        "text": text, "weight": {"type": "number", "minimum": -10, "maximum": 10, "default": 1.0},
+        "start": {**share, "default": 0.0}, "end": {**share, "default": 1.0}}}],
+        "description": "a negative: a text (weight 1, the whole run), or {text, weight, start, end} (start < end, "
+        "fractions of the run)"}
+
+
+def native_body(extra: dict[str, Any], limits: Limits = Limits()) -> dict:
+    """`/v1/generate` (and, with `extra`, `/v1/compare`): every request field by name, and `model`."""
+    properties = {name: field_schema(name, limits) for name in REQUEST_FIELDS}
+    text = {"type": "string", "maxLength": limits.max_prompt_chars}
+    properties["negative_prompt"] = {"description": "a string, or a list with one negative per image (as many as "
+                                     "batch_size)", "anyOf": [text, {"type": "array", "items": text,
+                                                                      "maxItems": limits.max_batch_size}]}
+    properties["negatives"] = {"type": "array", "items": negative_schema(limits), "maxItems": limits.max_negatives,
+                               "description": "negatives with weights and windows"}
+    properties["model"] = {"type": "string", "description": "a served model's name (GET /v1/models)"}
+    properties.update(extra)
+    return _body({"type": "object", "additionalProperties": False, "properties": properties}, WORK)
+
+
+def compare_body(max_columns: int, limits: Limits = Limits()) -> dict:
+    """`/v1/compare`: the native body without negatives of its own, and `columns`."""
+    body = native_body({"columns": {"type": "array", "items": negative_schema(limits), "minItems": 1,
+                                    "maxItems": max_columns, "description": "negatives, one column each"}}, limits)
+    schema = body["requestBody"]["content"]["application/json"]["schema"]
+    schema["properties"]["negative_prompt"] = {"enum": ["", None], "description": "must be empty: put each negative "
+                                               "in columns"}
+    schema["properties"]["negatives"] = {"type": "array", "maxItems": 0, "description": "must be empty"}
+    schema["required"] = ["columns"]
+    return body
+
+
+def txt2img_body(defaults: dict[str, Any], fixed: dict[str, dict], ignored: tuple[str, ...],
+                 limits: Limits = Limits()) -> dict:
+    """`/sdapi/v1/txt2img`: A1111's fields with their defaults; avert's own under the same name as declared;
+    fields avert does not implement limited to the values where they have no effect (`fixed`)."""
+    properties: dict[str, Any] = {}
+    for name, default in defaults.items():
+        if name in A1111_OWN:
+            schema = A1111_OWN[name]
+        elif name in PARAMS_BY_NAME:  # avert's own field; null means its default where A1111 has no value for it
+            schema = field_schema(name, limits)
+            schema = schema if name in A1111_VALUED else {"anyOf": [schema, NULL]}
+        elif name in fixed:
+            schema = fixed[name]
+        elif name in ignored:
+            schema = {"description": "accepted and ignored (it changes nothing here)"}
+        else:
+            schema = {}
+        properties[name] = {**schema, "default": default}
+    return _body({"type": "object", "additionalProperties": False, "properties": properties},
+                 "AUTOMATIC1111's txt2img fields and defaults. " + WORK)
+
+
+A1111_VALUED = ("prompt", "seed", "steps", "cfg_scale", "width", "height", "batch_size")  # null is not a value
+SAMPLER_CHOICE = {"anyOf": [{"enum": list(SAMPLER_NAMES)}, NULL]}
+A1111_OWN: dict[str, Any] = {
+    "negative_prompt": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                        "description": "a string, or (avert's extension) a list with one negative per image"},
+    "sampler_name": SAMPLER_CHOICE, "sampler_index": SAMPLER_CHOICE,
+    "scheduler": {"enum": ["automatic", "karras", "Automatic", "Karras", "", None]},
+    "n_iter": {"type": "integer", "minimum": 1, "maximum": Limits().max_batch_size},
+    "eta": {"anyOf": [{"type": "number"}, NULL], "description": "1 (or null) for ancestral and SDE samplers, 0 (or "
+            "null) for DDIM, any number for the others (they do not use it)"},
+    "override_settings": {"anyOf": [NULL, {"type": "object", "additionalProperties": False, "properties": {
+        "sd_model_checkpoint": {"type": "string"}, "CLIP_stop_at_last_layers": {"type": "integer", "minimum": 1,
+                                                                               "maximum": 12},
+        "avert_guidance": field_schema("guidance")}}]},
+}
+
+
+def png_info_body() -> dict:
+    return _body({"type": "object", "additionalProperties": False, "required": ["image"], "properties": {
+        "image": {"type": "string", "contentEncoding": "base64", "description": "a PNG as base64, optionally a data: "
+                  "URL; URLs are never fetched"}}}, "A PNG whose generation parameters are read")
+
+
+def options_body(current: dict[str, Any], models: tuple[str, ...]) -> dict:
+    """POST /sdapi/v1/options: sd_model_checkpoint switches the model; the other options keep their values."""
+    properties = {k: {"const": v} for k, v in current.items()}
+    properties["sd_model_checkpoint"] = {"enum": list(models)}
+    return _body({"type": "object", "additionalProperties": False, "properties": properties},
+                 "A1111's options; only sd_model_checkpoint can change, the others must equal their current value")
+
+
+def _body(schema: dict, description: str) -> dict:
+    return {"requestBody": {"required": True, "description": description,
+                            "content": {"application/json": {"schema": schema}}}}

@@ -1,0 +1,193 @@
+"""Red-team run of `avert serve` and the `avert` command; prints the table and writes it into docs/security.md.
+
+    python tools/redteam.py [--memory-requests 1000] [--no-cli]
+
+Every hostile input of `avert.testing.hostile` (HTTP requests to a real server process on 127.0.0.1, and
+invocations of the real command) is tried once; the table lists the status each got, the status it must get,
+and the time. Then, on the same server: the memory after N mixed bad requests, how long /sdapi/v1/progress
+takes to answer while hostile requests are being refused, and how many model evaluations a job runs after a
+DELETE. The section between the markers in docs/security.md is replaced; the rest of the page is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from avert.testing.hostile import (JSON, ServerProcess, cli_cases, http_cases, run_cli, send)  # noqa: E402
+
+ERROR_LINE = re.compile(r"^avert(?: \w+)?: error: .+$", re.M)  # one error line: ours, or argparse's
+BEGIN, END = "<!-- redteam:begin -->", "<!-- redteam:end -->"
+
+
+def http_rows(url: str) -> list[dict]:
+    rows = []
+    for case in http_cases():
+        status, seconds, text = send(url, case)
+        rows.append({"kind": "HTTP", "group": case.group, "label": case.label, "want": case.status, "got": status,
+                     "seconds": seconds, "traceback": "Traceback" in text})
+    return rows
+
+
+def cli_rows(folder: Path) -> list[dict]:
+    cases = cli_cases(folder)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(run_cli, cases))
+    return [{"kind": "CLI", "group": c.group, "label": c.label, "want": c.status, "got": code, "seconds": seconds,
+             "traceback": "Traceback" in err or len(ERROR_LINE.findall(err)) != 1}
+            for c, (code, seconds, err) in zip(cases, results)]
+
+
+def memory(server: ServerProcess, count: int) -> dict:
+    """RSS after a warm-up of 100 bad requests, then after `count` more, cycling through the HTTP cases that
+    are refused (no image is made)."""
+    refused = [c for c in http_cases() if c.status != 200 and len(c.data() or b"") < 2**20]
+    for case in refused[:100]:
+        send(server.url, case)
+    before = server.rss_bytes()
+    for case in itertools.islice(itertools.cycle(refused), count):
+        send(server.url, case)
+    after = server.rss_bytes()
+    return {"requests": count, "before": before, "after": after, "change": after / before - 1}
+
+
+def progress_latency(server: ServerProcess, seconds: float = 15.0) -> dict:
+    """Poll /sdapi/v1/progress every 0.1 s while two threads send the heaviest refused requests."""
+    heavy = [c for c in http_cases() if c.status in (413, 422) and c.group in ("prompt bombs", "png-info", "JSON (generate)",
+                                                                           "work budget", "headers and origin")]
+    stop = threading.Event()
+
+    def attack():
+        for case in itertools.cycle(heavy):
+            if stop.is_set():
+                return
+            send(server.url, case)
+
+    threads = [threading.Thread(target=attack, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    latencies = []
+    end = time.time() + seconds
+    while time.time() < end:
+        started = time.perf_counter()
+        requests.get(server.url + "/sdapi/v1/progress", timeout=30)
+        latencies.append(time.perf_counter() - started)
+        time.sleep(0.1)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    return {"polls": len(latencies), "median": statistics.median(latencies), "max": max(latencies)}
+
+
+def cancel_run(server: ServerProcess) -> dict:
+    """A 150-step Heun job (300 model evaluations) at 64x64; DELETE it after a few evaluations; count the
+    evaluations it ran after the DELETE returned."""
+    body = {"prompt": "a house", "negative_prompt": "trees", "steps": 150, "sampler": "Heun", "width": 64, "height": 64}
+    job = requests.post(server.url + "/v1/generate?wait=false", json=body, timeout=30).json()
+    url = f"{server.url}/v1/jobs/{job['id']}"
+    while requests.get(url, params={"images": "false"}, timeout=30).json()["progress"]["step"] < 4:
+        time.sleep(0.01)
+    answer = requests.delete(url, timeout=30).json()
+    at_delete = answer["progress"]["step"]
+    started = time.perf_counter()
+    while (state := requests.get(url, params={"images": "false"}, timeout=30).json())["status"] == "running":
+        time.sleep(0.01)
+    return {"status": state["status"], "at_delete": at_delete, "at_end": state["progress"]["step"],
+            "total": state["progress"]["steps"], "seconds": time.perf_counter() - started}
+
+
+def machine() -> str:
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next(l for l in f if l.startswith("flags"))
+        flags = " ".join(sorted(f for f in line.split(":")[1].split() if f in ("avx2", "avx512f", "avx512_bf16",
+                                                                                   "amx_bf16", "fma")))
+    except (OSError, StopIteration):
+        pass
+    model = next((l.split(":")[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    return f"{model}, {os.cpu_count()} cores, CPU flags: {flags or 'unknown'}; Python {platform.python_version()}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| # | kind | group | input | status | must be | s |", "|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(rows, 1):
+        mark = "" if r["got"] == r["want"] and not r["traceback"] else " **(differs)**"
+        lines.append(f"| {i} | {r['kind']} | {r['group']} | {r['label'].replace('|', '&#124;')} | {r['got']}{mark} | "
+                     f"{r['want']} | {r['seconds']:.2f} |")
+    return "\n".join(lines)
+
+
+def report(rows: list[dict], mem: dict, latency: dict, cancel: dict) -> str:
+    http = [r for r in rows if r["kind"] == "HTTP"]
+    cli = [r for r in rows if r["kind"] == "CLI"]
+    wrong = [r for r in rows if r["got"] != r["want"] or r["traceback"]]
+    five = [r for r in http if r["got"] >= 500 and r["got"] != 501]
+    slow = max(r["seconds"] for r in http if r["want"] != 200)
+    return "\n".join([
+        BEGIN,
+        f"Made by `python tools/redteam.py` on {datetime.now(timezone.utc):%Y-%m-%d} ({machine()}), against "
+        "`avert serve --rate-limit 0` (loopback, no key, default budget) on the embedded model.",
+        "",
+        f"- **{len(rows)} distinct hostile inputs**: {len(http)} HTTP requests, {len(cli)} CLI invocations. "
+        f"Status other than the one required: {len(wrong)}. HTTP 500 (or any 5xx but img2img's 501): {len(five)}. "
+        f"Tracebacks: {sum(r['traceback'] for r in rows)}.",
+        f"- Slowest answer to a refused HTTP request: {slow:.2f} s. The 8190-character parser bomb "
+        f"(910 x `(a:1.1), `) renders in {next(r['seconds'] for r in http if r['label'].startswith('910 x ' + chr(39) + '(')):.2f} s.",
+        f"- Memory: {mem['before'] / 2**20:.0f} MiB after a warm-up, {mem['after'] / 2**20:.0f} MiB after "
+        f"{mem['requests']} more bad requests ({mem['change'] * 100:+.1f}%).",
+        f"- `/sdapi/v1/progress` while two clients send the heaviest refused requests: {latency['polls']} polls, median "
+        f"{latency['median'] * 1000:.0f} ms, slowest {latency['max'] * 1000:.0f} ms.",
+        f"- DELETE of a running 150-step Heun job: evaluation {cancel['at_delete']} of {cancel['total']} when the "
+        f"DELETE returned, {cancel['at_end']} when it stopped ({cancel['status']}, {cancel['seconds']:.2f} s later).",
+        "",
+        table(rows),
+        END,
+    ])
+
+
+def write(page: Path, section: str) -> None:
+    text = page.read_text() if page.exists() else f"# Security\n\n{BEGIN}\n{END}\n"
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    page.write_text(head + section + tail)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--memory-requests", type=int, default=1000)
+    parser.add_argument("--no-cli", action="store_true", help="skip the CLI cases (faster)")
+    parser.add_argument("--page", type=Path, default=ROOT / "docs" / "security.md")
+    args = parser.parse_args()
+    with ServerProcess("--rate-limit", "0") as server:
+        rows = http_rows(server.url)
+        mem = memory(server, args.memory_requests)
+        latency = progress_latency(server)
+        cancel = cancel_run(server)
+    if not args.no_cli:
+        with tempfile.TemporaryDirectory() as folder:
+            rows += cli_rows(Path(folder))
+    section = report(rows, mem, latency, cancel)
+    print(section)
+    write(args.page, section)
+    return 0 if all(r["got"] == r["want"] and not r["traceback"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
