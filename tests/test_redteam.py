@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from avert.testing.hostile import JSON, TINY, ServerProcess, cli_cases, http_cases, run_cli, send
+from avert.testing.hostile import TINY, ServerProcess, cli_cases, http_cases, run_cli, send
 
 CASES = http_cases()
-ERROR_LINE = re.compile(r"^avert(?: \w+)?: error: .+$", re.M)  # ours, or argparse's "avert serve: error: ..."
+ERROR_LINE = re.compile(r"^avert(?: [\w-]+)*: error: .+$", re.M)  # ours, or argparse's "avert serve: error: ..."
 REFUSAL_SECONDS = 2.0  # the slowest a refused request may be answered (the 8190-character bomb included)
 
 

@@ -30,9 +30,9 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from avert.testing.hostile import (JSON, ServerProcess, cli_cases, http_cases, run_cli, send)  # noqa: E402
+from avert.testing.hostile import ServerProcess, cli_cases, http_cases, run_cli, send  # noqa: E402
 
-ERROR_LINE = re.compile(r"^avert(?: \w+)?: error: .+$", re.M)  # one error line: ours, or argparse's
+ERROR_LINE = re.compile(r"^avert(?: [\w-]+)*: error: .+$", re.M)  # one error line: ours, or argparse's
 BEGIN, END = "<!-- redteam:begin -->", "<!-- redteam:end -->"
 
 
@@ -112,6 +112,31 @@ def cancel_run(server: ServerProcess) -> dict:
             "total": state["progress"]["steps"], "seconds": time.perf_counter() - started}
 
 
+def work_rate(server: ServerProcess) -> list[dict]:
+    """Seconds per megapixel step of the served model: plain CFG requests of known work, timed whole."""
+    rows = []
+    for size, steps in ((64, 20), (256, 4), (512, 2)):
+        body = {"prompt": "a house", "guidance": "cfg", "width": size, "height": size, "steps": steps, "seed": 1}
+        requests.post(server.url + "/v1/generate", json={**body, "steps": 1}, timeout=600)  # warm
+        started = time.perf_counter()
+        assert requests.post(server.url + "/v1/generate", json=body, timeout=600).ok
+        seconds = time.perf_counter() - started
+        work = size * size / 1e6 * steps * 2  # Euler a: one evaluation a step; cfg without a negative: 2 branches
+        rows.append({"size": size, "steps": steps, "work": work, "seconds": seconds, "rate": seconds / work})
+    return rows
+
+
+def longest_text(server: ServerProcess) -> dict:
+    """The most text one request may make the server encode (65536 characters: a prompt and 7 negatives of
+    8192), each a different text, at 32x32 and one step: the time is the text encoder's."""
+    words = [f"w{i}" for i in range(20000)]
+    texts = [" ".join(words[k * 2000:(k + 1) * 2000])[:8192] for k in range(8)]
+    body = {"prompt": texts[0], "negatives": texts[1:], "guidance": "cfg", "width": 32, "height": 32, "steps": 1}
+    started = time.perf_counter()
+    r = requests.post(server.url + "/v1/generate", json=body, timeout=600)
+    return {"status": r.status_code, "seconds": time.perf_counter() - started, "chars": sum(map(len, texts))}
+
+
 def machine() -> str:
     flags = ""
     try:
@@ -134,7 +159,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def report(rows: list[dict], mem: dict, latency: dict, cancel: dict) -> str:
+def report(rows: list[dict], mem: dict, latency: dict, cancel: dict, rate: list[dict], text: dict) -> str:
     http = [r for r in rows if r["kind"] == "HTTP"]
     cli = [r for r in rows if r["kind"] == "CLI"]
     wrong = [r for r in rows if r["got"] != r["want"] or r["traceback"]]
@@ -156,6 +181,13 @@ def report(rows: list[dict], mem: dict, latency: dict, cancel: dict) -> str:
         f"{latency['median'] * 1000:.0f} ms, slowest {latency['max'] * 1000:.0f} ms.",
         f"- DELETE of a running 150-step Heun job: evaluation {cancel['at_delete']} of {cancel['total']} when the "
         f"DELETE returned, {cancel['at_end']} when it stopped ({cancel['status']}, {cancel['seconds']:.2f} s later).",
+        "- The embedded model's cost per megapixel step (plain CFG, Euler a, whole requests): " + "; ".join(
+            f"{r['size']}x{r['size']}, {r['steps']} steps ({r['work']:.3g} MP steps): {r['seconds']:.1f} s, "
+            f"{r['rate']:.1f} s per MP step" for r in rate) + f". At the slowest rate the default budget of 16 MP "
+        f"steps is {16 * max(r['rate'] for r in rate) / 60:.1f} minutes.",
+        f"- The most text a request may have encoded ({text['chars']} characters, a prompt and 7 negatives, 32x32, one "
+        f"step): status {text['status']} in {text['seconds']:.1f} s (one batched forward of the text encoder, not "
+        "interrupted by a cancel).",
         "",
         table(rows),
         END,
@@ -180,10 +212,12 @@ def main() -> int:
         mem = memory(server, args.memory_requests)
         latency = progress_latency(server)
         cancel = cancel_run(server)
+        rate = work_rate(server)
+        text = longest_text(server)
     if not args.no_cli:
         with tempfile.TemporaryDirectory() as folder:
             rows += cli_rows(Path(folder))
-    section = report(rows, mem, latency, cancel)
+    section = report(rows, mem, latency, cancel, rate, text)
     print(section)
     write(args.page, section)
     return 0 if all(r["got"] == r["want"] and not r["traceback"] for r in rows) else 1

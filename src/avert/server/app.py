@@ -16,7 +16,7 @@ from avert.conditioning.embeddings import load_embeddings
 from avert.errors import AvertError, ValidationError
 from avert.pipeline.generate import generate
 from avert.pipeline.runtime import Runtime
-from avert.server import a1111, native, openapi
+from avert.server import a1111, a1111_info, native, openapi
 from avert.server.config import ServerConfig
 from avert.server.http import error_response, problems_response, queue_full_response
 from avert.server.jobs import JobQueue, QueueFull, Render, is_out_of_memory
@@ -52,6 +52,7 @@ def create_app(config: ServerConfig = ServerConfig(), *, render: Render = genera
                   "AUTOMATIC1111-compatible API under /sdapi/v1 and avert's own API under /v1.")
     app.state.avert = ServerState(config, registry, queue, registry.default_name)
     app.include_router(a1111.router)
+    app.include_router(a1111_info.router)
     app.include_router(native.router)
     _add_page(app)
     policies = add_docs(app)
@@ -83,7 +84,7 @@ def _live_openapi(app: FastAPI) -> None:
     def document() -> dict:
         schema = copy.deepcopy(FastAPI.openapi(app))  # FastAPI builds it once and caches it
         state: ServerState = app.state.avert
-        body = openapi.options_body(a1111.options(state), state.registry.names())
+        body = openapi.options_body(a1111_info.options(state), state.registry.names())
         schema["paths"]["/sdapi/v1/options"]["post"]["requestBody"] = body["requestBody"]
         return schema
 
