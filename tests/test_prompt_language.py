@@ -398,7 +398,7 @@ def test_schedule_cut_at_commas_equals_the_whole_parse_on_random_texts():
 
     from avert.prompts.schedule import _schedule_whole
 
-    tokens = st.sampled_from(list("ab ,()[]:|") + ["1", "0.5", "3", ", ", "\\(", "\\[", "\\"])
+    tokens = st.sampled_from(list("ab ,()[]:|\n") + ["1", "0.5", "3", ", ", "\\(", "\\[", "\\", "\\\n"])
 
     @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(st.lists(tokens, max_size=20), st.integers(1, 12))

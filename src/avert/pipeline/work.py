@@ -8,8 +8,8 @@ where `evaluations` is the number of model evaluations the sampler makes over th
 the second-order samplers Heun, DPM2 and DPM++ SDE: counted from the scheduler's own timesteps), `branches` the
 conditioned samples each evaluation carries for one image (the prompt's AND parts, each negative's AND parts and
 the empty prompt where the method needs it; an upper bound, since windows and intervals only ever drop branches)
-and `images` the batch. Time on a given machine is roughly proportional: `docs/security.md` gives the seconds
-per megapixel step measured for the embedded model and for Stable Diffusion 1.5 on these machines.
+and `images` the batch. Time on a given machine is roughly proportional (attention makes large sizes dearer):
+`docs/security.md` gives the seconds per megapixel step measured for the embedded model by `tools/redteam.py`.
 """
 
 from __future__ import annotations

@@ -95,15 +95,16 @@ def check_parser_load(counts: tuple[int, ...]) -> None:
     if any(n > MAX_PIECE_TOKENS for n in counts) or sum(counts) > MAX_PARSED_TOKENS:
         raise PromptTooComplex(
             f"must have at most {MAX_PIECE_TOKENS} bracket, colon and bar characters in one stretch between commas "
-            f"and {MAX_PARSED_TOKENS} in all stretches that hold [ ] (this has {max(counts)} and {sum(counts)}), "
+            f"and {MAX_PARSED_TOKENS} in all stretches the parser reads (this has {max(counts)} and {sum(counts)}), "
             "so that [from:to:when] and [a|b] parse in bounded time: separate them with commas, close every "
             "bracket (a text whose brackets do not balance is parsed whole), or escape literal brackets as \\[ \\]")
 
 
 def _needs_parser(piece: str) -> bool:
-    """Only `[` starts a schedule; `|` and `\\` are the other characters that can make the parse fail (and so
-    the whole text literal). A piece with none of them stands for itself."""
-    return "[" in piece or "|" in piece or "\\" in piece
+    """Only `[` starts a schedule; a `|` outside one, a backslash at the end or before a line break are what else
+    can make the parse fail (and so the whole text literal). A piece with none of them stands for itself, so
+    escaped brackets (`\\(artist\\)`) cost the parser nothing."""
+    return "[" in piece or "|" in piece or piece.endswith("\\") or "\\\n" in piece
 
 
 def _schedule_whole(text: str, steps: int) -> tuple[ScheduleEntry, ...]:
