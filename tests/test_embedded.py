@@ -51,12 +51,12 @@ def test_embedded_model_equals_diffusers_pipeline_on_the_same_components(embedde
     """
     from diffusers import StableDiffusionPipeline
 
-    from avert.sampling.samplers import sampler_spec
+    from sampler_reference import reference_scheduler
 
     request = REQUEST.replace(sampler=sampler, guidance="cfg")  # diffusers' pipeline is plain CFG
     pipe = StableDiffusionPipeline(unet=embedded.unet, vae=None, text_encoder=embedded.text_encoder,
                                    tokenizer=embedded.tokenizer,
-                                   scheduler=sampler_spec(sampler).build(embedded.scheduler_config, request.seed),
+                                   scheduler=reference_scheduler(sampler, embedded.scheduler_config, request.seed),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     native = embedded.unet.config.sample_size

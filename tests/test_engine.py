@@ -9,7 +9,7 @@ import torch
 from avert.guidance.denoiser import Denoiser
 from avert.pipeline.generate import generate
 from avert.request import GenerationRequest
-from avert.sampling.samplers import sampler_spec
+from sampler_reference import reference_scheduler
 
 BASE = GenerationRequest("a red house", "blue tree", seed=1234, steps=5, cfg_scale=7.5, width=64, height=64)
 PARITY_SAMPLERS = ["Euler a", "Euler", "DPM++ 2M Karras", "DDIM", "Heun", "DPM++ SDE Karras", "UniPC", "LMS",
@@ -21,8 +21,9 @@ def pixels(image) -> np.ndarray:
 
 
 def diffusers_image(pipe, components, request: GenerationRequest, **overrides):
-    """The reference: diffusers' StableDiffusionPipeline on the same components and scheduler."""
-    pipe.scheduler = sampler_spec(request.sampler).build(components.scheduler_config, request.seed)
+    """The reference: diffusers' StableDiffusionPipeline on the same components, with the scheduler diffusers
+    documents for the A1111 name (`sampler_reference`, not avert's table)."""
+    pipe.scheduler = reference_scheduler(request.sampler, components.scheduler_config, request.seed)
     kwargs = dict(negative_prompt=request.negative_prompt or None, num_inference_steps=request.steps,
                   guidance_scale=request.cfg_scale, width=request.width, height=request.height,
                   generator=torch.Generator("cpu").manual_seed(request.seed))

@@ -120,15 +120,71 @@ def test_prediction_type_override(tiny_folder):
     assert load_model(tiny_folder, prediction_type="v_prediction").scheduler_config["prediction_type"] == "v_prediction"
 
 
-def test_loading_never_reaches_a_hub(tiny_folder, monkeypatch):
-    import huggingface_hub
+OFFLINE_SCRIPT = r"""
+import socket, sys, threading, time
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+attempts = []
+connect, connect_ex, getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("hub access attempted")
+def allowed(sock, address):
+    return sock.family == socket.AF_UNIX or (isinstance(address, tuple) and address[0] in LOOPBACK)
 
-    for name in ("hf_hub_download", "snapshot_download", "model_info"):
-        monkeypatch.setattr(huggingface_hub, name, refuse)
-    load_model(tiny_folder)
+def guard(method):
+    def guarded(self, address):
+        if not allowed(self, address):
+            attempts.append(repr(address))
+            raise OSError("network blocked by the test")
+        return method(self, address)
+    return guarded
+
+def lookup(host, *args, **kwargs):
+    if host not in LOOPBACK and host is not None:
+        attempts.append(f"dns {host}")
+        raise socket.gaierror("name lookup blocked by the test")
+    return getaddrinfo(host, *args, **kwargs)
+
+socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = guard(connect), guard(connect_ex), lookup
+
+from avert.api import generate, load
+from avert.request import GenerationRequest
+load(sys.argv[1])                                        # a diffusers folder
+result = generate(GenerationRequest("a house", "trees", steps=2, seed=1))  # the embedded model
+assert result.images
+
+import requests, uvicorn
+from avert.server.app import create_app
+server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning"))
+threading.Thread(target=server.run, daemon=True).start()
+for _ in range(300):
+    try:
+        answer = requests.post(f"http://127.0.0.1:{sys.argv[2]}/v1/generate", json={"prompt": "a house", "steps": 2},
+                               timeout=60)
+        break
+    except requests.ConnectionError:
+        time.sleep(0.1)
+server.should_exit = True
+assert answer.status_code == 200, answer.text
+print("attempts:", attempts)
+sys.exit(1 if attempts else 0)
+"""
+
+
+def test_loading_generating_and_serving_open_no_connection_beyond_this_machine(tiny_folder):
+    """In a fresh process whose sockets refuse every address but loopback (and whose name lookups refuse every
+    name), with HF_HUB_OFFLINE unset: load a folder, generate on the embedded model, serve a request. Any attempt
+    to reach a hub, through any library, is recorded and fails the test."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    done = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT, str(tiny_folder), str(port)], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 0 and "attempts: []" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]
 
 
 def test_a_folder_without_avert_json_keeps_plain_cfg(tiny):

@@ -28,6 +28,13 @@ ATTENTION = [
     ("normal text", [("normal text", 1.0)]),
     ("an (important) word", [("an ", 1.0), ("important", 1.1), (" word", 1.0)]),
     ("(unbalanced", [("unbalanced", 1.1)]),
+    ("[unbalanced", [("unbalanced", 1 / 1.1)]),  # an unclosed bracket of either kind weighs to the end
+    ("a [b", [("a ", 1.0), ("b", 1 / 1.1)]),
+    ("[[x", [("x", 1 / 1.21)]),
+    ("((x", [("x", 1.21)]),
+    ("a [b (c", [("a ", 1.0), ("b ", 1 / 1.1), ("c", 1.0)]),
+    ("a (b [c", [("a ", 1.0), ("b ", 1.1), ("c", 1.0)]),
+    ("[a] (b", [("a", 1 / 1.1), (" ", 1.0), ("b", 1.1)]),
     ("\\(literal\\]", [("(literal]", 1.0)]),
     ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
     ("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",

@@ -73,7 +73,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         self.process = subprocess.Popen([sys.executable, "-m", "avert.cli", "serve", "--port", str(self.port),
-                                         "--queue-size", str(queue_size)], env=env, stdout=subprocess.DEVNULL,
+                                         "--queue-size", str(queue_size), "--rate-limit", "0"],  # a load test of
+                                        env=env, stdout=subprocess.DEVNULL,  # the queue, from one address
                                         stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120
         while time.time() < deadline:
