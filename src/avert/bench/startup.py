@@ -31,7 +31,13 @@ def run_startup_benchmark(repeats: int = 3, docs: Path = Path("docs")) -> list[f
             subprocess.run([sys.executable, "-m", "avert.cli", *COMMAND, "-o", f"{tmp}/{i}.png"], check=True,
                            capture_output=True)
             times.append(time.perf_counter() - start)
-    table = "\n".join([
+    publish(table(times), docs / "benchmarks" / "startup.md")
+    return times
+
+
+def table(times: list[float]) -> str:
+    """The page: how it was measured (date, machine and CPU flags) and the seconds of each run."""
+    return "\n".join([
         "# Startup benchmark: first image on the embedded model",
         "",
         f"Measured {date.today().isoformat()} by `avert bench startup` on {machine()}, {os.cpu_count()} cores, "
@@ -44,5 +50,3 @@ def run_startup_benchmark(repeats: int = 3, docs: Path = Path("docs")) -> list[f
         *[f"| {i + 1}{' (cold page cache)' if i == 0 else ''} | {t:.2f} |" for i, t in enumerate(times)],
         f"| median | {statistics.median(times):.2f} |",
     ])
-    publish(table, docs / "benchmarks" / "startup.md")
-    return times

@@ -215,7 +215,21 @@ def machine() -> str:
     except OSError:
         pass
     threads = torch.get_num_threads()
-    return f"{cpu or 'CPU'} ({platform.machine()}), {threads} torch thread(s), torch {torch.__version__}"
+    return (f"{cpu or 'CPU'} ({platform.machine()}), CPU flags: {cpu_flags()}, {threads} torch thread(s), "
+            f"torch {torch.__version__}")
+
+
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")  # what decides fp32 and bf16 speed on CPUs
+
+
+def cpu_flags() -> str:
+    """The CPU flags that matter for speed here (AVX-512 bf16 or not: bf16 5x fp32, or emulated far slower)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    return " ".join(flag for flag in SPEED_FLAGS if flag in flags) or "none of " + ", ".join(SPEED_FLAGS)
 
 
 @dataclass(frozen=True)
