@@ -1,0 +1,105 @@
+"""Mutation testing with mutmut: how many small wrong changes to the core modules the tests catch.
+
+    python tools/mutation.py [--group prompts] [--group guidance] ... [--children 2]
+
+For each group, a fresh copy of the committed tree is made in a temporary folder (mutmut 3 rewrites the files it
+mutates and copies the rest of src/ and tests/ beside them, so the package's data files are there and the tests
+import the mutated copy: the copy's `mutants/src` comes before the editable install on the path), mutmut runs the
+group's tests against every mutant, and docs/quality/mutation.md gets the group's counts and its surviving
+mutants (each to be killed by a new test or explained as equivalent). Groups not run keep their last section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "quality" / "mutation.md"
+GROUPS = {  # group -> (paths to mutate, the tests that cover them)
+    "prompts": (["src/avert/prompts/"], ["tests/test_prompt_language.py"]),
+    "guidance": (["src/avert/guidance/"], ["tests/test_guidance.py", "tests/test_apg.py", "tests/test_references.py"]),
+    "validation": (["src/avert/validation.py"], ["tests/test_validation.py"]),
+    "pnginfo": (["src/avert/output/pnginfo.py"], ["tests/test_pnginfo.py"]),
+    "sampling": (["src/avert/sampling/"], ["tests/test_engine.py", "tests/test_references.py"]),
+    "conditioning": (["src/avert/conditioning/"], ["tests/test_prompt_language.py"]),
+}
+COUNTS = re.compile(r"(\d+)/(\d+)\s+🎉 (\d+) 🫥 (\d+)\s+⏰ (\d+)\s+🤔 (\d+)\s+🙁 (\d+)\s+🔇 (\d+)")
+
+
+def run_group(name: str, children: int) -> dict:
+    paths, tests = GROUPS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "avert"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(copy)], check=True)
+        config = (f"\n[tool.mutmut]\npaths_to_mutate = {paths!r}\ntests_dir = [\"tests/\"]\n"
+                  f"also_copy = [\"src/avert/\", \"tests/\"]\n"
+                  f"pytest_add_cli_args = [\"-x\", \"-q\", \"-p\", \"no:warnings\", {', '.join(map(repr, tests))}]\n")
+        with open(copy / "pyproject.toml", "a") as f:
+            f.write(config.replace("'", '"'))
+        run = subprocess.run(["mutmut", "run", "--max-children", str(children)], cwd=copy, capture_output=True,
+                             text=True)
+        found = COUNTS.findall(run.stdout.replace("\r", "\n"))
+        if not found:
+            raise RuntimeError(f"mutmut printed no counts for {name}: {run.stdout[-2000:]} {run.stderr[-2000:]}")
+        done, total, killed, no_tests, timeout, suspicious, survived, skipped = map(int, found[-1])
+        results = subprocess.run(["mutmut", "results"], cwd=copy, capture_output=True, text=True).stdout
+        survivors = [line.split(":")[0].strip() for line in results.splitlines() if ": survived" in line]
+        shown = {s: subprocess.run(["mutmut", "show", s], cwd=copy, capture_output=True, text=True).stdout
+                 for s in survivors}
+    return {"name": name, "total": total, "killed": killed, "no_tests": no_tests, "timeout": timeout,
+            "suspicious": suspicious, "survived": survived, "skipped": skipped, "survivors": shown}
+
+
+def section(r: dict) -> str:
+    caught = r["killed"] + r["timeout"]
+    judged = r["total"] - r["skipped"]
+    lines = [f"<!-- group:{r['name']} -->", f"## {r['name']}", "",
+             f"Measured {datetime.now(timezone.utc):%Y-%m-%d} by `python tools/mutation.py --group {r['name']}` "
+             f"(mutmut, Python {platform.python_version()}); tests: {', '.join(GROUPS[r['name']][1])}.", "",
+             f"- mutants: {r['total']}; caught {caught} (killed {r['killed']}, timed out {r['timeout']}); survived "
+             f"{r['survived']}; no test reaches them {r['no_tests']}; suspicious {r['suspicious']}; skipped "
+             f"{r['skipped']}", f"- **score {caught / judged:.1%}** (caught / all not skipped; a mutant no test "
+             "reaches counts as not caught)", ""]
+    if r["survivors"]:
+        lines += ["Survivors (each to be killed by a test or explained as equivalent; not yet examined):", ""]
+        for name, diff in r["survivors"].items():
+            lines += [f"- `{name}`", "", "```diff", diff.strip()[-1500:], "```", ""]
+    return "\n".join(lines) + f"<!-- /group:{r['name']} -->\n"
+
+
+def write(results: list[dict]) -> None:
+    text = PAGE.read_text() if PAGE.exists() else (
+        "# Mutation testing\n\nHow many small wrong changes to each core module its tests catch. Made by "
+        "`python tools/mutation.py`; one section a group, re-made when its group is run.\n\n")
+    for r in results:
+        pattern = re.compile(rf"<!-- group:{r['name']} -->.*?<!-- /group:{r['name']} -->\n", re.S)
+        text = pattern.sub(lambda _: section(r), text) if pattern.search(text) else text + "\n" + section(r)
+    PAGE.parent.mkdir(parents=True, exist_ok=True)
+    PAGE.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--group", action="append", choices=sorted(GROUPS), help="(repeat; default: all)")
+    parser.add_argument("--children", type=int, default=2)
+    args = parser.parse_args()
+    if shutil.which("mutmut") is None:
+        print("mutation: mutmut is not installed: pip install mutmut", file=sys.stderr)
+        return 2
+    results = [run_group(name, args.children) for name in (args.group or GROUPS)]
+    for r in results:
+        print(section(r))
+    write(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
