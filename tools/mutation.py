@@ -39,9 +39,9 @@ def run_group(name: str, children: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "avert"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(copy)], check=True)
-        config = (f"\n[tool.mutmut]\npaths_to_mutate = {paths!r}\ntests_dir = [\"tests/\"]\n"
-                  f"also_copy = [\"src/avert/\", \"tests/\"]\n"
-                  f"pytest_add_cli_args = [\"-x\", \"-q\", \"-p\", \"no:warnings\", {', '.join(map(repr, tests))}]\n")
+        config = (f"\n[tool.mutmut]\nsource_paths = {paths!r}\npytest_add_cli_args_test_selection = {tests!r}\n"
+                  "also_copy = ['src/avert/', 'tests/', 'docs/']\n"
+                  "pytest_add_cli_args = ['-x', '-q', '-p', 'no:warnings']\n")
         with open(copy / "pyproject.toml", "a") as f:
             f.write(config.replace("'", '"'))
         run = subprocess.run(["mutmut", "run", "--max-children", str(children)], cwd=copy, capture_output=True,
