@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import math
+import json
 import re
 from typing import Any, Sequence
 
@@ -31,8 +31,10 @@ def problem_json(problem: FieldProblem) -> dict[str, Any]:
     if isinstance(value, (str, list, dict)) and len(str(value)) > MAX_VALUE_CHARS:
         value = str(value)[:MAX_VALUE_CHARS] + "..."
     value = redact(value) if isinstance(value, str) else value
-    if isinstance(value, float) and not math.isfinite(value):
-        value = repr(value)  # JSON has no infinity (1e309 parses to it)
+    try:
+        json.dumps(value, allow_nan=False)
+    except (ValueError, TypeError):
+        value = repr(value)[:MAX_VALUE_CHARS]  # JSON has no infinity (1e309 parses to it), at any depth
     shown = FieldProblem(problem.field, value, redact(problem.allowed))
     return {"field": problem.field, "value": value, "allowed": shown.allowed, "message": str(shown)}
 

@@ -186,7 +186,13 @@ def a1111_cases() -> list[HttpCase]:
                                                                                 "eta": 0.5}))
     return cases + [HttpCase("A1111 txt2img: fields", f"{k}: 1e309 (infinite)", "POST", path,
                              json.dumps({**base, k: 0}).replace(f'"{k}": 0', f'"{k}": 1e309').encode(), raw=True)
-                    for k in ("cfg_scale", "s_min_uncond", "eta")]
+                    for k in ("cfg_scale", "s_min_uncond", "eta")] + [
+        HttpCase("A1111 txt2img: fields", "cfg_scale: [1e309] (infinite in a list)", "POST", path,
+                 json.dumps({**base, "cfg_scale": 0}).replace('"cfg_scale": 0', '"cfg_scale": [1e309]').encode(),
+                 raw=True),
+        HttpCase("A1111 txt2img: fields", "override_settings: {avert_guidance: -1e309}", "POST", path,
+                 json.dumps({**base, "override_settings": {"avert_guidance": 0}}).replace(
+                     '"avert_guidance": 0', '"avert_guidance": -1e309').encode(), raw=True)]
 
 
 def json_cases() -> list[HttpCase]:
