@@ -11,7 +11,7 @@ from avert.schema import Limits
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
 MIN_KEY_CHARS = 16
-DEFAULT_MAX_WORK = 16.0  # megapixel steps: 6.3 minutes at the embedded model's slowest rate (docs/security.md)
+DEFAULT_MAX_WORK = 16.0  # megapixel steps: about 6 minutes at the embedded model's slowest rate (docs/security.md)
 
 
 @dataclass(frozen=True)
