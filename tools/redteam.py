@@ -138,16 +138,10 @@ def longest_text(server: ServerProcess) -> dict:
 
 
 def machine() -> str:
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            line = next(l for l in f if l.startswith("flags"))
-        flags = " ".join(sorted(f for f in line.split(":")[1].split() if f in ("avx2", "avx512f", "avx512_bf16",
-                                                                                   "amx_bf16", "fma")))
-    except (OSError, StopIteration):
-        pass
+    from avert.evaluation.common import cpu_flags
+
     model = next((l.split(":")[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    return f"{model}, {os.cpu_count()} cores, CPU flags: {flags or 'unknown'}; Python {platform.python_version()}"
+    return f"{model}, {os.cpu_count()} cores, CPU flags: {cpu_flags()}; Python {platform.python_version()}"
 
 
 def table(rows: list[dict]) -> str:
