@@ -17,8 +17,6 @@ import argparse
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -29,6 +27,9 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from avert.testing.live import ServerProcess  # noqa: E402
 
 FAULTS = [  # (label, path, raw body or JSON, field the answer must name)
     ("malformed JSON", "/sdapi/v1/txt2img", b'{"prompt": "a', "body"),
@@ -51,12 +52,6 @@ FAULTS = [  # (label, path, raw body or JSON, field the answer must name)
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -65,31 +60,16 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-class Server:
-    """`avert serve` in a child process on a free port."""
+class Server(ServerProcess):
+    """`avert serve` in a child process on a free port, its log in a file (an unread pipe would stall it); no rate
+    limit: this is a load test of the queue, from one address."""
 
     def __init__(self, queue_size: int):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-        self.process = subprocess.Popen([sys.executable, "-m", "avert.cli", "serve", "--port", str(self.port),
-                                         "--queue-size", str(queue_size), "--rate-limit", "0"],  # a load test of
-                                        env=env, stdout=subprocess.DEVNULL,  # the queue, from one address
-                                        stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                requests.get(self.url + "/v1/status", timeout=2)
-                return
-            except requests.ConnectionError:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"server exited: {self.process.stderr.read()[-2000:]}")
-                time.sleep(0.2)
-        raise RuntimeError("server did not start")
+        super().__init__("--queue-size", str(queue_size), "--rate-limit", "0")
+        self.__enter__()
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(20)
+        self.__exit__()
 
 
 def burst(server: Server, n: int, steps: int, round_no: int) -> dict:

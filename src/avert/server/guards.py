@@ -9,7 +9,7 @@
 - Rate: each client (its key, session or address) may make `per_minute` POST requests a minute (429 with
   Retry-After beyond).
 - Headers: every response says nosniff, no framing and no referrer; pages get a Content-Security-Policy that
-  allows only this server's own files (`page_policy`).
+  allows only this server's own files (`PAGE_POLICY`).
 """
 
 from __future__ import annotations
