@@ -4,6 +4,7 @@ embeddings, caching, clip skip and emphasis, on tiny components and on the embed
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -407,7 +408,9 @@ def test_schedule_cut_at_commas_equals_the_whole_parse_on_random_texts():
 
     tokens = st.sampled_from(list("ab ,()[]:|\n") + ["1", "0.5", "3", ", ", "\\(", "\\[", "\\", "\\\n"])
 
-    @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    examples = int(os.environ.get("AVERT_HYPOTHESIS_EXAMPLES", "1500"))  # tools/mutation.py runs fewer
+
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(st.lists(tokens, max_size=20), st.integers(1, 12))
     def check(parts, steps):
         text = "".join(parts)

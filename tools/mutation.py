@@ -1,17 +1,24 @@
 """Mutation testing with mutmut: how many small wrong changes to the core modules the tests catch.
 
-    python tools/mutation.py [--group prompts] [--group guidance] ... [--children 2]
+    python tools/mutation.py [--group prompts] [--group guidance] ... [--children 2] [--workdir DIR]
 
 For each group, a fresh copy of the committed tree is made in a temporary folder (mutmut 3 rewrites the files it
 mutates and copies the rest of src/ and tests/ beside them, so the package's data files are there and the tests
 import the mutated copy: the copy's `mutants/src` comes before the editable install on the path), mutmut runs the
 group's tests against every mutant, and docs/quality/mutation.md gets the group's counts and its surviving
-mutants (each to be killed by a new test or explained as equivalent). Groups not run keep their last section.
+mutants (each to be killed by a new test or explained as equivalent). Groups not run keep their last section;
+each group's section is written as soon as the group ends.
+
+With --workdir the copies are kept there (DIR/GROUP) and a second run resumes from mutmut's own record; without
+it they go to a temporary folder. A mutant is stopped as timed out after (its tests' time + 3 s) x 4: a mutant that
+turns a loop endless is caught either way, and a generous limit only costs hours. The Hypothesis property runs
+200 examples a mutant (AVERT_HYPOTHESIS_EXAMPLES) instead of the suite's 1500.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import re
 import shutil
@@ -25,27 +32,37 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "quality" / "mutation.md"
 GROUPS = {  # group -> (paths to mutate, the tests that cover them)
     "prompts": (["src/avert/prompts/"], ["tests/test_prompt_language.py"]),
-    "guidance": (["src/avert/guidance/"], ["tests/test_guidance.py", "tests/test_apg.py", "tests/test_references.py"]),
+    "guidance": (["src/avert/guidance/"], ["tests/test_guidance.py", "tests/test_apg.py", "tests/test_references.py",
+                                           "tests/test_engine.py"]),
     "validation": (["src/avert/validation.py"], ["tests/test_validation.py"]),
     "pnginfo": (["src/avert/output/pnginfo.py"], ["tests/test_pnginfo.py"]),
     "sampling": (["src/avert/sampling/"], ["tests/test_engine.py", "tests/test_references.py"]),
-    "conditioning": (["src/avert/conditioning/"], ["tests/test_prompt_language.py"]),
+    "conditioning": (["src/avert/conditioning/"], ["tests/test_prompt_language.py", "tests/test_engine.py",
+                                                   "tests/test_guidance.py"]),
 }
 COUNTS = re.compile(r"(\d+)/(\d+)\s+🎉 (\d+) 🫥 (\d+)\s+⏰ (\d+)\s+🤔 (\d+)\s+🙁 (\d+)\s+🔇 (\d+)")
 
 
-def run_group(name: str, children: int) -> dict:
+def prepare(name: str, copy: Path) -> None:
+    """A clone of the committed tree whose pyproject.toml tells mutmut what to mutate and which tests to run."""
     paths, tests = GROUPS[name]
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(copy)], check=True)
+    config = (f"\n[tool.mutmut]\nsource_paths = {paths!r}\npytest_add_cli_args_test_selection = {tests!r}\n"
+              "also_copy = ['src/avert/', 'tests/', 'docs/']\n"
+              "pytest_add_cli_args = ['-x', '-q', '-p', 'no:warnings']\n"
+              "timeout_multiplier = 2.0\ntimeout_constant = 3.0\n")
+    with open(copy / "pyproject.toml", "a") as f:
+        f.write(config.replace("'", '"'))
+
+
+def run_group(name: str, children: int, workdir: Path | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / "avert"
-        subprocess.run(["git", "clone", "-q", str(ROOT), str(copy)], check=True)
-        config = (f"\n[tool.mutmut]\nsource_paths = {paths!r}\npytest_add_cli_args_test_selection = {tests!r}\n"
-                  "also_copy = ['src/avert/', 'tests/', 'docs/']\n"
-                  "pytest_add_cli_args = ['-x', '-q', '-p', 'no:warnings']\n")
-        with open(copy / "pyproject.toml", "a") as f:
-            f.write(config.replace("'", '"'))
+        copy = (workdir or Path(tmp)) / name
+        if not (copy / "pyproject.toml").exists():
+            prepare(name, copy)
+        env = {**os.environ, "AVERT_HYPOTHESIS_EXAMPLES": "200"}
         run = subprocess.run(["mutmut", "run", "--max-children", str(children)], cwd=copy, capture_output=True,
-                             text=True)
+                             text=True, env=env)
         found = COUNTS.findall(run.stdout.replace("\r", "\n"))
         if not found:
             raise RuntimeError(f"mutmut printed no counts for {name}: {run.stdout[-2000:]} {run.stderr[-2000:]}")
@@ -90,14 +107,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--group", action="append", choices=sorted(GROUPS), help="(repeat; default: all)")
     parser.add_argument("--children", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, help="keep the copies here and resume from them")
     args = parser.parse_args()
     if shutil.which("mutmut") is None:
         print("mutation: mutmut is not installed: pip install mutmut", file=sys.stderr)
         return 2
-    results = [run_group(name, args.children) for name in (args.group or GROUPS)]
-    for r in results:
-        print(section(r))
-    write(results)
+    for name in args.group or GROUPS:
+        result = run_group(name, args.children, args.workdir)
+        print(section(result), flush=True)
+        write([result])
     return 0
 
 
