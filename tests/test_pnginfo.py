@@ -11,6 +11,8 @@ from PIL import Image, PngImagePlugin
 from avert.errors import AvertError
 from avert.output.pnginfo import (
     ParsedParameters,
+    _quote,
+    _unquote,
     PngMetadata,
     format_parameters,
     parse_parameters,
@@ -254,3 +256,101 @@ def test_an_infotext_without_guidance_is_remade_with_plain_cfg_whatever_the_mode
         written = infotext(made, 1, source)
         assert ("Guidance:" in written) == (method != "cfg")
         assert request_from_a1111(parse_parameters(written)).guidance == method
+
+
+@pytest.mark.parametrize("value, written", [
+    ("plain", "plain"), ("a,b", '"a,b"'), ("a:b", '"a:b"'), ("a\nb", '"a\\nb"'), ("é, ü", '"é, ü"'), (7.0, "7.0"),
+    ((1, 2), '"(1, 2)"'),
+])
+def test_a_value_is_quoted_only_when_it_holds_a_comma_a_newline_or_a_colon(value, written):
+    assert _quote(value) == written
+    assert _unquote(written) == str(value)
+
+
+@pytest.mark.parametrize("text, value", [
+    ("", ""), ('"', '"'), ('""', ""), ('"a"', "a"), ('"a" ', '"a" '), ('"a', '"a'), ('a"', 'a"'), ('"\\q"', '"\\q"'),
+])
+def test_unquote_takes_only_a_whole_json_string_and_leaves_anything_else(text, value):
+    assert _unquote(text) == value
+
+
+def test_two_letter_keys_are_written_and_the_error_says_what_keys_can_be():
+    assert format_parameters("p", "", [("ab", 1), ("Steps", 2), ("Seed", 3)]) == "p\nab: 1, Steps: 2, Seed: 3"
+    with pytest.raises(ValueError) as info:
+        format_parameters("p", "", [("a", 1)])
+    assert str(info.value) == ("parameter key 'a' cannot be read back by A1111's parser; use 2 or more letters, "
+                               "digits, '-', '/' or inner spaces")
+
+
+@pytest.mark.parametrize("mode, stored", [("PA", "RGBA"), ("RGBa", "RGBA"), ("LAB", "RGB"), ("CMYK", "RGB"),
+                                          ("F", "RGB"), ("LA", "LA"), ("P", "P"), ("I;16", "I;16")])
+def test_modes_png_cannot_store_become_rgba_when_they_carry_alpha_else_rgb(mode, stored):
+    data = png_bytes(Image.new(mode, (2, 2)), "p", {})
+    assert Image.open(io.BytesIO(data)).mode == stored
+
+
+def test_a_failed_write_names_the_file_and_the_reason_and_leaves_nothing(tmp_path):
+    path = tmp_path / "missing" / "x.png"
+    with pytest.raises(AvertError) as info:
+        save_png(Image.new("RGB", (4, 4)), path, "p", {})
+    assert str(info.value) == f"cannot write PNG file {path}: No such file or directory"
+    assert list(tmp_path.iterdir()) == [] or not any(p.suffix == ".tmp" for p in tmp_path.rglob("*"))
+
+
+def test_metadata_is_read_only_from_pngs_of_bounded_pixels_over_all_frames(monkeypatch):
+    """The bound counts every frame of an APNG; a PNG at the bound is read."""
+    import avert.output.pnginfo as pnginfo
+
+    monkeypatch.setattr(pnginfo, "MAX_METADATA_PIXELS", 100)
+
+    def frames(count: int, size: tuple[int, int]) -> bytes:
+        out, images = io.BytesIO(), [Image.new("RGB", size, (i, 0, 0)) for i in range(count)]
+        images[0].save(out, format="PNG", save_all=True, append_images=images[1:])
+        return out.getvalue()
+
+    assert read_png_metadata(frames(1, (10, 10))) == PngMetadata(None, None)
+    assert read_png_metadata(frames(2, (10, 5))) == PngMetadata(None, None)
+    for count, size in ((1, (10, 11)), (3, (10, 5))):
+        with pytest.raises(AvertError) as info:
+            read_png_metadata(frames(count, size))
+        assert str(info.value) == (f"the PNG data holds {size[0]}x{size[1]} pixels in {count} frame(s); metadata is "
+                                   "read from PNGs of at most 100 pixels in all")
+
+
+def test_a_decompression_bomb_is_refused_by_name():
+    from avert.testing.live import bomb_png
+
+    with pytest.raises(AvertError) as info:
+        read_png_metadata(bomb_png())
+    assert str(info.value).startswith("cannot read the PNG data: Image size (10000000000 pixels) exceeds limit")
+
+
+def test_errors_name_where_the_png_came_from(tmp_path):
+    jpeg = tmp_path / "photo.jpg"
+    Image.new("RGB", (4, 4)).save(jpeg, format="JPEG")
+    with pytest.raises(AvertError, match=f"^file {jpeg} is not a PNG file \\(found JPEG\\)$"):
+        read_png_metadata(jpeg)
+    with pytest.raises(AvertError, match="^cannot read the PNG data as an image: "):
+        read_png_metadata(b"junk")
+    with pytest.raises(AvertError, match=f"^cannot read file {tmp_path / 'nothere.png'}: it does not exist$"):
+        read_png_metadata(tmp_path / "nothere.png")
+    with pytest.raises(AvertError, match=f"^cannot read file {tmp_path}: it is not a regular file$"):
+        read_png_metadata(tmp_path)
+
+
+def test_an_opened_image_is_named_by_its_file_or_as_the_image(tmp_path):
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("avert", "[1]")
+    path = tmp_path / "list.png"
+    Image.new("RGB", (4, 4)).save(path, pnginfo=info)
+    with pytest.raises(AvertError, match=f"^{path}: the 'avert' PNG text chunk holds list, not a JSON object$"):
+        read_png_metadata(Image.open(path))
+    image = Image.new("RGB", (4, 4))
+    image.info["avert"] = "7"
+    with pytest.raises(AvertError, match="^the image: the 'avert' PNG text chunk holds int, not a JSON object$"):
+        read_png_metadata(image)
+    data = png_bytes(Image.effect_noise((64, 64), 50), "p", {})
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AvertError, match=f"^cannot read {broken}: damaged PNG"):
+        read_png_metadata(Image.open(broken))

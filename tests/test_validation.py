@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from avert.errors import ValidationError
-from avert.request import GenerationRequest
+from avert.request import GenerationRequest, Negative
 from avert.schema import Limits
-from avert.validation import validate
+from avert.validation import prompt_fields, validate
 
 OK = GenerationRequest("a house", seed=1, width=512, height=512)
 
@@ -83,3 +83,151 @@ def test_a_request_without_guidance_is_checked_against_the_models_method():
     with pytest.raises(ValidationError, match="posterior_prior: 0.5 is not allowed; applies only with guidance "
                        r"posterior or gated \(leave it at 0.8 for guidance cfg \(the model's default"):
         validate(prior)
+
+
+def problems_of(request: GenerationRequest, limits: Limits = Limits(), **kwargs) -> list[str]:
+    try:
+        validate(request, limits, **kwargs)
+    except ValidationError as error:
+        return [str(p) for p in error.problems]
+    return []
+
+
+def test_each_bad_negative_is_named_by_its_index_and_field():
+    negatives = (Negative("fine"), Negative("x" * 8193), Negative("w", weight=10.5), Negative("s", start=-0.1),
+                 Negative("e", end=1.5), Negative("order", start=0.5, end=0.5), Negative("nan", weight=float("nan")),
+                 Negative("bool", start=True), Negative("edges", weight=-10.0, start=0.0, end=1.0))
+    assert problems_of(OK.replace(negatives=negatives), Limits(max_negatives=9)) == [
+        f"negatives[1].text: {'x' * 8193!r} is not allowed; must be text of at most 8192 characters",
+        "negatives[2].weight: 10.5 is not allowed; must be a number from -10 to 10",
+        "negatives[3].start: -0.1 is not allowed; must be a number from 0 to 1",
+        "negatives[4].end: 1.5 is not allowed; must be a number from 0 to 1",
+        "negatives[5].start: 0.5 is not allowed; must be below end (0.5)",
+        "negatives[6].weight: nan is not allowed; must be a number from -10 to 10",
+        "negatives[7].start: True is not allowed; must be a number from 0 to 1",
+    ]
+    edges = (Negative("a", weight=10.0, start=0.0, end=1.0), Negative("b", weight=-10, start=0.99, end=1))
+    assert problems_of(OK.replace(negatives=edges)) == []
+
+
+def test_negatives_must_be_a_tuple_of_negatives_within_the_limit():
+    assert problems_of(OK.replace(negatives=["a"])) == [
+        "negatives: ['a'] is not allowed; must be a list of {text, weight, start, end}"]
+    assert problems_of(OK.replace(negatives=(Negative("a"), "b"))) == [
+        "negatives: (Negative(text='a', weight=1.0, start=0.0, end=1.0), 'b') is not allowed; must be a list of "
+        "{text, weight, start, end}"]
+    assert problems_of(OK.replace(negatives=(Negative("a"),) * 8)) == []
+    assert problems_of(OK.replace(negatives=(Negative("a"),) * 9)) == [
+        "negatives: '9 entries' is not allowed; must have at most 8"]
+    assert problems_of(OK.replace(negatives=(Negative("a"),) * 3), Limits(max_negatives=2)) == [
+        "negatives: '3 entries' is not allowed; must have at most 2"]
+    assert problems_of(OK.replace(negatives=(Negative(7),))) == [
+        "negatives[0].text: 7 is not allowed; must be text of at most 8192 characters"]
+
+
+def test_prompt_fields_name_the_prompt_the_negative_prompt_if_given_and_each_negative():
+    request = OK.replace(negative_prompt="n", negatives=(Negative("a"), Negative("b")))
+    assert prompt_fields(request) == [("prompt", "a house"), ("negative_prompt", "n"), ("negatives[0].text", "a"),
+                                      ("negatives[1].text", "b")]
+    assert prompt_fields(OK.replace(negative_prompt="")) == [("prompt", "a house")]
+
+
+def test_and_parts_are_counted_over_the_prompt_and_every_negative():
+    """32 parts in all pass; 33 do not, wherever they are; the limit is configurable."""
+    prompt = " AND ".join(["a"] * 16)
+    negatives = (Negative(" AND ".join(["b"] * 8)), Negative(" AND ".join(["c"] * 7)))
+    request = OK.replace(prompt=prompt, negative_prompt="n", negatives=negatives)
+    assert problems_of(request) == []
+    assert problems_of(request.replace(negative_prompt="n AND m")) == [
+        "prompt: '33 AND parts over the prompt and negatives' is not allowed; must have at most 32 AND parts in all "
+        "(each is evaluated at every step)"]
+    assert problems_of(OK.replace(prompt="a AND b AND c"), Limits(max_prompt_parts=2)) == [
+        "prompt: '3 AND parts over the prompt and negatives' is not allowed; must have at most 2 AND parts in all "
+        "(each is evaluated at every step)"]
+    assert problems_of(OK.replace(prompt="a AND b"), Limits(max_prompt_parts=2)) == []
+
+
+def test_distinct_text_to_encode_is_bounded_over_the_run():
+    """Each step of an alternation is a text of its own: [a|b] over 4 steps encodes 'a' and 'b' twice each
+    at most, counted once per distinct text."""
+    request = OK.replace(prompt="x" * 100, negative_prompt="y" * 50, steps=4)
+    assert problems_of(request, Limits(max_encoded_chars=150)) == []
+    assert problems_of(request, Limits(max_encoded_chars=149)) == [
+        "prompt: '150 characters of distinct text over 4 steps' is not allowed; must need at most 149 characters "
+        "encoded in all (each [a|b] alternation or [from:to:when] edit is a text of its own)"]
+    alternation = OK.replace(prompt="[" + "a" * 10 + "|" + "b" * 10 + "]", steps=4)
+    assert problems_of(alternation, Limits(max_encoded_chars=20)) == []
+    assert problems_of(alternation, Limits(max_encoded_chars=19))[0].startswith("prompt: '20 characters")
+    negative = OK.replace(prompt="p", negatives=(Negative("q" * 30),), steps=3)
+    assert problems_of(negative, Limits(max_encoded_chars=30))[0].startswith("prompt: '31 characters of distinct "
+                                                                             "text over 3 steps'")
+
+
+def test_a_parser_bomb_is_refused_in_the_field_it_is_in_and_other_fields_still_count():
+    bomb = "[" * 40 + "a" + ":b:0.5]" * 40
+    problems = problems_of(OK.replace(negatives=(Negative("fine"), Negative(bomb))))
+    assert len(problems) == 1 and problems[0].startswith(f"negatives[1].text: {bomb!r} is not allowed; ")
+    both = problems_of(OK.replace(prompt=bomb, negative_prompt=bomb))
+    assert [p.split(":")[0] for p in both] == ["prompt", "negative_prompt"]
+
+
+def test_text_work_is_checked_only_once_every_field_is_valid():
+    """A bad steps value must not reach the parser (it would schedule over a wrong number of steps)."""
+    assert problems_of(OK.replace(prompt=" AND ".join(["a"] * 40), steps=0)) == [
+        "steps: 0 is not allowed; must be an integer from 1 to 150"]
+
+
+def test_guidance_window_and_sigma_window_must_be_ordered():
+    assert problems_of(OK.replace(guidance_start=0.5, guidance_end=0.5)) == [
+        "guidance_start: 0.5 is not allowed; must be below guidance_end (0.5)"]
+    assert problems_of(OK.replace(guidance_start=0.4, guidance_end=0.5)) == []
+    assert problems_of(OK.replace(guidance_start=0.6, guidance_end=0.5)) == [
+        "guidance_start: 0.6 is not allowed; must be below guidance_end (0.5)"]
+    assert problems_of(OK.replace(guidance_sigma_min=2.0, guidance_sigma_max=2.0)) == [
+        "guidance_sigma_min: 2.0 is not allowed; must be below guidance_sigma_max (2.0)"]
+    assert problems_of(OK.replace(guidance_sigma_min=1, guidance_sigma_max=2)) == []
+    assert problems_of(OK.replace(guidance_sigma_min=3, guidance_sigma_max=2.5)) == [
+        "guidance_sigma_min: 3 is not allowed; must be below guidance_sigma_max (2.5)"]
+
+
+@pytest.mark.parametrize("method, field, value, allowed", [
+    ("cfg", "apg_eta", 0.5, "applies only with guidance apg (leave it at 0.0 for guidance cfg)"),
+    ("gated", "apg_norm_threshold", 3.0, "applies only with guidance apg (leave it at 0.0 for guidance gated)"),
+    ("posterior", "apg_momentum", -0.5, "applies only with guidance apg (leave it at 0.0 for guidance posterior)"),
+    ("apg", "posterior_prior", 0.5, "applies only with guidance posterior or gated (leave it at 0.8 for guidance "
+                                    "apg)"),
+    ("cfg", "posterior_temperature", 2.0, "applies only with guidance posterior or gated (leave it at 1.0 for "
+                                          "guidance cfg)"),
+    ("dynamic", "posterior_p_max", 0.5, "applies only with guidance posterior or gated (leave it at 0.8 for "
+                                        "guidance dynamic)"),
+    ("apg", "negative_scale", 9.0, "must be left unset with guidance apg, which guides prompt and negatives with "
+                                   "cfg_scale alone"),
+    ("gated", "negative_scale", 9.0, "must be left unset with guidance gated, which weighs each negative as plain "
+                                     "cfg does, by cfg_scale - 1 times its gate"),
+])
+def test_a_methods_own_options_are_refused_with_other_methods(method, field, value, allowed):
+    defaults = GenerationRequest()
+    assert problems_of(OK.replace(guidance=method, **{field: value})) == [f"{field}: {value!r} is not allowed; "
+                                                                          f"{allowed}"]
+    owner = {"apg_eta": "apg", "apg_norm_threshold": "apg", "apg_momentum": "apg", "negative_scale": "cfg"}.get(
+        field, "posterior")
+    assert problems_of(OK.replace(guidance=owner, **{field: value})) == []
+    assert problems_of(OK.replace(guidance=method, **{field: getattr(defaults, field)})) == []
+
+
+def test_negative_scale_equal_to_cfg_scale_is_allowed_with_one_scale_methods():
+    for method in ("apg", "gated"):
+        assert problems_of(OK.replace(guidance=method, cfg_scale=6.0, negative_scale=6.0)) == []
+    assert problems_of(OK.replace(guidance="posterior", cfg_scale=6.0, negative_scale=9.0)) == []
+
+
+def test_a_guidance_that_is_not_text_is_refused_once_by_its_field():
+    (problem,) = problems_of(OK.replace(guidance=3, apg_eta=0.5))
+    assert problem.startswith("guidance: 3 is not allowed; must be one of")
+
+
+@pytest.mark.parametrize("value, ok", [(0.01, True), (1, True), (0.5, True), (1.0000001, False), (-1e-9, False),
+                                       (float("inf"), False), (True, False), ("0.5", False), (None, False)])
+def test_a_negative_window_edge_is_a_finite_number_in_range(value, ok):
+    problems = problems_of(OK.replace(negatives=(Negative("a", start=0.0, end=value),)))
+    assert (problems == []) is ok, problems

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import threading
 import time
@@ -29,6 +27,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from avert.evaluation.common import machine  # noqa: E402
 from avert.testing.live import ServerProcess  # noqa: E402
 
 FAULTS = [  # (label, path, raw body or JSON, field the answer must name)
@@ -136,24 +135,12 @@ def faults(server: Server) -> list[dict]:
     return rows
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import torch
-
-    return (f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
-
-
 def report(args, runs: list[tuple[int, list[dict]]], cancel: dict, fault_rows: list[dict]) -> str:
     lines = [
         "# `avert serve` under load and faults",
         "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `python tools/load_serve.py --requests "
-        f"{args.requests} --rounds {args.rounds} --steps {args.steps}` on {machine()} (shared with other work). "
+        f"{args.requests} --rounds {args.rounds} --steps {args.steps}` on {machine()}. "
         f"Each round: {args.requests} concurrent `POST /sdapi/v1/txt2img` (embedded model, 32x32, {args.steps} "
         "steps, Euler a, a negative prompt) against one `avert serve` child process.",
         "",

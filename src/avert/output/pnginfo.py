@@ -152,10 +152,11 @@ def _png_info(parameters: str, record: Mapping) -> PngImagePlugin.PngInfo:
 
 
 def _png_ready(image: Image.Image) -> Image.Image:
-    """Return ``image`` in a mode PNG can store (RGB or RGBA for the others)."""
+    """Return ``image`` in a mode PNG can store: RGBA for the others when they carry alpha (PA, premultiplied
+    RGBa; not LAB, whose A band is a colour), else RGB."""
     if image.mode in _PNG_MODES:
         return image
-    return image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    return image.convert("RGBA" if image.has_transparency_data else "RGB")
 
 
 def png_bytes(image: Image.Image, parameters: str, record: Mapping) -> bytes:
@@ -208,11 +209,10 @@ def _open_png(source: Path | str | bytes, name: str) -> Image.Image:
         raise AvertError(f"cannot read {name} as an image: {error}") from error
     if image.format != "PNG":
         image.close()
-        raise AvertError(f"{name} is not a PNG file (found {image.format or 'an unknown format'})")
-    pixels = image.width * image.height * getattr(image, "n_frames", 1)
-    if pixels > MAX_METADATA_PIXELS:
+        raise AvertError(f"{name} is not a PNG file (found {image.format})")  # Pillow names what it opened
+    if image.width * image.height * image.n_frames > MAX_METADATA_PIXELS:  # PNG images count their frames
         image.close()
-        raise AvertError(f"{name} holds {image.width}x{image.height} pixels in {getattr(image, 'n_frames', 1)} "
+        raise AvertError(f"{name} holds {image.width}x{image.height} pixels in {image.n_frames} "
                          f"frame(s); metadata is read from PNGs of at most {MAX_METADATA_PIXELS} pixels in all")
     return image
 
