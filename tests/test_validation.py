@@ -47,7 +47,7 @@ def test_each_bad_field_is_named_with_value_and_allowed(field, value, allowed):
 @pytest.mark.parametrize("changes", [
     {}, {"seed": -1}, {"seed": 0}, {"seed": 2**32 - 1}, {"width": None, "height": None}, {"width": 64},
     {"width": 2048}, {"cfg_scale": 0}, {"cfg_scale": 30}, {"steps": 150}, {"batch_size": 16},
-    {"sampler": "DPM++ SDE Karras"}, {"negative_prompt": ""},
+    {"sampler": "DPM++ SDE Karras"}, {"negative_prompt": ""}, {"prompt": "x" * 8192}, {"negative_prompt": "x" * 8192},
 ])
 def test_values_at_the_bounds_are_accepted(changes):
     assert validate(OK.replace(**changes)) == OK.replace(**changes)
@@ -183,6 +183,10 @@ def test_guidance_window_and_sigma_window_must_be_ordered():
     assert problems_of(OK.replace(guidance_start=0.4, guidance_end=0.5)) == []
     assert problems_of(OK.replace(guidance_start=0.6, guidance_end=0.5)) == [
         "guidance_start: 0.6 is not allowed; must be below guidance_end (0.5)"]
+    assert problems_of(OK.replace(guidance_start=1.5, guidance_end=0.5)) == [
+        "guidance_start: 1.5 is not allowed; must be a number from 0 to 1"]
+    assert problems_of(OK.replace(guidance_start=0.5, guidance_end=-1.0)) == [
+        "guidance_end: -1.0 is not allowed; must be a number from 0 to 1"]
     assert problems_of(OK.replace(guidance_sigma_min=2.0, guidance_sigma_max=2.0)) == [
         "guidance_sigma_min: 2.0 is not allowed; must be below guidance_sigma_max (2.0)"]
     assert problems_of(OK.replace(guidance_sigma_min=1, guidance_sigma_max=2)) == []

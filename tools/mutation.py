@@ -32,13 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "quality" / "mutation.md"
 GROUPS = {  # group -> (paths to mutate, the tests that cover them)
     "prompts": (["src/avert/prompts/"], ["tests/test_prompt_language.py"]),
-    "guidance": (["src/avert/guidance/"], ["tests/test_guidance.py", "tests/test_apg.py", "tests/test_references.py",
-                                           "tests/test_engine.py"]),
+    "guidance": (["src/avert/guidance/"], ["tests/test_guidance.py", "tests/test_apg.py", "tests/test_references.py"]),
     "validation": (["src/avert/validation.py"], ["tests/test_validation.py"]),
     "pnginfo": (["src/avert/output/pnginfo.py"], ["tests/test_pnginfo.py"]),
     "sampling": (["src/avert/sampling/"], ["tests/test_engine.py", "tests/test_references.py"]),
-    "conditioning": (["src/avert/conditioning/"], ["tests/test_prompt_language.py", "tests/test_engine.py",
-                                                   "tests/test_guidance.py"]),
+    "conditioning": (["src/avert/conditioning/"], ["tests/test_prompt_language.py", "tests/test_guidance.py"]),
 }
 COUNTS = re.compile(r"(\d+)/(\d+)\s+🎉 (\d+) 🫥 (\d+)\s+⏰ (\d+)\s+🤔 (\d+)\s+🙁 (\d+)\s+🔇 (\d+)")
 

@@ -23,8 +23,7 @@ def validate(request: GenerationRequest, limits: Limits = Limits(),
     problems = [p for param in PARAMS if (p := check_field(param, getattr(request, param.name), limits))]
     problems += check_negatives(request.negatives, limits)
     problems += check_relations(request, model_guidance)
-    if not problems:
-        problems += check_prompt_work(request, limits)
+    problems = problems or check_prompt_work(request, limits)  # the parser sees only otherwise valid requests
     if problems:
         raise ValidationError(problems)
     return request
