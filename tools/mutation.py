@@ -38,6 +38,18 @@ GROUPS = {  # group -> (paths to mutate, the tests that cover them)
     "sampling": (["src/avert/sampling/"], ["tests/test_engine.py", "tests/test_references.py"]),
     "conditioning": (["src/avert/conditioning/"], ["tests/test_prompt_language.py", "tests/test_guidance.py"]),
 }
+# Survivors examined and found equivalent: (mutant name prefix, text of its changed line, why no test can tell).
+# Matched on the changed line rather than mutmut's number, which shifts when a function changes.
+EQUIVALENT = [
+    ("avert.output.pnginfo.x__quote", "ensure_ascii=None", "None is falsy: json.dumps treats it as False"),
+    ("avert.output.pnginfo.x__png_info", "ensure_ascii=None", "None is falsy: json.dumps treats it as False"),
+    ("avert.output.pnginfo.x_png_bytes", 'format="png"', "Pillow upper-cases the format name"),
+    ("avert.output.pnginfo.x_save_png", "hex[:9]", "the temporary file's random part is one character longer"),
+    ("avert.output.pnginfo.x__unquote", "isinstance(value, str)) or True",
+     "a text that starts and ends with a double quote and parses as JSON is a JSON string"),
+    ("avert.output.pnginfo.x_parse_parameters", "(value.startswith('\"')) or True",
+     "_unquote returns a value that does not start with a double quote unchanged"),
+]
 COUNTS = re.compile(r"(\d+)/(\d+)\s+🎉 (\d+) 🫥 (\d+)\s+⏰ (\d+)\s+🤔 (\d+)\s+🙁 (\d+)\s+🔇 (\d+)")
 
 
@@ -70,22 +82,35 @@ def run_group(name: str, children: int, workdir: Path | None) -> dict:
         shown = {s: subprocess.run(["mutmut", "show", s], cwd=copy, capture_output=True, text=True).stdout
                  for s in survivors}
     return {"name": name, "total": total, "killed": killed, "no_tests": no_tests, "timeout": timeout,
-            "suspicious": suspicious, "survived": survived, "skipped": skipped, "survivors": shown}
+            "suspicious": suspicious, "survived": survived, "skipped": skipped, "survivors": shown,
+            "equivalent": {s: why for s, diff in shown.items() if (why := equivalent(s, diff))}}
+
+
+def equivalent(mutant: str, diff: str) -> str | None:
+    """The reason a survivor is equivalent, when it is listed in EQUIVALENT."""
+    changed = [line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    return next((why for prefix, text, why in EQUIVALENT
+                 if mutant.startswith(prefix + "__mutmut_") and any(text in line for line in changed)), None)
 
 
 def section(r: dict) -> str:
     caught = r["killed"] + r["timeout"]
-    judged = r["total"] - r["skipped"]
+    judged = r["total"] - r["skipped"] - len(r["equivalent"])
     lines = [f"<!-- group:{r['name']} -->", f"## {r['name']}", "",
              f"Measured {datetime.now(timezone.utc):%Y-%m-%d} by `python tools/mutation.py --group {r['name']}` "
              f"(mutmut, Python {platform.python_version()}); tests: {', '.join(GROUPS[r['name']][1])}.", "",
              f"- mutants: {r['total']}; caught {caught} (killed {r['killed']}, timed out {r['timeout']}); survived "
-             f"{r['survived']}; no test reaches them {r['no_tests']}; suspicious {r['suspicious']}; skipped "
-             f"{r['skipped']}", f"- **score {caught / judged:.1%}** (caught / all not skipped; a mutant no test "
+             f"{r['survived']} ({len(r['equivalent'])} of them equivalent); no test reaches them {r['no_tests']}; "
+             f"suspicious {r['suspicious']}; skipped {r['skipped']}",
+             f"- **score {caught / judged:.1%}** (caught / all but the skipped and the equivalent; a mutant no test "
              "reaches counts as not caught)", ""]
-    if r["survivors"]:
-        lines += ["Survivors (each to be killed by a test or explained as equivalent; not yet examined):", ""]
-        for name, diff in r["survivors"].items():
+    if r["equivalent"]:
+        lines += ["Equivalent survivors (no test can tell them from the original):", ""]
+        lines += [f"- `{name}`: {why}" for name, why in r["equivalent"].items()] + [""]
+    open_ = {name: diff for name, diff in r["survivors"].items() if name not in r["equivalent"]}
+    if open_:
+        lines += ["Other survivors (each to be killed by a test or explained as equivalent):", ""]
+        for name, diff in open_.items():
             lines += [f"- `{name}`", "", "```diff", diff.strip()[-1500:], "```", ""]
     return "\n".join(lines) + f"<!-- /group:{r['name']} -->\n"
 
