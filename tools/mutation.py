@@ -48,6 +48,17 @@ EQUIVALENT = [
     ("avert.output.pnginfo.x_save_png", "hex[:9]", "the temporary file's random part is one character longer"),
     ("avert.output.pnginfo.x__unquote", "isinstance(value, str)) or True",
      "a text that starts and ends with a double quote and parses as JSON is a JSON string"),
+    ("avert.guidance.strategy.x_prompt_branch", "Branch(", "a branch's role is a label that no code reads: branches "
+     "are told apart by (role, index), and any labels that keep prompts, negatives and the empty prompt apart do"),
+    ("avert.guidance.strategy.x_negative_branch", "Branch(", "a branch's role is a label that no code reads: branches "
+     "are told apart by (role, index), and any labels that keep prompts, negatives and the empty prompt apart do"),
+    ("avert.guidance.strategy.xǁGuidanceǁ_posterior", "device=None", "a tensor made without a device is on the CPU, "
+     "where the sample is in every test"),
+    ("avert.guidance.strategy.xǁGuidanceǁ_posterior", "dtype=x.dtype, )", "a tensor made without a device is on the "
+     "CPU, where the sample is in every test"),
+    ("avert.guidance.strategy.xǁGuidanceǁ_apg", "single", "composable_cfg at scale 1 of one part of weight 1 is that "
+     "part up to one rounding (e_u + (e_c - e_u)); the shortcut only keeps the bits"),
+    ("avert.guidance.cfg.x_apg", "p=None", "Tensor.norm with p None is the 2-norm"),
     ("avert.output.pnginfo.x_parse_parameters", "(value.startswith('\"')) or True",
      "_unquote returns a value that does not start with a double quote unchanged"),
 ]

@@ -59,16 +59,17 @@ def separate_scales(empty: torch.Tensor, direction: torch.Tensor, negatives: Seq
                     weights: Sequence[float | torch.Tensor], scale: float, negative_scale: float) -> torch.Tensor:
     """Separate strengths for prompt and negatives (three branches):
     e = e_0 + w d_c - w_n sum_i l_i (e_ni - e_0). `weights` may be per-sample tensors [batch, 1, 1, 1]."""
-    pushed = sum(l * (e - empty) for l, e in zip(weights, negatives)) if negatives else 0.0
+    pushed = sum(l * (e - empty) for l, e in zip(weights, negatives))  # 0 without negatives
     return empty + scale * direction - negative_scale * pushed
 
 
 def perpendicular(d: torch.Tensor, onto: torch.Tensor) -> torch.Tensor:
-    """The part of d orthogonal to `onto`, per sample: d - (<d, c> / |c|^2) c (zero-safe)."""
+    """The part of d orthogonal to `onto`, per sample: d - (<d, c> / |c|^2) c (d itself where c = 0, since then
+    <d, c> = 0 over a clamped norm)."""
     dims = tuple(range(1, d.ndim))
     dot = (d * onto).sum(dim=dims, keepdim=True)
     norm = (onto * onto).sum(dim=dims, keepdim=True)
-    return d - torch.where(norm > 0, dot / norm.clamp_min(torch.finfo(d.dtype).tiny), torch.zeros_like(dot)) * onto
+    return d - dot / norm.clamp_min(torch.finfo(d.dtype).tiny) * onto
 
 
 def perp_neg(empty: torch.Tensor, direction: torch.Tensor, negatives: Sequence[torch.Tensor],
@@ -76,7 +77,7 @@ def perp_neg(empty: torch.Tensor, direction: torch.Tensor, negatives: Sequence[t
     """Perp-Neg (Armandpour et al., "Re-imagine the Negative Prompt Algorithm", 2023, eq. 9), per sample:
     d_i = e_ni - e_0, d_i_perp = d_i - (<d_i, d_c> / |d_c|^2) d_c, e = e_0 + w d_c - w_n sum_i l_i d_i_perp.
     Only the part of each negative that does not fight the prompt is removed."""
-    pushed = sum(l * perpendicular(e - empty, direction) for l, e in zip(weights, negatives)) if negatives else 0.0
+    pushed = sum(l * perpendicular(e - empty, direction) for l, e in zip(weights, negatives))  # 0 without any
     return empty + scale * direction - negative_scale * pushed
 
 
@@ -86,12 +87,12 @@ def presence(direction: torch.Tensor, negative_direction: torch.Tensor) -> torch
     With the model as an implicit classifier, grad_x log p(c_n | x_t) = -(e_n - e_0) / sigma; the prompt's
     update moves x_t along -d_c, so log p(c_n | x_t) grows at the rate <d_n, d_c> / sigma^2. Normalised by
     |d_n|^2 and clipped: p = clamp(<d_c, d_n> / |d_n|^2, 0, 1): 1 when the prompt drives the sample fully
-    toward the negative concept, 0 when it drives it away or not at all.
+    toward the negative concept, 0 when it drives it away or not at all (and where d_n = 0).
     """
     dims = tuple(range(1, direction.ndim))
     dot = (direction * negative_direction).sum(dim=dims, keepdim=True)
     norm = (negative_direction * negative_direction).sum(dim=dims, keepdim=True)
-    return torch.where(norm > 0, dot / norm.clamp_min(torch.finfo(dot.dtype).tiny), torch.zeros_like(dot)).clamp(0, 1)
+    return (dot / norm.clamp_min(torch.finfo(dot.dtype).tiny)).clamp(0, 1)
 
 
 def dynamic_negative(empty: torch.Tensor, direction: torch.Tensor, negatives: Sequence[torch.Tensor],

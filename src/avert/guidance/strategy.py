@@ -68,7 +68,7 @@ class Term:
     end: float = 1.0
 
     def active(self, fraction: float) -> bool:
-        return self.start <= fraction and (fraction < self.end or self.end >= 1.0)
+        return self.start <= fraction < self.end  # fractions are below 1, so an end of 1 is the whole rest
 
 
 @dataclass(frozen=True)
@@ -87,13 +87,13 @@ class Interval:
     reuse: bool = False
 
     def applies(self, ctx: StepContext) -> bool:
-        if not (self.start <= ctx.fraction and (ctx.fraction < self.end or self.end >= 1.0)):
+        if not self.start <= ctx.fraction < self.end:
             return False
         if self.sigma_min is not None and ctx.sigma <= self.sigma_min:
             return False
         if self.sigma_max is not None and ctx.sigma > self.sigma_max:
             return False
-        skip = self.s_min_uncond > 0 and ctx.sigma < self.s_min_uncond
+        skip = ctx.sigma < self.s_min_uncond  # never at s_min_uncond 0: sigma is not negative
         return not (skip and (self.s_min_uncond_all or ctx.index % 2 == 1))
 
 
