@@ -40,3 +40,13 @@ def diffusers_pipe(tiny_folder):
     pipe = StableDiffusionPipeline.from_pretrained(tiny_folder, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fresh_caches():
+    """Memoised prompt parsing starts empty in every test session: mutation testing forks its runs from one
+    process whose caches would otherwise answer for the code under test."""
+    import importlib
+
+    importlib.import_module("avert.prompts.schedule").schedule.cache_clear()
+    importlib.import_module("avert.prompts.parse")._attention.cache_clear()

@@ -459,3 +459,58 @@ def test_and_parts_and_distinct_text_are_bounded_in_validation():
     with pytest.raises(ValidationError, match="65536 characters encoded"):
         validate(GenerationRequest(alternating, steps=150, negatives=(Negative(alternating),)))
     validate(GenerationRequest(alternating, steps=150))  # alone: 7 distinct texts of 7340 characters
+
+
+@pytest.mark.parametrize("text, steps, expected", [
+    ("[a:b:2], [c:d:3]", 4, ((2, "a, c"), (3, "b, c"), (4, "b, d"))),
+    ("[a:b:1]", 4, ((1, "a"), (4, "b"))),
+    ("[a:b:0]", 4, ((4, "b"),)),
+    ("[a:b:0.5]", 10, ((5, "a"), (10, "b"))),
+    ("[a:b:1.5]", 10, ((10, "a"),)),
+    ("[a:b:20]", 10, ((10, "a"),)),
+    ("[a|b], x", 3, ((1, "a, x"), (2, "b, x"), (3, "a, x"))),
+    ("x, [a:[b:c:3]:1]", 4, ((1, "x, a"), (3, "x, b"), (4, "x, c"))),
+    ("[a:b:2], y|z", 4, ((4, "[a:b:2], y|z"),)),           # a piece that does not parse: all of it literally
+    ("[a:b:2], y\\", 4, ((4, "[a:b:2], y\\"),)),           # a trailing backslash does not parse either
+    ("[a:b:2], (c\\\nd)", 4, ((4, "[a:b:2], (c\\\nd)"),)),  # nor a backslash before a line break
+    ("\\[a:b:2\\], c", 4, ((4, "\\[a:b:2\\], c"),)),        # escaped brackets are text
+    ("(a, [b:c:2]), d", 4, ((2, "(a, b), d"), (4, "(a, c), d"))),
+    ("a], [b:c:2]", 4, ((2, "a], b"), (4, "a], c"))),     # unbalanced: parsed whole, the stray ] is text
+])
+def test_schedules_of_texts_cut_into_pieces(text, steps, expected):
+    from avert.prompts.schedule import ScheduleEntry, _schedule_whole
+
+    entries = tuple(ScheduleEntry(*e) for e in expected)
+    assert schedule.__wrapped__(text, steps) == entries
+    assert _schedule_whole(text, steps) == entries
+
+
+def test_the_parsers_budget_holds_at_its_bounds_and_names_the_counts():
+    from avert.prompts.schedule import PromptTooComplex
+
+    piece = "[a:b:1]" * 16  # 64 bracket and colon characters
+    assert schedule.__wrapped__(piece, 4)[0].text == "a" * 16
+    assert schedule.__wrapped__(", ".join([piece] * 4), 4)  # 256 in all
+    with pytest.raises(PromptTooComplex) as info:
+        schedule.__wrapped__(piece + "|", 4)
+    assert str(info.value) == (
+        "must have at most 64 bracket, colon and bar characters in one stretch between commas and 256 in all "
+        "stretches the parser reads (this has 65 and 65), so that [from:to:when] and [a|b] parse in bounded time: "
+        "separate them with commas, close every bracket (a text whose brackets do not balance is parsed whole), or "
+        "escape literal brackets as \\[ \\]")
+    with pytest.raises(PromptTooComplex, match=r"\(this has 64 and 257\)"):
+        schedule.__wrapped__(", ".join([piece] * 4) + ", a|b", 4)
+
+
+def test_a_parsed_prompt_keeps_its_text_steps_and_weighted_parts():
+    from avert.prompts.parse import parse_prompt
+
+    parsed = parse_prompt("a cat AND a dog :0.5", 7)
+    assert (parsed.text, parsed.steps) == ("a cat AND a dog :0.5", 7)
+    assert [(p.weight, p.entries[0].text) for p in parsed.parts] == [(1.0, "a cat"), (0.5, " a dog")]
+    assert [(p.weight, p.entries[0].text) for p in parse_prompt("plain", 3).parts] == [(1.0, "plain")]
+
+
+def test_a_weight_that_is_not_a_number_counts_as_absent():
+    assert parse_attention("(a:1.2.3)") == (Fragment("a", 1.0),)
+    assert parse_attention("(a:.5)") == (Fragment("a", 0.5),)

@@ -5,7 +5,7 @@ writes it: `a cat AND a dog :0.5`. In guidance each sub-prompt k adds w * a_k (e
 `avert.guidance`); A1111 allows AND only in the prompt, avert in the negative too.
 
     >>> split_and("a cat AND a dog :0.5")
-    (SubPrompt(text='a cat ', weight=1.0), SubPrompt(text=' a dog', weight=0.5))
+    (SubPrompt(text='a cat', weight=1.0), SubPrompt(text=' a dog', weight=0.5))
 """
 
 from __future__ import annotations
@@ -29,8 +29,5 @@ def split_and(text: str) -> tuple[SubPrompt, ...]:
 
 
 def _weighted(part: str) -> SubPrompt:
-    match = _WEIGHT.search(part)
-    if match is None:
-        return SubPrompt(part)
-    text, weight = match.groups()
+    text, weight = _WEIGHT.search(part).groups()  # the pattern matches every text (its weight is optional)
     return SubPrompt(text, float(weight) if weight is not None else 1.0)

@@ -54,12 +54,11 @@ class ParsedPrompt:
         return tuple(dict.fromkeys(e.text for p in self.parts for e in p.entries))
 
 
-def parse_prompt(text: str, steps: int, *, use_and: bool = True) -> ParsedPrompt:
-    """Parse `text` for a run of `steps` steps: AND (unless `use_and` is False), schedules, attention.
+def parse_prompt(text: str, steps: int) -> ParsedPrompt:
+    """Parse `text` for a run of `steps` steps: AND, schedules, attention.
 
     Raises `PromptTooComplex` when its schedule syntax, over all AND parts, is over the parser's budget."""
-    subprompts = split_and(text) if use_and else None
-    pieces = [(s.text, s.weight) for s in subprompts] if subprompts else [(text, 1.0)]
+    pieces = [(s.text, s.weight) for s in split_and(text)]
     check_parser_load(tuple(n for t, _ in pieces for n in parser_load(t)))
     return ParsedPrompt(text, steps, tuple(_scheduled(t, w, steps) for t, w in pieces))
 
