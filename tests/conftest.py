@@ -44,9 +44,11 @@ def diffusers_pipe(tiny_folder):
 
 @pytest.fixture(autouse=True, scope="session")
 def _fresh_caches():
-    """Memoised prompt parsing starts empty in every test session: mutation testing forks its runs from one
-    process whose caches would otherwise answer for the code under test."""
+    """Memoised prompt parsing, token vocabularies and encoded texts start empty in every test session: mutation
+    testing forks its runs from one process whose caches would otherwise answer for the code under test."""
     import importlib
 
     importlib.import_module("avert.prompts.schedule").schedule.cache_clear()
     importlib.import_module("avert.prompts.parse")._attention.cache_clear()
+    importlib.import_module("avert.conditioning.chunks")._VOCABULARIES.clear()
+    importlib.import_module("avert.conditioning.encode")._CACHES.clear()

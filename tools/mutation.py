@@ -33,11 +33,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "quality" / "mutation.md"
 GROUPS = {  # group -> (paths to mutate, the tests that cover them)
     "prompts": (["src/avert/prompts/"], ["tests/test_prompt_language.py"]),
-    "guidance": (["src/avert/guidance/"], ["tests/test_guidance.py", "tests/test_apg.py", "tests/test_references.py"]),
+    "guidance": (["src/avert/guidance/"], ["tests/test_guidance.py", "tests/test_apg.py", "tests/test_references.py",
+                                           "tests/test_guidance_units.py"]),
     "validation": (["src/avert/validation.py"], ["tests/test_validation.py"]),
     "pnginfo": (["src/avert/output/pnginfo.py"], ["tests/test_pnginfo.py"]),
     "sampling": (["src/avert/sampling/"], ["tests/test_engine.py", "tests/test_references.py"]),
-    "conditioning": (["src/avert/conditioning/"], ["tests/test_prompt_language.py", "tests/test_guidance.py"]),
+    "conditioning": (["src/avert/conditioning/"], ["tests/test_prompt_language.py", "tests/test_guidance.py",
+                                                   "tests/test_conditioning_units.py"]),
 }
 # Survivors examined and found equivalent: (mutant name prefix, text of its changed line, why no test can tell).
 # Matched on the changed line rather than mutmut's number, which shifts when a function changes.

@@ -88,7 +88,7 @@ def read_embedding(path: Path) -> torch.Tensor:
     vectors = _pick(tensors, path)
     if vectors.ndim == 1:
         vectors = vectors[None]
-    if vectors.ndim != 2 or vectors.shape[0] == 0 or not vectors.is_floating_point():
+    if vectors.ndim != 2 or vectors.numel() == 0 or not vectors.is_floating_point():
         raise EmbeddingError(f"embedding {path.name}: expected float vectors of shape [n, dim], "
                              f"found {tuple(vectors.shape)} {vectors.dtype}")
     return vectors.float()

@@ -1,0 +1,133 @@
+"""`avert prompt`'s report, textual-inversion files and the chunk builder, pinned value by value."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from avert.conditioning.embeddings import Embedding, EmbeddingError, EmbeddingLibrary, load_embeddings, \
+    read_embedding
+from avert.conditioning.report import format_report, prompt_report
+
+
+def test_the_report_splits_schedules_weighs_and_chunks_each_part(tiny):
+    report = prompt_report("a (b:1.5) AND [c:d:2] :0.5", 4, tiny.tokenizer)
+    assert report == {
+        "text": "a (b:1.5) AND [c:d:2] :0.5", "steps": 4,
+        "schedule": [[2, "a (b:1.5) AND c :0.5"], [4, "a (b:1.5) AND d :0.5"]],
+        "attention": [[["a ", 1.0], ["b", 1.5], [" AND c :0.5", 1.0]], [["a ", 1.0], ["b", 1.5], [" AND d :0.5", 1.0]]],
+        "parts": [
+            {"weight": 1.0, "entries": [{"steps": [0, 3], "text": "a (b:1.5)", "attention": [["a ", 1.0], ["b", 1.5]],
+                                         "token_count": 2, "chunks": [{"tokens": 2, "padding": 73, "embeddings": []}],
+                                         "truncated": None}]},
+            {"weight": 0.5, "entries": [
+                {"steps": [0, 2], "text": " c", "attention": [[" c", 1.0]], "token_count": 1,
+                 "chunks": [{"tokens": 1, "padding": 74, "embeddings": []}], "truncated": None},
+                {"steps": [3, 3], "text": " d", "attention": [[" d", 1.0]], "token_count": 1,
+                 "chunks": [{"tokens": 1, "padding": 74, "embeddings": []}], "truncated": None}]},
+        ],
+        "chunk_size": 75,
+    }
+    assert "chunk_size" not in prompt_report("a", 4) and "chunks" not in prompt_report("a", 4)["parts"][0]["entries"][0]
+
+
+def test_the_report_places_embeddings_from_the_library_it_is_given(tiny):
+    width = tiny.text_encoder.config.hidden_size
+    library = EmbeddingLibrary({"zz": Embedding("zz", torch.zeros(3, width), Path("zz.safetensors"))})
+    (entry,) = prompt_report("a zz b", 2, tiny.tokenizer, library)["parts"][0]["entries"]
+    assert entry["chunks"] == [{"tokens": 5, "padding": 70, "embeddings": ["zz"]}]
+    assert entry["token_count"] == 5
+
+
+def test_the_report_as_text():
+    report = {"text": "a AND b", "steps": 4, "chunk_size": 75, "parts": [
+        {"weight": 1.0, "entries": [{"steps": [0, 1], "text": "a", "attention": [["a", 1.5], ["x", 1.0]],
+                                     "chunks": [{"tokens": 3, "padding": 72, "embeddings": ["e1", "e2"]},
+                                                {"tokens": 1, "padding": 74, "embeddings": []}]}]},
+        {"weight": 0.5, "entries": [{"steps": [2, 3], "text": "b", "attention": [["b", 1.0]]}]}]}
+    assert format_report(report) == (
+        "'a AND b' over 4 steps\n"
+        "AND part 1, weight 1:\n"
+        "  steps 0-1: 'a'\n"
+        "    attention: 'a'x1.5 'x'\n"
+        "    chunk 1: 3/75 tokens, 72 padding, embeddings: e1, e2\n"
+        "    chunk 2: 1/75 tokens, 74 padding\n"
+        "AND part 2, weight 0.5:\n"
+        "  steps 2-3: 'b'\n"
+        "    attention: 'b'")
+    single = {"text": "b", "steps": 2, "parts": [report["parts"][1]]}
+    assert format_report(single) == "'b' over 2 steps\n  steps 2-3: 'b'\n    attention: 'b'"
+
+
+def save(path: Path, tensors: dict) -> Path:
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("tensors, expected", [
+    ({"emb_params": torch.ones(2, 4), "other": torch.zeros(1, 4)}, torch.ones(2, 4)),
+    ({"string_to_param.*": torch.ones(1, 4), "string_to_token": torch.zeros(1)}, torch.ones(1, 4)),
+    ({"<cat-toy>": torch.ones(4)}, torch.ones(1, 4)),
+    ({"x": torch.ones(1, 1, dtype=torch.float16)}, torch.ones(1, 1)),
+])
+def test_each_layout_gives_its_vectors_as_float_n_by_dim(tmp_path, tensors, expected):
+    vectors = read_embedding(save(tmp_path / "e.safetensors", tensors))
+    assert vectors.dtype == torch.float32 and torch.equal(vectors, expected)
+
+
+@pytest.mark.parametrize("tensors, message", [
+    ({"a": torch.ones(1, 4), "b": torch.ones(1, 4)}, "embedding e.safetensors: unknown layout with keys ['a', 'b']; "
+     "expected 'emb_params', one 'string_to_param.*' key, or a single tensor (diffusers)"),
+    ({"string_to_param.a": torch.ones(1, 4), "string_to_param.b": torch.ones(1, 4)}, "embedding e.safetensors: "
+     "unknown layout with keys ['string_to_param.a', 'string_to_param.b']; expected 'emb_params', one "
+     "'string_to_param.*' key, or a single tensor (diffusers)"),
+    ({"x": torch.ones(0, 4)}, "embedding e.safetensors: expected float vectors of shape [n, dim], found (0, 4) "
+     "torch.float32"),
+    ({"x": torch.ones(2, 0)}, "embedding e.safetensors: expected float vectors of shape [n, dim], found (2, 0) "
+     "torch.float32"),
+    ({"x": torch.ones(2, 4, dtype=torch.int64)}, "embedding e.safetensors: expected float vectors of shape [n, dim], "
+     "found (2, 4) torch.int64"),
+    ({"x": torch.ones(1, 2, 4)}, "embedding e.safetensors: expected float vectors of shape [n, dim], found (1, 2, 4) "
+     "torch.float32"),
+])
+def test_a_file_that_is_no_embedding_is_named_with_what_it_holds(tmp_path, tensors, message):
+    with pytest.raises(EmbeddingError) as info:
+        read_embedding(save(tmp_path / "e.safetensors", tensors))
+    assert str(info.value) == message
+
+
+def test_a_folder_lists_each_good_file_and_each_bad_one_with_its_reason(tmp_path):
+    os.mkfifo(tmp_path / "a.safetensors")
+    save(tmp_path / "b.safetensors", {"emb_params": torch.ones(2, 4)})
+    (tmp_path / "c.safetensors").write_bytes(b"junk")
+    library = load_embeddings(tmp_path)
+    assert library.folder == tmp_path
+    assert library.problems["a"] == "embedding a.safetensors: not a regular file"
+    assert library.problems["c"].startswith("embedding c.safetensors: not a readable .safetensors file (")
+    assert list(library.embeddings) == ["b"] and library.names() == ("a", "b", "c")
+    assert library.fingerprint() == (("b", str(tmp_path / "b.safetensors"), (2, 4)),)
+    assert load_embeddings(None) == EmbeddingLibrary()
+    with pytest.raises(EmbeddingError, match="does not exist or is not a folder"):
+        load_embeddings(tmp_path / "b.safetensors")
+
+
+def test_scheduled_states_hold_each_entry_up_to_its_end_step_and_the_last_beyond():
+    from avert.conditioning.prompt import ScheduledStates
+
+    a, b, c = torch.zeros(1), torch.ones(1), torch.full((1,), 2.0)
+    states = ScheduledStates(((1, a), (3, b), (4, c)))
+    assert [states.at(s) is x for s, x in ((0, a), (1, a), (2, b), (3, b), (4, c), (9, c))] == [True] * 6
+
+
+def test_the_encoding_cache_evicts_the_least_recently_used():
+    from avert.conditioning.encode import _LRU
+
+    cache = _LRU(2)
+    cache.put("a", 1), cache.put("b", 2)
+    assert cache.get("a") == 1
+    cache.put("c", 3)
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (1, None, 3)
