@@ -37,7 +37,7 @@ GROUPS = {  # group -> (paths to mutate, the tests that cover them)
                                            "tests/test_guidance_units.py"]),
     "validation": (["src/avert/validation.py"], ["tests/test_validation.py"]),
     "pnginfo": (["src/avert/output/pnginfo.py"], ["tests/test_pnginfo.py"]),
-    "sampling": (["src/avert/sampling/"], ["tests/test_engine.py", "tests/test_references.py"]),
+    "sampling": (["src/avert/sampling/"], ["tests/test_references.py", "tests/test_sampling_units.py"]),
     "conditioning": (["src/avert/conditioning/"], ["tests/test_prompt_language.py", "tests/test_guidance.py",
                                                    "tests/test_conditioning_units.py"]),
 }
