@@ -166,13 +166,37 @@ def planted() -> str:
         "| change | file | tests run | result |", "|---|---|---|---|", *rows, "<!-- /planted -->", ""])
 
 
+HEADER = """# Mutation testing
+
+How many small wrong changes to each core module its tests catch. Made by `python tools/mutation.py` (all groups,
+or `--group NAME`); one section a group, re-made when its group is run, and the table below re-made from the
+sections. mutmut changes one operator, constant, string, argument or condition at a time and runs the group's
+tests against each change: a change the tests fail on is *caught* (killed, or stopped at the time limit), one they
+pass is a *survivor*. A survivor is either a gap in the tests (then a test is added) or *equivalent*: no input can
+tell it from the original (then `EQUIVALENT` in tools/mutation.py says why, and it leaves the score). The score is
+caught / (all mutants - equivalent); a mutant no test reaches counts against it. Issue 36's target: 90% a group.
+
+"""
+
+
+def summary(text: str) -> str:
+    """The table of every group's score, read from the sections on the page."""
+    rows = re.findall(r"<!-- group:(\w+) -->.*?- mutants: (\d+);.*?survived (\d+) \((\d+) of them equivalent\)"
+                      r".*?\*\*score ([\d.]+%)\*\*", text, re.S)
+    return "\n".join(["<!-- summary -->", "| group | mutants | survived | of them equivalent | score |",
+                      "|---|---|---|---|---|", *[f"| {g} | {m} | {s} | {e} | **{score}** |" for g, m, s, e, score in rows],
+                      "<!-- /summary -->", ""])
+
+
 def write(results: list[dict]) -> None:
-    text = PAGE.read_text() if PAGE.exists() else (
-        "# Mutation testing\n\nHow many small wrong changes to each core module its tests catch. Made by "
-        "`python tools/mutation.py`; one section a group, re-made when its group is run.\n\n")
+    text = PAGE.read_text() if PAGE.exists() else HEADER
     for r in results:
         pattern = re.compile(rf"<!-- group:{r['name']} -->.*?<!-- /group:{r['name']} -->\n", re.S)
         text = pattern.sub(lambda _: section(r), text) if pattern.search(text) else text + "\n" + section(r)
+    table = re.compile(r"<!-- summary -->.*?<!-- /summary -->\n", re.S)
+    text = table.sub("", text)
+    head, _, rest = text.partition("<!-- group:")
+    text = head + summary(text) + "\n<!-- group:" + rest
     PAGE.parent.mkdir(parents=True, exist_ok=True)
     PAGE.write_text(text)
 
