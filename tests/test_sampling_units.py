@@ -20,20 +20,21 @@ class FakeScheduler:
         self.init_noise_sigma = 3.0
         self.alphas_cumprod = torch.tensor([0.8, 0.5, 0.2, 0.1])
         self.offset = offset
-        self.seen = []
+        self.seen, self.scaled_at = [], []
         if not with_options:
             self.step = self._plain_step
 
     def scale_model_input(self, x, t):
+        self.scaled_at.append(float(t))
         return 2 * x + self.offset
 
     def step(self, output, t, x, eta=None, generator=None, return_dict=True):
         self.seen.append((float(t), eta, generator))
-        return (x - output,)
+        return {"prev_sample": x - output} if return_dict else (x - output,)  # diffusers' two forms
 
     def _plain_step(self, output, t, x, return_dict=True):
         self.seen.append((float(t), None, None))
-        return (x - output,)
+        return {"prev_sample": x - output} if return_dict else (x - output,)
 
 
 def test_each_evaluation_gets_every_images_scaled_input_and_where_it_is_in_the_run():
@@ -56,10 +57,12 @@ def test_each_evaluation_gets_every_images_scaled_input_and_where_it_is_in_the_r
     assert events == [StepEvent(1, 4), StepEvent(2, 4), StepEvent(3, 4), StepEvent(4, 4)]
     assert torch.equal(out.flatten(), torch.tensor([-1.0, 2.0]))  # 3 x - 4
     assert schedulers[1].seen[0] == (3.0, 0.0, generators[1])  # DDIM-style eta 0 and the image's own generator
+    assert schedulers[0].scaled_at == schedulers[1].scaled_at == [3.0, 2.0, 1.0, 0.0]
 
 
 def test_a_scheduler_without_eta_or_generator_gets_neither_and_steps_default_to_its_timesteps():
     scheduler = FakeScheduler([2, 1], with_options=False)
+    del scheduler.num_inference_steps  # not every scheduler has one
     contexts = []
 
     def denoiser(model_in, t, ctx):
@@ -105,3 +108,15 @@ def test_initial_noise_is_each_seeds_own_draw_and_the_generators_go_on_from_ther
         assert torch.equal(row[None], torch.randn((1, 2, 3, 3), generator=own))
         assert torch.equal(torch.randn(4, generator=g), torch.randn(4, generator=own))
     assert noise.dtype == torch.float32 and noise.shape == (2, 2, 3, 3)
+
+
+def test_initial_noise_is_float32_whatever_the_default_dtype_and_goes_to_the_device_asked(monkeypatch):
+    """diffusers draws float32 noise on the CPU; a caller's default dtype must not change the image."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        noise, _ = noise_module.initial_noise([5], (1, 2, 2))
+    finally:
+        torch.set_default_dtype(default)
+    assert noise.dtype == torch.float32
+    assert noise_module.initial_noise([5], (1, 2, 2), device="meta")[0].device.type == "meta"

@@ -61,6 +61,11 @@ EQUIVALENT = [
     ("avert.guidance.strategy.xǁGuidanceǁ_apg", "single", "composable_cfg at scale 1 of one part of weight 1 is that "
      "part up to one rounding (e_u + (e_c - e_u)); the shortcut only keeps the bits"),
     ("avert.guidance.cfg.x_apg", "p=None", "Tensor.norm with p None is the 2-norm"),
+    ("avert.sampling.loop.x_sample", "return_dict=None", "diffusers' schedulers test `not return_dict`: None is False"),
+    ("avert.sampling.noise.x_initial_noise", "torch.Generator(None)", "a generator made without a device is a CPU "
+     "generator"),
+    ("avert.conditioning.encode.xǁ_LRUǁput", "last=None", "OrderedDict.popitem tests `last` for truth: None is "
+     "False, the oldest item"),
     ("avert.output.pnginfo.x_parse_parameters", "(value.startswith('\"')) or True",
      "_unquote returns a value that does not start with a double quote unchanged"),
 ]
