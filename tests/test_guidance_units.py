@@ -185,12 +185,13 @@ def denoiser(guidance: Guidance, conditioning: dict, **kwargs) -> Denoiser:
 
 
 def test_branches_of_different_lengths_are_padded_with_the_empty_prompts_chunks():
-    prompt, negative = torch.ones(4, 3), torch.full((2, 3), 2.0)
-    d = denoiser(Guidance(scale=3.0), {prompt_branch(0): Schedule({0: prompt}), negative_branch(0):
-                                        Schedule({0: negative})})
+    """Chunks of 2 tokens of width 4: a negative of one chunk next to a prompt of two gets one empty chunk."""
+    prompt, negative, empty = torch.ones(4, 4), torch.full((2, 4), 2.0), torch.full((2, 4), -1.0)
+    conditioning = {prompt_branch(0): Schedule({0: prompt}), negative_branch(0): Schedule({0: negative})}
+    d = Denoiser(FakeUNet(), conditioning, Guidance(scale=3.0), empty)
     hidden = d.hidden_states((negative_branch(0), prompt_branch(0)), 0, 2)
-    assert hidden.shape == (4, 4, 3)
-    assert torch.equal(hidden[0], torch.cat([negative, torch.zeros(2, 3)])) and torch.equal(hidden[1], hidden[0])
+    assert hidden.shape == (4, 4, 4)
+    assert torch.equal(hidden[0], torch.cat([negative, empty])) and torch.equal(hidden[1], hidden[0])
     assert torch.equal(hidden[2], prompt) and torch.equal(hidden[3], prompt)
 
 

@@ -83,8 +83,7 @@ class Denoiser:
     def _batch(self, states: list[torch.Tensor], rows: int) -> torch.Tensor:
         longest = max(s.shape[0] for s in states)
         window = self.empty.shape[0]
-        padded = [s if s.shape[0] == longest else torch.cat([s, self.empty.repeat((longest - s.shape[0]) // window, 1)])
-                  for s in states]
+        padded = [torch.cat([s, self.empty.repeat((longest - s.shape[0]) // window, 1)]) for s in states]  # +0 rows
         return torch.cat([s[None].expand(rows, -1, -1) for s in padded])
 
     def _autocast(self, device: torch.device):
