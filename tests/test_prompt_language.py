@@ -514,3 +514,26 @@ def test_a_parsed_prompt_keeps_its_text_steps_and_weighted_parts():
 def test_a_weight_that_is_not_a_number_counts_as_absent():
     assert parse_attention("(a:1.2.3)") == (Fragment("a", 1.0),)
     assert parse_attention("(a:.5)") == (Fragment("a", 0.5),)
+
+
+def test_escapes_and_stray_closers_do_not_stop_a_text_being_cut_into_pieces():
+    """The parser's budget counts each piece between commas: escaped brackets and capital letters must not keep a
+    long text whole (20 schedules of 4 characters each fit; as one piece they would be over 64)."""
+    schedules = ", [a:b:1]" * 20
+    for head in ("\\(x", "X", "x\\[", "\\\\", "a b c"):
+        entries = schedule.__wrapped__(head + schedules, 4)
+        assert entries[0].end_step == 1 and entries[-1].end_step == 4, head
+
+
+def test_an_alternation_of_schedules_follows_both():
+    from avert.prompts.schedule import ScheduleEntry
+
+    assert schedule.__wrapped__("[[a:b:2]|c]", 4) == (ScheduleEntry(1, "a"), ScheduleEntry(2, "c"),
+                                                      ScheduleEntry(3, "b"), ScheduleEntry(4, "c"))
+
+
+def test_a_scheduled_prompt_gives_the_entry_in_force_at_each_step():
+    from avert.prompts.parse import parse_prompt
+
+    part = parse_prompt("[a:b:1]", 4).parts[0]
+    assert [part.at(s).text for s in (0, 1, 2, 4, 9)] == ["a", "a", "b", "b", "b"]

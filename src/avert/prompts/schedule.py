@@ -122,7 +122,8 @@ def _schedule_piece(text: str, steps: int) -> tuple[ScheduleEntry, ...] | None:
 
 
 def _at(entries: tuple[ScheduleEntry, ...], step: int) -> str:
-    return next((e.text for e in entries if step <= e.end_step), entries[-1].text)
+    """The text in force at `step`; every piece's schedule runs to the last step, so one is."""
+    return next(e.text for e in entries if step <= e.end_step)
 
 
 def _pieces_of(text: str) -> list[str]:
@@ -181,8 +182,6 @@ def _pieces(node, step: int) -> Iterator[str]:
     elif node.data == "alternate":
         options = node.children
         yield from _pieces(options[(step - 1) % len(options)], step)
-    elif node.data == "plain":
-        yield str(node.children[0])
-    else:
+    else:  # the prompt, an emphasis, or plain text (its one token)
         for child in node.children:
             yield from _pieces(child, step)
