@@ -42,13 +42,25 @@ def diffusers_pipe(tiny_folder):
     return pipe
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _fresh_caches():
-    """Memoised prompt parsing, token vocabularies and encoded texts start empty in every test session: mutation
-    testing forks its runs from one process whose caches would otherwise answer for the code under test."""
+def _clear_caches() -> None:
     import importlib
 
     importlib.import_module("avert.prompts.schedule").schedule.cache_clear()
     importlib.import_module("avert.prompts.parse")._attention.cache_clear()
     importlib.import_module("avert.conditioning.chunks")._VOCABULARIES.clear()
     importlib.import_module("avert.conditioning.encode")._CACHES.clear()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fresh_caches_per_session():
+    """Memoised prompt parsing, token vocabularies and encoded texts start empty in every test session: mutation
+    testing forks its runs from one process whose caches would otherwise answer for the code under test."""
+    _clear_caches()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches_per_test_under_mutmut():
+    """Under mutmut (which sets MUTANT_UNDER_TEST), empty before every test: mutmut runs a mutant only against the
+    tests that reached its function, and a cache filled by an earlier test would hide the function from later ones."""
+    if "MUTANT_UNDER_TEST" in os.environ:
+        _clear_caches()
