@@ -131,3 +131,84 @@ def test_the_encoding_cache_evicts_the_least_recently_used():
     assert cache.get("a") == 1
     cache.put("c", 3)
     assert (cache.get("a"), cache.get("b"), cache.get("c")) == (1, None, 3)
+
+
+@pytest.fixture(scope="module")
+def bert():
+    """The embedded model's tokenizer: 30-token chunks and a comma it knows (the tiny CLIP's comma is unknown)."""
+    from transformers import AutoTokenizer
+
+    from avert.models.default import EMBEDDED_MODEL
+
+    return AutoTokenizer.from_pretrained(Path(EMBEDDED_MODEL) / "tokenizer")
+
+
+def test_the_vocabulary_is_read_from_each_tokenizer(tiny, bert):
+    from avert.conditioning.chunks import TokenVocabulary, _read_vocabulary
+
+    assert _read_vocabulary(tiny.tokenizer) == TokenVocabulary(75, 94, 95, 95, None)  # its comma is unknown
+    assert _read_vocabulary(bert) == TokenVocabulary(30, 101, 102, 0, 1010)
+
+
+def test_a_tokenizer_without_a_pad_token_pads_with_its_end_token(tiny):
+    import copy
+
+    from avert.conditioning.chunks import _read_vocabulary
+
+    tokenizer = copy.deepcopy(tiny.tokenizer)
+    tokenizer.pad_token = None
+    assert _read_vocabulary(tokenizer).pad == 95
+
+
+def chunked(tokenizer, text: str, library=EmbeddingLibrary(), backtrack: int = 20):
+    from avert.conditioning.chunks import chunk_fragments
+    from avert.prompts.attention import parse_attention
+
+    return chunk_fragments(parse_attention(text), tokenizer, library, backtrack)
+
+
+def test_words_after_the_last_comma_move_to_the_next_chunk_when_one_fills(bert):
+    """25 words, a comma, 10 words: the chunk fills at 30 with 4 words after the comma; they move on."""
+    result = chunked(bert, "a " * 25 + ", " + "b " * 10)
+    assert [len(c.tokens) for c in result.chunks] == [26, 10]
+    assert result.chunks[0].tokens[-1] == 1010 and result.token_count == 40
+    assert [len(c.tokens) for c in chunked(bert, "a " * 25 + ", " + "b " * 10, backtrack=4).chunks] == [30, 6]
+    assert [len(c.tokens) for c in chunked(bert, "a " * 25 + ", " + "b " * 10, backtrack=5).chunks] == [26, 10]
+    # a comma in a chunk that was closed does not pull words out of the next one
+    assert [len(c.tokens) for c in chunked(bert, "a , " + "b " * 60).chunks] == [30, 30, 2]
+    # no comma at all: cut where the chunk is full
+    assert [len(c.tokens) for c in chunked(bert, "b " * 31).chunks] == [30, 1]
+
+
+def test_weights_follow_their_tokens_across_the_move(bert):
+    result = chunked(bert, "a " * 25 + ", " + "(b:1.5) " * 10)
+    assert result.chunks[0].weights == (1.0,) * 26 and result.chunks[1].weights == (1.5,) * 10
+
+
+def test_an_embedding_is_never_split_and_one_too_long_is_refused(bert):
+    width = 384
+    library = EmbeddingLibrary({"zz": Embedding("zz", torch.zeros(5, width), Path("zz.safetensors")),
+                                "yy": Embedding("yy", torch.zeros(31, width), Path("yy.safetensors"))})
+    result = chunked(bert, "a " * 26 + "(zz:1.2) c", library)
+    assert [len(c.tokens) for c in result.chunks] == [26, 6]
+    assert [(o, e.name) for o, e in result.chunks[1].embeddings] == [(0, "zz")]
+    assert result.chunks[1].weights == (1.2,) * 5 + (1.0,)
+    assert [len(c.tokens) for c in chunked(bert, "a " * 25 + "zz", library).chunks] == [30]
+    with pytest.raises(EmbeddingError, match="^embedding yy.safetensors: 31 vectors do not fit in one chunk of 30 "
+                                             "tokens of this model's text encoder$"):
+        chunked(bert, "yy", library)
+
+
+def test_an_embedding_after_a_comma_moves_with_its_words(bert):
+    library = EmbeddingLibrary({"zz": Embedding("zz", torch.zeros(2, 384), Path("zz.safetensors"))})
+    result = chunked(bert, "a " * 25 + ", zz " + "b " * 5, library)
+    assert [len(c.tokens) for c in result.chunks] == [26, 7]
+    assert [(o, e.name) for o, e in result.chunks[1].embeddings] == [(0, "zz")]
+    assert result.chunks[0].embeddings == ()
+
+
+def test_break_and_empty_text(bert):
+    assert [len(c.tokens) for c in chunked(bert, "a BREAK b b").chunks] == [1, 2]
+    assert chunked(bert, "a BREAK b b").token_count == 32  # a closed chunk counts whole, as A1111 counts it
+    empty = chunked(bert, "")
+    assert [c.tokens for c in empty.chunks] == [()] and empty.token_count == 0
