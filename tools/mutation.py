@@ -74,6 +74,10 @@ EQUIVALENT = [
      "the CPU, the only device the tests have"),
     ("avert.conditioning.encode.xǁTextEncodingǁ_encode_chunks", "gone:device=self.device", "tensors made without a "
      "device are on the CPU, the only device the tests have"),
+    ("avert.output.pnginfo.x_read_png_metadata", 'getattr(source, "filename", None)', "a missing file name and an "
+     "empty one both fall back to 'the image'"),
+    ("avert.validation.x_check_relations", "_in_range(request.guidance_end, 0, 2)", "guidance_start is at most 1, so "
+     "an end above 1 is never at or below it: the widened range adds no problem"),
     ("avert.output.pnginfo.x_parse_parameters", "(value.startswith('\"')) or True",
      "_unquote returns a value that does not start with a double quote unchanged"),
 ]
