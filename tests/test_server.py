@@ -474,3 +474,60 @@ def test_host_names_and_redaction():
     assert "proxy.example" in ServerConfig(allowed_hosts=("proxy.example",)).host_names()
     assert redact("model: '/home/op/models/x.safetensors' is bad") == "model: '.../x.safetensors' is bad"
     assert redact("see http://example.com/a/b and 1/2/3") == "see http://example.com/a/b and 1/2/3"
+
+
+@pytest.mark.parametrize("path", ["/sdapi/v1/upscalers", "/sdapi/v1/latent-upscale-modes", "/sdapi/v1/sd-vae",
+                                  "/sdapi/v1/hypernetworks", "/sdapi/v1/face-restorers", "/sdapi/v1/realesrgan-models",
+                                  "/sdapi/v1/loras", "/sdapi/v1/script-info"])
+def test_lists_avert_has_nothing_in_answer_empty(client, path):
+    assert client.get(path).json() == []
+
+
+def test_refreshes_answer_null_and_cmd_flags_show_no_secret_or_folder(tmp_path):
+    keys = ("k" * 20,)
+    config = ServerConfig(api_keys=keys, embeddings_dir=tmp_path, models_dir=tmp_path)
+    with TestClient(create_app(config), base_url="http://127.0.0.1",
+                    headers={"Authorization": f"Bearer {keys[0]}"}) as c:
+        for path in ("/sdapi/v1/refresh-vae", "/sdapi/v1/refresh-loras"):
+            assert c.post(path, headers=JSON).json() is None
+        assert c.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
+        from safetensors.torch import save_file
+        import torch
+
+        save_file({"emb_params": torch.zeros(2, 384)}, str(tmp_path / "late.safetensors"))
+        assert c.post("/sdapi/v1/refresh-embeddings", headers=JSON).json() is None
+        assert c.get("/sdapi/v1/embeddings").json()["loaded"]["late"]["vectors"] == 2
+        flags = c.get("/sdapi/v1/cmd-flags").json()
+        assert flags["api"] is True and flags["port"] == 7860 and flags["api_auth"] is True
+        assert keys[0] not in json.dumps(flags) and str(tmp_path) not in json.dumps(flags)
+
+
+def test_options_round_trip_keeps_what_avert_does_not_act_on_and_acts_on_what_it_does(tiny_folder):
+    with TestClient(create_app(ServerConfig(model=str(tiny_folder))), base_url="http://127.0.0.1") as c:
+        options = c.get("/sdapi/v1/options").json()
+        options.update({"send_seed": True, "outdir_samples": "", "img2img_color_correction": False})
+        assert c.post("/sdapi/v1/options", json=options).status_code == 200
+        again = c.get("/sdapi/v1/options").json()
+        assert again["send_seed"] is True and again == options  # a read-change-write is a fixed point
+        # the acting options set clip skip and guidance for requests that do not set them
+        assert c.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2, "avert_guidance": "perp-neg"}
+                      ).status_code == 200
+        body = {"prompt": "a", "negative_prompt": "b", "steps": 2, "width": 16, "height": 16, "seed": 3}
+        info = json.loads(c.post("/sdapi/v1/txt2img", json=body).json()["info"])
+        assert info["clip_skip"] == 2 and "Guidance: perp-neg" in info["infotexts"][0]
+        override = {**body, "override_settings": {"CLIP_stop_at_last_layers": 1, "avert_guidance": None}}
+        info = json.loads(c.post("/sdapi/v1/txt2img", json=override).json()["info"])
+        assert info["clip_skip"] == 1 and "Guidance: perp-neg" not in info["infotexts"][0]
+        assert c.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": None}).status_code == 200
+        assert c.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
+        # what avert cannot honour is refused by name, and nothing of such a request is applied
+        r = c.post("/sdapi/v1/options", json={"send_seed": False, "eta_ancestral": 0.5})
+        assert_names(r, 422, "eta_ancestral")
+        assert c.get("/sdapi/v1/options").json()["send_seed"] is True
+        assert_names(c.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 13}), 422,
+                     "CLIP_stop_at_last_layers")
+        assert_names(c.post("/sdapi/v1/options", json={"avert_guidance": "nope"}), 422, "avert_guidance")
+        assert_names(c.post("/sdapi/v1/options", json={"x" * 200: 1}), 422, "options")
+        assert_names(c.post("/sdapi/v1/options", json={"big": "x" * 9000}), 422, "big")
+        many = {f"k{i}": i for i in range(600)}
+        assert_names(c.post("/sdapi/v1/options", json=many), 422, "options")

@@ -235,11 +235,12 @@ OVERRIDE_FIELDS = {"CLIP_stop_at_last_layers": "clip_skip", "avert_guidance": "g
 def _override(state: ServerState, override: Any) -> tuple[str, dict[str, Any], list[FieldProblem]]:
     """override_settings for one request: the model (sd_model_checkpoint, else the current checkpoint) and
     request fields (CLIP_stop_at_last_layers -> clip_skip); other options must equal their current value."""
+    defaults = {k: v for k, v in state.option_fields.items() if v is not None}  # POST /sdapi/v1/options
     if override in (None, {}):
-        return state.current_model, {}, []
+        return state.current_model, defaults, []
     if not isinstance(override, dict):
-        return state.current_model, {}, [FieldProblem("override_settings", override, "must be an object")]
-    problems, fields = [], {}
+        return state.current_model, defaults, [FieldProblem("override_settings", override, "must be an object")]
+    problems, fields = [], dict(defaults)
     model = state.current_model
     for key, value in override.items():
         if key == "sd_model_checkpoint":
@@ -249,6 +250,8 @@ def _override(state: ServerState, override: Any) -> tuple[str, dict[str, Any], l
                 problems += error.problems
         elif OVERRIDE_FIELDS.get(key) in bodies.REQUEST_FIELDS:
             fields[OVERRIDE_FIELDS[key]] = value
+            if value is None:
+                fields.pop(OVERRIDE_FIELDS[key])  # null: the request field's own default
         elif options(state).get(key, object()) != value:
             problems.append(FieldProblem(f"override_settings.{key}", value, "can be overridden: sd_model_checkpoint, "
                                          + ", ".join(OVERRIDE_FIELDS) + "; other options must equal their current value"))
@@ -274,7 +277,7 @@ def txt2img_response(job: Job, parameters: dict) -> dict:
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": parameters.get("denoising_strength"),
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": [g.infotext for g in made],
         "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.started or job.created)),
-        "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": f"avert {__version__}",
+        "clip_skip": first.clip_skip, "is_using_inpainting_conditioning": False, "version": f"avert {__version__}",
         "warnings": job_warnings(job),
     }
     images = [png_base64(g) for g in made] if parameters.get("send_images", True) else []

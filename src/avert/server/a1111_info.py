@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
+from avert.conditioning.embeddings import load_embeddings
 from avert.errors import AvertError, FieldProblem, ValidationError
 from avert.output.pnginfo import parse_parameters, read_png_metadata
 from avert.sampling.samplers import SAMPLERS
@@ -62,6 +64,12 @@ async def embeddings(request: Request) -> dict:
     return {"loaded": loaded, "skipped": skipped}
 
 
+@router.post("/refresh-embeddings", summary="Read the embeddings folder again")
+async def refresh_embeddings(request: Request) -> None:
+    queue = get_state(request).queue
+    queue.embeddings = await run_in_threadpool(load_embeddings, get_state(request).config.embeddings_dir)
+
+
 @router.get("/prompt-styles")
 async def prompt_styles() -> list:
     return []
@@ -72,12 +80,49 @@ async def scripts() -> dict:
     return {"txt2img": [], "img2img": []}
 
 
+@router.get("/script-info")
+async def script_info() -> list:
+    return []
+
+
+# Lists of things avert does not have (A1111 fills them from model folders and extensions): clients call them to
+# fill their menus, so they answer in A1111's shape, empty.
+for _path in ("/upscalers", "/latent-upscale-modes", "/sd-vae", "/hypernetworks", "/face-restorers",
+              "/realesrgan-models", "/loras"):
+    router.add_api_route(_path, lambda: [], methods=["GET"], summary="None in avert (an empty list, A1111's shape)")
+for _path in ("/refresh-vae", "/refresh-loras"):
+    router.add_api_route(_path, lambda: None, methods=["POST"], summary="Nothing to refresh in avert (null)")
+
+
+@router.get("/cmd-flags", summary="avert serve's settings under A1111's flag names where they match, and its own")
+async def cmd_flags(request: Request) -> dict:
+    """A1111 answers with every argparse destination; clients read a few (api, listen, port, ...). Neither the API
+    keys nor the server's folders are shown (errors redact paths too), only whether there are any."""
+    config = get_state(request).config
+    return {"api": True, "nowebui": False, "listen": not config.loopback, "server_name": config.host,
+            "port": config.port, "ckpt_dir": None, "embeddings_dir": None, "api_auth": bool(config.api_keys),
+            "cors_allow_origins": ",".join(config.cors_origins) or None, "use_cpu": ["all"] if config.device == "cpu"
+            else [], "precision": config.precision, "avert_queue_size": config.queue_size,
+            "avert_rate_limit": config.rate_limit, "avert_max_work": config.limits.max_work}
+
+
+# A1111 options avert acts on (besides sd_model_checkpoint): each sets a request field for every A1111 request that
+# does not set it itself (override_settings wins). avert_guidance is avert's: null is the model's default method.
+ACTING_OPTIONS = {"CLIP_stop_at_last_layers": ("clip_skip", 1), "avert_guidance": ("guidance", None)}
+# Options whose value avert cannot change (it would act in A1111): they must keep the value shown.
+FIXED_OPTIONS = {"sd_checkpoint_hash": None, "eta_ancestral": ANCESTRAL_ETA, "eta_ddim": DDIM_ETA,
+                 "samples_format": "png", "sd_vae": "None", "enable_pnginfo": True, "samples_save": False,
+                 "grid_save": False}
+MAX_KEPT_OPTIONS = 512  # other options are kept as given (no effect here), within these bounds
+MAX_OPTION_BYTES = 8192
+_OPTION_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+
 def options(state: ServerState) -> dict[str, Any]:
-    """The options avert has, with A1111's names and (fixed) values; only sd_model_checkpoint can change."""
-    return {"sd_model_checkpoint": state.current_model, "sd_checkpoint_hash": None, "CLIP_stop_at_last_layers": 1,
-            "avert_guidance": None,
-            "eta_ancestral": ANCESTRAL_ETA, "eta_ddim": DDIM_ETA, "samples_format": "png", "sd_vae": "None",
-            "enable_pnginfo": True, "samples_save": False, "grid_save": False}
+    """The options: kept ones, the fixed ones, the acting ones and the checkpoint (A1111's names)."""
+    acting = {key: default if state.option_fields.get(name) is None else state.option_fields[name]
+              for key, (name, default) in ACTING_OPTIONS.items()}
+    return {**state.kept_options, **FIXED_OPTIONS, **acting, "sd_model_checkpoint": state.current_model}
 
 
 @router.get("/options")
@@ -85,22 +130,68 @@ async def get_options(request: Request) -> dict:
     return options(get_state(request))
 
 
-@router.post("/options", summary="Set options; sd_model_checkpoint switches the model (by name)",
-             openapi_extra=openapi.options_body({}, ()))
+@router.post("/options", summary="Set options: sd_model_checkpoint switches the model, CLIP_stop_at_last_layers and "
+             "avert_guidance set the default clip skip and guidance; others are kept", openapi_extra=openapi.options_body(
+                 {}, ()))
 async def set_options(request: Request) -> None:
     state = get_state(request)
     body = await run_in_threadpool(bodies.parse_json, await request.body())
-    current = options(state)
-    problems = [FieldProblem(k, v, "unknown option or not settable; settable: sd_model_checkpoint (others must "
-                             "equal their current value)") for k, v in body.items()
-                if k != "sd_model_checkpoint" and current.get(k, object()) != v]
+    fields, kept, problems = _option_changes(state, body)
     if problems:
         raise ValidationError(problems)
+    name = None
     if "sd_model_checkpoint" in body:
         name = state.registry.entry(model_name(body["sd_model_checkpoint"]), "sd_model_checkpoint").name
         await run_in_threadpool(state.registry.components, name)  # A1111 loads on switch; errors surface here
-        with state.lock:
-            state.current_model = name
+    with state.lock:
+        state.current_model = name or state.current_model
+        state.option_fields.update(fields)
+        state.kept_options.update(kept)
+
+
+def _option_changes(state: ServerState, body: dict) -> tuple[dict, dict, list[FieldProblem]]:
+    """The request fields the acting options set, the options to keep, and every problem, all checked before
+    anything changes (A1111 sets the keys one by one and keeps what it set before an error)."""
+    fields, kept, problems = {}, {}, []
+    for key, value in body.items():
+        if key == "sd_model_checkpoint":
+            continue
+        if key in ACTING_OPTIONS:
+            name, default = ACTING_OPTIONS[key]
+            fields[name] = value
+            problems += _acting_problems(key, name, value, default)
+        elif key in FIXED_OPTIONS:
+            if value != FIXED_OPTIONS[key]:
+                problems.append(FieldProblem(key, value, f"must be {FIXED_OPTIONS[key]!r}: avert does not change it "
+                                             "(options that act: sd_model_checkpoint, " + ", ".join(ACTING_OPTIONS)
+                                             + "; others are kept without effect)"))
+        elif not _OPTION_KEY.fullmatch(key):
+            problems.append(FieldProblem("options", key, "option names must be 1 to 128 letters, digits, '_', '.' "
+                                         "or '-'"))
+        elif len(json.dumps(value)) > MAX_OPTION_BYTES:
+            problems.append(FieldProblem(key, value, f"must be at most {MAX_OPTION_BYTES} bytes of JSON"))
+        else:
+            kept[key] = value
+    if len({**state.kept_options, **kept}) > MAX_KEPT_OPTIONS:
+        problems.append(FieldProblem("options", f"{len({**state.kept_options, **kept})} options",
+                                     f"must keep at most {MAX_KEPT_OPTIONS} options avert does not act on"))
+    return fields, kept, problems
+
+
+def _acting_problems(key: str, name: str, value: Any, default: Any) -> list[FieldProblem]:
+    """An acting option's value, checked as the request field it sets (null: that field's default)."""
+    from avert.request import GenerationRequest
+    from avert.validation import validate
+
+    if value is None or value == default:
+        return []
+    try:
+        validate(GenerationRequest(**{name: value}))
+    except ValidationError as error:
+        return [FieldProblem(key, p.value, p.allowed) for p in error.problems]
+    except TypeError:
+        return [FieldProblem(key, value, "must be a valid value of " + name)]
+    return []
 
 
 def model_name(value: Any) -> Any:

@@ -84,7 +84,7 @@ def _live_openapi(app: FastAPI) -> None:
     def document() -> dict:
         schema = copy.deepcopy(FastAPI.openapi(app))  # FastAPI builds it once and caches it
         state: ServerState = app.state.avert
-        body = openapi.options_body(a1111_info.options(state), state.registry.names())
+        body = openapi.options_body(a1111_info.FIXED_OPTIONS, state.registry.names())
         schema["paths"]["/sdapi/v1/options"]["post"]["requestBody"] = body["requestBody"]
         return schema
 

@@ -121,12 +121,20 @@ def png_info_body() -> dict:
                   "URL; URLs are never fetched"}}}, "A PNG whose generation parameters are read")
 
 
-def options_body(current: dict[str, Any], models: tuple[str, ...]) -> dict:
-    """POST /sdapi/v1/options: sd_model_checkpoint switches the model; the other options keep their values."""
-    properties = {k: {"const": v} for k, v in current.items()}
+def options_body(fixed: dict[str, Any], models: tuple[str, ...]) -> dict:
+    """POST /sdapi/v1/options: sd_model_checkpoint switches the model, CLIP_stop_at_last_layers and avert_guidance
+    set request defaults, the fixed options keep their values, and any other option is kept without effect."""
+    from avert.guidance.strategy import method_names
+
+    properties = {k: {"const": v} for k, v in fixed.items()}
     properties["sd_model_checkpoint"] = {"enum": list(models)}
-    return _body({"type": "object", "additionalProperties": False, "properties": properties},
-                 "A1111's options; only sd_model_checkpoint can change, the others must equal their current value")
+    properties["CLIP_stop_at_last_layers"] = {"type": ["integer", "null"], "minimum": 1, "maximum": 12}
+    properties["avert_guidance"] = {"enum": [*method_names(), None]}
+    kept = {"propertyNames": {"pattern": "^[A-Za-z0-9_.\\-]{1,128}$"}, "maxProperties": 64}
+    return _body({"type": "object", "properties": properties, **kept},
+                 "A1111's options: sd_model_checkpoint switches the model; CLIP_stop_at_last_layers and "
+                 "avert_guidance set the clip skip and guidance of A1111 requests that do not set them; the options "
+                 "shown with a fixed value must keep it; any other option is kept and returned, without effect")
 
 
 def _body(schema: dict, description: str) -> dict:

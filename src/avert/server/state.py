@@ -15,13 +15,17 @@ from avert.server.security import client_of
 
 @dataclass
 class ServerState:
-    """`current_model` is what A1111's `sd_model_checkpoint` option selects (POST /sdapi/v1/options)."""
+    """`current_model` is what A1111's `sd_model_checkpoint` option selects (POST /sdapi/v1/options);
+    `option_fields` the request fields other acting options set (CLIP_stop_at_last_layers -> clip_skip);
+    `kept_options` the options avert does not act on, kept so that a client's read-change-write works."""
 
     config: ServerConfig
     registry: ModelRegistry
     queue: JobQueue
     current_model: str
     lock: threading.Lock = field(default_factory=threading.Lock)
+    option_fields: dict = field(default_factory=dict)
+    kept_options: dict = field(default_factory=dict)
 
 
 def get_state(request: Request) -> ServerState:
