@@ -531,3 +531,27 @@ def test_options_round_trip_keeps_what_avert_does_not_act_on_and_acts_on_what_it
         assert_names(c.post("/sdapi/v1/options", json={"big": "x" * 9000}), 422, "big")
         many = {f"k{i}": i for i in range(600)}
         assert_names(c.post("/sdapi/v1/options", json=many), 422, "options")
+
+
+def test_an_infotext_fills_what_the_request_leaves_out_and_remakes_the_image(tiny_folder):
+    with TestClient(create_app(ServerConfig(model=str(tiny_folder))), base_url="http://127.0.0.1") as c:
+        first = c.post("/sdapi/v1/txt2img", json={"prompt": "a (red:1.2) car", "negative_prompt": "blue", "seed": 5,
+                                                   "steps": 3, "width": 16, "height": 16, "cfg_scale": 5,
+                                                   "sampler_name": "DPM++ 2M", "scheduler": "karras",
+                                                   "override_settings": {"CLIP_stop_at_last_layers": 2}}).json()
+        infotext = json.loads(first["info"])["infotexts"][0]
+        again = c.post("/sdapi/v1/txt2img", json={"infotext": infotext}).json()
+        assert again["images"] == first["images"]
+        assert again["parameters"]["prompt"] == "a (red:1.2) car" and again["parameters"]["steps"] == 3
+        assert json.loads(again["info"])["clip_skip"] == 2
+        # explicit fields win; override_settings wins over the infotext's options
+        mine = c.post("/sdapi/v1/txt2img", json={"infotext": infotext, "steps": 2, "seed": -1,
+                                                 "override_settings": {"CLIP_stop_at_last_layers": 1}}).json()
+        info = json.loads(mine["info"])
+        assert (info["steps"], info["clip_skip"], info["prompt"]) == (2, 1, "a (red:1.2) car")
+        assert info["seed"] != 5  # -1: a fresh seed (one in 2^32 would be 5)
+        assert_names(c.post("/sdapi/v1/txt2img", json={"infotext": "a\nSteps: many, Seed: 1, Size: 16x16"}), 422,
+                     "steps")
+        assert_names(c.post("/sdapi/v1/txt2img", json={"infotext": 5}), 422, "infotext")
+        assert_names(c.post("/sdapi/v1/txt2img", json={"infotext": "a\nSteps: 2, Seed: 1, Eta: 0.5"}), 422,
+                     "override_settings.eta_ancestral")

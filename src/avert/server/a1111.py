@@ -25,6 +25,7 @@ from avert.sampling.samplers import SAMPLER_NAMES, SAMPLERS
 from avert.server import bodies, openapi
 from avert.server.a1111_info import ANCESTRAL_ETA, DDIM_ETA, SCHEDULERS, model_name, options
 from avert.server.http import error_response, failure_response, wait_for
+from avert.server.infotext import apply_infotext
 from avert.server.jobs import CANCELLED, FAILED, Job
 from avert.server.security import client_of
 from avert.server.results import job_images, job_warnings, negative_text, png_base64
@@ -92,13 +93,13 @@ NO_EFFECT: dict[str, tuple[Callable[[Any], bool], str]] = {
     "script_args": (_empty, "must be empty: scripts are not supported"),
     "alwayson_scripts": (_empty, "must be empty: scripts are not supported (GET /sdapi/v1/scripts)"),
     "save_images": (_one_of(None, False), "must be false: the server returns images and writes no files"),
-    "infotext": (_empty, "must be null: paste-from-infotext is not supported"),
 }
 # Accepted whatever their value: they change nothing here (never saved) or only matter with hires fix.
 IGNORED = ("do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards", "s_tmax", "s_tmin",
            "disable_extra_networks", "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler",
            "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name",
-           "hr_scheduler", "hr_prompt", "hr_negative_prompt", "force_task_id", "denoising_strength", "send_images")
+           "hr_scheduler", "hr_prompt", "hr_negative_prompt", "force_task_id", "denoising_strength", "send_images",
+           "infotext")  # infotext: merged into the body before it is read (`avert.server.infotext`)
 
 
 
@@ -123,7 +124,7 @@ async def txt2img(request: Request) -> JSONResponse:
 
 
 def _parse_txt2img(state: ServerState, raw: bytes, client: str | None) -> tuple[dict, Job]:
-    body = bodies.parse_json(raw)
+    body = apply_infotext(bodies.parse_json(raw))  # A1111 echoes the body after the infotext merge
     return body, txt2img_job(state, body, client)
 
 

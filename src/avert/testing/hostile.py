@@ -175,7 +175,9 @@ def a1111_cases() -> list[HttpCase]:
         ("override_settings", {"avert_guidance": "magic"}), ("eta", "x"), ("eta", []),
         ("send_images", "x"), ("enable_hr", True), ("tiling", True), ("restore_faces", True), ("styles", ["x"]),
         ("subseed_strength", 0.5), ("script_name", "x"), ("script_args", [1]), ("alwayson_scripts", {"x": {}}),
-        ("save_images", True), ("infotext", "a\nSteps: 2"), ("firstpass_image", "x"), ("refiner_checkpoint", "x"),
+        ("save_images", True), ("infotext", "x" * 40000), ("infotext", 5), ("infotext", "a\nSteps: many, Seed: 1, "
+                                                                          "Size: 8x8"),
+        ("infotext", "a\nSteps: 2, Seed: 1, Clip skip: 99"), ("firstpass_image", "x"), ("refiner_checkpoint", "x"),
         ("refiner_switch_at", 0.5), ("comments", {"a": 1}), ("s_churn", 1), ("s_noise", 0.5),
         ("seed_resize_from_h", 64), ("negative_prompt", ["a", "b"]), ("negative_prompt", 5), ("mystery", 1),
         ("steps", "20"), ("width", 100000), ("batch_size", 10**9), ("cfg_scale", [7]), ("seed", "x"),
