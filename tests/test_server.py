@@ -155,16 +155,27 @@ def test_txt2img_n_iter_continues_the_seeds(client):
     ({"n_iter": 0}, "n_iter"),
     ({"negative_prompt": ["a", "b"]}, "negative_prompt"),
     ({"prompt": "x" * 9000}, "prompt"),
-    ({"mystery": 1}, "mystery"),
 ])
 def test_txt2img_bad_fields_are_422_naming_the_field(client, body, field):
     assert_names(client.post("/sdapi/v1/txt2img", json={**FAST, **body}), 422, field)
 
 
 def test_txt2img_names_every_bad_field_at_once(client):
-    body = assert_names(client.post("/sdapi/v1/txt2img", json={"steps": 0, "mystery": 1, "enable_hr": True,
+    body = assert_names(client.post("/sdapi/v1/txt2img", json={"steps": 0, "cfg_scale": 99, "enable_hr": True,
                                                                 "sampler_name": "Euler z"}), 422, "steps")
-    assert {e["field"] for e in body["errors"]} == {"steps", "mystery", "enable_hr", "sampler_name"}
+    assert {e["field"] for e in body["errors"]} == {"steps", "cfg_scale", "enable_hr", "sampler_name"}
+
+
+def test_txt2img_ignores_fields_a1111_does_not_have_and_names_them_in_info(client):
+    body = {**FAST, "mystery": 1, "callback_url": "http://x", **{f"extra{i}": i for i in range(40)}}
+    answer = client.post("/sdapi/v1/txt2img", json=body).json()
+    info = json.loads(answer["info"])
+    assert info["ignored_fields"][:3] == ["mystery", "callback_url", "extra0"]
+    assert info["ignored_fields"][-1] == "... and 10 more" and len(info["ignored_fields"]) == 33
+    assert "ignored fields A1111's txt2img does not have: mystery, callback_url" in info["warnings"][-1]
+    assert "mystery" not in answer["parameters"] and answer["parameters"]["steps"] == FAST["steps"]
+    assert json.loads(client.post("/sdapi/v1/txt2img", json=FAST).json()["info"])["ignored_fields"] == []
+    assert_names(client.post("/v1/generate", json={"prompt": "a", "mystery": 1}), 422, "mystery")  # native: strict
 
 
 JSON = {"Content-Type": "application/json"}

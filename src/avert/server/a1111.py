@@ -2,7 +2,7 @@
 
 Clients written against A1111 (the `webuiapi` package among them) work unchanged. Fields avert does not
 implement are accepted only at values where they have no effect (A1111's defaults, mostly), and refused by
-name otherwise; unknown fields are refused by name. One extension: `negative_prompt` may be a list with one
+name otherwise; fields A1111 does not have are ignored, as A1111 ignores them, and named in `info`. One extension: `negative_prompt` may be a list with one
 negative per image (A1111's API has one negative per request). This module has txt2img, progress, interrupt
 and skip; `a1111_info` the lists, options and PNG info.
 """
@@ -120,7 +120,8 @@ async def txt2img(request: Request) -> JSONResponse:
         return failure_response(job.failure)
     if job.status == CANCELLED:
         return error_response(409, "interrupted", f"job {job.id} was interrupted before it finished")
-    return JSONResponse(txt2img_response(job, {**TXT2IMG_DEFAULTS, **body}))
+    known = {k: v for k, v in body.items() if k in TXT2IMG_DEFAULTS}
+    return JSONResponse(txt2img_response(job, {**TXT2IMG_DEFAULTS, **known}, ignored_fields(body)))
 
 
 def _parse_txt2img(state: ServerState, raw: bytes, client: str | None) -> tuple[dict, Job]:
@@ -146,9 +147,9 @@ def _type_problems(body: dict) -> list[FieldProblem]:
 
 def txt2img_job(state: ServerState, body: dict, client: str | None = None) -> Job:
     """Check an A1111 txt2img body and build its job (one part per negative run and n_iter round)."""
-    problems = bodies.unknown_fields(body, TXT2IMG_DEFAULTS)
+    problems: list[FieldProblem] = []  # fields A1111 does not have are ignored, as A1111 does (`ignored_fields`)
     if _type_problems(body):  # the checks below read these fields
-        raise ValidationError(problems + _type_problems(body))
+        raise ValidationError(_type_problems(body))
     problems += [FieldProblem(k, body[k], rule[1]) for k, rule in NO_EFFECT.items()
                  if k in body and k not in bodies.REQUEST_FIELDS and not rule[0](body[k])]
     settings = {**TXT2IMG_DEFAULTS, **body}
@@ -259,8 +260,20 @@ def _override(state: ServerState, override: Any) -> tuple[str, dict[str, Any], l
     return model, fields, problems
 
 
-def txt2img_response(job: Job, parameters: dict) -> dict:
-    """A1111's response: base64 PNGs, the request echoed, and `info` as a JSON string."""
+MAX_IGNORED_SHOWN = 32
+
+
+def ignored_fields(body: dict) -> list[str]:
+    """Fields of the body that A1111's txt2img does not have: A1111 ignores them silently, and clients rely on
+    that; avert ignores them too, and names them in `info` (up to MAX_IGNORED_SHOWN, then how many more)."""
+    names = [k for k in body if k not in TXT2IMG_DEFAULTS]
+    shown = [name[:64] for name in names[:MAX_IGNORED_SHOWN]]
+    return shown + ([f"... and {len(names) - MAX_IGNORED_SHOWN} more"] if len(names) > MAX_IGNORED_SHOWN else [])
+
+
+def txt2img_response(job: Job, parameters: dict, ignored: list[str] = ()) -> dict:
+    """A1111's response: base64 PNGs, the request echoed (A1111's fields only), and `info` as a JSON string, with
+    avert's `ignored_fields` and `warnings`."""
     made = [g for _, g in job_images(job)]
     first = job.parts[0].request
     components_source = made[0].record.get("model", {}) if made else {}
@@ -279,7 +292,9 @@ def txt2img_response(job: Job, parameters: dict) -> dict:
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": [g.infotext for g in made],
         "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.started or job.created)),
         "clip_skip": first.clip_skip, "is_using_inpainting_conditioning": False, "version": f"avert {__version__}",
-        "warnings": job_warnings(job),
+        "warnings": job_warnings(job) + ([f"ignored fields A1111's txt2img does not have: {', '.join(ignored)}"]
+                                         if ignored else []),
+        "ignored_fields": list(ignored),
     }
     images = [png_base64(g) for g in made] if parameters.get("send_images", True) else []
     return {"images": images, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}

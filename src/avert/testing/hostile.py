@@ -179,7 +179,7 @@ def a1111_cases() -> list[HttpCase]:
                                                                           "Size: 8x8"),
         ("infotext", "a\nSteps: 2, Seed: 1, Clip skip: 99"), ("firstpass_image", "x"), ("refiner_checkpoint", "x"),
         ("refiner_switch_at", 0.5), ("comments", {"a": 1}), ("s_churn", 1), ("s_noise", 0.5),
-        ("seed_resize_from_h", 64), ("negative_prompt", ["a", "b"]), ("negative_prompt", 5), ("mystery", 1),
+        ("seed_resize_from_h", 64), ("negative_prompt", ["a", "b"]), ("negative_prompt", 5),
         ("steps", "20"), ("width", 100000), ("batch_size", 10**9), ("cfg_scale", [7]), ("seed", "x"),
         ("prompt", ["a"]), ("prompt", "x" * 8193),
     ]
