@@ -94,7 +94,8 @@ def txt2img_body(defaults: dict[str, Any], fixed: dict[str, dict], ignored: tupl
         else:
             schema = {}
         properties[name] = {**schema, "default": default}
-    return _body({"type": "object", "additionalProperties": False, "properties": properties},
+    return _body({"type": "object", "properties": properties, "additionalProperties": {
+        "description": "a field A1111 does not have: ignored, as A1111 ignores it, and named in info.ignored_fields"}},
                  "AUTOMATIC1111's txt2img fields and defaults. " + WORK)
 
 
@@ -108,6 +109,8 @@ A1111_OWN: dict[str, Any] = {
     "n_iter": {"type": "integer", "minimum": 1, "maximum": Limits().max_batch_size},
     "eta": {"anyOf": [{"type": "number"}, NULL], "description": "1 (or null) for ancestral and SDE samplers, 0 (or "
             "null) for DDIM, any number for the others (they do not use it)"},
+    "infotext": {"anyOf": [{"type": "string", "maxLength": 32768}, NULL], "description": "an A1111 infotext whose "
+                 "parameters fill the fields the request leaves out (the request's own fields win)"},
     "override_settings": {"anyOf": [NULL, {"type": "object", "additionalProperties": False, "properties": {
         "sd_model_checkpoint": {"type": "string"}, "CLIP_stop_at_last_layers": {"type": "integer", "minimum": 1,
                                                                                "maximum": 12},
