@@ -299,3 +299,46 @@ def test_encode_texts_is_diffusers_encode_prompt_and_reports_what_it_cut(tiny):
     assert torch.equal(encoded.lookup(long), encoded.embeds[1])
     cut = tiny.tokenizer.decode(tiny.tokenizer(long).input_ids[76:-1])
     assert encoded.truncated == ((long, cut),) and cut.endswith("tail")
+
+
+def test_the_comma_rule_needs_a_comma_in_the_chunk_even_with_a_long_backtrack(bert):
+    """Without a comma nothing moves, however far back the rule may look, also after a chunk was closed."""
+    assert [len(c.tokens) for c in chunked(bert, "b " * 61, backtrack=40).chunks] == [30, 30, 1]
+    assert [len(c.tokens) for c in chunked(bert, "b , " + "b " * 60, backtrack=40).chunks] == [2, 30, 30]
+
+
+def test_an_embedding_fills_a_chunk_exactly_and_keeps_the_weights_before_it(bert):
+    library = EmbeddingLibrary({"zz": Embedding("zz", torch.zeros(5, 384), Path("zz.safetensors")),
+                                "full": Embedding("full", torch.zeros(30, 384), Path("full.safetensors"))})
+    assert [len(c.tokens) for c in chunked(bert, "full", library).chunks] == [30]
+    (chunk,) = chunked(bert, "a (zz:1.2)", library).chunks
+    assert chunk.weights == (1.0,) + (1.2,) * 5 and [o for o, _ in chunk.embeddings] == [1]
+
+
+def test_the_longest_embedding_name_wins(bert):
+    library = EmbeddingLibrary({"zz": Embedding("zz", torch.zeros(1, 384), Path("zz.safetensors")),
+                                "zzbig": Embedding("zzbig", torch.zeros(2, 384), Path("zzbig.safetensors"))})
+    assert len(bert("zzbig", add_special_tokens=False).input_ids) > 1  # the names share their first token
+    (chunk,) = chunked(bert, "zzbig zz", library).chunks
+    assert [e.name for _, e in chunk.embeddings] == ["zzbig", "zz"]
+
+
+def test_an_unknown_layout_names_its_first_six_keys(tmp_path):
+    tensors = {f"k{i}": torch.ones(1, 4) for i in range(7)}
+    with pytest.raises(EmbeddingError, match=r"unknown layout with keys \['k0', 'k1', 'k2', 'k3', 'k4', 'k5'\]; "):
+        read_embedding(save(tmp_path / "e.safetensors", tensors))
+
+
+def test_a_text_that_just_fits_the_window_is_not_reported_cut(tiny):
+    from avert.conditioning.text import encode_texts
+
+    fits = " ".join(["a"] * 75)  # one token a letter in the tiny vocabulary
+    assert len(tiny.tokenizer(fits).input_ids) == 77
+    assert encode_texts(tiny.text_encoder, tiny.tokenizer, [fits]).truncated == ()
+
+
+def test_emphasis_keeps_the_states_dtype():
+    from avert.conditioning.encode import _emphasize
+
+    states = torch.ones(1, 2, 2, dtype=torch.bfloat16)
+    assert _emphasize(states, torch.tensor([[1.0, 1.1]]), "No norm").dtype == torch.bfloat16

@@ -78,6 +78,18 @@ EQUIVALENT = [
      "empty one both fall back to 'the image'"),
     ("avert.validation.x_check_relations", "_in_range(request.guidance_end, 0, 2)", "guidance_start is at most 1, so "
      "an end above 1 is never at or below it: the widened range adds no problem"),
+    ("avert.conditioning.encode.xǁTextEncodingǁ_encode_chunks", '"use_attention_mask", None', "None is false, as "
+     "the default False is"),
+    ("avert.conditioning.encode.xǁTextEncodingǁ_forward", "output_hidden_states=skip >= 1", "at clip skip 1 the "
+     "hidden states are made but not read: slower, the same result"),
+    ("avert.conditioning.text.x__truncations", "truncation=None", "a tokenizer does not truncate unless asked"),
+    ("avert.conditioning.text.x__truncations", "gone:truncation=False", "a tokenizer does not truncate unless asked"),
+    ("avert.conditioning.chunks.x__read_vocabulary", 'tokenizer("XXXX")', "only the first and the last id of the "
+     "encoded text are read, BOS and EOS, whatever the text"),
+    ("avert.conditioning.chunks.x__read_vocabulary", "ends[+1]", "the empty text encodes as [BOS, EOS]: its id 1 is "
+     "its last"),
+    ("avert.conditioning.chunks.x_chunk_with", "verbose", "verbose only says whether the tokenizer logs warnings"),
+    ("avert.conditioning.chunks.x_chunk_with", "(fragment.text) or True", "an empty text tokenises to no ids"),
     ("avert.output.pnginfo.x_parse_parameters", "(value.startswith('\"')) or True",
      "_unquote returns a value that does not start with a double quote unchanged"),
 ]

@@ -91,7 +91,7 @@ class TextEncoding:
                                  for c in chunks], device=self.device)
         with _embeddings_placed(self.text_encoder, chunks):
             states = self._forward(ids, mask)
-        return _emphasize(states.to(self.text_encoder.dtype), weights, self.options.emphasis)
+        return _emphasize(states, weights, self.options.emphasis)  # in the encoder's own dtype
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         skip = self.options.clip_skip
