@@ -523,6 +523,8 @@ def test_escapes_and_stray_closers_do_not_stop_a_text_being_cut_into_pieces():
     for head in ("\\(x", "X", "x\\[", "\\\\", "a b c"):
         entries = schedule.__wrapped__(head + schedules, 4)
         assert entries[0].end_step == 1 and entries[-1].end_step == 4, head
+    # an escape covers one character: the comma after it still cuts (33 and 36 characters, not 69 in one piece)
+    assert schedule.__wrapped__("[a:b:1]" * 8 + "\\(," + "[a:b:1]" * 9, 4)[0].end_step == 1
 
 
 def test_an_alternation_of_schedules_follows_both():
@@ -535,5 +537,5 @@ def test_an_alternation_of_schedules_follows_both():
 def test_a_scheduled_prompt_gives_the_entry_in_force_at_each_step():
     from avert.prompts.parse import parse_prompt
 
-    part = parse_prompt("[a:b:1]", 4).parts[0]
-    assert [part.at(s).text for s in (0, 1, 2, 4, 9)] == ["a", "a", "b", "b", "b"]
+    part = parse_prompt("[a:[b:c:2]:1]", 4).parts[0]
+    assert [part.at(s).text for s in (0, 1, 2, 3, 4, 9)] == ["a", "a", "b", "c", "c", "c"]
