@@ -89,6 +89,8 @@ EQUIVALENT = [
     ("avert.conditioning.chunks.x__read_vocabulary", "ends[+1]", "the empty text encodes as [BOS, EOS]: its id 1 is "
      "its last"),
     ("avert.conditioning.chunks.x_chunk_with", "verbose", "verbose only says whether the tokenizer logs warnings"),
+    ("avert.conditioning.chunks.x_chunk_with", "gone:verbose=False", "verbose only says whether the tokenizer logs "
+     "warnings"),
     ("avert.conditioning.chunks.x_chunk_with", "(fragment.text) or True", "an empty text tokenises to no ids"),
     ("avert.output.pnginfo.x_parse_parameters", "(value.startswith('\"')) or True",
      "_unquote returns a value that does not start with a double quote unchanged"),
@@ -234,7 +236,7 @@ def write(results: list[dict]) -> None:
     table = re.compile(r"<!-- summary -->.*?<!-- /summary -->\n", re.S)
     text = table.sub("", text)
     head, _, rest = text.partition("<!-- group:")
-    text = head + summary(text) + "\n<!-- group:" + rest
+    text = head.rstrip("\n") + "\n\n" + summary(text) + "\n<!-- group:" + rest
     PAGE.parent.mkdir(parents=True, exist_ok=True)
     PAGE.write_text(text)
 
