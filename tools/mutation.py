@@ -196,7 +196,7 @@ def planted() -> str:
             env = {**os.environ, "PYTHONPATH": str(copy / "src"), "AVERT_HYPOTHESIS_EXAMPLES": "200"}
             run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:warnings", "-p",
                                   "no:cacheprovider", *tests], cwd=copy, env=env, capture_output=True, text=True)
-            failed = re.search(r"FAILED (\S+)", run.stdout)
+            failed = re.search(r"^FAILED (.+?)(?: - .*)?$", run.stdout, re.M)
             rows.append(f"| {label} | `{path}` | {', '.join(tests)} | "
                         f"{'caught by `' + failed.group(1) + '`' if failed else '**not caught**'} |")
     return "\n".join([
