@@ -354,3 +354,43 @@ def test_an_opened_image_is_named_by_its_file_or_as_the_image(tmp_path):
     broken.write_bytes(data[: len(data) // 2])
     with pytest.raises(AvertError, match=f"^cannot read {broken}: damaged PNG"):
         read_png_metadata(Image.open(broken))
+
+
+@pytest.mark.parametrize("line", ["0" * 262144, "a" + " " * 262144, "ab " * 87000, "a-" * 131000,
+                                  'ab: "' + "x" * 262144, "ab:" + " " * 262144, "0" * (1 << 22)])
+def test_a_long_parameters_line_parses_in_linear_time(line):
+    """A1111's own pattern takes seconds on these (quadratic backtracking); a server reads such lines from
+    requests."""
+    import time
+
+    started = time.perf_counter()
+    parse_parameters("a prompt\n" + line)
+    assert time.perf_counter() - started < 0.5
+
+
+def test_the_pattern_reads_what_a1111_reads_on_random_lines():
+    """A1111's pattern, as its code writes it, against ours on random short lines of the characters that matter."""
+    import random
+    import re
+
+    from avert.output.pnginfo import _PARAM_RE
+
+    a1111 = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+    rng = random.Random(7)
+    for alphabet in ('ab c:,"\\-/1', 'a :,"\t\\', "ab :,"):
+        for _ in range(5000):
+            line = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+            assert _PARAM_RE.findall(line) == a1111.findall(line), line
+    key = "k" * 65  # no infotext has such a key; A1111 reads it, avert does not
+    assert a1111.findall(f"{key}: 1") == [(key, "1")] and _PARAM_RE.findall(f"{key}: 1") == []
+    assert _PARAM_RE.findall(f"{key[1:]}: 1") == [(key[1:], "1")]
+
+
+def test_a_last_line_over_the_bound_is_prompt_text():
+    from avert.output.pnginfo import MAX_PARAMETERS_LINE
+
+    params = "Steps: 2, Seed: 1, Sampler: Euler, "
+    line = params + "x" * (MAX_PARAMETERS_LINE - len(params))
+    assert parse_parameters("a\n" + line).get("Steps") == "2"
+    assert parse_parameters("a\n" + line + "x").params == () and parse_parameters("a\n" + line + "x").prompt.endswith(
+        "xx")

@@ -175,7 +175,7 @@ def a1111_cases() -> list[HttpCase]:
         ("override_settings", {"avert_guidance": "magic"}), ("eta", "x"), ("eta", []),
         ("send_images", "x"), ("enable_hr", True), ("tiling", True), ("restore_faces", True), ("styles", ["x"]),
         ("subseed_strength", 0.5), ("script_name", "x"), ("script_args", [1]), ("alwayson_scripts", {"x": {}}),
-        ("save_images", True), ("infotext", "x" * 40000), ("infotext", 5), ("infotext", "a\nCFG scale: high, Seed: 1, "
+        ("save_images", True), ("infotext", "x" * 40000), ("infotext", "0" * 32768), ("infotext", 5), ("infotext", "a\nCFG scale: high, Seed: 1, "
                                                                           "Size: 8x8"),
         ("infotext", "a\nSteps: 2, Seed: 1, Clip skip: 99"), ("firstpass_image", "x"), ("refiner_checkpoint", "x"),
         ("refiner_switch_at", 0.5), ("comments", {"a": 1}), ("s_churn", 1), ("s_noise", 0.5),
@@ -269,7 +269,11 @@ def png_cases() -> list[HttpCase]:
             ("avert chunk a list", {"image": b64(small_png({"avert": "[1, 2]"}))}),
             ("empty string", {"image": ""}))
     ] + [HttpCase(g, "a PNG with parameters (allowed)", "POST", path,
-                  {"image": b64(small_png({"parameters": "a\nSteps: 2, Seed: 1"}))}, status=200)]
+                  {"image": b64(small_png({"parameters": "a\nSteps: 2, Seed: 1"}))}, status=200),
+         HttpCase(g, "parameters line of 1 MiB of spaces (quadratic in A1111's pattern)", "POST", path,
+                  {"image": b64(small_png({"parameters": "a\nb" + " " * (1 << 20)}))}, status=200),
+         HttpCase(g, "parameters line of 1 MiB of word characters", "POST", path,
+                  {"image": b64(small_png({"parameters": "a\n" + "0" * (1 << 20)}))}, status=200)]
 
 
 def other_cases() -> list[HttpCase]:
