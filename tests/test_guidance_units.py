@@ -54,6 +54,14 @@ def test_perpendicular_removes_the_projection_and_leaves_d_when_onto_is_zero():
     assert close(f.perpendicular(d, t(0.0, 0.0)), d)
 
 
+def test_a_direction_whose_square_underflows_counts_as_zero():
+    """In fp32 1e-25 squared is 0 while 1e-25 times 1 is not: no division by the clamped norm's 1e-38 there."""
+    tiny = torch.tensor([1e-25, 0.0]).view(1, 2, 1, 1)
+    big = torch.tensor([1.0, 1.0]).view(1, 2, 1, 1)
+    assert f.presence(big, tiny).item() == 0.0
+    assert torch.equal(f.perpendicular(big, tiny), big)
+
+
 @pytest.mark.parametrize("direction, negative, p", [
     ((1.0, 0.0), (2.0, 0.0), 0.5),     # <d_c, d_n> / |d_n|^2 = 2 / 4
     ((0.1, 0.0), (0.4, 0.0), 0.25),    # |d_n|^2 = 0.16 < 1

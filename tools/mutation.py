@@ -61,6 +61,8 @@ EQUIVALENT = [
     ("avert.guidance.strategy.xǁGuidanceǁ_apg", "single", "composable_cfg at scale 1 of one part of weight 1 is that "
      "part up to one rounding (e_u + (e_c - e_u)); the shortcut only keeps the bits"),
     ("avert.guidance.cfg.x_apg", "p=None", "Tensor.norm with p None is the 2-norm"),
+    ("avert.guidance.cfg.x_perpendicular", "torch.where(norm >= 0", "where |c|^2 is 0 (or underflows) the division "
+     "removes (<d, c> / tiny) c, whose size is below |c|^2 / tiny < 1 times d's: under d's last bit"),
     ("avert.sampling.loop.x_sample", "return_dict=None", "diffusers' schedulers test `not return_dict`: None is False"),
     ("avert.sampling.noise.x_initial_noise", "torch.Generator(None)", "a generator made without a device is a CPU "
      "generator"),

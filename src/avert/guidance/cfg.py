@@ -64,12 +64,12 @@ def separate_scales(empty: torch.Tensor, direction: torch.Tensor, negatives: Seq
 
 
 def perpendicular(d: torch.Tensor, onto: torch.Tensor) -> torch.Tensor:
-    """The part of d orthogonal to `onto`, per sample: d - (<d, c> / |c|^2) c (d itself where c = 0, since then
-    <d, c> = 0 over a clamped norm)."""
+    """The part of d orthogonal to `onto`, per sample: d - (<d, c> / |c|^2) c; d itself where |c|^2 is 0 (also when
+    it underflows while <d, c> does not)."""
     dims = tuple(range(1, d.ndim))
     dot = (d * onto).sum(dim=dims, keepdim=True)
     norm = (onto * onto).sum(dim=dims, keepdim=True)
-    return d - dot / norm.clamp_min(torch.finfo(d.dtype).tiny) * onto
+    return d - torch.where(norm > 0, dot / norm.clamp_min(torch.finfo(d.dtype).tiny), torch.zeros_like(dot)) * onto
 
 
 def perp_neg(empty: torch.Tensor, direction: torch.Tensor, negatives: Sequence[torch.Tensor],
@@ -87,12 +87,13 @@ def presence(direction: torch.Tensor, negative_direction: torch.Tensor) -> torch
     With the model as an implicit classifier, grad_x log p(c_n | x_t) = -(e_n - e_0) / sigma; the prompt's
     update moves x_t along -d_c, so log p(c_n | x_t) grows at the rate <d_n, d_c> / sigma^2. Normalised by
     |d_n|^2 and clipped: p = clamp(<d_c, d_n> / |d_n|^2, 0, 1): 1 when the prompt drives the sample fully
-    toward the negative concept, 0 when it drives it away or not at all (and where d_n = 0).
+    toward the negative concept, 0 when it drives it away or not at all, and 0 where |d_n|^2 is 0 (also when it
+    underflows while <d_c, d_n> does not).
     """
     dims = tuple(range(1, direction.ndim))
     dot = (direction * negative_direction).sum(dim=dims, keepdim=True)
     norm = (negative_direction * negative_direction).sum(dim=dims, keepdim=True)
-    return (dot / norm.clamp_min(torch.finfo(dot.dtype).tiny)).clamp(0, 1)
+    return torch.where(norm > 0, dot / norm.clamp_min(torch.finfo(dot.dtype).tiny), torch.zeros_like(dot)).clamp(0, 1)
 
 
 def dynamic_negative(empty: torch.Tensor, direction: torch.Tensor, negatives: Sequence[torch.Tensor],
