@@ -106,14 +106,14 @@ def request_from_a1111(parsed: ParsedParameters) -> GenerationRequest:
     request = A1111_REQUEST.replace(prompt=parsed.prompt, negative_prompt=parsed.negative_prompt, batch_size=1)
     fields = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg_scale", float),
               "Seed": ("seed", int)}
-    changes = {name: _convert(parsed.get(key), kind) for key, (name, kind) in fields.items() if parsed.get(key)}
+    changes = {name: convert_value(parsed.get(key), kind) for key, (name, kind) in fields.items() if parsed.get(key)}
     if parsed.get("Schedule type") == "Karras" and isinstance(changes.get("sampler"), str):
         changes["sampler"] = changes["sampler"] + " Karras"  # A1111 1.9+ writes the schedule apart
     changes.update(_extra_fields(parsed))
     size = parsed.get("Size")
     if size and "x" in size:
         width, _, height = size.partition("x")
-        changes.update(width=_convert(width, int), height=_convert(height, int))
+        changes.update(width=convert_value(width, int), height=convert_value(height, int))
     return request.replace(**changes)
 
 
@@ -123,7 +123,7 @@ def _extra_fields(parsed: ParsedParameters) -> dict:
     for name, (key, kind) in EXTRA_KEYS.items():
         text = parsed.get(key)
         if text is not None:
-            changes[name] = (text.strip().lower() == "true") if kind is bool else _convert(text, kind)
+            changes[name] = (text.strip().lower() == "true") if kind is bool else convert_value(text, kind)
     if parsed.get(NEGATIVES_KEY):
         try:
             negatives = tuple(Negative.from_value(n) for n in json.loads(parsed.get(NEGATIVES_KEY)))
@@ -133,7 +133,8 @@ def _extra_fields(parsed: ParsedParameters) -> dict:
     return changes
 
 
-def _convert(text: str, kind: type):
+def convert_value(text: str, kind: type):
+    """An infotext value as `kind`, or the text itself where it does not convert (validation then names it)."""
     try:
         return kind(text)
     except ValueError:

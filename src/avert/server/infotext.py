@@ -13,6 +13,7 @@ from typing import Any
 
 from avert.errors import FieldProblem, ValidationError
 from avert.output.pnginfo import ParsedParameters, parse_parameters
+from avert.pipeline.metadata import convert_value as _cast  # as `avert generate --from` casts infotext values
 
 MAX_INFOTEXT_CHARS = 32768  # a prompt and a negative of 8192 characters each and their parameters fit
 # infotext key -> (request field, type)
@@ -58,9 +59,3 @@ def _options(parsed: ParsedParameters, override: Any) -> dict[str, Any]:
     return {option: _cast(parsed.get(key), kind) for key, (option, kind) in OPTIONS.items()
             if parsed.get(key) is not None and option not in given}
 
-
-def _cast(text: str, kind: type) -> Any:
-    try:
-        return kind(text)
-    except ValueError:
-        return text
