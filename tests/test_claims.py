@@ -36,6 +36,22 @@ def test_a_section_added_by_hand_names_its_command(page):
             assert COMMAND.search(section), f"{page}: section {heading!r} has figures but names no command"
 
 
+SENTENCE = re.compile(r"(?<=[.!?:])\s+(?=[A-Z*\"(-])")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=str)
+def test_a_one_off_figure_names_the_command_that_made_it(page):
+    """A figure from a one-off run is quoted only with the repo command it was a run of (`avert eval ...` with
+    its flags); figures of one-off scripts that are not in the repo are not quoted at all (the history has them).
+    Checked per sentence of prose; a table's rows are held by the sentence after the table that names the command."""
+    for paragraph in re.split(r"\n\s*\n", prose((ROOT / page).read_text())):
+        if paragraph.lstrip().startswith("|"):
+            continue
+        for sentence in SENTENCE.split(paragraph):
+            if re.search(r"one-off", sentence, re.I) and FIGURE.search(sentence):
+                assert COMMAND.search(sentence), f"{page}: {sentence[:200]!r}"
+
+
 def test_each_readme_paragraph_with_a_figure_names_a_command_or_links_its_page():
     for paragraph in re.split(r"\n\s*\n", (ROOT / "README.md").read_text()):
         if not FIGURE.search(prose(paragraph)) or paragraph.lstrip().startswith("|"):

@@ -231,3 +231,27 @@ def test_eval_refuses_an_unknown_device_too(capsys):
 def test_serve_refuses_to_listen_beyond_localhost_without_a_key(capsys):
     code, _, err = run(capsys, "serve", "--host", "0.0.0.0", "--port", 7861)
     assert code == 2 and "--api-key" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _subparsers(parser, path=("avert",)):
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _subparsers(sub, path + (name,))
+
+
+def test_every_flag_a_help_text_names_is_a_flag_of_that_command():
+    """A help text that names a flag the command does not have (`avert eval concepts` once pointed at a
+    --first-seed of its siblings) sends users to an error."""
+    import re
+
+    from avert.cli import build_parser
+
+    for path, parser in _subparsers(build_parser()):
+        flags = {s for action in parser._actions for s in action.option_strings}
+        for action in parser._actions:
+            named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", action.help or "")) - {"--"}
+            assert named <= flags, f"{' '.join(path)} {action.option_strings}: {named - flags}"

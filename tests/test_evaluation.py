@@ -702,3 +702,24 @@ def test_the_methods_tables_suppression_holds_at_eight_seeds(eight_seeds, label,
     figure = claimed(page, row)
     assert abs(mean_suppression(results) - figure) <= 0.10
     assert figure < claimed(page, r"\| cfg \| ([\d.]+) \|")
+
+
+def test_eval_img2img_redraws_each_init_image_without_and_with_the_negative(tmp_path, capsys):
+    from avert.cli import main
+    from avert.evaluation import img2img as i2i
+    from avert.evaluation.common import RunInfo, Settings
+    from avert.evaluation.negatives import Method
+    from avert.models.default import EMBEDDED_MODEL
+    from avert.models.loader import load_model
+
+    components = load_model(EMBEDDED_MODEL)
+    pair = pair_from_texts("a landscape in shades of green", "green tones")
+    [row] = i2i.evaluate_img2img([pair], components, seeds=3, strength=0.6, progress=False)
+    result = row.result
+    assert (result.n_seeds, result.method, row.strength) == (3, "img2img 0.6, cfg", 0.6)
+    assert row.rate_init == 1.0 and result.rate_with < result.rate_without  # the inits are green; the negative acts
+    assert result.suppression == pytest.approx(1 - result.rate_with / result.rate_without)
+    page = i2i.page([row], RunInfo.collect(components, 3, Settings()), Method(), None)
+    assert "`avert eval img2img --strength 0.6 --seeds 3`" in page and "| a landscape in shades of green |" in page
+    assert main(["eval", "img2img", "--pair", "a landscape", "sepia", "--seeds", "1", "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["rate_init"] is not None

@@ -56,11 +56,11 @@ def test_each_evaluation_gets_every_images_scaled_input_and_where_it_is_in_the_r
     assert [c.sigma for _, _, c in calls] == pytest.approx(sigmas)
     assert events == [StepEvent(1, 4), StepEvent(2, 4), StepEvent(3, 4), StepEvent(4, 4)]
     assert torch.equal(out.flatten(), torch.tensor([-1.0, 2.0]))  # 3 x - 4
-    assert schedulers[1].seen[0] == (3.0, 0.0, generators[1])  # DDIM-style eta 0 and the image's own generator
+    assert schedulers[1].seen[0] == (3.0, None, generators[1])  # the image's own generator; eta left to the scheduler
     assert schedulers[0].scaled_at == schedulers[1].scaled_at == [3.0, 2.0, 1.0, 0.0]
 
 
-def test_a_scheduler_without_eta_or_generator_gets_neither_and_steps_default_to_its_timesteps():
+def test_a_scheduler_without_a_generator_argument_gets_none_and_steps_default_to_its_timesteps():
     scheduler = FakeScheduler([2, 1], with_options=False)
     del scheduler.num_inference_steps  # not every scheduler has one
     contexts = []
@@ -120,3 +120,153 @@ def test_initial_noise_is_float32_whatever_the_default_dtype_and_goes_to_the_dev
         torch.set_default_dtype(default)
     assert noise.dtype == torch.float32
     assert noise_module.initial_noise([5], (1, 2, 2), device="meta")[0].device.type == "meta"
+
+
+# ---------------------------------------------------------------- eta (avert.sampling.eta)
+
+SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+            "timestep_spacing": "leading", "steps_offset": 1}
+
+
+def _k_ancestral_step(sigma_from, sigma_to, eta):
+    """k-diffusion's get_ancestral_step, written from its source (sampling.py)."""
+    if not eta:
+        return sigma_to, 0.0
+    up = min(sigma_to, eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
+    return (sigma_to ** 2 - up ** 2) ** 0.5, up
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.3, 1.0, 2.5])
+def test_ancestral_sigmas_are_k_diffusions(eta):
+    from avert.sampling.eta import ancestral_sigmas
+
+    for sigma_from, sigma_to in [(14.6, 9.0), (1.0, 0.5), (0.3, 0.0)]:
+        down, up = ancestral_sigmas(torch.tensor(sigma_from, dtype=torch.float64),
+                                    torch.tensor(sigma_to, dtype=torch.float64), eta)
+        assert (float(down), float(up)) == pytest.approx(_k_ancestral_step(sigma_from, sigma_to, eta), abs=1e-12)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.4, 1.0])
+def test_euler_a_at_eta_steps_by_the_formula_with_the_images_noise(eta):
+    from avert.sampling.eta import EulerAncestralEta
+
+    scheduler = EulerAncestralEta.from_config(SCHEDULE)
+    scheduler.eta = eta
+    scheduler.set_timesteps(5)
+    x, eps = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(1)), torch.full((1, 4, 2, 2), 0.25)
+    t = scheduler.timesteps[1]
+    scheduler.set_begin_index(1)
+    generator = torch.Generator().manual_seed(7)
+    prev, x0 = scheduler.step(eps, t, x, generator=generator, return_dict=False)
+    noise = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(7))
+    sigma, sigma_next = float(scheduler.sigmas[1]), float(scheduler.sigmas[2])
+    down, up = _k_ancestral_step(sigma, sigma_next, eta)
+    assert torch.allclose(x0, x - sigma * eps)
+    assert torch.allclose(prev, x + eps * (down - sigma) + noise * up, atol=1e-5)
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(7).get_state()) is False  # drawn once
+    after = torch.Generator().manual_seed(7)
+    torch.randn(1, 4, 2, 2, generator=after)
+    assert torch.equal(generator.get_state(), after.get_state())  # one draw, whatever eta is
+    output = scheduler.step(eps, scheduler.timesteps[2], prev, generator=generator)
+    assert output.prev_sample.shape == x.shape and output.pred_original_sample.shape == x.shape
+
+
+def test_euler_a_at_eta_draws_from_the_global_generator_when_given_none():
+    from avert.sampling.eta import EulerAncestralEta
+
+    scheduler = EulerAncestralEta.from_config(SCHEDULE)
+    scheduler.eta = 0.5
+    scheduler.set_timesteps(4)
+    torch.manual_seed(3)
+    first = scheduler.step(torch.ones(1, 1, 1, 1), scheduler.timesteps[0], torch.ones(1, 1, 1, 1), return_dict=False)
+    scheduler = EulerAncestralEta.from_config(SCHEDULE)
+    scheduler.eta = 0.5
+    scheduler.set_timesteps(4)
+    torch.manual_seed(3)
+    assert torch.equal(first[0], scheduler.step(torch.ones(1, 1, 1, 1), scheduler.timesteps[0],
+                                                torch.ones(1, 1, 1, 1), return_dict=False)[0])
+
+
+@pytest.mark.parametrize("karras", [False, True])
+def test_dpm2_a_at_eta_zero_has_dpm2s_schedule_and_at_one_diffusers_own(karras):
+    from diffusers import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
+
+    from avert.sampling.eta import KDPM2AncestralEta
+
+    config = {**SCHEDULE, "use_karras_sigmas": karras}
+    ours, plain, theirs = (cls.from_config(config) for cls in (KDPM2AncestralEta, KDPM2DiscreteScheduler,
+                                                                KDPM2AncestralDiscreteScheduler))
+    ours.eta = 0.0
+    for s in (ours, plain, theirs):
+        s.set_timesteps(6)
+    # DPM2 lays its midpoints out as [nan, m0, m0, m1, m1, ...], DPM2 a as [m0, m1, m1, m2, ...]; the values agree
+    mine, its = ours.sigmas_interpol[::2], plain.sigmas_interpol[1::2]
+    assert torch.allclose(mine[: len(its)], its[: len(mine)], atol=1e-5)
+    assert torch.allclose(ours.timesteps, plain.timesteps, atol=1e-3)
+    assert float(ours.sigmas_up.abs().max()) == 0.0
+    ours.eta = 1.0
+    ours.set_timesteps(6)
+    for name in ("sigmas_up", "sigmas_down", "sigmas_interpol", "timesteps"):
+        assert torch.equal(getattr(ours, name).nan_to_num(), getattr(theirs, name).nan_to_num()), name
+    ours.eta = 0.5
+    ours.set_timesteps(6)
+    half = _k_ancestral_step(float(ours.sigmas[0]), float(ours.sigmas[1]), 0.5)
+    assert (float(ours.sigmas_down[0]), float(ours.sigmas_up[0])) == pytest.approx(half, rel=1e-5)
+    assert float(ours.sigmas_down[-1]) == float(ours.sigmas_up[-1]) == 0.0
+
+
+def test_ddim_takes_eta_from_the_scheduler_unless_the_step_is_given_one(monkeypatch):
+    from diffusers import DDIMScheduler
+
+    from avert.sampling.eta import DDIMEta
+
+    seen = []
+    monkeypatch.setattr(DDIMScheduler, "step", lambda self, *a, **kw: seen.append(kw) or "stepped")
+    scheduler = DDIMEta.from_config(SCHEDULE)
+    scheduler.eta = 0.7
+    generator = torch.Generator()
+    assert scheduler.step(1, 2, 3, generator=generator) == "stepped"
+    scheduler.step(1, 2, 3, eta=0.1, use_clipped_model_output=True, variance_noise=4, return_dict=False)
+    assert seen == [{"eta": 0.7, "use_clipped_model_output": False, "generator": generator, "variance_noise": None,
+                     "return_dict": True},
+                    {"eta": 0.1, "use_clipped_model_output": True, "generator": None, "variance_noise": 4,
+                     "return_dict": False}]
+    assert DDIMEta.eta == 0.0
+
+
+def test_a_sampler_is_built_at_its_eta():
+    from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler
+
+    from avert.sampling.eta import DDIMEta, EulerAncestralEta
+    from avert.sampling.samplers import ETA_SAMPLERS, SAMPLERS
+
+    assert ETA_SAMPLERS == ("Euler a", "DPM2 a", "DPM2 a Karras", "DDIM")
+    assert type(SAMPLERS["Euler a"].build(SCHEDULE, 0, None)) is EulerAncestralDiscreteScheduler
+    assert type(SAMPLERS["Euler a"].build(SCHEDULE, 0, 1.0)) is EulerAncestralDiscreteScheduler
+    built = SAMPLERS["Euler a"].build(SCHEDULE, 0, 0)
+    assert type(built) is EulerAncestralEta and built.eta == 0.0 and isinstance(built.eta, float)
+    assert type(SAMPLERS["DDIM"].build(SCHEDULE, 0, 0.0)) is DDIMScheduler
+    assert type(SAMPLERS["DDIM"].build(SCHEDULE, 0, 1.0)) is DDIMEta
+    assert SAMPLERS["DDIM"].build(SCHEDULE, 0, 1.0).config.timestep_spacing == "leading"
+    assert [SAMPLERS[n].default_eta for n in ("Euler a", "DDIM", "DPM++ SDE", "Euler")] == [1.0, 0.0, 1.0, None]
+    assert SAMPLERS["DPM++ 2M SDE Karras"].eta_option == "eta_ancestral" and not SAMPLERS["DPM++ SDE"].eta_settable
+
+
+def test_the_loop_runs_from_begin_with_the_given_start():
+    scheduler = FakeScheduler([3, 2, 1, 0], steps=4)
+    scheduler.order = 1
+    contexts = []
+
+    def denoiser(model_in, t, ctx):
+        contexts.append(ctx)
+        return torch.ones_like(model_in)
+
+    start = torch.full((1, 1, 1, 1), 5.0)
+    out = sample(denoiser, [scheduler], torch.zeros(1, 1, 1, 1), [torch.Generator()], start=start, begin=2)
+    assert [(c.index, c.total, c.timestep, c.step) for c in contexts] == [(0, 2, 1.0, 0), (1, 2, 0.0, 1)]
+    assert float(out) == 3.0  # 5 - 1 - 1, not from noise * init_noise_sigma
+    second_order = FakeScheduler([4, 3, 3, 2, 2, 1, 1], steps=4)
+    second_order.order = 2
+    contexts.clear()
+    sample(denoiser, [second_order], torch.zeros(1, 1, 1, 1), [torch.Generator()], start=start, begin=4)
+    assert [c.step for c in contexts] == [0, 0, 1]  # 2 steps left: 4 - 4 // 2

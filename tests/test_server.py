@@ -150,8 +150,8 @@ def test_txt2img_n_iter_continues_the_seeds(client):
     ({"override_settings": {"sd_model_checkpoint": "/tmp"}}, "override_settings.sd_model_checkpoint"),
     ({"enable_hr": True}, "enable_hr"),
     ({"styles": ["cinematic"]}, "styles"),
-    ({"eta": 0.5, "sampler_name": "DDIM"}, "eta"),
-    ({"eta": 0, "sampler_name": "Euler a"}, "eta"),
+    ({"eta": 0.5, "sampler_name": "DPM++ 2M SDE"}, "eta"),
+    ({"eta": 1.5, "sampler_name": "Euler a"}, "eta"),
     ({"n_iter": 0}, "n_iter"),
     ({"negative_prompt": ["a", "b"]}, "negative_prompt"),
     ({"prompt": "x" * 9000}, "prompt"),
@@ -199,7 +199,7 @@ def test_lists_options_and_styles(client):
     assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
     assert_names(client.post("/sdapi/v1/options", json={"samples_format": "jpg"}), 422, "samples_format")
     assert_names(client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "../x"}), 422, "sd_model_checkpoint")
-    assert client.post("/sdapi/v1/img2img", json={}).status_code == 501
+    assert_names(client.post("/sdapi/v1/img2img", json={}), 422, "init_images")
 
 
 def test_options_switch_models_by_name_only(tiny_folder, tmp_path):
@@ -532,7 +532,7 @@ def test_options_round_trip_keeps_what_avert_does_not_act_on_and_acts_on_what_it
         assert c.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": None}).status_code == 200
         assert c.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
         # what avert cannot honour is refused by name, and nothing of such a request is applied
-        r = c.post("/sdapi/v1/options", json={"send_seed": False, "eta_ancestral": 0.5})
+        r = c.post("/sdapi/v1/options", json={"send_seed": False, "eta_ancestral": 1.5})
         assert_names(r, 422, "eta_ancestral")
         assert c.get("/sdapi/v1/options").json()["send_seed"] is True
         assert_names(c.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 13}), 422,
@@ -542,6 +542,65 @@ def test_options_round_trip_keeps_what_avert_does_not_act_on_and_acts_on_what_it
         assert_names(c.post("/sdapi/v1/options", json={"big": "x" * 9000}), 422, "big")
         many = {f"k{i}": i for i in range(600)}
         assert_names(c.post("/sdapi/v1/options", json=many), 422, "options")
+
+
+def test_eta_is_a1111s_request_field_then_option_and_ignored_where_the_sampler_takes_none(tiny_folder):
+    """A1111's default payload sends eta 0 with Euler a: it runs (deterministically, so as Euler) and says
+    `Eta: 0.0`; a null eta takes eta_ancestral (eta_ddim for DDIM), from options or override_settings; samplers
+    without eta ignore it, as A1111 does."""
+    base = {"prompt": "a red car", "negative_prompt": "blue", "seed": 4, "steps": 3, "width": 16, "height": 16}
+    with TestClient(create_app(ServerConfig(model=str(tiny_folder))), base_url="http://127.0.0.1") as c:
+        def run(**fields):
+            answer = c.post("/sdapi/v1/txt2img", json={**base, **fields})
+            assert answer.status_code == 200, answer.text
+            return pixels(answer.json()["images"][0]).tobytes(), json.loads(answer.json()["info"])["infotexts"][0]
+
+        zero, text = run(sampler_name="Euler a", eta=0)
+        assert "Eta: 0.0" in text and zero == run(sampler_name="Euler")[0]
+        full, text = run(sampler_name="Euler a", eta=None)
+        assert "Eta" not in text and full != zero
+        assert run(sampler_name="Euler a", override_settings={"eta_ancestral": 0})[0] == zero
+        assert "Eta" not in run(sampler_name="DPM++ 2M", eta=0)[1]
+        assert "Eta DDIM: 0.5" in run(sampler_name="DDIM", eta=0.5)[1]
+        assert c.post("/sdapi/v1/options", json={"eta_ancestral": 0, "eta_ddim": 0.5}).status_code == 200
+        assert c.get("/sdapi/v1/options").json()["eta_ancestral"] == 0
+        assert run(sampler_name="Euler a")[0] == zero
+        assert "Eta DDIM: 0.5" in run(sampler_name="DDIM")[1]
+        assert run(sampler_name="Euler a", eta=1)[0] == full  # the request's eta wins over the option
+        assert run(infotext="a red car\nNegative prompt: blue\nSteps: 3, Sampler: Euler a, Seed: 4, Size: 16x16, "
+                            "Eta: 1.0", eta=None, override_settings=None)[0] == full
+
+
+def test_img2img_renders_what_the_engine_renders_from_a1111s_and_the_native_body(tiny_folder):
+    from avert.init_image import InitImage
+    from avert.models.loader import load_model
+
+    picture = Image.fromarray((np.random.default_rng(1).random((24, 40, 3)) * 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    body = {"init_images": [image], "prompt": "a car", "negative_prompt": "blue", "steps": 4, "width": 32,
+            "height": 16, "seed": 1, "resize_mode": 1, "denoising_strength": 0.6, "sampler_name": "Euler a"}
+    expected = generate(GenerationRequest("a car", "blue", seed=1, steps=4, width=32, height=16, sampler="Euler a",
+                                          init_image=InitImage.from_pil(picture), strength=0.6,
+                                          resize_mode="crop and resize", guidance="cfg"), load_model(tiny_folder))
+    with TestClient(create_app(ServerConfig(model=str(tiny_folder))), base_url="http://127.0.0.1") as c:
+        answer = c.post("/sdapi/v1/img2img", json=body).json()
+        assert np.array_equal(pixels(answer["images"][0]), np.asarray(expected.images[0].image, dtype=np.int16))
+        assert answer["parameters"]["init_images"] is None  # include_init_images false, as A1111
+        info = json.loads(answer["info"])
+        assert "Denoising strength: 0.6" in info["infotexts"][0] and info["ignored_fields"] == []
+        echoed = c.post("/sdapi/v1/img2img", json={**body, "include_init_images": True}).json()
+        assert echoed["parameters"]["init_images"] == [image]
+        native = c.post("/v1/generate", json={"prompt": "a car", "negative_prompt": "blue", "steps": 4, "width": 32,
+                                              "height": 16, "seed": 1, "sampler": "Euler a", "guidance": "cfg",
+                                              "init_image": "data:image/png;base64," + image, "strength": 0.6,
+                                              "resize_mode": "crop and resize"}).json()
+        assert np.array_equal(pixels(native["images"][0]["png"]), pixels(answer["images"][0]))
+        assert native["images"][0]["record"]["request"]["init_image"]["width"] == 40
+        assert_names(c.post("/sdapi/v1/img2img", json={**body, "mask": image}), 422, "mask")
+        assert_names(c.post("/sdapi/v1/img2img", json={**body, "init_images": [image, image]}), 422, "init_images")
+        assert_names(c.post("/sdapi/v1/img2img", json={**body, "denoising_strength": 2}), 422, "denoising_strength")
 
 
 def test_an_infotext_fills_what_the_request_leaves_out_and_remakes_the_image(tiny_folder):
@@ -564,5 +623,5 @@ def test_an_infotext_fills_what_the_request_leaves_out_and_remakes_the_image(tin
         assert_names(c.post("/sdapi/v1/txt2img", json={"infotext": "a\nSteps: many, Seed: 1, Size: 16x16"}), 422,
                      "steps")
         assert_names(c.post("/sdapi/v1/txt2img", json={"infotext": 5}), 422, "infotext")
-        assert_names(c.post("/sdapi/v1/txt2img", json={"infotext": "a\nSteps: 2, Seed: 1, Eta: 0.5"}), 422,
+        assert_names(c.post("/sdapi/v1/txt2img", json={"infotext": "a\nSteps: 2, Seed: 1, Eta: 3"}), 422,
                      "override_settings.eta_ancestral")

@@ -139,6 +139,17 @@ def test_page_in_headless_chromium(server, tmp_path):
             page.set_input_files("#file", str(png))
             expect(page.locator("#meta")).to_contain_text("Negative prompt: green tones", timeout=30_000)
             expect(page.locator("#meta")).to_contain_text("Seed: 33")
+            page.set_input_files("#init-image", str(png))  # img2img from the image just made
+            expect(page.locator("#init-hint")).to_contain_text("img2img from made.png")
+            page.fill("#strength", "0.5")
+            page.select_option("#resize_mode", "crop and resize")
+            page.fill("#eta", "0")
+            page.click("#generate")
+            expect(images).to_have_count(3, timeout=60_000)
+            made = page.locator("#gallery img").first.get_attribute("title")
+            assert "Denoising strength: 0.5" in made and "Resize mode: crop and resize" in made and "Eta: 0.0" in made
+            page.click("#clear-init")
+            page.fill("#eta", "")
             page.fill("#steps", "0")
             page.click("#generate")
             expect(page.locator("#error")).to_contain_text("steps: 0 is not allowed", timeout=30_000)

@@ -236,3 +236,48 @@ def test_a_guidance_that_is_not_text_is_refused_once_by_its_field():
 def test_a_negative_window_edge_is_a_finite_number_in_range(value, ok):
     problems = problems_of(OK.replace(negatives=(Negative("a", start=0.0, end=value),)))
     assert (problems == []) is ok, problems
+
+
+@pytest.mark.parametrize("changes, allowed", [
+    ({"sampler": "Euler", "eta": 0.0}, "applies only with the samplers that take eta (Euler a, DPM2 a, DPM2 a Karras, "
+                                       "DDIM; A1111 also passes it to its SDE samplers); leave it unset for Euler"),
+    ({"sampler": "DPM++ SDE", "eta": 0.5}, "must be 1 or unset for DPM++ SDE: avert runs it as diffusers' "
+                                          "DPMSolverSDEScheduler, which has no eta (other values: Euler a, DPM2 a, "
+                                          "DPM2 a Karras, DDIM)"),
+    ({"sampler": "Euler a", "eta": -0.1}, "must be a number from 0 to 1"),
+    ({"sampler": "Euler a", "eta": float("nan")}, "must be a number from 0 to 1"),
+])
+def test_eta_is_refused_with_the_reason(changes, allowed):
+    with pytest.raises(ValidationError) as error:
+        validate(GenerationRequest("x", **changes))
+    assert [(p.field, p.allowed) for p in error.value.problems] == [("eta", allowed)]
+
+
+@pytest.mark.parametrize("changes", [{"sampler": "Euler a", "eta": 0.0}, {"sampler": "DDIM", "eta": 1.0},
+                                     {"sampler": "DPM2 a Karras", "eta": 0.3}, {"sampler": "DPM++ 2M SDE", "eta": 1.0},
+                                     {"sampler": "DPM++ 2M SDE", "eta": 1}, {"sampler": "Euler", "eta": None},
+                                     {"sampler": "Nope", "eta": 0.5}])
+def test_eta_is_accepted_where_the_sampler_runs_it(changes):
+    try:
+        validate(GenerationRequest("x", **changes))
+    except ValidationError as error:  # only the unknown sampler is named, not its eta
+        assert [p.field for p in error.problems] == ["sampler"]
+
+
+def test_img2img_fields_need_an_init_image_and_an_init_image_must_be_one():
+    from avert.init_image import InitImage
+
+    image = InitImage(2, 2, bytes(12), "h")
+    with pytest.raises(ValidationError) as error:
+        validate(GenerationRequest("x", strength=0.5, resize_mode="crop and resize"))
+    assert [(p.field, p.allowed) for p in error.value.problems] == [
+        ("strength", "applies only with an init image (img2img; leave it at 0.75 without one)"),
+        ("resize_mode", "applies only with an init image (img2img; leave it at just resize without one)")]
+    with pytest.raises(ValidationError) as error:
+        validate(GenerationRequest("x", strength=2.0, resize_mode="wide"))  # named once, by their own rule
+    assert [p.field for p in error.value.problems] == ["strength", "resize_mode"]
+    with pytest.raises(ValidationError) as error:
+        validate(GenerationRequest("x", init_image=b"png"))
+    assert [(p.field, p.value, p.allowed) for p in error.value.problems] == [
+        ("init_image", "bytes", "must be an image (InitImage) or none")]
+    assert validate(GenerationRequest("x", init_image=image, strength=0.0, resize_mode="latent upscale"))

@@ -157,7 +157,7 @@ def report(rows: list[dict], mem: dict, latency: dict, cancel: dict, rate: list[
     http = [r for r in rows if r["kind"] == "HTTP"]
     cli = [r for r in rows if r["kind"] == "CLI"]
     wrong = [r for r in rows if r["got"] != r["want"] or r["traceback"]]
-    five = [r for r in http if r["got"] >= 500 and r["got"] != 501]
+    five = [r for r in http if r["got"] >= 500]
     slow = max(r["seconds"] for r in http if r["want"] != 200)
     return "\n".join([
         BEGIN,
@@ -165,7 +165,7 @@ def report(rows: list[dict], mem: dict, latency: dict, cancel: dict, rate: list[
         "`avert serve --rate-limit 0` (loopback, no key, default budget) on the embedded model.",
         "",
         f"- **{len(rows)} distinct hostile inputs**: {len(http)} HTTP requests, {len(cli)} CLI invocations. "
-        f"Status other than the one required: {len(wrong)}. HTTP 500 (or any 5xx but img2img's 501): {len(five)}. "
+        f"Status other than the one required: {len(wrong)}. HTTP 5xx: {len(five)}. "
         f"Tracebacks: {sum(r['traceback'] for r in rows)}.",
         f"- Slowest answer to a refused HTTP request: {slow:.2f} s. The 8190-character parser bomb "
         f"(910 x `(a:1.1), `) renders in {next(r['seconds'] for r in http if r['label'].startswith('910 x ' + chr(39) + '(')):.2f} s.",

@@ -284,7 +284,9 @@ def _generate_parser(sub) -> None:
     _add_request_flags(p, skip=("negative_prompt",))
     _add_negative_flags(p)
     p.add_argument("--from", dest="from_image", type=Path, metavar="IMAGE",
-                   help="re-make an image from the parameters stored in it (flags given override them)")
+                   help="re-make an image from the parameters stored in it (flags given override them; an img2img "
+                   "image needs its --init-image again)")
+    _add_init_image_flag(p)
     p.add_argument("-o", "--output", type=Path, default=None, metavar="FILE_OR_DIR",
                    help="a .png file, or a folder (default: ./outputs)")
     p.add_argument("--upscale", type=bounded("upscale", int, 1, 16), default=None, metavar="N",
@@ -294,9 +296,16 @@ def _generate_parser(sub) -> None:
     p.set_defaults(handler=_run_generate)
 
 
+def _add_init_image_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--init-image", type=Path, default=None, metavar="IMAGE",
+                        help="img2img: start from this PNG, JPEG or WebP image (with --strength and --resize-mode; "
+                        "width and height default to its size, rounded down to a multiple of 8)")
+
+
 def _compare_parser(sub) -> None:
     p = sub.add_parser("compare", help="the same seed side by side without and with each negative")
     _add_request_flags(p, skip=("negative_prompt",))
+    _add_init_image_flag(p)
     p.add_argument("-n", "--negative-prompt", dest="negatives", action="append", required=True, metavar="TEXT",
                    help="a negative prompt; repeat for one column each")
     p.add_argument("--embeddings", type=Path, default=None, metavar="DIR",
@@ -407,7 +416,27 @@ def _request_from_args(args, base=None):
     given = {p.name: getattr(args, p.name) for p in PARAMS if getattr(args, p.name, None) is not None}
     if getattr(args, "negative_entries", None):
         given.update(negatives_from_entries(args.negative_entries))
+    if getattr(args, "init_image", None) is not None:
+        given["init_image"] = _init_image(args.init_image)
     return (base or GenerationRequest()).replace(**given)
+
+
+def _init_image(path: Path):
+    """The init image; an avert PNG saved enlarged for viewing (its record's `saved_scale`) at the size it was
+    generated, so that an embedded-model image is re-drawn at 32x32 and not at 256x256."""
+    from PIL import Image
+
+    from avert.init_image import InitImage
+    from avert.output.pnginfo import read_png_metadata
+
+    image = InitImage.from_file(path, "--init-image")
+    try:
+        scale = (read_png_metadata(path).record or {}).get("saved_scale")
+    except AvertError:
+        return image  # not a PNG with metadata: taken as it is
+    if type(scale) is not int or scale <= 1 or image.width % scale or image.height % scale:
+        return image
+    return InitImage.from_pil(image.to_pil().resize((image.width // scale, image.height // scale), Image.NEAREST))
 
 
 def _runtime(args):
@@ -437,7 +466,8 @@ def _run_generate(args) -> int:
     from avert.conditioning.embeddings import load_embeddings
     from avert.pipeline.generate import generate
 
-    request = _request_from_args(args, _request_from_image(args.from_image) if args.from_image else None)
+    request = _request_from_args(args, _request_from_image(args.from_image, args.init_image) if args.from_image
+                                 else None)
     if not request.prompt and not args.from_image:
         raise ValidationError([FieldProblem("prompt", request.prompt, "give a prompt (or --from IMAGE)")])
     components = _load(args)
@@ -481,12 +511,18 @@ def _run_compare(args) -> int:
     return 0
 
 
-def _request_from_image(path: Path):
+def _request_from_image(path: Path, init_image: Path | None = None):
     from avert.output.pnginfo import parse_parameters, read_png_metadata
     from avert.pipeline.metadata import request_from_a1111, request_from_record
 
     meta = read_png_metadata(path)
     if meta.record and "request" in meta.record:
+        made_from = meta.record["request"].get("init_image") if isinstance(meta.record["request"], dict) else None
+        if isinstance(made_from, dict) and init_image is None:
+            raise ValidationError([FieldProblem("--from", str(path), "was made by img2img from a "
+                                                f"{made_from.get('width')}x{made_from.get('height')} image (pixels "
+                                                f"sha256 {str(made_from.get('sha256'))[:16]}...): give it again "
+                                                "with --init-image")])
         return request_from_record(meta.record)
     if meta.parameters:
         return request_from_a1111(parse_parameters(meta.parameters))

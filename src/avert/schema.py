@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from avert.sampling.samplers import SAMPLER_NAMES
+from avert.sampling.samplers import ETA_SAMPLERS, SAMPLER_NAMES
 
 SEED_MAX = 2**32 - 1
 
@@ -81,6 +81,7 @@ def _size_param(name: str, short: str) -> Param:
 GUIDANCE_METHODS = ("cfg", "apg", "perp-neg", "dynamic", "posterior", "gated")
 FALLBACK_GUIDANCE = "cfg"  # A1111's: the method of a model whose folder names none (`avert.models.defaults`)
 EMPHASIS_MODES = ("Original", "No norm")
+RESIZE_MODES = ("just resize", "crop and resize", "resize and fill", "latent upscale")  # A1111's 0..3
 SIGMA_MAX = 1000.0
 
 PARAMS: tuple[Param, ...] = (
@@ -95,6 +96,10 @@ PARAMS: tuple[Param, ...] = (
     _size_param("width", "-W"),
     _size_param("height", "-H"),
     Param("sampler", str, "Euler a", "sampler, by its AUTOMATIC1111 name", "--sampler", choices=SAMPLER_NAMES),
+    Param("eta", float, None, "noise of each step of the samplers that take eta, as A1111 (k-diffusion) runs them: "
+          f"{', '.join(ETA_SAMPLERS)}; 0 adds none (deterministic), 1 is the full ancestral step", "--eta",
+          low=lambda l: 0.0, high=lambda l: 1.0, unset="the sampler's own: 1 for ancestral samplers (A1111's "
+          "eta_ancestral), 0 for DDIM (eta_ddim)"),
     Param("batch_size", int, 1, "number of images, seeds seed .. seed + n - 1", "--batch-size", "-b",
           low=lambda l: 1, high=lambda l: l.max_batch_size),
     Param("negative_scale", float, None, "strength of the negatives apart from the prompt's; when it differs "
@@ -141,6 +146,12 @@ PARAMS: tuple[Param, ...] = (
     Param("guidance_reuse", bool, False, "on steps where the interval or s_min_uncond skips the negative, add the "
           "last guided step's correction (e - e_c) instead of none; the negative's forward is still skipped",
           "--guidance-reuse"),
+    Param("strength", float, 0.75, "img2img: how much of the init image is re-drawn (A1111's denoising strength: "
+          "int(min(strength, 0.999) * steps) + 1 of the steps run, from the matching noise level)", "--strength",
+          low=lambda l: 0.0, high=lambda l: 1.0),
+    Param("resize_mode", str, "just resize", "img2img: how the init image is brought to width x height: stretched, "
+          "cropped to cover, fitted with its edges stretched into the bands, or encoded at its own size and the "
+          "latent interpolated (A1111's resize modes 0..3)", "--resize-mode", choices=RESIZE_MODES),
     Param("clip_skip", int, 1, "use the text encoder's hidden states this many layers from the end (A1111 "
           "clip skip; 1 = last layer)", "--clip-skip", low=lambda l: 1, high=lambda l: 12),
     Param("emphasis", str, "Original", "how (word:1.2) weights apply: Original (rescaled to the chunk's mean, "

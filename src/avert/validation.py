@@ -11,7 +11,8 @@ from avert.errors import FieldProblem, ValidationError
 from avert.prompts.parse import count_parts, parse_prompt
 from avert.prompts.schedule import PromptTooComplex
 from avert.request import GenerationRequest, Negative
-from avert.schema import FALLBACK_GUIDANCE, PARAMS, Limits, Param
+from avert.sampling.samplers import ETA_SAMPLERS, SAMPLERS
+from avert.schema import FALLBACK_GUIDANCE, PARAMS, PARAMS_BY_NAME, Limits, Param
 
 
 def validate(request: GenerationRequest, limits: Limits = Limits(),
@@ -121,7 +122,41 @@ def check_relations(request: GenerationRequest, model_guidance: str = FALLBACK_G
     low, high = request.guidance_sigma_min, request.guidance_sigma_max
     if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low >= high:
         problems.append(FieldProblem("guidance_sigma_min", low, f"must be below guidance_sigma_max ({high})"))
-    return problems + _method_problems(request, model_guidance)
+    return problems + _method_problems(request, model_guidance) + _eta_problems(request) + _img2img_problems(request)
+
+
+IMG2IMG_ONLY = ("strength", "resize_mode")
+
+
+def _img2img_problems(request: GenerationRequest) -> list[FieldProblem]:
+    """The init image is an `InitImage`; strength and resize_mode mean something only with one."""
+    from avert.init_image import InitImage
+
+    if request.init_image is not None and not isinstance(request.init_image, InitImage):
+        return [FieldProblem("init_image", type(request.init_image).__name__, "must be an image (InitImage) or none")]
+    if request.init_image is not None:
+        return []
+    defaults = GenerationRequest()
+    return [FieldProblem(name, getattr(request, name), f"applies only with an init image (img2img; leave it at "
+                         f"{getattr(defaults, name)} without one)")
+            for name in IMG2IMG_ONLY if getattr(request, name) != getattr(defaults, name)
+            and check_field(PARAMS_BY_NAME[name], getattr(request, name), Limits()) is None]  # else named above
+
+
+def _eta_problems(request: GenerationRequest) -> list[FieldProblem]:
+    """eta means something only to the samplers that take one (A1111 ignores it for the others; avert names it),
+    and avert runs other values than the default only where it implements them (`avert.sampling.eta`)."""
+    spec = SAMPLERS.get(request.sampler) if isinstance(request.sampler, str) else None
+    if request.eta is None or not _has_type(request.eta, float) or spec is None:
+        return []
+    if spec.eta_option is None:
+        return [FieldProblem("eta", request.eta, f"applies only with the samplers that take eta ({', '.join(ETA_SAMPLERS)}"
+                             f"; A1111 also passes it to its SDE samplers); leave it unset for {request.sampler}")]
+    if not spec.eta_settable and request.eta != spec.default_eta:
+        return [FieldProblem("eta", request.eta, f"must be {spec.default_eta:g} or unset for {request.sampler}: avert runs "
+                             f"it as diffusers' {spec.scheduler}, which has no eta (other values: "
+                             f"{', '.join(ETA_SAMPLERS)})")]
+    return []
 
 
 METHOD_ONLY = {("apg",): ("apg_eta", "apg_norm_threshold", "apg_momentum"),

@@ -4,6 +4,7 @@
                          [guidance options] [--method-cfg-scale F] [--cfg-scale F] [--steps N]
                          [--sampler NAME] [--batch-size N] [--device D] [--threads N] [--json] [--docs DIR] [-q]
     avert eval methods   [--only LABEL]... [--first-seed S] [same flags as negatives, without --pair/--method]
+    avert eval img2img   [--strength D] [--pair PROMPT NEGATIVE]... [--method M] [same flags as concepts]
     avert eval pool FILE... [--json]
     avert eval concepts  [--prompt TEXT]... [--model PATH] [--seeds N] [--cfg-scale F] [--steps N]
                          [--sampler NAME] [--batch-size N] [--device D] [--threads N] [--json] [--docs DIR] [-q]
@@ -93,12 +94,19 @@ def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
     concepts.add_argument("--prompt", action="append", metavar="TEXT",
                           help="measure this prompt for each concept it names, e.g. \"a lone tree\" (repeatable; "
                           "default: one built-in prompt per concept; docs/ is written only by the default run)")
-    for q in (negatives, methods, concepts):
+    img2img = what.add_parser("img2img", help="negatives in img2img: each prompt's images re-drawn at --strength "
+                              "without and with the negative (writes docs/eval/img2img.md)")
+    img2img.add_argument("--pair", nargs=2, action="append", metavar=("PROMPT", "NEGATIVE"),
+                         help="evaluate this prompt and negative (repeatable); default: the built-in pairs")
+    img2img.add_argument("--strength", type=_schema_number("strength", "strength"), default=0.6, metavar="D",
+                         help="img2img strength, A1111's denoising strength (default: 0.6)")
+    _method_flags(img2img)
+    for q in (negatives, methods, concepts, img2img):
         q.add_argument("--model", default=None, help="a diffusers folder or an SD .safetensors file "
                        "(default: $AVERT_MODEL, else the embedded model)")
+        later = ", or S..S+N-1 after --first-seed S" if q in (negatives, methods) else ""
         q.add_argument("--seeds", type=seeds_type, default=DEFAULT_SEEDS, metavar="N",
-                       help=f"images per prompt, seeds 0..N-1, or S..S+N-1 after --first-seed S (1 to {MAX_SEEDS}; "
-                       f"default: {DEFAULT_SEEDS})")
+                       help=f"images per prompt, seeds 0..N-1{later} (1 to {MAX_SEEDS}; default: {DEFAULT_SEEDS})")
         q.add_argument("--cfg-scale", type=_number(float, "cfg_scale"), default=None, metavar="F",
                        help=f"guidance scale (default: {PARAMS_BY_NAME['cfg_scale'].default})")
         q.add_argument("--steps", type=_number(int, "steps"), default=20, metavar="N",
@@ -189,6 +197,8 @@ def run_eval(args) -> int:
         return _run_methods(args)
     if args.eval_what == "pool":
         return _run_pool(args)
+    if args.eval_what == "img2img":
+        return _run_img2img(args)
     return _run_concepts(args)
 
 
@@ -236,6 +246,32 @@ def _run_negatives(args) -> int:
         page = neg.write_negatives_docs(results, info, args.docs, figure, absent=args.absent,
                                         model_default=components.default_guidance)
         print(f"\nwritten to {page}" + (f" and {page.with_suffix('.png')}" if figure is not None else ""))
+    return 0
+
+
+def _run_img2img(args) -> int:
+    import json
+    from dataclasses import asdict
+
+    from avert.evaluation import img2img as i2i
+    from avert.evaluation import negatives as neg
+
+    pairs = neg.pairs_from_args(args.pair)
+    settings, runtime, components, info = _common(args)
+    method = method_from_args(args, components.default_guidance)
+    _validate_method(settings, method)
+    rows = i2i.evaluate_img2img(pairs, components, args.seeds, args.strength, settings, method, runtime=runtime,
+                                progress=not args.quiet)
+    if args.json:
+        print(json.dumps([{**asdict(r.result), "rate_init": r.rate_init, "strength": r.strength} for r in rows],
+                         indent=2, ensure_ascii=False))
+        return 0
+    print("\n".join(i2i.summary(rows)) + "\n")
+    print(i2i.table(rows))
+    if not args.pair and not _options_given(args):
+        picture = i2i.figure(rows, components, settings, method, runtime)
+        page = i2i.write_docs(rows, info, args.docs, picture, method)
+        print(f"\nwritten to {page} and {page.with_suffix('.png')}")
     return 0
 
 

@@ -13,8 +13,9 @@ from PIL import Image
 
 from avert.conditioning.embeddings import EmbeddingLibrary
 from avert.guidance.denoiser import Denoiser
+from avert.init_image import InitImage
 from avert.models.components import Components
-from avert.pipeline import metadata, work
+from avert.pipeline import img2img, metadata, work
 from avert.pipeline.conditioning import condition
 from avert.pipeline.result import GeneratedImage, GenerationResult
 from avert.pipeline.runtime import Runtime
@@ -45,8 +46,15 @@ def generate(
     denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty,   # 3. guidance, denoiser
                         runtime.autocast_dtype)
     schedulers = make_schedulers(request, components, seeds, runtime)               # 4. one scheduler per image
-    noise, generators = initial_noise(seeds, latent_shape(request, components), runtime.device)
-    latents = sample(denoiser, schedulers, noise, generators, on_step, should_stop)  # 5. the one loop
+    start, begin = None, 0
+    if request.init_image is None:
+        noise, generators = initial_noise(seeds, latent_shape(request, components), runtime.device)
+    else:                                                                            #    img2img: the init image
+        start, generators, begin = img2img.start(request, components, runtime, schedulers, seeds,
+                                                 latent_shape(request, components))
+        noise = torch.zeros_like(start)
+    latents = sample(denoiser, schedulers, noise, generators, on_step, should_stop,  # 5. the one loop
+                     start=start, begin=begin)
     if should_stop is not None and should_stop():
         raise Cancelled("stopped before decoding")
     pictures = decode(latents, components, runtime)                                  # 6. latents -> images
@@ -67,6 +75,8 @@ def model_limits(limits: Limits, components: Components) -> Limits:
 def check(request: GenerationRequest, limits: Limits, components: Components) -> GenerationRequest:
     """Validate against the model: its native size is allowed, a request without `guidance` is checked
     against the model's default method, and its work is held to `limits.max_work` where one is set."""
+    if isinstance(request.init_image, InitImage):  # the size it gives is held to the limits as a size asked for
+        request = request.replace(**dict(zip(("width", "height"), default_size(request, components))))
     validate(request, model_limits(limits, components), components.default_guidance)
     if limits.max_work is not None:
         work.check([request_work(request, components)], limits.max_work)
@@ -75,18 +85,27 @@ def check(request: GenerationRequest, limits: Limits, components: Components) ->
 
 def request_work(request: GenerationRequest, components: Components) -> work.Work:
     """The work of a validated request (`avert.pipeline.work`), its size and method as the model resolves them."""
-    native = native_size(components)
-    sized = request.replace(width=request.width or native, height=request.height or native)
+    width, height = default_size(request, components)
+    sized = request.replace(width=width, height=height)
     return work.estimate(sized, components, request.guidance or components.default_guidance)
 
 
 def resolve(request: GenerationRequest, components: Components) -> GenerationRequest:
     """Fill what the request leaves to the model or to chance: the seed, the model's native size, and the
     model's guidance method (`Components.default_guidance`: cfg unless the model's folder names another)."""
-    native = native_size(components)
     guidance = request.guidance if request.guidance is not None else components.default_guidance
-    return request.replace(seed=resolve_seed(request.seed), width=request.width or native,
-                           height=request.height or native, guidance=guidance)
+    width, height = default_size(request, components)
+    return request.replace(seed=resolve_seed(request.seed), width=width, height=height, guidance=guidance)
+
+
+def default_size(request: GenerationRequest, components: Components) -> tuple[int, int]:
+    """width and height, where the request leaves them out: the init image's size rounded down to a multiple of 8
+    (as diffusers' img2img does), else the model's native size."""
+    native = native_size(components)
+    image = request.init_image
+    if image is None:
+        return request.width or native, request.height or native
+    return request.width or max(8, image.width // 8 * 8), request.height or max(8, image.height // 8 * 8)
 
 
 def native_size(components: Components) -> int:
@@ -117,7 +136,7 @@ def negative_warnings(request: GenerationRequest, components: Components | None 
 
 def make_schedulers(request: GenerationRequest, components: Components, seeds, runtime: Runtime) -> list:
     spec = sampler_spec(request.sampler)
-    schedulers = [spec.build(components.scheduler_config, seed) for seed in seeds]
+    schedulers = [spec.build(components.scheduler_config, seed, request.eta) for seed in seeds]
     for s in schedulers:
         s.set_timesteps(request.steps, device=runtime.device)
     return schedulers

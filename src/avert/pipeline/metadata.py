@@ -10,6 +10,7 @@ from avert.errors import AvertError
 from avert.models.components import ModelSource
 from avert.output.pnginfo import ParsedParameters, format_parameters
 from avert.request import GenerationRequest, Negative
+from avert.sampling.samplers import SAMPLERS
 
 RECORD_FORMAT = 1
 
@@ -24,6 +25,8 @@ def infotext(request: GenerationRequest, seed: int, model: ModelSource) -> str:
         ("Size", f"{request.width}x{request.height}"),
         ("Model hash", model.hash),
         ("Model", model.name),
+        *img2img_params(request),
+        *eta_params(request),
         *guidance_params(request),
         ("Version", f"avert {__version__}"),
     )
@@ -62,6 +65,26 @@ def negative_line(request: GenerationRequest) -> str:
     if not request.negatives:
         return request.negative_prompt
     return ", ".join(n.text for n in request.all_negatives() if n.text)
+
+
+def img2img_params(request: GenerationRequest) -> tuple[tuple[str, object], ...]:
+    """A1111's "Denoising strength" of an img2img image, and avert's "Resize mode" where it is not the default."""
+    if request.init_image is None:
+        return ()
+    mode = (("Resize mode", request.resize_mode),) if request.resize_mode != A1111_REQUEST.resize_mode else ()
+    return (("Denoising strength", request.strength), *mode)
+
+
+ETA_KEYS = {"eta_ancestral": "Eta", "eta_ddim": "Eta DDIM"}  # A1111's infotext key per eta option
+
+
+def eta_params(request: GenerationRequest) -> tuple[tuple[str, object], ...]:
+    """A1111's "Eta" (ancestral and SDE samplers) or "Eta DDIM", written as A1111 writes them: only where the
+    sampler takes eta and it differs from the option's default (1, DDIM 0)."""
+    spec = SAMPLERS.get(request.sampler)
+    if spec is None or spec.eta_option is None or request.eta is None or request.eta == spec.default_eta:
+        return ()
+    return ((ETA_KEYS[spec.eta_option], request.eta),)
 
 
 def guidance_params(request: GenerationRequest) -> tuple[tuple[str, object], ...]:
@@ -110,6 +133,7 @@ def request_from_a1111(parsed: ParsedParameters) -> GenerationRequest:
     if parsed.get("Schedule type") == "Karras" and isinstance(changes.get("sampler"), str):
         changes["sampler"] = changes["sampler"] + " Karras"  # A1111 1.9+ writes the schedule apart
     changes.update(_extra_fields(parsed))
+    changes.update(_eta_field(parsed, changes.get("sampler", request.sampler)))
     size = parsed.get("Size")
     if size and "x" in size:
         width, _, height = size.partition("x")
@@ -131,6 +155,14 @@ def _extra_fields(parsed: ParsedParameters) -> dict:
             raise AvertError(f"infotext: the Negatives parameter is not a readable list ({exc})") from None
         changes.update(negative_prompt="", negatives=negatives)
     return changes
+
+
+def _eta_field(parsed: ParsedParameters, sampler: object) -> dict:
+    """eta from the key A1111 writes for the sampler ("Eta", or "Eta DDIM" for DDIM); the other key is not the
+    sampler's and A1111 would not apply it."""
+    spec = SAMPLERS.get(sampler) if isinstance(sampler, str) else None
+    text = parsed.get(ETA_KEYS[spec.eta_option]) if spec is not None and spec.eta_option else None
+    return {"eta": convert_value(text, float)} if text else {}
 
 
 def convert_value(text: str, kind: type):

@@ -35,12 +35,19 @@ def sample(
     generators: Sequence[torch.Generator],
     on_step: Callable[[StepEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    start: torch.Tensor | None = None,
+    begin: int = 0,
 ) -> torch.Tensor:
-    """Denoise `noise` ([batch, C, H, W], unit variance) along the schedulers' timesteps."""
-    timesteps = schedulers[0].timesteps
-    steps = getattr(schedulers[0], "num_inference_steps", None) or len(timesteps)
+    """Denoise `noise` ([batch, C, H, W], unit variance) along the schedulers' timesteps.
+
+    img2img: `start` is the noised init latent and `begin` the index of its timestep (the schedulers' begin
+    index is set by the caller, as diffusers' img2img pipeline sets it); the run is the timesteps from there.
+    """
+    timesteps = schedulers[0].timesteps[begin:]
+    order = getattr(schedulers[0], "order", 1)
+    steps = (getattr(schedulers[0], "num_inference_steps", None) or len(schedulers[0].timesteps)) - begin // order
     sigma_at = sigma_function(schedulers[0])
-    x = noise * schedulers[0].init_noise_sigma
+    x = noise * schedulers[0].init_noise_sigma if start is None else start
     step_kwargs = [_step_kwargs(s, g) for s, g in zip(schedulers, generators)]
     for i, t in enumerate(timesteps):
         if should_stop is not None and should_stop():
@@ -69,11 +76,8 @@ def sigma_function(scheduler) -> Callable[[float], float]:
 
 
 def _step_kwargs(scheduler, generator: torch.Generator) -> dict:
-    """The extra `step` arguments a scheduler accepts, as diffusers' `prepare_extra_step_kwargs` passes them."""
+    """The generator, where `step` takes one (as diffusers' `prepare_extra_step_kwargs` passes it). eta is not
+    passed: DDIM's is its default 0 (diffusers' pipelines pass 0) unless the scheduler carries another
+    (`avert.sampling.eta`)."""
     accepted = inspect.signature(scheduler.step).parameters
-    kwargs = {}
-    if "eta" in accepted:
-        kwargs["eta"] = 0.0
-    if "generator" in accepted:
-        kwargs["generator"] = generator
-    return kwargs
+    return {"generator": generator} if "generator" in accepted else {}

@@ -23,7 +23,7 @@ from avert import __version__
 from avert.errors import FieldProblem, ValidationError
 from avert.sampling.samplers import SAMPLER_NAMES, SAMPLERS
 from avert.server import bodies, openapi
-from avert.server.a1111_info import ANCESTRAL_ETA, DDIM_ETA, SCHEDULERS, model_name, options
+from avert.server.a1111_info import ETA_OPTIONS, SCHEDULERS, eta_option_problems, model_name, options
 from avert.server.http import error_response, failure_response, wait_for
 from avert.server.infotext import apply_infotext
 from avert.server.jobs import CANCELLED, FAILED, Job
@@ -110,9 +110,15 @@ IGNORED = ("do_not_save_samples", "do_not_save_grid", "override_settings_restore
              openapi_extra=openapi.txt2img_body(TXT2IMG_DEFAULTS, {k: rule[0].schema() for k, rule in NO_EFFECT.items()
                                                                    if isinstance(rule[0], _OneOf)}, IGNORED))
 async def txt2img(request: Request) -> JSONResponse:
+    return await run_a1111(request, txt2img_job, TXT2IMG_DEFAULTS, "txt2img")
+
+
+async def run_a1111(request: Request, build: Callable, defaults: dict, endpoint: str,
+                    echo: Callable[[dict], dict] = lambda parameters: parameters) -> JSONResponse:
+    """Parse, queue and wait for an A1111 job; answer as A1111 does (`echo` shapes the echoed parameters)."""
     state = get_state(request)
     raw = await request.body()
-    body, job = await run_in_threadpool(_parse_txt2img, state, raw, owner(request))
+    body, job = await run_in_threadpool(_parse, state, raw, owner(request), build)
     state.queue.submit(job)
     if not await wait_for(job, request, state.queue):
         return error_response(409, "cancelled", "the client disconnected; the job was cancelled")
@@ -120,13 +126,13 @@ async def txt2img(request: Request) -> JSONResponse:
         return failure_response(job.failure)
     if job.status == CANCELLED:
         return error_response(409, "interrupted", f"job {job.id} was interrupted before it finished")
-    known = {k: v for k, v in body.items() if k in TXT2IMG_DEFAULTS}
-    return JSONResponse(txt2img_response(job, {**TXT2IMG_DEFAULTS, **known}, ignored_fields(body)))
+    known = {k: v for k, v in body.items() if k in defaults}
+    return JSONResponse(txt2img_response(job, echo({**defaults, **known}), ignored_fields(body, defaults), endpoint))
 
 
-def _parse_txt2img(state: ServerState, raw: bytes, client: str | None) -> tuple[dict, Job]:
+def _parse(state: ServerState, raw: bytes, client: str | None, build: Callable) -> tuple[dict, Job]:
     body = apply_infotext(bodies.parse_json(raw))  # A1111 echoes the body after the infotext merge
-    return body, txt2img_job(state, body, client)
+    return body, build(state, body, client)
 
 
 # A1111 fields that avert reads itself, with the JSON types they may have (null: the default)
@@ -136,23 +142,36 @@ A1111_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "scheduler": ((str, type(None)), "must be one of: automatic, karras, or null"),
     "override_settings": ((dict, type(None)), "must be an object of options, or null"),
     "send_images": ((bool,), "must be true or false"),
-    "eta": ((int, float, type(None)), "must be a number or null"),
+    "eta": ((int, float, type(None)), "must be a finite number or null"),
 }
 
 
 def _type_problems(body: dict) -> list[FieldProblem]:
+    """Fields of the wrong JSON type, and numbers that are not finite (1e309 parses as infinity)."""
     return [FieldProblem(k, body[k], rule) for k, (kinds, rule) in A1111_TYPES.items()
-            if k in body and (not isinstance(body[k], kinds) or (isinstance(body[k], bool) and bool not in kinds))]
+            if k in body and (not isinstance(body[k], kinds) or (isinstance(body[k], bool) and bool not in kinds)
+                              or (isinstance(body[k], float) and not math.isfinite(body[k])))]
 
 
 def txt2img_job(state: ServerState, body: dict, client: str | None = None) -> Job:
     """Check an A1111 txt2img body and build its job (one part per negative run and n_iter round)."""
+    return a1111_job(state, body, client, TXT2IMG_DEFAULTS, NO_EFFECT, "txt2img")
+
+
+# avert request fields that an A1111 body does not pass through by name: A1111 has no such field (init_image), or
+# its own under another name or meaning (eta per sampler, denoising_strength, an integer resize_mode)
+NOT_SHARED = ("init_image", "strength", "resize_mode", "eta")
+
+
+def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict, no_effect: dict, kind: str,
+              image_fields: Callable[[dict], dict] | None = None) -> Job:
+    """An A1111 body (txt2img, or img2img with `image_fields` giving the init image's request fields) as a job."""
     problems: list[FieldProblem] = []  # fields A1111 does not have are ignored, as A1111 does (`ignored_fields`)
     if _type_problems(body):  # the checks below read these fields
         raise ValidationError(_type_problems(body))
-    problems += [FieldProblem(k, body[k], rule[1]) for k, rule in NO_EFFECT.items()
+    problems += [FieldProblem(k, body[k], rule[1]) for k, rule in no_effect.items()
                  if k in body and k not in bodies.REQUEST_FIELDS and not rule[0](body[k])]
-    settings = {**TXT2IMG_DEFAULTS, **body}
+    settings = {**defaults, **body}
     model, overrides, override_problems = _override(state, settings.get("override_settings"))
     problems += override_problems
     sampler = _sampler(settings, problems)
@@ -164,11 +183,13 @@ def txt2img_job(state: ServerState, body: dict, client: str | None = None) -> Jo
         count = settings["batch_size"] * rounds if type(rounds) is int and type(settings["batch_size"]) is int else 0
         negative, per_image = bodies.split_negatives(settings["negative_prompt"], count)
         fields = {k: settings[k] for k in ("prompt", "seed", "steps", "cfg_scale", "width", "height", "batch_size")}
+        fields["eta"] = _eta(settings.get("eta"), sampler, {**options(state), **overrides.pop("eta_options", {})})
+        fields.update(image_fields(settings) if image_fields is not None else {})
         # avert's own fields under the same name (s_min_uncond, ...); A1111's null means the default
-        shared = {k: v for k, v in body.items() if k in bodies.REQUEST_FIELDS and k not in fields and v is not None}
+        shared = {k: v for k, v in body.items() if k in bodies.REQUEST_FIELDS and k not in fields
+                  and k not in NOT_SHARED and v is not None}
         request = _renamed(lambda: bodies.request_from_fields({**shared, **overrides, **fields,
                                                                "negative_prompt": negative, "sampler": sampler}))
-        _check_eta(settings.get("eta"), request.sampler)
         components = state.registry.components(model)
         _renamed(lambda: bodies.check(request, limits, components, per_image))
     except ValidationError as error:
@@ -177,11 +198,11 @@ def txt2img_job(state: ServerState, body: dict, client: str | None = None) -> Jo
         raise ValidationError(problems)
     parts = bodies.batch_parts(request, per_image, rounds)
     bodies.check_work(parts, components, limits)
-    return Job(model, parts, kind="txt2img", owner=client)
+    return Job(model, parts, kind=kind, owner=client)
 
 
 
-A1111_NAMES = {"sampler": "sampler_name", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+A1111_NAMES = {"sampler": "sampler_name", "strength": "denoising_strength", "init_image": "init_images[0]", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
                "guidance": "override_settings.avert_guidance"}
 
 
@@ -213,19 +234,13 @@ def _sampler(settings: dict, problems: list[FieldProblem]) -> str | None:
     return name
 
 
-def _check_eta(eta: Any, sampler: str) -> None:
-    """eta is accepted where it matches what the sampler does (A1111 ignores it for non-stochastic samplers)."""
-    if eta is None or sampler not in SAMPLERS:
-        return
-    spec = SAMPLERS[sampler]
-    stochastic = sampler.split(" Karras")[0].endswith(" a") or "SDE" in sampler
-    wanted = DDIM_ETA if spec.scheduler == "DDIMScheduler" else ANCESTRAL_ETA if stochastic else None
-    ok = isinstance(eta, (int, float)) and not isinstance(eta, bool) and math.isfinite(eta) and (
-        wanted is None or float(eta) == wanted)
-    if not ok:
-        raise ValidationError([FieldProblem("eta", eta, f"must be null or {wanted if wanted is not None else 'a number'}"
-                                            f" for {sampler!r}: avert's {sampler} runs with eta "
-                                            f"{wanted if wanted is not None else '(not used)'}")])
+def _eta(eta: Any, sampler: Any, eta_options: dict[str, Any]) -> Any:
+    """A1111's eta for the sampler: the request's, else its option (eta_ancestral, or eta_ddim for DDIM); None
+    for samplers that take no eta, which A1111 runs without one whatever the request says."""
+    spec = SAMPLERS.get(sampler) if isinstance(sampler, str) else None
+    if spec is None or spec.eta_option is None:
+        return None
+    return eta if eta is not None else eta_options.get(spec.eta_option)
 
 
 # override_settings keys that map to request fields (A1111 option name -> avert field)
@@ -250,28 +265,31 @@ def _override(state: ServerState, override: Any) -> tuple[str, dict[str, Any], l
                 model = state.registry.entry(model_name(value), "override_settings.sd_model_checkpoint").name
             except ValidationError as error:
                 problems += error.problems
+        elif key in ETA_OPTIONS:
+            problems += [FieldProblem(f"override_settings.{key}", p.value, p.allowed) for p in eta_option_problems(key, value)]
+            fields.setdefault("eta_options", {})[key] = value
         elif OVERRIDE_FIELDS.get(key) in bodies.REQUEST_FIELDS:
             fields[OVERRIDE_FIELDS[key]] = value
             if value is None:
                 fields.pop(OVERRIDE_FIELDS[key])  # null: the request field's own default
         elif options(state).get(key, object()) != value:
             problems.append(FieldProblem(f"override_settings.{key}", value, "can be overridden: sd_model_checkpoint, "
-                                         + ", ".join(OVERRIDE_FIELDS) + "; other options must equal their current value"))
+                                         + ", ".join([*OVERRIDE_FIELDS, *ETA_OPTIONS]) + "; other options must equal their current value"))
     return model, fields, problems
 
 
 MAX_IGNORED_SHOWN = 32
 
 
-def ignored_fields(body: dict) -> list[str]:
-    """Fields of the body that A1111's txt2img does not have: A1111 ignores them silently, and clients rely on
-    that; avert ignores them too, and names them in `info` (up to MAX_IGNORED_SHOWN, then how many more)."""
-    names = [k for k in body if k not in TXT2IMG_DEFAULTS]
+def ignored_fields(body: dict, defaults: dict = TXT2IMG_DEFAULTS) -> list[str]:
+    """Fields of the body that A1111's txt2img (img2img) does not have: A1111 ignores them silently, and clients
+    rely on that; avert ignores them too, and names them in `info` (up to MAX_IGNORED_SHOWN, then how many more)."""
+    names = [k for k in body if k not in defaults]
     shown = [name[:64] for name in names[:MAX_IGNORED_SHOWN]]
     return shown + ([f"... and {len(names) - MAX_IGNORED_SHOWN} more"] if len(names) > MAX_IGNORED_SHOWN else [])
 
 
-def txt2img_response(job: Job, parameters: dict, ignored: list[str] = ()) -> dict:
+def txt2img_response(job: Job, parameters: dict, ignored: list[str] = (), endpoint: str = "txt2img") -> dict:
     """A1111's response: base64 PNGs, the request echoed (A1111's fields only), and `info` as a JSON string, with
     avert's `ignored_fields` and `warnings`."""
     made = [g for _, g in job_images(job)]
@@ -292,17 +310,12 @@ def txt2img_response(job: Job, parameters: dict, ignored: list[str] = ()) -> dic
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": [g.infotext for g in made],
         "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.started or job.created)),
         "clip_skip": first.clip_skip, "is_using_inpainting_conditioning": False, "version": f"avert {__version__}",
-        "warnings": job_warnings(job) + ([f"ignored fields A1111's txt2img does not have: {', '.join(ignored)}"]
+        "warnings": job_warnings(job) + ([f"ignored fields A1111's {endpoint} does not have: {', '.join(ignored)}"]
                                          if ignored else []),
         "ignored_fields": list(ignored),
     }
     images = [png_base64(g) for g in made] if parameters.get("send_images", True) else []
     return {"images": images, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}
-
-
-@router.post("/img2img", summary="Not supported: avert generates from text only")
-async def img2img() -> JSONResponse:
-    return error_response(501, "not implemented", "img2img is not supported by avert; use /sdapi/v1/txt2img")
 
 
 # ---------------------------------------------------------------- progress, interrupt, skip

@@ -110,8 +110,9 @@ async def cmd_flags(request: Request) -> dict:
 # does not set it itself (override_settings wins). avert_guidance is avert's: null is the model's default method.
 ACTING_OPTIONS = {"CLIP_stop_at_last_layers": ("clip_skip", 1), "avert_guidance": ("guidance", None)}
 # Options whose value avert cannot change (it would act in A1111): they must keep the value shown.
-FIXED_OPTIONS = {"sd_checkpoint_hash": None, "eta_ancestral": ANCESTRAL_ETA, "eta_ddim": DDIM_ETA,
-                 "samples_format": "png", "sd_vae": "None", "enable_pnginfo": True, "samples_save": False,
+# eta's options: the eta of the samplers that take one when a request's `eta` is null (A1111's meaning)
+ETA_OPTIONS = {"eta_ancestral": ANCESTRAL_ETA, "eta_ddim": DDIM_ETA}
+FIXED_OPTIONS = {"sd_checkpoint_hash": None, "samples_format": "png", "sd_vae": "None", "enable_pnginfo": True, "samples_save": False,
                  "grid_save": False}
 MAX_KEPT_OPTIONS = 512  # other options are kept as given (no effect here), within these bounds
 MAX_OPTION_BYTES = 8192
@@ -122,7 +123,7 @@ def options(state: ServerState) -> dict[str, Any]:
     """The options: kept ones, the fixed ones, the acting ones and the checkpoint (A1111's names)."""
     acting = {key: default if state.option_fields.get(name) is None else state.option_fields[name]
               for key, (name, default) in ACTING_OPTIONS.items()}
-    return {**state.kept_options, **FIXED_OPTIONS, **acting, "sd_model_checkpoint": state.current_model}
+    return {**ETA_OPTIONS, **state.kept_options, **FIXED_OPTIONS, **acting, "sd_model_checkpoint": state.current_model}
 
 
 @router.get("/options")
@@ -131,7 +132,7 @@ async def get_options(request: Request) -> dict:
 
 
 @router.post("/options", summary="Set options: sd_model_checkpoint switches the model, CLIP_stop_at_last_layers and "
-             "avert_guidance set the default clip skip and guidance; others are kept", openapi_extra=openapi.options_body(
+             "avert_guidance set the default clip skip and guidance, eta_ancestral and eta_ddim the default eta; others are kept", openapi_extra=openapi.options_body(
                  {}, ()))
 async def set_options(request: Request) -> None:
     state = get_state(request)
@@ -160,10 +161,13 @@ def _option_changes(state: ServerState, body: dict) -> tuple[dict, dict, list[Fi
             name, default = ACTING_OPTIONS[key]
             fields[name] = value
             problems += _acting_problems(key, name, value, default)
+        elif key in ETA_OPTIONS:
+            problems += eta_option_problems(key, value)
+            kept[key] = value
         elif key in FIXED_OPTIONS:
             if value != FIXED_OPTIONS[key]:
                 problems.append(FieldProblem(key, value, f"must be {FIXED_OPTIONS[key]!r}: avert does not change it "
-                                             "(options that act: sd_model_checkpoint, " + ", ".join(ACTING_OPTIONS)
+                                             "(options that act: sd_model_checkpoint, " + ", ".join([*ACTING_OPTIONS, *ETA_OPTIONS])
                                              + "; others are kept without effect)"))
         elif not _OPTION_KEY.fullmatch(key):
             problems.append(FieldProblem("options", key, "option names must be 1 to 128 letters, digits, '_', '.' "
@@ -176,6 +180,16 @@ def _option_changes(state: ServerState, body: dict) -> tuple[dict, dict, list[Fi
         problems.append(FieldProblem("options", f"{len({**state.kept_options, **kept})} options",
                                      f"must keep at most {MAX_KEPT_OPTIONS} options avert does not act on"))
     return fields, kept, problems
+
+
+def eta_option_problems(key: str, value: Any) -> list[FieldProblem]:
+    """eta_ancestral / eta_ddim: a number that the request field `eta` allows."""
+    from avert.schema import PARAMS_BY_NAME, Limits
+    from avert.validation import check_field
+
+    problem = check_field(PARAMS_BY_NAME["eta"], value, Limits()) if value is not None else \
+        FieldProblem(key, value, "")
+    return [FieldProblem(key, value, problem.allowed or "must be a number")] if problem else []
 
 
 def _acting_problems(key: str, name: str, value: Any, default: Any) -> list[FieldProblem]:

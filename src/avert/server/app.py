@@ -16,7 +16,7 @@ from avert.conditioning.embeddings import load_embeddings
 from avert.errors import AvertError, ValidationError
 from avert.pipeline.generate import generate
 from avert.pipeline.runtime import Runtime
-from avert.server import a1111, a1111_info, native, openapi
+from avert.server import a1111, a1111_img2img, a1111_info, native, openapi
 from avert.server.config import ServerConfig
 from avert.server.http import error_response, problems_response, queue_full_response
 from avert.server.jobs import JobQueue, QueueFull, Render, is_out_of_memory
@@ -52,6 +52,7 @@ def create_app(config: ServerConfig = ServerConfig(), *, render: Render = genera
                   "AUTOMATIC1111-compatible API under /sdapi/v1 and avert's own API under /v1.")
     app.state.avert = ServerState(config, registry, queue, registry.default_name)
     app.include_router(a1111.router)
+    app.include_router(a1111_img2img.router)
     app.include_router(a1111_info.router)
     app.include_router(native.router)
     _add_page(app)

@@ -60,6 +60,9 @@ def native_body(extra: dict[str, Any], limits: Limits = Limits()) -> dict:
     properties["negatives"] = {"type": "array", "items": negative_schema(limits), "maxItems": limits.max_negatives,
                                "description": "negatives with weights and windows"}
     properties["model"] = {"type": "string", "description": "a served model's name (GET /v1/models)"}
+    properties["init_image"] = {"anyOf": [{"type": "string", "contentEncoding": "base64"}, NULL], "default": None,
+                                "description": "img2img: a PNG, JPEG or WebP image as base64 (or a data: URL; URLs are "
+                                "never fetched); strength and resize_mode apply with it"}
     properties.update(extra)
     return _body({"type": "object", "additionalProperties": False, "properties": properties}, WORK)
 
@@ -77,13 +80,14 @@ def compare_body(max_columns: int, limits: Limits = Limits()) -> dict:
 
 
 def txt2img_body(defaults: dict[str, Any], fixed: dict[str, dict], ignored: tuple[str, ...],
-                 limits: Limits = Limits()) -> dict:
+                 limits: Limits = Limits(), kind: str = "txt2img") -> dict:
     """`/sdapi/v1/txt2img`: A1111's fields with their defaults; avert's own under the same name as declared;
     fields avert does not implement limited to the values where they have no effect (`fixed`)."""
     properties: dict[str, Any] = {}
+    own = {**A1111_OWN, **(IMG2IMG_OWN if kind == "img2img" else {})}
     for name, default in defaults.items():
-        if name in A1111_OWN:
-            schema = A1111_OWN[name]
+        if name in own:
+            schema = own[name]
         elif name in PARAMS_BY_NAME:  # avert's own field; null means its default where A1111 has no value for it
             schema = field_schema(name, limits)
             schema = schema if name in A1111_VALUED else {"anyOf": [schema, NULL]}
@@ -96,9 +100,10 @@ def txt2img_body(defaults: dict[str, Any], fixed: dict[str, dict], ignored: tupl
         properties[name] = {**schema, "default": default}
     return _body({"type": "object", "properties": properties, "additionalProperties": {
         "description": "a field A1111 does not have: ignored, as A1111 ignores it, and named in info.ignored_fields"}},
-                 "AUTOMATIC1111's txt2img fields and defaults. " + WORK)
+                 f"AUTOMATIC1111's {kind} fields and defaults. " + WORK)
 
 
+ETA_OPTION = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
 A1111_VALUED = ("prompt", "seed", "steps", "cfg_scale", "width", "height", "batch_size")  # null is not a value
 SAMPLER_CHOICE = {"anyOf": [{"enum": list(SAMPLER_NAMES)}, NULL]}
 A1111_OWN: dict[str, Any] = {
@@ -107,14 +112,23 @@ A1111_OWN: dict[str, Any] = {
     "sampler_name": SAMPLER_CHOICE, "sampler_index": SAMPLER_CHOICE,
     "scheduler": {"enum": ["automatic", "karras", "Automatic", "Karras", "", None]},
     "n_iter": {"type": "integer", "minimum": 1, "maximum": Limits().max_batch_size},
-    "eta": {"anyOf": [{"type": "number"}, NULL], "description": "1 (or null) for ancestral and SDE samplers, 0 (or "
-            "null) for DDIM, any number for the others (they do not use it)"},
+    "eta": {"anyOf": [{"type": "number"}, NULL], "description": "0 to 1 for Euler a, DPM2 a (Karras) and DDIM; 1 (or "
+            "null) for the SDE samplers; any number for the others (they do not use it); null: eta_ancestral or "
+            "eta_ddim"},
     "infotext": {"anyOf": [{"type": "string", "maxLength": 32768}, NULL], "description": "an A1111 infotext whose "
                  "parameters fill the fields the request leaves out (the request's own fields win)"},
     "override_settings": {"anyOf": [NULL, {"type": "object", "additionalProperties": False, "properties": {
         "sd_model_checkpoint": {"type": "string"}, "CLIP_stop_at_last_layers": {"type": "integer", "minimum": 1,
                                                                                "maximum": 12},
-        "avert_guidance": field_schema("guidance")}}]},
+        "avert_guidance": field_schema("guidance"), "eta_ancestral": ETA_OPTION, "eta_ddim": ETA_OPTION}}]},
+}
+IMG2IMG_OWN: dict[str, Any] = {
+    "init_images": {"type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "string", "contentEncoding": "base64"},
+                    "description": "one PNG, JPEG or WebP image as base64 (or a data: URL; URLs are never fetched)"},
+    "resize_mode": {"enum": [0, 1, 2, 3], "description": "0 just resize, 1 crop and resize, 2 resize and fill, 3 just "
+                    "resize (latent upscale)"},
+    "denoising_strength": {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, NULL],
+                           "description": "A1111's step rule: int(min(d, 0.999) * steps) + 1 steps run"},
 }
 
 
@@ -133,6 +147,7 @@ def options_body(fixed: dict[str, Any], models: tuple[str, ...]) -> dict:
     properties["sd_model_checkpoint"] = {"enum": list(models)}
     properties["CLIP_stop_at_last_layers"] = {"type": ["integer", "null"], "minimum": 1, "maximum": 12}
     properties["avert_guidance"] = {"enum": [*method_names(), None]}
+    properties.update(eta_ancestral=ETA_OPTION, eta_ddim=ETA_OPTION)
     kept = {"propertyNames": {"pattern": "^[A-Za-z0-9_.\\-]{1,128}$"}, "maxProperties": 64}
     return _body({"type": "object", "properties": properties, **kept},
                  "A1111's options: sd_model_checkpoint switches the model; CLIP_stop_at_last_layers and "

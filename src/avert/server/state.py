@@ -17,7 +17,8 @@ from avert.server.security import client_of
 class ServerState:
     """`current_model` is what A1111's `sd_model_checkpoint` option selects (POST /sdapi/v1/options);
     `option_fields` the request fields other acting options set (CLIP_stop_at_last_layers -> clip_skip);
-    `kept_options` the options avert does not act on, kept so that a client's read-change-write works."""
+    `kept_options` the options avert does not act on, kept so that a client's read-change-write works, and
+    eta_ancestral / eta_ddim, which A1111 requests with a null `eta` read."""
 
     config: ServerConfig
     registry: ModelRegistry

@@ -184,8 +184,8 @@ def a1111_cases() -> list[HttpCase]:
         ("prompt", ["a"]), ("prompt", "x" * 8193),
     ]
     cases = [HttpCase(g, f"{k}: {json.dumps(v)[:40]}", "POST", path, {**base, k: v}) for k, v in values]
-    cases.append(HttpCase(g, "eta 0.5 with Euler a (runs with 1)", "POST", path, {**base, "sampler_name": "Euler a",
-                                                                                "eta": 0.5}))
+    cases.append(HttpCase(g, "eta 0.5 with DPM++ 2M SDE (runs with 1 only)", "POST", path,
+                          {**base, "sampler_name": "DPM++ 2M SDE", "eta": 0.5}))
     cases.append(HttpCase(g, "infotext of 32768 word characters (quadratic in A1111's pattern)", "POST", path,
                           {**base, "infotext": "a\n" + "0" * 32766}, status=200))
     return cases + [HttpCase("A1111 txt2img: fields", f"{k}: 1e309 (infinite)", "POST", path,
@@ -197,6 +197,30 @@ def a1111_cases() -> list[HttpCase]:
         HttpCase("A1111 txt2img: fields", "override_settings: {avert_guidance: -1e309}", "POST", path,
                  json.dumps({**base, "override_settings": {"avert_guidance": 0}}).replace(
                      '"avert_guidance": 0', '"avert_guidance": -1e309').encode(), raw=True)]
+
+
+def img2img_cases() -> list[HttpCase]:
+    """/sdapi/v1/img2img and the native init_image: images that are not one, too big, fetched, or too many."""
+    path, g = "/sdapi/v1/img2img", "A1111 img2img: fields"
+    image = b64(small_png())
+    base = {"prompt": "a house", **TINY, "init_images": [image]}
+    values = [
+        ("init_images", None), ("init_images", []), ("init_images", [image, image]), ("init_images", image),
+        ("init_images", [5]), ("init_images", ["http://127.0.0.1:9/a.png"]), ("init_images", ["file:///etc/passwd"]),
+        ("init_images", [b64(b"not an image")]), ("init_images", [b64(bomb_png())]),
+        ("init_images", [b64(bomb_png(5000, 5000))]), ("init_images", ["data:image/png;base64,%%%"]),
+        ("init_images", ["A" * 8_000_000]), ("resize_mode", 4), ("resize_mode", -1), ("resize_mode", "crop"),
+        ("resize_mode", True), ("denoising_strength", 2), ("denoising_strength", -0.1), ("denoising_strength", "0.5"),
+        ("mask", image), ("latent_mask", "x"), ("initial_noise_multiplier", 2), ("steps", 0), ("n_iter", 0),
+    ]
+    cases = [HttpCase(g, f"{k}: {json.dumps(v)[:40]}", "POST", path, {**base, k: v}) for k, v in values]
+    native = {"prompt": "a house", **TINY}
+    cases += [HttpCase("native: fields", f"init_image: {json.dumps(v)[:40]}", "POST", "/v1/generate",
+                       {**native, "init_image": v}) for v in (5, [image], "http://127.0.0.1:9/a.png",
+                                                              b64(bomb_png()), {"width": 1})]
+    cases += [HttpCase("native: fields", "strength without an init image", "POST", "/v1/generate",
+                       {**native, "strength": 0.5})]
+    return cases + [HttpCase(g, "a valid img2img of one step", "POST", path, base, status=200)]
 
 
 def json_cases() -> list[HttpCase]:
@@ -293,11 +317,10 @@ def other_cases() -> list[HttpCase]:
         HttpCase(g, "PUT generate", "PUT", "/v1/generate", {"prompt": "a"}, status=405),
         HttpCase(g, "GET txt2img", "GET", "/sdapi/v1/txt2img", status=405),
         HttpCase(g, "unknown route", "GET", "/sdapi/v1/nothing", status=404),
-        HttpCase(g, "img2img (not supported yet)", "POST", "/sdapi/v1/img2img", {"init_images": []}, status=501),
         HttpCase(g, "options: a name of 200 characters", "POST", "/sdapi/v1/options", {"x" * 200: 1}),
         HttpCase(g, "options: a value of 9000 bytes", "POST", "/sdapi/v1/options", {"kept": "x" * 9000}),
         HttpCase(g, "options: 600 options", "POST", "/sdapi/v1/options", {f"k{i}": i for i in range(600)}),
-        HttpCase(g, "options: eta_ancestral 0.5", "POST", "/sdapi/v1/options", {"eta_ancestral": 0.5}),
+        HttpCase(g, "options: eta_ancestral 1.5", "POST", "/sdapi/v1/options", {"eta_ancestral": 1.5}),
         HttpCase(g, "options: clip skip 99", "POST", "/sdapi/v1/options", {"CLIP_stop_at_last_layers": 99}),
         HttpCase(g, "options: samples_save true", "POST", "/sdapi/v1/options", {"samples_save": True}),
         HttpCase(g, "options: model traversal", "POST", "/sdapi/v1/options", {"sd_model_checkpoint": "../../etc"}),
@@ -318,7 +341,7 @@ def other_cases() -> list[HttpCase]:
 
 def http_cases() -> list[HttpCase]:
     """Every HTTP case, for a server on loopback without a key, with `--rate-limit 0` and the default budget."""
-    cases = (native_cases() + a1111_cases() + json_cases() + header_cases() + png_cases() + other_cases())
+    cases = (native_cases() + a1111_cases() + img2img_cases() + json_cases() + header_cases() + png_cases() + other_cases())
     labels = [(c.group, c.label) for c in cases]
     assert len(labels) == len(set(labels)), "case labels must be distinct"
     return cases

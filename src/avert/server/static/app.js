@@ -3,9 +3,10 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const SETTINGS = ["steps", "cfg_scale", "seed", "width", "height", "batch_size"];
+const SETTINGS = ["steps", "cfg_scale", "seed", "width", "height", "batch_size", "eta"];
 let schema = null;
 let currentJob = null;
+let initImage = null;  // a data: URL, sent as init_image (img2img)
 
 async function api(method, path, body) {
   const response = await fetch(path, {
@@ -51,9 +52,9 @@ async function init() {
     $("model").add(new Option(name, name, false, name === models.default));
   }
   for (const param of schema.params) {
-    if (param.name === "sampler") {
-      for (const choice of param.choices) $("sampler").add(new Option(choice, choice, false, choice === param.default));
-    } else if (SETTINGS.includes(param.name)) {
+    if (param.name === "sampler" || param.name === "resize_mode") {
+      for (const choice of param.choices) $(param.name).add(new Option(choice, choice, false, choice === param.default));
+    } else if (SETTINGS.includes(param.name) || param.name === "strength") {
       const input = $(param.name);
       if (param.default !== null) input.value = param.default;
       if (param.min !== null) input.min = param.min;
@@ -73,7 +74,28 @@ function requestBody() {
     const text = $(name).value.trim();
     if (text !== "") body[name] = Number(text);
   }
+  if (initImage) {
+    body.init_image = initImage;
+    body.resize_mode = $("resize_mode").value;
+    if ($("strength").value.trim() !== "") body.strength = Number($("strength").value);
+  }
   return body;
+}
+
+function readDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+async function chooseInit(file) {
+  initImage = file ? await readDataUrl(file) : null;
+  $("clear-init").hidden = !initImage;
+  $("init-hint").textContent = initImage ? `img2img from ${file.name}` : "None: text to image.";
+  if (!file) $("init-image").value = "";
 }
 
 function withNegatives(body) {
@@ -158,12 +180,7 @@ function showCompare(job) {
 
 async function readMetadata(file) {
   showError("");
-  const data = await new Promise((resolve, reject) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(reader.result);
-    reader.onerror = () => reject(reader.error);
-    reader.readAsDataURL(file);
-  });
+  const data = await readDataUrl(file);
   try {
     const info = await api("POST", "/sdapi/v1/png-info", {image: data});
     $("meta").textContent = info.info || "(no generation parameters in this image)";
@@ -186,6 +203,8 @@ $("compare").onclick = () => {
 $("cancel").onclick = () => currentJob && api("DELETE", `/v1/jobs/${currentJob}`).catch((e) => showError(e.message));
 $("add-negative").onclick = () => addNegative();
 $("file").onchange = () => $("file").files[0] && readMetadata($("file").files[0]);
+$("init-image").onchange = () => chooseInit($("init-image").files[0] || null).catch((e) => showError(e.message));
+$("clear-init").onclick = () => chooseInit(null);
 $("drop").addEventListener("dragover", (event) => { event.preventDefault(); $("drop").classList.add("over"); });
 $("drop").addEventListener("dragleave", () => $("drop").classList.remove("over"));
 $("drop").addEventListener("drop", (event) => {

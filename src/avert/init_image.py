@@ -1,0 +1,114 @@
+"""The init image of an img2img request, as one frozen value: read safely and bounded, kept as RGB pixels.
+
+An image from a user is decoded by Pillow from PNG, JPEG or WebP only (no other decoder is reachable), after its
+header says it has at most `MAX_INIT_PIXELS` pixels, so a decompression bomb is refused before it is decoded.
+Transparent pixels are flattened onto white, as A1111 does (`img2img_background_color`, #ffffff).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from avert.errors import FieldProblem, ValidationError
+
+MAX_INIT_PIXELS = 4096 * 4096
+MAX_INIT_BYTES = 64 * 1024 * 1024
+FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+@dataclass(frozen=True)
+class InitImage:
+    """RGB pixels (row-major bytes) of the init image, its size, and the SHA-256 of those pixels (the record
+    names the image by it; the pixels themselves are not written into the PNG)."""
+
+    width: int
+    height: int
+    pixels: bytes = field(repr=False)
+    sha256: str = ""
+
+    @classmethod
+    def from_pil(cls, image: Image.Image) -> "InitImage":
+        rgb = _flatten(image)
+        data = rgb.tobytes()
+        return cls(rgb.width, rgb.height, data, hashlib.sha256(data).hexdigest())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "init_image") -> "InitImage":
+        """Decode an encoded image; a problem is a `ValidationError` naming `name`."""
+        allowed = (f"must be a PNG, JPEG or WebP image of at most {MAX_INIT_PIXELS} pixels and "
+                   f"{MAX_INIT_BYTES // 2**20} MiB")
+        if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_INIT_BYTES:
+            raise ValidationError([FieldProblem(name, f"{len(data)} bytes" if isinstance(data, bytes) else data,
+                                                allowed)])
+        try:
+            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+                if image.width * image.height > MAX_INIT_PIXELS or min(image.size) < 1:
+                    raise ValidationError([FieldProblem(name, f"{image.width}x{image.height}", allowed)])
+                image.load()
+                return cls.from_pil(image)
+        except ValidationError:
+            raise
+        except UnidentifiedImageError:
+            raise ValidationError([FieldProblem(name, f"{len(data)} bytes", f"{allowed} (it is none of these)")]) \
+                from None
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
+            raise ValidationError([FieldProblem(name, f"{len(data)} bytes", f"{allowed} ({error})")]) from None
+
+    @classmethod
+    def from_value(cls, value: object, name: str = "init_image") -> "InitImage":
+        """From a JSON value: the image as base64 (or a data: URL). URLs are never fetched."""
+        return cls.from_bytes(decode_base64(value, name), name)
+
+    @classmethod
+    def from_file(cls, path: str | Path, name: str = "init_image") -> "InitImage":
+        path = Path(path)
+        try:
+            with path.open("rb") as handle:
+                data = handle.read(MAX_INIT_BYTES + 1)
+        except OSError as error:
+            raise ValidationError([FieldProblem(name, str(path), f"must be a readable image file ({error.strerror})")]) \
+                from None
+        return cls.from_bytes(data, name)
+
+    def to_pil(self) -> Image.Image:
+        return Image.frombytes("RGB", (self.width, self.height), self.pixels)
+
+    def describe(self) -> dict:
+        """What the record keeps of it: size and hash."""
+        return {"width": self.width, "height": self.height, "sha256": self.sha256}
+
+
+def decode_base64(value: object, name: str) -> bytes:
+    """The bytes of a base64 image (optionally a data: URL); anything else is a problem naming `name`."""
+    allowed = "must be an image as base64 (optionally a data: URL); URLs are never fetched"
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError([FieldProblem(name, value if not isinstance(value, str) else "(empty)", allowed)])
+    text = value.strip()
+    if re.match(r"^[a-z][a-z0-9+.-]*://", text, re.IGNORECASE):
+        raise ValidationError([FieldProblem(name, text[:100], allowed)])
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    if len(text) > MAX_INIT_BYTES * 4 // 3 + 4:
+        raise ValidationError([FieldProblem(name, f"{len(text)} characters", f"must be at most "
+                                            f"{MAX_INIT_BYTES // 2**20} MiB of image")])
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationError([FieldProblem(name, text[:100], allowed)]) from None
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited onto white."""
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
