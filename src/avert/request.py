@@ -75,6 +75,7 @@ class GenerationRequest:
     guidance_reuse: bool = False
     strength: float = 0.75
     resize_mode: str = "just resize"
+    tiling: bool = False
     clip_skip: int = 1
     emphasis: str = "Original"
     negatives: tuple[Negative, ...] = ()

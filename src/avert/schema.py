@@ -152,6 +152,8 @@ PARAMS: tuple[Param, ...] = (
     Param("resize_mode", str, "just resize", "img2img: how the init image is brought to width x height: stretched, "
           "cropped to cover, fitted with its edges stretched into the bands, or encoded at its own size and the "
           "latent interpolated (A1111's resize modes 0..3)", "--resize-mode", choices=RESIZE_MODES),
+    Param("tiling", bool, False, "seamless image: circular padding in every convolution of the UNet and the VAE "
+          "(A1111's tiling), so the image continues across its left and right, top and bottom edges", "--tiling"),
     Param("clip_skip", int, 1, "use the text encoder's hidden states this many layers from the end (A1111 "
           "clip skip; 1 = last layer)", "--clip-skip", low=lambda l: 1, high=lambda l: 12),
     Param("emphasis", str, "Original", "how (word:1.2) weights apply: Original (rescaled to the chunk's mean, "

@@ -15,7 +15,7 @@ from avert.conditioning.embeddings import EmbeddingLibrary
 from avert.guidance.denoiser import Denoiser
 from avert.init_image import InitImage
 from avert.models.components import Components
-from avert.pipeline import img2img, metadata, work
+from avert.pipeline import img2img, metadata, tiling, work
 from avert.pipeline.conditioning import condition
 from avert.pipeline.result import GeneratedImage, GenerationResult
 from avert.pipeline.runtime import Runtime
@@ -46,18 +46,19 @@ def generate(
     denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty,   # 3. guidance, denoiser
                         runtime.autocast_dtype)
     schedulers = make_schedulers(request, components, seeds, runtime)               # 4. one scheduler per image
-    start, begin = None, 0
-    if request.init_image is None:
-        noise, generators = initial_noise(seeds, latent_shape(request, components), runtime.device)
-    else:                                                                            #    img2img: the init image
-        start, generators, begin = img2img.start(request, components, runtime, schedulers, seeds,
-                                                 latent_shape(request, components))
-        noise = torch.zeros_like(start)
-    latents = sample(denoiser, schedulers, noise, generators, on_step, should_stop,  # 5. the one loop
-                     start=start, begin=begin)
-    if should_stop is not None and should_stop():
-        raise Cancelled("stopped before decoding")
-    pictures = decode(latents, components, runtime)                                  # 6. latents -> images
+    with tiling.circular(components, request.tiling):                                #    seamless: circular convs
+        start, begin = None, 0
+        if request.init_image is None:
+            noise, generators = initial_noise(seeds, latent_shape(request, components), runtime.device)
+        else:                                                                        #    img2img: the init image
+            start, generators, begin = img2img.start(request, components, runtime, schedulers, seeds,
+                                                     latent_shape(request, components))
+            noise = torch.zeros_like(start)
+        latents = sample(denoiser, schedulers, noise, generators, on_step, should_stop,  # 5. the one loop
+                         start=start, begin=begin)
+        if should_stop is not None and should_stop():
+            raise Cancelled("stopped before decoding")
+        pictures = decode(latents, components, runtime)                              # 6. latents -> images
     images = tuple(                                                                  # 7. metadata
         GeneratedImage(img, s, metadata.infotext(request, s, components.source),
                        metadata.record(request, s, i, components.source))

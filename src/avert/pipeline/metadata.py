@@ -33,8 +33,8 @@ def infotext(request: GenerationRequest, seed: int, model: ModelSource) -> str:
     return format_parameters(request.prompt, negative_line(request), params)
 
 
-# request field -> (infotext key, type); written only when not the default. "Clip skip", "NGMS" and
-# "NGMS all steps" are A1111's own keys; the others are avert's.
+# request field -> (infotext key, type); written only when not the default. "Clip skip", "NGMS", "NGMS all steps"
+# and "Tiling" are A1111's own keys; the others are avert's.
 EXTRA_KEYS = {
     "negative_scale": ("Negative scale", float),
     "guidance": ("Guidance", str),
@@ -52,6 +52,7 @@ EXTRA_KEYS = {
     "s_min_uncond": ("NGMS", float),
     "s_min_uncond_all": ("NGMS all steps", bool),
     "guidance_reuse": ("Guidance reuse", bool),
+    "tiling": ("Tiling", bool),
     "clip_skip": ("Clip skip", int),
     "emphasis": ("Emphasis", str),
 }

@@ -80,7 +80,6 @@ NO_EFFECT: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed_resize_from_h": (_one_of(None, 0, -1), "must be -1 or 0: seed resizing is not supported"),
     "seed_resize_from_w": (_one_of(None, 0, -1), "must be -1 or 0: seed resizing is not supported"),
     "restore_faces": (_one_of(None, False), "must be false or null: face restoration is not supported"),
-    "tiling": (_one_of(None, False), "must be false or null: tiling is not supported"),
     "s_min_uncond": (_one_of(None, 0, 0.0), "must be 0 or null in this version"),
     "s_churn": (_one_of(None, 0, 0.0), "must be 0 or null: churn is not supported"),
     "s_noise": (_one_of(None, 1, 1.0), "must be 1 or null: the noise multiplier is not supported"),

@@ -18,7 +18,8 @@ from avert.pipeline.metadata import convert_value as _cast  # as `avert generate
 MAX_INFOTEXT_CHARS = 32768  # a prompt and a negative of 8192 characters each and their parameters fit
 # infotext key -> (request field, type)
 FIELDS = {"Steps": ("steps", int), "Sampler": ("sampler_name", str), "Schedule type": ("scheduler", str),
-          "CFG scale": ("cfg_scale", float), "Seed": ("seed", int), "Batch size": ("batch_size", int)}
+          "CFG scale": ("cfg_scale", float), "Seed": ("seed", int), "Batch size": ("batch_size", int),
+          "Denoising strength": ("denoising_strength", float), "Tiling": ("tiling", bool)}
 # infotext key -> option it sets through override_settings
 OPTIONS = {"Clip skip": ("CLIP_stop_at_last_layers", int), "Guidance": ("avert_guidance", str),
            "Eta": ("eta_ancestral", float), "Eta DDIM": ("eta_ddim", float)}
@@ -43,7 +44,8 @@ def apply_infotext(body: dict) -> dict:
 
 
 def _fields(parsed: ParsedParameters) -> dict[str, Any]:
-    fields = {name: _cast(parsed.get(key), kind) for key, (name, kind) in FIELDS.items() if parsed.get(key)}
+    fields = {name: _boolean(parsed.get(key)) if kind is bool else _cast(parsed.get(key), kind)
+              for key, (name, kind) in FIELDS.items() if parsed.get(key)}
     size = parsed.get("Size") or ""
     width, x, height = size.partition("x")
     if x:
@@ -59,3 +61,7 @@ def _options(parsed: ParsedParameters, override: Any) -> dict[str, Any]:
     return {option: _cast(parsed.get(key), kind) for key, (option, kind) in OPTIONS.items()
             if parsed.get(key) is not None and option not in given}
 
+
+def _boolean(text: str) -> bool | str:
+    """A1111 writes True / False; other text is passed on, so validation names the field."""
+    return {"true": True, "false": False}.get(text.strip().lower(), text)

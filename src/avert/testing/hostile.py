@@ -173,7 +173,7 @@ def a1111_cases() -> list[HttpCase]:
         ("override_settings", {"sd_model_checkpoint": 5}), ("override_settings", {"unknown_option": 1}),
         ("override_settings", {"CLIP_stop_at_last_layers": 99}), ("override_settings", {"avert_guidance": {}}),
         ("override_settings", {"avert_guidance": "magic"}), ("eta", "x"), ("eta", []),
-        ("send_images", "x"), ("enable_hr", True), ("tiling", True), ("restore_faces", True), ("styles", ["x"]),
+        ("send_images", "x"), ("enable_hr", True), ("tiling", "yes"), ("restore_faces", True), ("styles", ["x"]),
         ("subseed_strength", 0.5), ("script_name", "x"), ("script_args", [1]), ("alwayson_scripts", {"x": {}}),
         ("save_images", True), ("infotext", "x" * 40000), ("infotext", 5), ("infotext", "a\nCFG scale: high, Seed: 1, "
                                                                           "Size: 8x8"),
