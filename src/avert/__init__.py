@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "GenerationRequest": "avert.request",
     "Negative": "avert.request",
+    "InitImage": "avert.init_image",
     "GenerationResult": "avert.pipeline.result",
     "Runtime": "avert.pipeline.runtime",
     "Limits": "avert.schema",
