@@ -250,7 +250,17 @@ def test_a_negative_window_edge_is_a_finite_number_in_range(value, ok):
 def test_eta_is_refused_with_the_reason(changes, allowed):
     with pytest.raises(ValidationError) as error:
         validate(GenerationRequest("x", **changes))
-    assert [(p.field, p.allowed) for p in error.value.problems] == [("eta", allowed)]
+    [problem] = error.value.problems
+    assert (problem.field, problem.allowed) == ("eta", allowed)
+    assert problem.value == changes["eta"] or problem.value != problem.value  # the value given (nan is itself)
+
+
+@pytest.mark.parametrize("changes, field", [({"sampler": ["Euler a"], "eta": 0.5}, "sampler"),
+                                            ({"sampler": "Euler", "eta": "x"}, "eta")])
+def test_a_bad_sampler_or_eta_is_named_once_by_its_own_rule(changes, field):
+    with pytest.raises(ValidationError) as error:
+        validate(GenerationRequest("x", **changes))
+    assert [p.field for p in error.value.problems] == [field]
 
 
 @pytest.mark.parametrize("changes", [{"sampler": "Euler a", "eta": 0.0}, {"sampler": "DDIM", "eta": 1.0},
@@ -270,9 +280,10 @@ def test_img2img_fields_need_an_init_image_and_an_init_image_must_be_one():
     image = InitImage(2, 2, bytes(12), "h")
     with pytest.raises(ValidationError) as error:
         validate(GenerationRequest("x", strength=0.5, resize_mode="crop and resize"))
-    assert [(p.field, p.allowed) for p in error.value.problems] == [
-        ("strength", "applies only with an init image (img2img; leave it at 0.75 without one)"),
-        ("resize_mode", "applies only with an init image (img2img; leave it at just resize without one)")]
+    assert [(p.field, p.value, p.allowed) for p in error.value.problems] == [
+        ("strength", 0.5, "applies only with an init image (img2img; leave it at 0.75 without one)"),
+        ("resize_mode", "crop and resize", "applies only with an init image (img2img; leave it at just resize without "
+                                           "one)")]
     with pytest.raises(ValidationError) as error:
         validate(GenerationRequest("x", strength=2.0, resize_mode="wide"))  # named once, by their own rule
     assert [p.field for p in error.value.problems] == ["strength", "resize_mode"]

@@ -44,6 +44,8 @@ GROUPS = {  # group -> (paths to mutate, the tests that cover them)
 # Survivors examined and found equivalent: (mutant name prefix, text of its changed line, why no test can tell).
 # Matched on the changed line rather than mutmut's number, which shifts when a function changes.
 EQUIVALENT = [
+    ("avert.validation.x__img2img_problems", "getattr(request, name), None) is None]",
+     "the bounds of strength and resize_mode are constants: check_field never reads the limits for them"),
     ("avert.output.pnginfo.x__quote", "ensure_ascii=None", "None is falsy: json.dumps treats it as False"),
     ("avert.output.pnginfo.x__png_info", "ensure_ascii=None", "None is falsy: json.dumps treats it as False"),
     ("avert.output.pnginfo.x_png_bytes", 'format="png"', "Pillow upper-cases the format name"),
