@@ -84,6 +84,7 @@ PAYLOADS = [  # (label, endpoint, body, status, field a 422 names)
      None),
     ("txt2img: complex prompt", "txt2img", {**SIMPLE_TXT2IMG, "prompt": COMPLEX_PROMPT}, 200, None),
     ("txt2img: batch", "txt2img", {**SIMPLE_TXT2IMG, "n_iter": 2, "batch_size": 2}, 200, None),
+    ("txt2img: a null seed (random, as A1111)", "txt2img", {**SIMPLE_TXT2IMG, "seed": None}, 200, None),
     *[(f"txt2img: sampler {s}", "txt2img", {**SIMPLE_TXT2IMG, "sampler_index": s}, 200, None)
       for s in ("PLMS", "DDIM", "UniPC", "DPM++ 2M", "DPM2 a")],
     # A1111 runs its SDE samplers at the eta given; diffusers' SDE schedulers (and so avert's) have none

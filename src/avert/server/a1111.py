@@ -182,6 +182,7 @@ def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict
         count = settings["batch_size"] * rounds if type(rounds) is int and type(settings["batch_size"]) is int else 0
         negative, per_image = bodies.split_negatives(settings["negative_prompt"], count)
         fields = {k: settings[k] for k in ("prompt", "seed", "steps", "cfg_scale", "width", "height", "batch_size")}
+        fields["seed"] = -1 if fields["seed"] is None else fields["seed"]  # A1111: a null seed is a random one
         fields["eta"] = _eta(settings.get("eta"), sampler, {**options(state), **overrides.pop("eta_options", {})})
         fields.update(image_fields(settings) if image_fields is not None else {})
         # avert's own fields under the same name (s_min_uncond, ...); A1111's null means the default
