@@ -154,20 +154,18 @@ def test_euler_a_at_eta_steps_by_the_formula_with_the_images_noise(eta):
     scheduler.eta = eta
     scheduler.set_timesteps(5)
     x, eps = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(1)), torch.full((1, 4, 2, 2), 0.25)
-    t = scheduler.timesteps[1]
-    scheduler.set_begin_index(1)
-    generator = torch.Generator().manual_seed(7)
-    prev, x0 = scheduler.step(eps, t, x, generator=generator, return_dict=False)
+    generator, global_state = torch.Generator().manual_seed(7), torch.get_rng_state()
+    prev, x0 = scheduler.step(eps, scheduler.timesteps[0], x, generator=generator, return_dict=False)
+    assert torch.equal(torch.get_rng_state(), global_state)  # the image's generator only
     noise = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(7))
-    sigma, sigma_next = float(scheduler.sigmas[1]), float(scheduler.sigmas[2])
+    sigma, sigma_next = float(scheduler.sigmas[0]), float(scheduler.sigmas[1])
     down, up = _k_ancestral_step(sigma, sigma_next, eta)
     assert torch.allclose(x0, x - sigma * eps)
     assert torch.allclose(prev, x + eps * (down - sigma) + noise * up, atol=1e-5)
-    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(7).get_state()) is False  # drawn once
     after = torch.Generator().manual_seed(7)
     torch.randn(1, 4, 2, 2, generator=after)
     assert torch.equal(generator.get_state(), after.get_state())  # one draw, whatever eta is
-    output = scheduler.step(eps, scheduler.timesteps[2], prev, generator=generator)
+    output = scheduler.step(eps, scheduler.timesteps[1], prev, generator=generator)
     assert output.prev_sample.shape == x.shape and output.pred_original_sample.shape == x.shape
 
 
@@ -204,15 +202,23 @@ def test_dpm2_a_at_eta_zero_has_dpm2s_schedule_and_at_one_diffusers_own(karras):
     assert torch.allclose(mine[: len(its)], its[: len(mine)], atol=1e-5)
     assert torch.allclose(ours.timesteps, plain.timesteps, atol=1e-3)
     assert float(ours.sigmas_up.abs().max()) == 0.0
+    assert ours.timesteps.dtype == plain.timesteps.dtype
     ours.eta = 1.0
-    ours.set_timesteps(6)
-    for name in ("sigmas_up", "sigmas_down", "sigmas_interpol", "timesteps"):
-        assert torch.equal(getattr(ours, name).nan_to_num(), getattr(theirs, name).nan_to_num()), name
+    for steps, train in ((6, None), (5, 500)):  # diffusers' own arrays, NaN in the unused last places included
+        ours.set_timesteps(steps, num_train_timesteps=train)
+        theirs.set_timesteps(steps, num_train_timesteps=train)
+        for name in ("sigmas_up", "sigmas_down", "sigmas_interpol", "timesteps"):
+            assert torch.allclose(getattr(ours, name), getattr(theirs, name), rtol=0, atol=0, equal_nan=True), name
     ours.eta = 0.5
     ours.set_timesteps(6)
-    half = _k_ancestral_step(float(ours.sigmas[0]), float(ours.sigmas[1]), 0.5)
-    assert (float(ours.sigmas_down[0]), float(ours.sigmas_up[0])) == pytest.approx(half, rel=1e-5)
-    assert float(ours.sigmas_down[-1]) == float(ours.sigmas_up[-1]) == 0.0
+    theirs.set_timesteps(6)
+    base = ours.sigmas[::2].tolist()
+    steps = [_k_ancestral_step(a, b, 0.5) for a, b in zip(base[:-1], base[1:])] + [(0.0, 0.0)]
+    for name, column in (("sigmas_down", 0), ("sigmas_up", 1)):
+        values = torch.tensor([s[column] for s in steps])
+        layout = torch.cat([values[:1], values[1:].repeat_interleave(2), values[-1:]])  # diffusers' layout
+        assert getattr(ours, name).shape == getattr(theirs, name).shape
+        assert torch.allclose(getattr(ours, name), layout, rtol=1e-5, atol=1e-7), name
 
 
 def test_ddim_takes_eta_from_the_scheduler_unless_the_step_is_given_one(monkeypatch):
@@ -221,16 +227,16 @@ def test_ddim_takes_eta_from_the_scheduler_unless_the_step_is_given_one(monkeypa
     from avert.sampling.eta import DDIMEta
 
     seen = []
-    monkeypatch.setattr(DDIMScheduler, "step", lambda self, *a, **kw: seen.append(kw) or "stepped")
+    monkeypatch.setattr(DDIMScheduler, "step", lambda self, *a, **kw: seen.append((a, kw)) or "stepped")
     scheduler = DDIMEta.from_config(SCHEDULE)
     scheduler.eta = 0.7
     generator = torch.Generator()
     assert scheduler.step(1, 2, 3, generator=generator) == "stepped"
     scheduler.step(1, 2, 3, eta=0.1, use_clipped_model_output=True, variance_noise=4, return_dict=False)
-    assert seen == [{"eta": 0.7, "use_clipped_model_output": False, "generator": generator, "variance_noise": None,
-                     "return_dict": True},
-                    {"eta": 0.1, "use_clipped_model_output": True, "generator": None, "variance_noise": 4,
-                     "return_dict": False}]
+    assert seen == [((1, 2, 3), {"eta": 0.7, "use_clipped_model_output": False, "generator": generator,
+                                 "variance_noise": None, "return_dict": True}),
+                    ((1, 2, 3), {"eta": 0.1, "use_clipped_model_output": True, "generator": None, "variance_noise": 4,
+                                 "return_dict": False})]
     assert DDIMEta.eta == 0.0
 
 
@@ -248,13 +254,13 @@ def test_a_sampler_is_built_at_its_eta():
     assert type(SAMPLERS["DDIM"].build(SCHEDULE, 0, 0.0)) is DDIMScheduler
     assert type(SAMPLERS["DDIM"].build(SCHEDULE, 0, 1.0)) is DDIMEta
     assert SAMPLERS["DDIM"].build(SCHEDULE, 0, 1.0).config.timestep_spacing == "leading"
+    assert SAMPLERS["DPM2 a Karras"].build(SCHEDULE, 0, 0.5).config.use_karras_sigmas is True  # the options kept
     assert [SAMPLERS[n].default_eta for n in ("Euler a", "DDIM", "DPM++ SDE", "Euler")] == [1.0, 0.0, 1.0, None]
     assert SAMPLERS["DPM++ 2M SDE Karras"].eta_option == "eta_ancestral" and not SAMPLERS["DPM++ SDE"].eta_settable
 
 
 def test_the_loop_runs_from_begin_with_the_given_start():
-    scheduler = FakeScheduler([3, 2, 1, 0], steps=4)
-    scheduler.order = 1
+    scheduler = FakeScheduler([3, 2, 1, 0], steps=4)  # no `order`: a first-order scheduler
     contexts = []
 
     def denoiser(model_in, t, ctx):
@@ -264,6 +270,7 @@ def test_the_loop_runs_from_begin_with_the_given_start():
     start = torch.full((1, 1, 1, 1), 5.0)
     out = sample(denoiser, [scheduler], torch.zeros(1, 1, 1, 1), [torch.Generator()], start=start, begin=2)
     assert [(c.index, c.total, c.timestep, c.step) for c in contexts] == [(0, 2, 1.0, 0), (1, 2, 0.0, 1)]
+    assert all(type(c.step) is int for c in contexts)
     assert float(out) == 3.0  # 5 - 1 - 1, not from noise * init_noise_sigma
     second_order = FakeScheduler([4, 3, 3, 2, 2, 1, 1], steps=4)
     second_order.order = 2
