@@ -260,7 +260,7 @@ def test_a_sampler_is_built_at_its_eta():
 
 
 def test_the_loop_runs_from_begin_with_the_given_start():
-    scheduler = FakeScheduler([3, 2, 1, 0], steps=4)  # no `order`: a first-order scheduler
+    scheduler = FakeScheduler([5, 4, 3, 2, 1, 0], steps=6)  # no `order`: a first-order scheduler
     contexts = []
 
     def denoiser(model_in, t, ctx):
@@ -268,7 +268,7 @@ def test_the_loop_runs_from_begin_with_the_given_start():
         return torch.ones_like(model_in)
 
     start = torch.full((1, 1, 1, 1), 5.0)
-    out = sample(denoiser, [scheduler], torch.zeros(1, 1, 1, 1), [torch.Generator()], start=start, begin=2)
+    out = sample(denoiser, [scheduler], torch.zeros(1, 1, 1, 1), [torch.Generator()], start=start, begin=4)
     assert [(c.index, c.total, c.timestep, c.step) for c in contexts] == [(0, 2, 1.0, 0), (1, 2, 0.0, 1)]
     assert all(type(c.step) is int for c in contexts)
     assert float(out) == 3.0  # 5 - 1 - 1, not from noise * init_noise_sigma

@@ -44,6 +44,10 @@ GROUPS = {  # group -> (paths to mutate, the tests that cover them)
 # Survivors examined and found equivalent: (mutant name prefix, text of its changed line, why no test can tell).
 # Matched on the changed line rather than mutmut's number, which shifts when a function changes.
 EQUIVALENT = [
+    ('avert.sampling.eta.xǁKDPM2AncestralEtaǁset_timesteps', 't_interpol.to(self.timesteps.device, dtype=None)',
+     "diffusers' _sigma_to_t returns float32 values, the timesteps' own dtype"),
+    ('avert.sampling.eta.xǁKDPM2AncestralEtaǁset_timesteps', 't_interpol.to(self.timesteps.device, )',
+     "diffusers' _sigma_to_t returns float32 values, the timesteps' own dtype"),
     ('avert.sampling.eta.xǁEulerAncestralEtaǁstep', 'if self.eta == 2.0:',
      "at eta 1 the eta path is diffusers' step: the same operations in the same order on the same noise draw"),
     ('avert.sampling.eta.xǁEulerAncestralEtaǁstep', 'return_dict=None)',
