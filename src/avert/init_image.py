@@ -74,8 +74,8 @@ class InitImage:
             with path.open("rb") as handle:
                 data = handle.read(MAX_INIT_BYTES + 1)
         except OSError as error:
-            raise ValidationError([FieldProblem(name, str(path), f"must be a readable image file ({error.strerror})")]) \
-                from None
+            problem = FieldProblem(name, str(path), f"must be a readable image file ({error.strerror})")
+            raise ValidationError([problem]) from None
         return cls.from_bytes(data, name)
 
     def to_pil(self) -> Image.Image:

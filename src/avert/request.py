@@ -43,8 +43,9 @@ class GenerationRequest:
     Fields and their defaults are declared once in `avert.schema.PARAMS` (`negatives`, a list of values, is
     checked by `avert.validation`); `width`/`height` of None mean the model's native size; seed -1 means "draw
     a random seed" (the result reports the seed used); `negative_scale` None means "the same as cfg_scale";
-    `init_image` makes it img2img (`strength`, `resize_mode`); `guidance` None means the model's own method (`Components.default_guidance`: cfg unless the model's folder
-    names another); `eta` None means the sampler's own (1 for ancestral samplers, 0 for DDIM).
+    `init_image` makes it img2img (`strength`, `resize_mode`); `guidance` None means the model's own method
+    (`Components.default_guidance`: cfg unless the model's folder names another); `eta` None means the sampler's
+    own (1 for ancestral samplers, 0 for DDIM).
     """
 
     prompt: str = ""

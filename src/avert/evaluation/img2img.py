@@ -134,7 +134,8 @@ def page(rows: Sequence[Img2ImgRow], info: RunInfo, method: Method, picture: str
         info.line(f"avert eval img2img --strength {strength:g} --seeds {info.n_seeds}"
                   + (f" --method {method.label}" if method.options else "")),
         "",
-        "Each prompt is rendered without a negative (the init images), then each init image is re-drawn by img2img with the same prompt and seed, "
+        "Each prompt is rendered without a negative (the init images), then each init image is re-drawn by img2img "
+        "with the same prompt and seed, "
         f"at strength {strength:g} (A1111's step rule: int(min(d, 0.999) x steps) + 1 of the steps run), without "
         f"and with the negative ({method.label}). Suppression is 1 - rate with / rate without, between the two "
         "img2img renders.",

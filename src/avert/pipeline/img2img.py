@@ -39,7 +39,10 @@ def resize(image: Image.Image, width: int, height: int, mode: str) -> Image.Imag
     ratio, source_ratio = width / height, image.width / image.height
     cover = mode == "crop and resize"
     wide = (ratio > source_ratio) == cover  # scale by width: cover a wider frame, or fit a taller one
-    w, h = (width, max(1, image.height * width // image.width)) if wide else (max(1, image.width * height // image.height), height)
+    if wide:
+        w, h = width, max(1, image.height * width // image.width)
+    else:
+        w, h = max(1, image.width * height // image.height), height
     scaled = image.resize((w, h), Image.LANCZOS)
     canvas = Image.new("RGB", (width, height))
     left, top = width // 2 - w // 2, height // 2 - h // 2  # A1111's centring
@@ -89,8 +92,8 @@ def start(request: GenerationRequest, components: Components, runtime: Runtime, 
     image = request.init_image.to_pil()
     if request.resize_mode == "latent upscale":
         factor = components.vae_scale_factor
-        image = image.resize((max(factor, image.width // factor * factor), max(factor, image.height // factor * factor)),
-                             Image.LANCZOS) if image.width % factor or image.height % factor else image
+        grid = (max(factor, image.width // factor * factor), max(factor, image.height // factor * factor))
+        image = image.resize(grid, Image.LANCZOS) if grid != image.size else image
     else:
         image = resize(image, request.width, request.height, request.resize_mode)
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]

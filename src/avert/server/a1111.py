@@ -202,7 +202,8 @@ def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict
 
 
 
-A1111_NAMES = {"sampler": "sampler_name", "strength": "denoising_strength", "init_image": "init_images[0]", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+A1111_NAMES = {"sampler": "sampler_name", "strength": "denoising_strength", "init_image": "init_images[0]",
+               "clip_skip": "override_settings.CLIP_stop_at_last_layers",
                "guidance": "override_settings.avert_guidance"}
 
 
