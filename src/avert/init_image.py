@@ -86,9 +86,9 @@ class InitImage:
         return {"width": self.width, "height": self.height, "sha256": self.sha256}
 
 
-def decode_base64(value: object, name: str) -> bytes:
+def decode_base64(value: object, name: str, what: str = "an image") -> bytes:
     """The bytes of a base64 image (optionally a data: URL); anything else is a problem naming `name`."""
-    allowed = "must be an image as base64 (optionally a data: URL); URLs are never fetched"
+    allowed = f"must be {what} as base64 (optionally a data: URL); URLs are never fetched"
     if not isinstance(value, str) or not value.strip():
         raise ValidationError([FieldProblem(name, value if not isinstance(value, str) else "(empty)", allowed)])
     text = value.strip()

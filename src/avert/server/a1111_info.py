@@ -4,8 +4,6 @@ menus, switch the model and read a PNG's parameters. txt2img, progress and inter
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from typing import Any
@@ -15,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from avert.conditioning.embeddings import load_embeddings
 from avert.errors import AvertError, FieldProblem, ValidationError
+from avert.init_image import decode_base64
 from avert.output.pnginfo import parse_parameters, read_png_metadata
 from avert.sampling.samplers import SAMPLERS
 from avert.server import bodies, openapi
@@ -228,7 +227,7 @@ def _png_info(raw: bytes) -> dict:
     if problems:
         raise ValidationError(problems)
     try:
-        meta = read_png_metadata(_decode_image(body.get("image")))
+        meta = read_png_metadata(decode_base64(body.get("image"), "image", "a PNG"))
     except ValidationError:
         raise
     except AvertError as error:
@@ -236,21 +235,6 @@ def _png_info(raw: bytes) -> dict:
     text = meta.parameters or ""
     items = {"avert": meta.record} if meta.record is not None else {}
     return {"info": text, "items": items, "parameters": _parameters_dict(text)}
-
-
-def _decode_image(value: Any) -> bytes:
-    allowed = "must be a PNG as base64 (optionally a data: URL); URLs are never fetched"
-    if not isinstance(value, str) or not value.strip():
-        raise ValidationError([FieldProblem("image", value, allowed)])
-    text = value.strip()
-    if re.match(r"^[a-z][a-z0-9+.-]*://", text, re.IGNORECASE):
-        raise ValidationError([FieldProblem("image", text, allowed)])
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValidationError([FieldProblem("image", value, allowed)]) from None
 
 
 def _parameters_dict(text: str) -> dict[str, str]:
