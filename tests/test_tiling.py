@@ -51,3 +51,18 @@ def test_a_tiled_image_continues_across_its_edges_on_the_embedded_model():
     plain = [_seam(pixels(g.image)) for g in generate(request, components).images]
     assert max(tiled) < 1.6 and np.mean(tiled) < np.mean(plain) / 2, (tiled, plain)
     assert torch.nn.Conv2d in {type(m) for m in components.unet.modules()}
+
+
+def test_an_infotexts_tiling_is_read_back_and_a_word_that_is_no_boolean_is_named():
+    import pytest
+
+    from avert.errors import ValidationError
+    from avert.output.pnginfo import parse_parameters
+    from avert.pipeline.metadata import request_from_a1111
+    from avert.validation import validate
+
+    read = request_from_a1111(parse_parameters("a\nSteps: 2, Seed: 1, Size: 64x64, Tiling: True, NGMS all steps: false"))
+    assert (read.tiling, read.s_min_uncond_all) == (True, False)
+    with pytest.raises(ValidationError) as error:  # not silently False
+        validate(request_from_a1111(parse_parameters("a\nSteps: 2, Seed: 1, Size: 64x64, Tiling: maybe")))
+    assert [(p.field, p.value) for p in error.value.problems] == [("tiling", "maybe")]

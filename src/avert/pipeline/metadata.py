@@ -148,7 +148,7 @@ def _extra_fields(parsed: ParsedParameters) -> dict:
     for name, (key, kind) in EXTRA_KEYS.items():
         text = parsed.get(key)
         if text is not None:
-            changes[name] = (text.strip().lower() == "true") if kind is bool else convert_value(text, kind)
+            changes[name] = convert_value(text, kind)
     if parsed.get(NEGATIVES_KEY):
         try:
             negatives = tuple(Negative.from_value(n) for n in json.loads(parsed.get(NEGATIVES_KEY)))
@@ -167,7 +167,10 @@ def _eta_field(parsed: ParsedParameters, sampler: object) -> dict:
 
 
 def convert_value(text: str, kind: type):
-    """An infotext value as `kind`, or the text itself where it does not convert (validation then names it)."""
+    """An infotext value as `kind`, or the text itself where it does not convert (validation then names it).
+    A1111 writes booleans as True / False."""
+    if kind is bool:
+        return {"true": True, "false": False}.get(text.strip().lower(), text)
     try:
         return kind(text)
     except ValueError:

@@ -44,8 +44,7 @@ def apply_infotext(body: dict) -> dict:
 
 
 def _fields(parsed: ParsedParameters) -> dict[str, Any]:
-    fields = {name: _boolean(parsed.get(key)) if kind is bool else _cast(parsed.get(key), kind)
-              for key, (name, kind) in FIELDS.items() if parsed.get(key)}
+    fields = {name: _cast(parsed.get(key), kind) for key, (name, kind) in FIELDS.items() if parsed.get(key)}
     size = parsed.get("Size") or ""
     width, x, height = size.partition("x")
     if x:
@@ -61,7 +60,3 @@ def _options(parsed: ParsedParameters, override: Any) -> dict[str, Any]:
     return {option: _cast(parsed.get(key), kind) for key, (option, kind) in OPTIONS.items()
             if parsed.get(key) is not None and option not in given}
 
-
-def _boolean(text: str) -> bool | str:
-    """A1111 writes True / False; other text is passed on, so validation names the field."""
-    return {"true": True, "false": False}.get(text.strip().lower(), text)
