@@ -564,6 +564,8 @@ def test_eta_is_a1111s_request_field_then_option_and_ignored_where_the_sampler_t
         assert "Eta DDIM: 0.5" in run(sampler_name="DDIM", eta=0.5)[1]
         assert c.post("/sdapi/v1/options", json={"eta_ancestral": 0, "eta_ddim": 0.5}).status_code == 200
         assert c.get("/sdapi/v1/options").json()["eta_ancestral"] == 0
+        assert_names(c.post("/sdapi/v1/options", json={"eta_ancestral": None}), 422, "eta_ancestral")
+        assert_names(c.post("/sdapi/v1/options", json={"eta_ddim": "x"}), 422, "eta_ddim")
         assert run(sampler_name="Euler a")[0] == zero
         assert "Eta DDIM: 0.5" in run(sampler_name="DDIM")[1]
         assert run(sampler_name="Euler a", eta=1)[0] == full  # the request's eta wins over the option

@@ -186,9 +186,10 @@ def eta_option_problems(key: str, value: Any) -> list[FieldProblem]:
     from avert.schema import PARAMS_BY_NAME, Limits
     from avert.validation import check_field
 
-    problem = check_field(PARAMS_BY_NAME["eta"], value, Limits()) if value is not None else \
-        FieldProblem(key, value, "")
-    return [FieldProblem(key, value, problem.allowed or "must be a number")] if problem else []
+    param = PARAMS_BY_NAME["eta"]
+    if value is not None and check_field(param, value, Limits()) is None:
+        return []
+    return [FieldProblem(key, value, param.describe_allowed(Limits()))]
 
 
 def _acting_problems(key: str, name: str, value: Any, default: Any) -> list[FieldProblem]:
