@@ -185,3 +185,20 @@ def test_from_remakes_an_img2img_image_given_its_init_image(tmp_path, tiny_folde
     assert main(["generate", "--from", str(made), "--init-image", str(source), "--model", str(tiny_folder), "-q",
                  "-o", str(again)]) == 0
     assert np.array_equal(pixels(Image.open(made)), pixels(Image.open(again)))
+
+
+def test_a_bad_init_image_or_strength_on_the_command_line_is_one_line_and_exit_2(tmp_path, capsys):
+    from avert.cli import main
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    for argv, named in ((["--init-image", str(tmp_path / "missing.png")], "--init-image"),
+                        (["--init-image", str(text)], "--init-image"),
+                        (["--init-image", str(text), "--strength", "1.5"], "--init-image"),
+                        (["--strength", "0.5"], "strength"), (["--resize-mode", "stretch"], "resize_mode")):
+        assert main(["generate", "a car", "-q", "-o", str(tmp_path / "x.png"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"avert: error: invalid request: {named}:"), err
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "img2img", "--strength", "2"])
+    assert exit_.value.code == 2 and "strength: '2' is not allowed" in capsys.readouterr().err
