@@ -721,5 +721,22 @@ def test_eval_img2img_redraws_each_init_image_without_and_with_the_negative(tmp_
     assert result.suppression == pytest.approx(1 - result.rate_with / result.rate_without)
     page = i2i.page([row], RunInfo.collect(components, 3, Settings()), Method(), None)
     assert "`avert eval img2img --strength 0.6 --seeds 3`" in page and "| a landscape in shades of green |" in page
-    assert main(["eval", "img2img", "--pair", "a landscape", "sepia", "--seeds", "1", "--json", "-q"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["rate_init"] is not None
+    assert main(["eval", "img2img", "--pair", "a landscape", "sepia", "--seeds", "1", "--json", "-q",
+                 "--no-inpainting"]) == 0
+    assert json.loads(capsys.readouterr().out)["img2img"][0]["rate_init"] is not None
+
+
+def test_eval_inpainting_masks_where_the_concept_is_and_keeps_every_other_pixel():
+    from avert.evaluation import inpainting as inp
+    from avert.evaluation.negatives import Method
+    from avert.models.default import EMBEDDED_MODEL
+    from avert.models.loader import load_model
+
+    components = load_model(EMBEDDED_MODEL)
+    pairs = [pair_from_texts("a village", "house"), pair_from_texts("a landscape in shades of green", "green tones")]
+    [row] = inp.evaluate_inpainting(pairs, components, seeds=4, progress=False)  # tones have no place: left out
+    assert (row.prompt, row.concept) == ("a village", "house") and row.images + row.unlocated >= 2
+    assert row.outside_max == 0 and 0 < row.masked < 0.5
+    assert row.rate_with < row.rate_without and row.suppression == pytest.approx(1 - row.rate_with / row.rate_without)
+    section = "\n".join(inp.section([row], 0.75, Method(), None))
+    assert "| a village | house (house) |" in section and "0/255" in section

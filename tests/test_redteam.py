@@ -9,12 +9,11 @@ import itertools
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from avert.testing.hostile import TINY, ServerProcess, cli_cases, http_cases, run_cli, send
+from avert.testing.hostile import TINY, ServerProcess, cli_cases, http_cases, run_cli, run_cli_many, send
 
 CASES = http_cases()
 ERROR_LINE = re.compile(r"^avert(?: [\w-]+)*: error: .+$", re.M)  # ours, or argparse's "avert serve: error: ..."
@@ -184,8 +183,7 @@ def _case(*argv):
 @pytest.mark.slow
 def test_every_hostile_cli_invocation_is_one_line_with_its_exit_status(tmp_path):
     cases = cli_cases(tmp_path)
-    with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda c: run_cli(c, timeout=120), cases))
+    results = run_cli_many(cases, timeout=120)
     wrong = [(c.label, c.status, code, err[-300:]) for c, (code, _, err) in zip(cases, results)
              if code != c.status or "Traceback" in err or len(ERROR_LINE.findall(err)) != 1]
     assert len(cases) >= 50 and not wrong, wrong

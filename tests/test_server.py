@@ -600,7 +600,9 @@ def test_img2img_renders_what_the_engine_renders_from_a1111s_and_the_native_body
                                               "resize_mode": "crop and resize"}).json()
         assert np.array_equal(pixels(native["images"][0]["png"]), pixels(answer["images"][0]))
         assert native["images"][0]["record"]["request"]["init_image"]["width"] == 40
-        assert_names(c.post("/sdapi/v1/img2img", json={**body, "mask": image}), 422, "mask")
+        inpainted = c.post("/sdapi/v1/img2img", json={**body, "mask": image})
+        assert inpainted.status_code == 200 and inpainted.json()["parameters"]["mask"] is None  # not echoed
+        assert "Inpaint area: Only masked" in json.loads(inpainted.json()["info"])["infotexts"][0]  # A1111's default
         assert_names(c.post("/sdapi/v1/img2img", json={**body, "init_images": [image, image]}), 422, "init_images")
         assert_names(c.post("/sdapi/v1/img2img", json={**body, "denoising_strength": 2}), 422, "denoising_strength")
 

@@ -74,7 +74,7 @@ def test_detect_family(keys, shapes, family):
         (SDXL_KEYS, None, "SDXL single files are not supported yet"),
         (["foo.weight", "bar.bias"], None, "expected original Stable Diffusion"),
         ([UNET_KEY, VAE_KEY], None, "cond_stage_model.transformer.text_model"),
-        (SD1_KEYS, {UNET_KEY: (320, 9, 3, 3)}, "9 input channels"),
+        (SD1_KEYS, {UNET_KEY: (320, 8, 3, 3)}, "8 input channels"),
     ],
 )
 def test_detect_family_refuses_other_layouts(keys, shapes, message):

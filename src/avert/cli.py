@@ -300,6 +300,9 @@ def _add_init_image_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-image", type=Path, default=None, metavar="IMAGE",
                         help="img2img: start from this PNG, JPEG or WebP image (with --strength and --resize-mode; "
                         "width and height default to its size, rounded down to a multiple of 8)")
+    parser.add_argument("--mask", type=Path, default=None, metavar="IMAGE",
+                        help="inpainting, with --init-image: re-draw where this image is white (or, if it has "
+                        "transparency, opaque), keep the rest (--mask-blur, --inpainting-fill, --inpaint-full-res ...)")
 
 
 def _compare_parser(sub) -> None:
@@ -374,8 +377,8 @@ def _add_request_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...]) -
             parser.add_argument("prompt", nargs="?", default=None, type=_typed(param), help=param.help)
             continue
         if param.type is bool:
-            parser.add_argument(param.flag, dest=param.name, action="store_const", const=True, default=None,
-                                help=param.help)
+            parser.add_argument(param.flag, dest=param.name, action="store_const", const=not param.default,
+                                default=None, help=param.help)  # a flag sets the other value: --no-mask-round
             continue
         names = [param.flag] + ([param.short] if param.short else [])
         parser.add_argument(*names, dest=param.name, default=None, type=_typed(param), help=help_text,
@@ -418,6 +421,10 @@ def _request_from_args(args, base=None):
         given.update(negatives_from_entries(args.negative_entries))
     if getattr(args, "init_image", None) is not None:
         given["init_image"] = _init_image(args.init_image)
+    if getattr(args, "mask", None) is not None:
+        from avert.init_image import Mask
+
+        given["mask"] = Mask.from_file(args.mask, "--mask")
     return (base or GenerationRequest()).replace(**given)
 
 
@@ -466,10 +473,11 @@ def _run_generate(args) -> int:
     from avert.conditioning.embeddings import load_embeddings
     from avert.pipeline.generate import generate
 
-    request = _request_from_args(args, _request_from_image(args.from_image, args.init_image) if args.from_image
-                                 else None)
+    request = _request_from_args(args, _request_from_image(args.from_image, args.init_image, args.mask)
+                                 if args.from_image else None)
     if not request.prompt and not args.from_image:
         raise ValidationError([FieldProblem("prompt", request.prompt, "give a prompt (or --from IMAGE)")])
+    _check_before_loading(request)
     components = _load(args)
     with _progress(args, "Sampling") as on_step:
         result = generate(request, components, runtime=_runtime(args), limits=LIMITS, on_step=on_step,
@@ -479,6 +487,22 @@ def _run_generate(args) -> int:
         _save(generated, path, args.upscale)
         print(f"{path}  seed {generated.seed}")
     return 0
+
+
+def _check_before_loading(request) -> None:
+    """What is wrong whatever the model, said before the model is loaded (which takes seconds). The size and a
+    method's own fields are checked against the model once it is loaded (its native size widens the sizes
+    allowed; a request without guidance gets the model's method), with every problem then named at once."""
+    import dataclasses
+
+    from avert.validation import validate
+
+    try:
+        validate(request, dataclasses.replace(LIMITS, min_size=8), model_guidance=None)
+    except ValidationError as error:
+        problems = [p for p in error.problems if p.field not in ("width", "height")]
+        if problems:
+            raise ValidationError(problems) from None
 
 
 def _save(generated, path: Path, factor: int | None) -> None:
@@ -498,6 +522,7 @@ def _run_compare(args) -> int:
     from avert.request import GenerationRequest
 
     request = _request_from_args(args, GenerationRequest())
+    _check_before_loading(request)
     components = _load(args)
     with _progress(args, "Comparing") as on_step:
         comparison = compare(request, args.negatives, components, runtime=_runtime(args), limits=LIMITS,
@@ -511,21 +536,26 @@ def _run_compare(args) -> int:
     return 0
 
 
-def _request_from_image(path: Path, init_image: Path | None = None):
+def _request_from_image(path: Path, init_image: Path | None = None, mask: Path | None = None):
+    """The request stored in an image: avert's record (an img2img or inpainting record needs its images given
+    again), else A1111's infotext (its "Denoising strength" and inpainting keys are read when they are given)."""
     from avert.output.pnginfo import parse_parameters, read_png_metadata
     from avert.pipeline.metadata import request_from_a1111, request_from_record
 
     meta = read_png_metadata(path)
     if meta.record and "request" in meta.record:
-        made_from = meta.record["request"].get("init_image") if isinstance(meta.record["request"], dict) else None
-        if isinstance(made_from, dict) and init_image is None:
-            raise ValidationError([FieldProblem("--from", str(path), "was made by img2img from a "
-                                                f"{made_from.get('width')}x{made_from.get('height')} image (pixels "
-                                                f"sha256 {str(made_from.get('sha256'))[:16]}...): give it again "
-                                                "with --init-image")])
+        stored = meta.record["request"] if isinstance(meta.record["request"], dict) else {}
+        for name, given, flag in (("init_image", init_image, "--init-image"), ("mask", mask, "--mask")):
+            made_from = stored.get(name)
+            if isinstance(made_from, dict) and given is None:
+                raise ValidationError([FieldProblem("--from", str(path), f"was made from a {name.replace('_', ' ')} "
+                                                    f"of {made_from.get('width')}x{made_from.get('height')} pixels "
+                                                    f"(sha256 {str(made_from.get('sha256'))[:16]}...): give it again "
+                                                    f"with {flag}")])
         return request_from_record(meta.record)
     if meta.parameters:
-        return request_from_a1111(parse_parameters(meta.parameters))
+        return request_from_a1111(parse_parameters(meta.parameters), img2img=init_image is not None,
+                                  inpainting=mask is not None)
     raise AvertError(f"--from: {str(path)!r} holds no generation parameters")
 
 

@@ -1,4 +1,5 @@
-"""The init image of an img2img request, as one frozen value: read safely and bounded, kept as RGB pixels.
+"""The init image of an img2img request and the mask of an inpainting one, as frozen values: read safely and
+bounded, kept as RGB (image) or 8-bit grey (mask) pixels.
 
 An image from a user is decoded by Pillow from PNG, JPEG or WebP only (no other decoder is reachable), after its
 header says it has at most `MAX_INIT_PIXELS` pixels, so a decompression bomb is refused before it is decoded.
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
@@ -43,24 +46,8 @@ class InitImage:
     @classmethod
     def from_bytes(cls, data: bytes, name: str = "init_image") -> "InitImage":
         """Decode an encoded image; a problem is a `ValidationError` naming `name`."""
-        allowed = (f"must be a PNG, JPEG or WebP image of at most {MAX_INIT_PIXELS} pixels and "
-                   f"{MAX_INIT_BYTES // 2**20} MiB")
-        if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_INIT_BYTES:
-            raise ValidationError([FieldProblem(name, f"{len(data)} bytes" if isinstance(data, bytes) else data,
-                                                allowed)])
-        try:
-            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
-                if image.width * image.height > MAX_INIT_PIXELS or min(image.size) < 1:
-                    raise ValidationError([FieldProblem(name, f"{image.width}x{image.height}", allowed)])
-                image.load()
-                return cls.from_pil(image)
-        except ValidationError:
-            raise
-        except UnidentifiedImageError:
-            raise ValidationError([FieldProblem(name, f"{len(data)} bytes", f"{allowed} (it is none of these)")]) \
-                from None
-        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
-            raise ValidationError([FieldProblem(name, f"{len(data)} bytes", f"{allowed} ({error})")]) from None
+        with _opened(data, name) as image:
+            return cls.from_pil(image)
 
     @classmethod
     def from_value(cls, value: object, name: str = "init_image") -> "InitImage":
@@ -69,20 +56,90 @@ class InitImage:
 
     @classmethod
     def from_file(cls, path: str | Path, name: str = "init_image") -> "InitImage":
-        path = Path(path)
-        try:
-            with path.open("rb") as handle:
-                data = handle.read(MAX_INIT_BYTES + 1)
-        except OSError as error:
-            problem = FieldProblem(name, str(path), f"must be a readable image file ({error.strerror})")
-            raise ValidationError([problem]) from None
-        return cls.from_bytes(data, name)
+        return cls.from_bytes(_read_file(path, name), name)
 
     def to_pil(self) -> Image.Image:
         return Image.frombytes("RGB", (self.width, self.height), self.pixels)
 
     def describe(self) -> dict:
         """What the record keeps of it: size and hash."""
+        return {"width": self.width, "height": self.height, "sha256": self.sha256}
+
+
+@contextlib.contextmanager
+def _opened(data: bytes, name: str) -> Iterator[Image.Image]:
+    """The decoded (loaded) image of `data`, after its header passed the bounds; a problem names `name`."""
+    allowed = (f"must be a PNG, JPEG or WebP image of at most {MAX_INIT_PIXELS} pixels and "
+               f"{MAX_INIT_BYTES // 2**20} MiB")
+    if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_INIT_BYTES:
+        raise ValidationError([FieldProblem(name, f"{len(data)} bytes" if isinstance(data, bytes) else data,
+                                            allowed)])
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+            if image.width * image.height > MAX_INIT_PIXELS or min(image.size) < 1:
+                raise ValidationError([FieldProblem(name, f"{image.width}x{image.height}", allowed)])
+            image.load()
+    except ValidationError:
+        raise
+    except UnidentifiedImageError:
+        raise ValidationError([FieldProblem(name, f"{len(data)} bytes", f"{allowed} (it is none of these)")]) \
+            from None
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
+        raise ValidationError([FieldProblem(name, f"{len(data)} bytes", f"{allowed} ({error})")]) from None
+    yield image
+
+
+def _read_file(path: str | Path, name: str) -> bytes:
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            return handle.read(MAX_INIT_BYTES + 1)
+    except OSError as error:
+        raise ValidationError([FieldProblem(name, str(path), f"must be a readable image file ({error.strerror})")]) \
+            from None
+
+
+@dataclass(frozen=True)
+class Mask:
+    """The inpainting mask: one 8-bit channel (white = re-draw), its size and the SHA-256 of its pixels.
+
+    As A1111's `create_binary_mask` reads it: an image with transparency (some alpha below 255) gives its alpha
+    channel, `from_alpha` True (A1111 then binarizes it at 128 when mask_round is on); any other image its grey
+    levels (ITU-R 601-2 luma, Pillow's "L").
+    """
+
+    width: int
+    height: int
+    pixels: bytes = field(repr=False)
+    sha256: str = ""
+    from_alpha: bool = False
+
+    @classmethod
+    def from_pil(cls, image: Image.Image) -> "Mask":
+        alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or image.has_transparency_data
+        channel = image.convert("RGBA").getchannel("A") if alpha else None
+        from_alpha = channel is not None and channel.getextrema() != (255, 255)
+        grey = channel if from_alpha else image.convert("L")
+        data = grey.tobytes()
+        return cls(grey.width, grey.height, data, hashlib.sha256(data).hexdigest(), from_alpha)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "mask") -> "Mask":
+        with _opened(data, name) as image:
+            return cls.from_pil(image)
+
+    @classmethod
+    def from_value(cls, value: object, name: str = "mask") -> "Mask":
+        return cls.from_bytes(decode_base64(value, name, "a mask image"), name)
+
+    @classmethod
+    def from_file(cls, path: str | Path, name: str = "mask") -> "Mask":
+        return cls.from_bytes(_read_file(path, name), name)
+
+    def to_pil(self) -> Image.Image:
+        return Image.frombytes("L", (self.width, self.height), self.pixels)
+
+    def describe(self) -> dict:
         return {"width": self.width, "height": self.height, "sha256": self.sha256}
 
 

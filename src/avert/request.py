@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from avert.init_image import InitImage
+from avert.init_image import InitImage, Mask
 from avert.schema import PARAMS
 
 
@@ -43,7 +43,8 @@ class GenerationRequest:
     Fields and their defaults are declared once in `avert.schema.PARAMS` (`negatives`, a list of values, is
     checked by `avert.validation`); `width`/`height` of None mean the model's native size; seed -1 means "draw
     a random seed" (the result reports the seed used); `negative_scale` None means "the same as cfg_scale";
-    `init_image` makes it img2img (`strength`, `resize_mode`); `guidance` None means the model's own method
+    `init_image` makes it img2img (`strength`, `resize_mode`), and `mask` with it inpainting (`mask_blur` ...
+    `overlay_inpaint`); `guidance` None means the model's own method
     (`Components.default_guidance`: cfg unless the model's folder names another); `eta` None means the sampler's
     own (1 for ancestral samplers, 0 for DDIM).
     """
@@ -76,11 +77,19 @@ class GenerationRequest:
     guidance_reuse: bool = False
     strength: float = 0.75
     resize_mode: str = "just resize"
+    mask_blur: int = 4
+    inpainting_fill: str = "original"
+    inpainting_mask_invert: bool = False
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = 32
+    mask_round: bool = True
+    overlay_inpaint: bool = True
     tiling: bool = False
     clip_skip: int = 1
     emphasis: str = "Original"
     negatives: tuple[Negative, ...] = ()
     init_image: InitImage | None = None
+    mask: Mask | None = None
 
     def all_negatives(self) -> tuple[Negative, ...]:
         """`negative_prompt` (weight 1, whole run) when not empty, then `negatives`."""
@@ -91,16 +100,17 @@ class GenerationRequest:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as JSON values; the init image as its size and hash (`InitImage.describe`)."""
-        data = dataclasses.asdict(self.replace(init_image=None))
-        data["init_image"] = self.init_image.describe() if self.init_image is not None else None
+        """The fields as JSON values; the init image and the mask as their sizes and hashes (`describe`)."""
+        data = dataclasses.asdict(self.replace(init_image=None, mask=None))
+        for name in ("init_image", "mask"):
+            data[name] = getattr(self, name).describe() if getattr(self, name) is not None else None
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GenerationRequest":
         """Build from a dict (e.g. a PNG's structured chunk); unknown keys are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in names and k != "init_image"}  # pixels are not in a record
+        values = {k: v for k, v in data.items() if k in names and k not in ("init_image", "mask")}  # no pixels in a record
         if isinstance(values.get("negatives"), (list, tuple)):
             values["negatives"] = tuple(Negative.from_value(n) for n in values["negatives"])
         return cls(**values)
@@ -108,7 +118,7 @@ class GenerationRequest:
 
 def _check_schema_matches() -> None:
     fields = {f.name: f.default for f in dataclasses.fields(GenerationRequest)
-              if f.name not in ("negatives", "init_image")}
+              if f.name not in ("negatives", "init_image", "mask")}
     declared = {p.name: p.default for p in PARAMS}
     if fields != declared:
         raise RuntimeError(f"GenerationRequest fields {fields} disagree with schema.PARAMS {declared}")

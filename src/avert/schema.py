@@ -81,6 +81,7 @@ def _size_param(name: str, short: str) -> Param:
 GUIDANCE_METHODS = ("cfg", "apg", "perp-neg", "dynamic", "posterior", "gated")
 FALLBACK_GUIDANCE = "cfg"  # A1111's: the method of a model whose folder names none (`avert.models.defaults`)
 EMPHASIS_MODES = ("Original", "No norm")
+INPAINTING_FILLS = ("fill", "original", "latent noise", "latent nothing")  # A1111's inpainting_fill 0..3
 RESIZE_MODES = ("just resize", "crop and resize", "resize and fill", "latent upscale")  # A1111's 0..3
 SIGMA_MAX = 1000.0
 
@@ -152,6 +153,23 @@ PARAMS: tuple[Param, ...] = (
     Param("resize_mode", str, "just resize", "img2img: how the init image is brought to width x height: stretched, "
           "cropped to cover, fitted with its edges stretched into the bands, or encoded at its own size and the "
           "latent interpolated (A1111's resize modes 0..3)", "--resize-mode", choices=RESIZE_MODES),
+    Param("mask_blur", int, 4, "inpainting: Gaussian blur sigma of the mask's edge, in pixels (A1111's mask blur; "
+          "0: a hard edge)", "--mask-blur", low=lambda l: 0, high=lambda l: 64),
+    Param("inpainting_fill", str, "original", "inpainting: what the masked area starts from: the init image "
+          "(original), its surroundings blurred into it (fill), noise (latent noise) or nothing (latent nothing), "
+          "A1111's masked content", "--inpainting-fill", choices=INPAINTING_FILLS),
+    Param("inpainting_mask_invert", bool, False, "inpainting: re-draw what the mask leaves black instead of what it "
+          "paints white (A1111's inpaint not masked)", "--inpainting-mask-invert"),
+    Param("inpaint_full_res", bool, False, "inpainting: render only the mask's bounding box (grown by the padding, "
+          "to the width:height ratio) at width x height and paste it back (A1111's only masked)",
+          "--inpaint-full-res"),
+    Param("inpaint_full_res_padding", int, 32, "inpainting, only masked: pixels added around the mask's bounding box",
+          "--inpaint-full-res-padding", low=lambda l: 0, high=lambda l: 1024),
+    Param("mask_round", bool, True, "inpainting: round the latent mask to 0 or 1 (and a mask from transparency at 128) "
+          "as A1111's mask_round does; off, the blurred edge blends the latents", "--no-mask-round"),
+    Param("overlay_inpaint", bool, True, "inpainting: paste the init image back over everything outside the (blurred) "
+          "mask, so those pixels come back unchanged (A1111's overlay_inpaint); off, the whole image is the decoded "
+          "latents, as diffusers' pipeline returns it", "--no-overlay-inpaint"),
     Param("tiling", bool, False, "seamless image: circular padding in every convolution of the UNet and the VAE "
           "(A1111's tiling), so the image continues across its left and right, top and bottom edges", "--tiling"),
     Param("clip_skip", int, 1, "use the text encoder's hidden states this many layers from the end (A1111 "

@@ -12,14 +12,16 @@ from avert.prompts.parse import count_parts, parse_prompt
 from avert.prompts.schedule import PromptTooComplex
 from avert.request import GenerationRequest, Negative
 from avert.sampling.samplers import ETA_SAMPLERS, SAMPLERS
-from avert.schema import FALLBACK_GUIDANCE, PARAMS, PARAMS_BY_NAME, Limits, Param
+from avert.schema import FALLBACK_GUIDANCE, PARAMS, PARAMS_BY_NAME, RESIZE_MODES, Limits, Param
 
 
 def validate(request: GenerationRequest, limits: Limits = Limits(),
-             model_guidance: str = FALLBACK_GUIDANCE) -> GenerationRequest:
+             model_guidance: str | None = FALLBACK_GUIDANCE) -> GenerationRequest:
     """Return the request unchanged if valid, else raise `ValidationError` listing every bad field.
 
-    `model_guidance` is the method a request without `guidance` gets from its model (`Components.default_guidance`).
+    `model_guidance` is the method a request without `guidance` gets from its model (`Components.default_guidance`);
+    None where the model is not known yet (the command checks a request before it loads the model): a method's own
+    fields are then checked only against a method the request names.
     """
     problems = [p for param in PARAMS if (p := check_field(param, getattr(request, param.name), limits))]
     problems += check_negatives(request.negatives, limits)
@@ -112,8 +114,8 @@ def _in_range(value: object, low: float, high: float) -> bool:
     return _has_type(value, float) and math.isfinite(value) and low <= value <= high
 
 
-def check_relations(request: GenerationRequest, model_guidance: str = FALLBACK_GUIDANCE) -> list[FieldProblem]:
-    """Fields that are valid alone but not together."""
+def check_relations(request: GenerationRequest, model_guidance: str | None = FALLBACK_GUIDANCE) -> list[FieldProblem]:
+    """Fields that are valid alone but not together (a method's fields: see `validate`)."""
     problems = []
     if _in_range(request.guidance_start, 0, 1) and _in_range(request.guidance_end, 0, 1) \
             and request.guidance_start >= request.guidance_end:
@@ -122,24 +124,42 @@ def check_relations(request: GenerationRequest, model_guidance: str = FALLBACK_G
     low, high = request.guidance_sigma_min, request.guidance_sigma_max
     if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low >= high:
         problems.append(FieldProblem("guidance_sigma_min", low, f"must be below guidance_sigma_max ({high})"))
-    return problems + _method_problems(request, model_guidance) + _eta_problems(request) + _img2img_problems(request)
+    methods = _method_problems(request, model_guidance) if request.guidance is not None or model_guidance else []
+    return problems + methods + _eta_problems(request) + _img2img_problems(request)
 
 
 IMG2IMG_ONLY = ("strength", "resize_mode")
+MASK_ONLY = ("mask_blur", "inpainting_fill", "inpainting_mask_invert", "inpaint_full_res", "inpaint_full_res_padding",
+             "mask_round", "overlay_inpaint")
 
 
 def _img2img_problems(request: GenerationRequest) -> list[FieldProblem]:
-    """The init image is an `InitImage`; strength and resize_mode mean something only with one."""
-    from avert.init_image import InitImage
+    """The init image is an `InitImage` and the mask a `Mask`; strength and resize_mode mean something only with an
+    init image, the mask only with one, and the mask's settings only with a mask."""
+    from avert.init_image import InitImage, Mask
 
-    if request.init_image is not None and not isinstance(request.init_image, InitImage):
-        return [FieldProblem("init_image", type(request.init_image).__name__, "must be an image (InitImage) or none")]
-    if request.init_image is not None:
-        return []
+    for name, kind in (("init_image", InitImage), ("mask", Mask)):
+        value = getattr(request, name)
+        if value is not None and not isinstance(value, kind):
+            return [FieldProblem(name, type(value).__name__, f"must be an image ({kind.__name__}) or none")]
+    problems = _unused(request, IMG2IMG_ONLY, "an init image (img2img") if request.init_image is None else []
+    if request.mask is None:
+        return problems + _unused(request, MASK_ONLY, "a mask (inpainting")
+    if request.init_image is None:
+        problems.append(FieldProblem("mask", f"{request.mask.width}x{request.mask.height} mask",
+                                     "applies only with an init image (inpainting re-draws part of it)"))
+    if request.resize_mode == "latent upscale":
+        problems.append(FieldProblem("resize_mode", request.resize_mode, "must be a pixel mode with a mask ("
+                                     + ", ".join(m for m in RESIZE_MODES if m != "latent upscale") + ")"))
+    return problems
+
+
+def _unused(request: GenerationRequest, names: tuple[str, ...], needs: str) -> list[FieldProblem]:
+    """The fields among `names` that are set (and valid alone) although what they act on is missing."""
     defaults = GenerationRequest()
-    return [FieldProblem(name, getattr(request, name), f"applies only with an init image (img2img; leave it at "
+    return [FieldProblem(name, getattr(request, name), f"applies only with {needs}; leave it at "
                          f"{getattr(defaults, name)} without one)")
-            for name in IMG2IMG_ONLY if getattr(request, name) != getattr(defaults, name)
+            for name in names if getattr(request, name) != getattr(defaults, name)
             and check_field(PARAMS_BY_NAME[name], getattr(request, name), Limits()) is None]  # else named above
 
 

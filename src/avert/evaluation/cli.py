@@ -95,11 +95,15 @@ def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
                           help="measure this prompt for each concept it names, e.g. \"a lone tree\" (repeatable; "
                           "default: one built-in prompt per concept; docs/ is written only by the default run)")
     img2img = what.add_parser("img2img", help="negatives in img2img: each prompt's images re-drawn at --strength "
-                              "without and with the negative (writes docs/eval/img2img.md)")
+                              "without and with the negative; then inpainted where their concept is, at "
+                              "--inpaint-strength (writes docs/eval/img2img.md)")
     img2img.add_argument("--pair", nargs=2, action="append", metavar=("PROMPT", "NEGATIVE"),
                          help="evaluate this prompt and negative (repeatable); default: the built-in pairs")
     img2img.add_argument("--strength", type=_schema_number("strength", "strength"), default=0.6, metavar="D",
                          help="img2img strength, A1111's denoising strength (default: 0.6)")
+    img2img.add_argument("--inpaint-strength", type=_schema_number("strength", "inpaint-strength"), default=0.75,
+                         metavar="D", help="strength of the inpainting half (default: 0.75, A1111's)")
+    img2img.add_argument("--no-inpainting", action="store_true", help="only the img2img half")
     _method_flags(img2img)
     for q in (negatives, methods, concepts, img2img):
         q.add_argument("--model", default=None, help="a diffusers folder or an SD .safetensors file "
@@ -254,6 +258,7 @@ def _run_img2img(args) -> int:
     from dataclasses import asdict
 
     from avert.evaluation import img2img as i2i
+    from avert.evaluation import inpainting as inp
     from avert.evaluation import negatives as neg
 
     pairs = neg.pairs_from_args(args.pair)
@@ -262,16 +267,23 @@ def _run_img2img(args) -> int:
     _validate_method(settings, method)
     rows = i2i.evaluate_img2img(pairs, components, args.seeds, args.strength, settings, method, runtime=runtime,
                                 progress=not args.quiet)
+    inpainted = [] if args.no_inpainting else inp.evaluate_inpainting(
+        pairs, components, args.seeds, args.inpaint_strength, settings, method, runtime=runtime, progress=not args.quiet)
     if args.json:
-        print(json.dumps([{**asdict(r.result), "rate_init": r.rate_init, "strength": r.strength} for r in rows],
+        print(json.dumps({"img2img": [{**asdict(r.result), "rate_init": r.rate_init, "strength": r.strength}
+                                      for r in rows],
+                          "inpainting": [{**asdict(r), "suppression": r.suppression} for r in inpainted]},
                          indent=2, ensure_ascii=False))
         return 0
-    print("\n".join(i2i.summary(rows)) + "\n")
-    print(i2i.table(rows))
-    if not args.pair and not _options_given(args):
+    print("\n".join(i2i.summary(rows) + inp.summary(inpainted)) + "\n")
+    print(i2i.table(rows) + ("\n\n" + inp.table(inpainted) if inpainted else ""))
+    if not args.pair and not _options_given(args) and not args.no_inpainting:
         picture = i2i.figure(rows, components, settings, method, runtime)
-        page = i2i.write_docs(rows, info, args.docs, picture, method)
-        print(f"\nwritten to {page} and {page.with_suffix('.png')}")
+        second = inp.figure(inpainted, components, settings, method, args.inpaint_strength, runtime=runtime)
+        section = inp.section(inpainted, args.inpaint_strength, method, "inpainting.png")
+        page = i2i.write_docs(rows, info, args.docs, picture, method, section, {"inpainting.png": second},
+                              f" --inpaint-strength {args.inpaint_strength:g}")
+        print(f"\nwritten to {page} and its pictures")
     return 0
 
 

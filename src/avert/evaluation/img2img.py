@@ -126,12 +126,14 @@ def figure(rows: Sequence[Img2ImgRow], components, settings: Settings, method: M
     return hstack(tiles)
 
 
-def page(rows: Sequence[Img2ImgRow], info: RunInfo, method: Method, picture: str | None) -> str:
+def page(rows: Sequence[Img2ImgRow], info: RunInfo, method: Method, picture: str | None,
+         more: Sequence[str] = (), flags: str = "") -> str:
+    """The page: the img2img table and figure, then `more` (the inpainting section); `flags` adds to the command."""
     strength = rows[0].strength
     parts = [
-        "# Negatives in img2img",
+        "# Negatives in img2img and inpainting",
         "",
-        info.line(f"avert eval img2img --strength {strength:g} --seeds {info.n_seeds}"
+        info.line(f"avert eval img2img --strength {strength:g}{flags} --seeds {info.n_seeds}"
                   + (f" --method {method.label}" if method.options else "")),
         "",
         "Each prompt is rendered without a negative (the init images), then each init image is re-drawn by img2img "
@@ -148,15 +150,19 @@ def page(rows: Sequence[Img2ImgRow], info: RunInfo, method: Method, picture: str
         parts += ["", f"![init, img2img without, img2img with the negative]({picture})", "",
                   "Each block: a prompt's first seeds; left the init image, middle img2img without the negative, right "
                   "with it. Pairs, left to right: " + "; ".join(f"{p} / {n}" for p, n in FIGURE_PAIRS) + "."]
+    if more:
+        parts += ["", *more]
     return "\n".join(parts) + "\n"
 
 
 def write_docs(rows: Sequence[Img2ImgRow], info: RunInfo, docs: Path, picture: Image.Image | None,
-               method: Method) -> Path:
+               method: Method, more: Sequence[str] = (), pictures: dict | None = None, flags: str = "") -> Path:
     folder = Path(docs) / "eval"
     folder.mkdir(parents=True, exist_ok=True)
     if picture is not None:
         picture.save(folder / "img2img.png")
+    for name, image in (pictures or {}).items():
+        image.save(folder / name)
     path = folder / "img2img.md"
-    path.write_text(page(rows, info, method, "img2img.png" if picture is not None else None))
+    path.write_text(page(rows, info, method, "img2img.png" if picture is not None else None, more, flags))
     return path

@@ -33,7 +33,8 @@ class Denoiser:
 
     `conditioning` maps each branch to its states over the run; branches evaluated together are padded to
     the same number of tokens with chunks of `empty` (the encoded empty prompt), as A1111's `pad_cond` does.
-    Every image of the batch x sees the same conditioning.
+    Every image of the batch x sees the same conditioning. A 9-channel (inpainting) UNet gets
+    `image_conditioning` concatenated to x along the channels (diffusers' `StableDiffusionInpaintPipeline`).
     """
 
     unet: torch.nn.Module
@@ -41,6 +42,7 @@ class Denoiser:
     guidance: Guidance
     empty: torch.Tensor
     autocast_dtype: torch.dtype | None = None
+    image_conditioning: torch.Tensor | None = None  # an inpainting UNet's extra input channels, one row per image
     count: EvaluationCount = field(default_factory=EvaluationCount)
     _batched: dict = field(default_factory=dict, repr=False)  # (branches, states) -> batched hidden states
     _memory: dict = field(default_factory=dict, repr=False)  # per run: "correction" (reuse), "apg" (momentum)
@@ -49,7 +51,8 @@ class Denoiser:
     def __call__(self, x: torch.Tensor, timestep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         names = self.guidance.branches(ctx)
         hidden = self.hidden_states(names, ctx.sampling_step, x.shape[0])
-        model_in = torch.cat([x] * len(names)) if len(names) > 1 else x
+        unet_in = x if self.image_conditioning is None else torch.cat([x, self.image_conditioning.to(x)], dim=1)
+        model_in = torch.cat([unet_in] * len(names)) if len(names) > 1 else unet_in
         with self._autocast(x.device):
             out = self.unet(model_in, timestep, encoder_hidden_states=hidden, return_dict=False)[0]
         self.count.forwards += 1

@@ -45,4 +45,10 @@ class Components:
 
     @property
     def latent_channels(self) -> int:
-        return int(self.unet.config.in_channels)
+        """Channels of the latents the UNet denoises (its output)."""
+        return int(self.unet.config.out_channels)
+
+    @property
+    def image_channels(self) -> int:
+        """Extra input channels of an inpainting UNet (9 in, 4 out: a mask and the masked image's latents), else 0."""
+        return int(self.unet.config.in_channels) - self.latent_channels

@@ -19,12 +19,15 @@ Detection rule (`detect_family`):
    epsilon, and diffusers maps every "v2" file to `stabilityai/stable-diffusion-2-1` (768, v) too; its
    only other hint, `global_step == 875000` in legacy `.ckpt` files, does not exist in `.safetensors`.
    Pass `prediction_type="epsilon"` to `load_single_file` for a 512 SD 2.x base model.
-5. A UNet taking 9 input channels (inpainting) is refused, as diffusers would need other configs.
+5. A UNet taking 9 input channels (`input_blocks.0.0.weight` of shape [320, 9, 3, 3], the sd-v1-5-inpainting and
+   512-inpainting layout) is an inpainting model: it loads with the family's configs, the UNet's `in_channels`
+   set to 9. Other input widths (8: instruct-pix2pix) are refused by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from ..errors import FieldProblem, ModelLoadError, ValidationError
@@ -76,11 +79,18 @@ def detect_family(keys: Iterable[str], tensors_shapes: Mapping[str, tuple] | Non
     has_sd2_text = any(k.startswith(SD2_TEXT_PREFIX + "transformer.resblocks.") for k in keys)
     if not any(k.startswith(UNET_PREFIX) for k in keys) or not (has_sd1_text or has_sd2_text):
         raise ModelLoadError(f"{name}: not a Stable Diffusion 1.x/2.x checkpoint; {EXPECTED}")
-    if tensors_shapes is not None and CONV_IN_KEY in tensors_shapes:
-        if tuple(tensors_shapes[CONV_IN_KEY])[1] != 4:
-            raise ModelLoadError(f"{name}: the UNet takes {tuple(tensors_shapes[CONV_IN_KEY])[1]} input "
-                                 "channels (an inpainting or other special model); only 4 are supported")
+    channels = unet_in_channels(tensors_shapes)
+    if channels not in (4, 9):
+        raise ModelLoadError(f"{name}: the UNet takes {channels} input channels (an instruct-pix2pix or other "
+                             "special model); supported: 4 (text to image) and 9 (inpainting)")
     return "sd2-v" if _is_sd2(has_sd2_text, tensors_shapes) else "sd15"
+
+
+def unet_in_channels(shapes: Mapping[str, tuple] | None) -> int:
+    """The UNet's input channels from its first convolution's weight (4 where the shape is not known)."""
+    if shapes is None or CONV_IN_KEY not in shapes:
+        return 4
+    return int(tuple(shapes[CONV_IN_KEY])[1])
 
 
 def read_key_shapes(path: Path) -> dict[str, tuple]:
@@ -137,13 +147,31 @@ def load_single_file(path: Path, config_dir: Path | None = None, prediction_type
     from diffusers import StableDiffusionPipeline
 
     try:
-        pipe = StableDiffusionPipeline.from_single_file(
-            str(path), config=str(config), local_files_only=True,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
+        with _configs_for(config, unet_in_channels(shapes)) as folder:
+            pipe = StableDiffusionPipeline.from_single_file(
+                str(path), config=str(folder), local_files_only=True,
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            )
     except Exception as exc:
         raise ModelLoadError(f"{path.name}: cannot load as {family} with configs from {config}: "
                              f"{type(exc).__name__}: {exc}") from exc
     if prediction_type is not None:
         _override_prediction(pipe, prediction_type)
     return pipe
+
+
+@contextlib.contextmanager
+def _configs_for(config: Path, in_channels: int) -> Iterator[Path]:
+    """The config folder, or for an inpainting file a temporary copy whose UNet takes `in_channels` inputs."""
+    import json
+    import shutil
+    import tempfile
+
+    unet_config = json.loads((config / "unet" / "config.json").read_text())
+    if unet_config.get("in_channels", 4) == in_channels:
+        yield config
+        return
+    with tempfile.TemporaryDirectory(prefix="avert-config-") as temporary:
+        copy = Path(shutil.copytree(config, Path(temporary) / config.name))
+        (copy / "unet" / "config.json").write_text(json.dumps({**unet_config, "in_channels": in_channels}))
+        yield copy

@@ -15,7 +15,7 @@ from avert.conditioning.embeddings import EmbeddingLibrary
 from avert.guidance.denoiser import Denoiser
 from avert.init_image import InitImage
 from avert.models.components import Components
-from avert.pipeline import img2img, metadata, tiling, work
+from avert.pipeline import img2img, inpaint, metadata, tiling, work
 from avert.pipeline.conditioning import condition
 from avert.pipeline.result import GeneratedImage, GenerationResult
 from avert.pipeline.runtime import Runtime
@@ -43,29 +43,47 @@ def generate(
     request = resolve(check(request, limits, components), components)                # 1. validate, defaults
     seeds = image_seeds(request.seed, request.batch_size)
     text = condition(request, components, runtime, embeddings)                       # 2. text -> branches
-    denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty,   # 3. guidance, denoiser
-                        runtime.autocast_dtype)
-    schedulers = make_schedulers(request, components, seeds, runtime)               # 4. one scheduler per image
+    schedulers = make_schedulers(request, components, seeds, runtime)               # 3. one scheduler per image
+    shape = latent_shape(request, components)
+    plan = inpaint.plan(request) if request.mask is not None else None
     with tiling.circular(components, request.tiling):                                #    seamless: circular convs
-        start, begin = None, 0
-        if request.init_image is None:
-            noise, generators = initial_noise(seeds, latent_shape(request, components), runtime.device)
-        else:                                                                        #    img2img: the init image
-            start, generators, begin = img2img.start(request, components, runtime, schedulers, seeds,
-                                                     latent_shape(request, components))
-            noise = torch.zeros_like(start)
-        latents = sample(denoiser, schedulers, noise, generators, on_step, should_stop,  # 5. the one loop
-                         start=start, begin=begin)
+        begun = begin_run(request, components, runtime, schedulers, seeds, shape, plan)  # 4. where the run starts
+        denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty,   # 5. guidance, denoiser
+                            runtime.autocast_dtype, begun.image_conditioning)
+        latents = sample(denoiser, schedulers, begun.noise, begun.generators, on_step, should_stop,  # 6. the loop
+                         start=begun.x, begin=begun.begin, blend=blending(plan, components, begun, schedulers))
         if should_stop is not None and should_stop():
             raise Cancelled("stopped before decoding")
-        pictures = decode(latents, components, runtime)                              # 6. latents -> images
-    images = tuple(                                                                  # 7. metadata
+        pictures = decode(latents, components, runtime)                              # 7. latents -> images
+    if plan is not None:
+        pictures = [plan.paste(p) for p in pictures]                                 #    paste the rest back
+    images = tuple(
         GeneratedImage(img, s, metadata.infotext(request, s, components.source),
                        metadata.record(request, s, i, components.source))
         for i, (img, s) in enumerate(zip(pictures, seeds))
-    )
+    )                                                                                # 8. metadata
     return GenerationResult(request, images, negative_warnings(request, components), denoiser.count.forwards,
                             time.perf_counter() - started, denoiser.count.branches)
+
+
+def begin_run(request: GenerationRequest, components: Components, runtime: Runtime, schedulers, seeds,
+              shape: tuple[int, int, int], plan: inpaint.Plan | None) -> img2img.Start:
+    """The noise of a txt2img run (with a 9-channel UNet's extra input: all masked, the image all 0, as A1111
+    conditions an inpainting model then), or the noised init image of an img2img or inpainting run."""
+    if request.init_image is not None:
+        return img2img.start(request, components, runtime, schedulers, seeds, shape, plan)
+    noise, generators = initial_noise(seeds, shape, runtime.device)
+    extra = inpaint.image_conditioning(None, None, components, generators, runtime, shape[-2:]) \
+        if components.image_channels else None
+    return img2img.Start(None, None, noise, generators, 0, extra)
+
+
+def blending(plan: inpaint.Plan | None, components: Components, begun: img2img.Start, schedulers):
+    """Inpainting on a 4-channel UNet keeps the unmasked latents after every step; a 9-channel UNet is not blended."""
+    if plan is None or components.image_channels:
+        return None
+    mask = plan.latent_mask(begun.latents.shape[-2:]).to(begun.latents.device)
+    return inpaint.Blend(mask, begun.latents, begun.noise, schedulers, begun.begin)
 
 
 def model_limits(limits: Limits, components: Components) -> Limits:

@@ -15,6 +15,7 @@ grid) and interpolates the latent bilinearly to the target.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -44,7 +45,7 @@ def resize(image: Image.Image, width: int, height: int, mode: str) -> Image.Imag
     else:
         w, h = max(1, image.width * height // image.height), height
     scaled = image.resize((w, h), Image.LANCZOS)
-    canvas = Image.new("RGB", (width, height))
+    canvas = Image.new(image.mode, (width, height))
     left, top = width // 2 - w // 2, height // 2 - h // 2  # A1111's centring
     canvas.paste(scaled, (left, top))
     if not cover:
@@ -85,22 +86,46 @@ def encode(pixels: torch.Tensor, components: Components, generators: Sequence[to
     return latents.float() * components.vae.config.scaling_factor
 
 
+@dataclass(frozen=True)
+class Start:
+    """Where an img2img run begins: `x` the noised init latents at the schedule's index `begin` (each scheduler's
+    begin index is set to it), `latents` the clean init latents and `noise` what noised them (an inpainting run
+    blends with both), the per-image generators past their draws, and a 9-channel UNet's extra input."""
+
+    x: torch.Tensor
+    latents: torch.Tensor
+    noise: torch.Tensor
+    generators: list[torch.Generator]
+    begin: int
+    image_conditioning: torch.Tensor | None = None
+
+
 def start(request: GenerationRequest, components: Components, runtime: Runtime, schedulers: Sequence,
-          seeds: Sequence[int], shape: tuple[int, int, int]) -> tuple[torch.Tensor, list[torch.Generator], int]:
-    """The noised init latents, the per-image generators (past the VAE sample and the noise) and the index into
-    the schedulers' timesteps where the run begins (each scheduler's begin index is set to it)."""
-    image = request.init_image.to_pil()
-    if request.resize_mode == "latent upscale":
+          seeds: Sequence[int], shape: tuple[int, int, int], plan=None) -> Start:
+    """Encode the init image (the inpainting `plan`'s, when there is one), draw the noise, apply the plan's fill,
+    and noise the latents to the level where the run begins."""
+    if plan is not None:
+        image = plan.image
+    elif request.resize_mode == "latent upscale":
+        image = request.init_image.to_pil()
         factor = components.vae_scale_factor
         grid = (max(factor, image.width // factor * factor), max(factor, image.height // factor * factor))
         image = image.resize(grid, Image.LANCZOS) if grid != image.size else image
     else:
-        image = resize(image, request.width, request.height, request.resize_mode)
+        image = resize(request.init_image.to_pil(), request.width, request.height, request.resize_mode)
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    latents = encode(to_tensor(image), components, generators, runtime)
+    pixels = to_tensor(image)
+    latents = encode(pixels, components, generators, runtime)
     if latents.shape[-2:] != shape[-2:]:
         latents = F.interpolate(latents, size=shape[-2:], mode="bilinear", align_corners=False)
     noise = torch.cat([torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in generators])
+    extra = None
+    if plan is not None:
+        latents, extra = plan.apply(latents, pixels, components, generators, runtime)
+    elif components.image_channels:
+        from avert.pipeline.inpaint import image_conditioning
+
+        extra = image_conditioning(None, None, components, generators, runtime, shape[-2:])
     order = getattr(schedulers[0], "order", 1)
     begin = (request.steps - steps_to_run(request.steps, request.strength)) * order
     for s in schedulers:
@@ -109,4 +134,4 @@ def start(request: GenerationRequest, components: Components, runtime: Runtime, 
     t = schedulers[0].timesteps[begin : begin + 1]
     noise = noise.to(latents.device)
     x = torch.cat([s.add_noise(latents[j : j + 1], noise[j : j + 1], t) for j, s in enumerate(schedulers)])
-    return x, generators, begin
+    return Start(x, latents, noise, generators, begin, extra)

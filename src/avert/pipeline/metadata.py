@@ -69,11 +69,52 @@ def negative_line(request: GenerationRequest) -> str:
 
 
 def img2img_params(request: GenerationRequest) -> tuple[tuple[str, object], ...]:
-    """A1111's "Denoising strength" of an img2img image, and avert's "Resize mode" where it is not the default."""
+    """A1111's "Denoising strength" of an img2img image, and avert's "Resize mode" where it is not the default;
+    the inpainting keys of an image with a mask."""
     if request.init_image is None:
         return ()
     mode = (("Resize mode", request.resize_mode),) if request.resize_mode != A1111_REQUEST.resize_mode else ()
-    return (("Denoising strength", request.strength), *mode)
+    return (("Denoising strength", request.strength), *mode, *mask_params(request))
+
+
+FILL_KEYS = {"fill": "fill", "latent noise": "latent noise", "latent nothing": "latent nothing"}  # original: none
+INVERTED = "Inpaint not masked"
+
+
+def mask_params(request: GenerationRequest) -> tuple[tuple[str, object], ...]:
+    """The keys A1111 writes for inpainting ("Mask blur" above 0, "Inpaint area" and "Masked area padding" when only
+    the masked area is rendered, "Masked content" but for original, "Mask mode" when inverted) and avert's
+    "Mask round" / "Overlay inpaint" when off."""
+    if request.mask is None:
+        return ()
+    params: list[tuple[str, object]] = [("Mask blur", request.mask_blur)] if request.mask_blur > 0 else []
+    if request.inpaint_full_res:
+        params += [("Inpaint area", "Only masked"), ("Masked area padding", request.inpaint_full_res_padding)]
+    if request.inpainting_fill in FILL_KEYS:
+        params.append(("Masked content", FILL_KEYS[request.inpainting_fill]))
+    if request.inpainting_mask_invert:
+        params.append(("Mask mode", INVERTED))
+    params += [(key, False) for key, name in (("Mask round", "mask_round"), ("Overlay inpaint", "overlay_inpaint"))
+               if not getattr(request, name)]
+    return tuple(params)
+
+
+def mask_fields(parsed: ParsedParameters) -> dict:
+    """The inpainting fields of an infotext with A1111's keys (a record with "Mask blur" etc.). Without "Mask blur",
+    A1111 wrote none (blur 0) only when there was a mask; the caller knows whether there is one."""
+    changes: dict = {"mask_blur": convert_value(parsed.get("Mask blur") or "0", int)}
+    if parsed.get("Inpaint area") == "Only masked":
+        changes["inpaint_full_res"] = True
+        if parsed.get("Masked area padding"):
+            changes["inpaint_full_res_padding"] = convert_value(parsed.get("Masked area padding"), int)
+    content = parsed.get("Masked content")
+    changes["inpainting_fill"] = content if content else "original"
+    if parsed.get("Mask mode") == INVERTED:
+        changes["inpainting_mask_invert"] = True
+    for key, name in (("Mask round", "mask_round"), ("Overlay inpaint", "overlay_inpaint")):
+        if parsed.get(key):
+            changes[name] = convert_value(parsed.get(key), bool)
+    return changes
 
 
 ETA_KEYS = {"eta_ancestral": "Eta", "eta_ddim": "Eta DDIM"}  # A1111's infotext key per eta option
@@ -119,8 +160,9 @@ def request_from_record(data: dict) -> GenerationRequest:
     return GenerationRequest.from_dict(data["request"]).replace(seed=int(data["seed"]), batch_size=1)
 
 
-def request_from_a1111(parsed: ParsedParameters) -> GenerationRequest:
-    """A request from an A1111 infotext (an image made elsewhere): prompt, negative and the settings we share.
+def request_from_a1111(parsed: ParsedParameters, img2img: bool = False, inpainting: bool = False) -> GenerationRequest:
+    """A request from an A1111 infotext (an image made elsewhere): prompt, negative and the settings we share;
+    with `img2img` (the caller has the init image) its "Denoising strength", with `inpainting` its mask's keys.
 
     Without a "Guidance" key the image was made with plain CFG (A1111's, or avert's cfg, which is not written),
     so the request names cfg rather than leaving the method to the model that re-makes it.
@@ -135,6 +177,12 @@ def request_from_a1111(parsed: ParsedParameters) -> GenerationRequest:
         changes["sampler"] = changes["sampler"] + " Karras"  # A1111 1.9+ writes the schedule apart
     changes.update(_extra_fields(parsed))
     changes.update(_eta_field(parsed, changes.get("sampler", request.sampler)))
+    if img2img and parsed.get("Denoising strength"):
+        changes["strength"] = convert_value(parsed.get("Denoising strength"), float)
+    if img2img and parsed.get("Resize mode"):
+        changes["resize_mode"] = parsed.get("Resize mode")
+    if img2img and inpainting:
+        changes.update(mask_fields(parsed))
     size = parsed.get("Size")
     if size and "x" in size:
         width, _, height = size.partition("x")

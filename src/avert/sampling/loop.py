@@ -37,11 +37,13 @@ def sample(
     should_stop: Callable[[], bool] | None = None,
     start: torch.Tensor | None = None,
     begin: int = 0,
+    blend: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Denoise `noise` ([batch, C, H, W], unit variance) along the schedulers' timesteps.
 
     img2img: `start` is the noised init latent and `begin` the index of its timestep (the schedulers' begin
     index is set by the caller, as diffusers' img2img pipeline sets it); the run is the timesteps from there.
+    Inpainting: `blend(i, x)` replaces x after step i (keeping the unmasked latents, `avert.pipeline.inpaint`).
     """
     timesteps = schedulers[0].timesteps[begin:]
     order = getattr(schedulers[0], "order", 1)
@@ -59,6 +61,8 @@ def sample(
             s.step(prediction[j : j + 1], t, x[j : j + 1], **kw, return_dict=False)[0]
             for j, (s, kw) in enumerate(zip(schedulers, step_kwargs))
         ])
+        if blend is not None:
+            x = blend(i, x)
         if on_step is not None:
             on_step(StepEvent(i + 1, len(timesteps)))
     return x

@@ -159,7 +159,8 @@ def txt2img_job(state: ServerState, body: dict, client: str | None = None) -> Jo
 
 # avert request fields that an A1111 body does not pass through by name: A1111 has no such field (init_image), or
 # its own under another name or meaning (eta per sampler, denoising_strength, an integer resize_mode)
-NOT_SHARED = ("init_image", "strength", "resize_mode", "eta")
+NOT_SHARED = ("init_image", "strength", "resize_mode", "eta", "mask", "mask_blur", "mask_round", "inpainting_fill",
+              "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "overlay_inpaint")
 
 
 def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict, no_effect: dict, kind: str,
@@ -185,6 +186,8 @@ def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict
         fields["seed"] = -1 if fields["seed"] is None else fields["seed"]  # A1111: a null seed is a random one
         fields["eta"] = _eta(settings.get("eta"), sampler, {**options(state), **overrides.pop("eta_options", {})})
         fields.update(image_fields(settings) if image_fields is not None else {})
+        if fields.get("mask") is None:
+            overrides.pop("overlay_inpaint", None)  # an option for inpainting only
         # avert's own fields under the same name (s_min_uncond, ...); A1111's null means the default
         shared = {k: v for k, v in body.items() if k in bodies.REQUEST_FIELDS and k not in fields
                   and k not in NOT_SHARED and v is not None}
@@ -247,7 +250,8 @@ def _eta(eta: Any, sampler: Any, eta_options: dict[str, Any]) -> Any:
 # override_settings keys that map to request fields (A1111 option name -> avert field)
 # avert_guidance is avert's: null (the option's value) is the model's default method, so an A1111 client can
 # ask for plain "cfg" on a model that recommends another (the embedded model: gated).
-OVERRIDE_FIELDS = {"CLIP_stop_at_last_layers": "clip_skip", "avert_guidance": "guidance"}
+OVERRIDE_FIELDS = {"CLIP_stop_at_last_layers": "clip_skip", "avert_guidance": "guidance",
+                   "overlay_inpaint": "overlay_inpaint"}
 
 
 def _override(state: ServerState, override: Any) -> tuple[str, dict[str, Any], list[FieldProblem]]:

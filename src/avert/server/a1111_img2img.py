@@ -3,8 +3,13 @@
 One init image (base64 or a data: URL; never a URL that would be fetched) is repeated over the batch, as A1111
 repeats one image; `denoising_strength` (0.75) is avert's `strength` with A1111's step rule; `resize_mode` 0..3
 is A1111's (just resize, crop and resize, resize and fill, latent upscale). `include_init_images` false (A1111's
-default) leaves `init_images` out of the echoed parameters. Inpainting (`mask`) is refused by name until avert has
-it; the mask's own fields are accepted while there is no mask, as A1111 ignores them then.
+default) leaves `init_images` and `mask` out of the echoed parameters.
+
+Inpainting (`mask`, `avert.pipeline.inpaint`) takes A1111's fields: `mask_blur` (or `mask_blur_x` and `mask_blur_y`,
+which must then be equal: avert blurs both axes alike), `mask_round`, `inpainting_fill` 0..3 (fill, original, latent
+noise, latent nothing), `inpaint_full_res` (A1111's API default: true, only the masked area), its padding, and
+`inpainting_mask_invert` 0 or 1; the option `overlay_inpaint` (default true) pastes the init image back. Without a
+mask these fields are accepted and do nothing, as in A1111. `latent_mask` (never read by A1111) must be null.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
 from avert.errors import FieldProblem, ValidationError
-from avert.init_image import InitImage
-from avert.schema import RESIZE_MODES
+from avert.init_image import InitImage, Mask
+from avert.schema import INPAINTING_FILLS, RESIZE_MODES
 from avert.server import openapi
 from avert.server.a1111 import IGNORED, NO_EFFECT, TXT2IMG_DEFAULTS, _empty, _one_of, _OneOf, a1111_job, run_a1111
 from avert.server.jobs import Job
@@ -37,14 +42,12 @@ IMG2IMG_DEFAULTS: dict[str, Any] = {
 }
 IMG2IMG_NO_EFFECT = {
     **{k: rule for k, rule in NO_EFFECT.items() if k not in TXT2IMG_ONLY},
-    "mask": (_empty, "must be null: inpainting is not supported yet (img2img of the whole image is)"),
-    "latent_mask": (_empty, "must be null: inpainting is not supported yet"),
+    "latent_mask": (_empty, "must be null: A1111 never reads it; the mask is `mask`"),
     "initial_noise_multiplier": (_one_of(None, 1, 1.0), "must be 1 or null: the noise multiplier is not supported"),
 }
 # accepted whatever their value: the mask's settings without a mask, and image_cfg_scale (instruct-pix2pix only)
-IMG2IMG_IGNORED = (*[k for k in IGNORED if k not in TXT2IMG_ONLY], "image_cfg_scale", "mask_blur_x", "mask_blur_y",
-                   "mask_blur", "mask_round", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
-                   "inpainting_mask_invert", "include_init_images")
+IMG2IMG_IGNORED = (*[k for k in IGNORED if k not in TXT2IMG_ONLY], "image_cfg_scale", "include_init_images")
+FILLS = ", ".join(f"{i} ({name})" for i, name in enumerate(INPAINTING_FILLS))
 
 
 def image_fields(settings: dict) -> dict:
@@ -57,10 +60,37 @@ def image_fields(settings: dict) -> dict:
     if type(mode) is not int or not 0 <= mode < len(RESIZE_MODES):
         problems.append(FieldProblem("resize_mode", mode, "must be 0 (just resize), 1 (crop and resize), 2 (resize "
                                      "and fill) or 3 (just resize, latent upscale)"))
+    mask = settings.get("mask")
+    if mask is not None:
+        inpainting = mask_fields(settings, problems)
     if problems:
         raise ValidationError(problems)
-    return {"init_image": InitImage.from_value(images[0], "init_images[0]"), "resize_mode": RESIZE_MODES[mode],
-            "strength": 0.75 if strength is None else strength}
+    fields = {"init_image": InitImage.from_value(images[0], "init_images[0]"), "resize_mode": RESIZE_MODES[mode],
+              "strength": 0.75 if strength is None else strength}
+    if mask is not None:
+        fields.update(inpainting, mask=Mask.from_value(mask, "mask"))
+    return fields
+
+
+def mask_fields(settings: dict, problems: list[FieldProblem]) -> dict:
+    """A1111's inpainting fields as avert's request fields (problems name A1111's fields)."""
+    blur = settings.get("mask_blur")
+    blur_x, blur_y = (blur, blur) if blur is not None else (settings.get("mask_blur_x"), settings.get("mask_blur_y"))
+    if blur is None and blur_x != blur_y:
+        problems.append(FieldProblem("mask_blur_x", blur_x, f"must equal mask_blur_y ({blur_y}): avert blurs both "
+                                     "axes alike (or set mask_blur)"))
+    fill, invert = settings.get("inpainting_fill"), settings.get("inpainting_mask_invert")
+    if type(fill) is not int or not 0 <= fill < len(INPAINTING_FILLS):
+        problems.append(FieldProblem("inpainting_fill", fill, f"must be {FILLS}"))
+    if invert not in (0, 1) or type(invert) not in (int, bool):
+        problems.append(FieldProblem("inpainting_mask_invert", invert, "must be 0 (inpaint masked) or 1 (inpaint "
+                                     "not masked)"))
+    fields = {"mask_blur": blur_x, "mask_round": settings.get("mask_round"),
+              "inpaint_full_res": settings.get("inpaint_full_res"),
+              "inpaint_full_res_padding": settings.get("inpaint_full_res_padding")}
+    if not problems:
+        fields.update(inpainting_fill=INPAINTING_FILLS[fill], inpainting_mask_invert=bool(invert))
+    return fields
 
 
 def img2img_job(state: ServerState, body: dict, client: str | None = None) -> Job:

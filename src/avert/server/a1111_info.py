@@ -107,7 +107,8 @@ async def cmd_flags(request: Request) -> dict:
 
 # A1111 options avert acts on (besides sd_model_checkpoint): each sets a request field for every A1111 request that
 # does not set it itself (override_settings wins). avert_guidance is avert's: null is the model's default method.
-ACTING_OPTIONS = {"CLIP_stop_at_last_layers": ("clip_skip", 1), "avert_guidance": ("guidance", None)}
+ACTING_OPTIONS = {"CLIP_stop_at_last_layers": ("clip_skip", 1), "avert_guidance": ("guidance", None),
+                  "overlay_inpaint": ("overlay_inpaint", True)}
 # Options whose value avert cannot change (it would act in A1111): they must keep the value shown.
 # eta's options: the eta of the samplers that take one when a request's `eta` is null (A1111's meaning)
 ETA_OPTIONS = {"eta_ancestral": ANCESTRAL_ETA, "eta_ddim": DDIM_ETA}
@@ -193,19 +194,14 @@ def eta_option_problems(key: str, value: Any) -> list[FieldProblem]:
 
 
 def _acting_problems(key: str, name: str, value: Any, default: Any) -> list[FieldProblem]:
-    """An acting option's value, checked as the request field it sets (null: that field's default)."""
-    from avert.request import GenerationRequest
-    from avert.validation import validate
+    """An acting option's value, checked as the request field it sets, alone (null: that field's default)."""
+    from avert.schema import PARAMS_BY_NAME, Limits
+    from avert.validation import check_field
 
     if value is None or value == default:
         return []
-    try:
-        validate(GenerationRequest(**{name: value}))
-    except ValidationError as error:
-        return [FieldProblem(key, p.value, p.allowed) for p in error.problems]
-    except TypeError:
-        return [FieldProblem(key, value, "must be a valid value of " + name)]
-    return []
+    problem = check_field(PARAMS_BY_NAME[name], value, Limits())
+    return [FieldProblem(key, problem.value, problem.allowed)] if problem is not None else []
 
 
 def model_name(value: Any) -> Any:

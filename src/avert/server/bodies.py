@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from avert.errors import FieldProblem, ValidationError
+from avert.init_image import InitImage, Mask
 from avert.pipeline import work
 from avert.pipeline.generate import check as validate_for_model, request_work
 from avert.request import GenerationRequest
@@ -116,6 +117,8 @@ def convert(value: Any, kind: Any, name: str, problems: list[FieldProblem]) -> A
     if origin is tuple and isinstance(value, list):
         item = args[0] if args else Any
         return tuple(convert(v, item, f"{name}[{i}]", problems) for i, v in enumerate(value))
+    if kind in (InitImage, Mask) and not isinstance(value, kind):  # from JSON only as an encoded image
+        return kind.from_value(value, name)
     if dataclasses.is_dataclass(kind) and isinstance(value, dict):
         return _dataclass(kind, value, name, problems)
     if dataclasses.is_dataclass(kind) and isinstance(value, str) and hasattr(kind, "from_value"):

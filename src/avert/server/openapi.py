@@ -63,6 +63,10 @@ def native_body(extra: dict[str, Any], limits: Limits = Limits()) -> dict:
     properties["init_image"] = {"anyOf": [{"type": "string", "contentEncoding": "base64"}, NULL], "default": None,
                                 "description": "img2img: a PNG, JPEG or WebP image as base64 (or a data: URL; URLs are "
                                 "never fetched); strength and resize_mode apply with it"}
+    properties["mask"] = {"anyOf": [{"type": "string", "contentEncoding": "base64"}, NULL], "default": None,
+                          "description": "inpainting, with init_image: a PNG, JPEG or WebP image as base64, white (or "
+                          "opaque, if it has transparency) where the image is re-drawn; mask_blur ... overlay_inpaint "
+                          "apply with it"}
     properties.update(extra)
     return _body({"type": "object", "additionalProperties": False, "properties": properties}, WORK)
 
@@ -120,7 +124,8 @@ A1111_OWN: dict[str, Any] = {
     "override_settings": {"anyOf": [NULL, {"type": "object", "additionalProperties": False, "properties": {
         "sd_model_checkpoint": {"type": "string"}, "CLIP_stop_at_last_layers": {"type": "integer", "minimum": 1,
                                                                                "maximum": 12},
-        "avert_guidance": field_schema("guidance"), "eta_ancestral": ETA_OPTION, "eta_ddim": ETA_OPTION}}]},
+        "avert_guidance": field_schema("guidance"), "eta_ancestral": ETA_OPTION, "eta_ddim": ETA_OPTION,
+        "overlay_inpaint": {"type": "boolean"}}}]},
 }
 IMG2IMG_OWN: dict[str, Any] = {
     "init_images": {"type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "string", "contentEncoding": "base64"},
@@ -129,6 +134,17 @@ IMG2IMG_OWN: dict[str, Any] = {
                     "resize (latent upscale)"},
     "denoising_strength": {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, NULL],
                            "description": "A1111's step rule: int(min(d, 0.999) * steps) + 1 steps run"},
+    "mask": {"anyOf": [{"type": "string", "contentEncoding": "base64"}, NULL], "description": "inpainting: white (or "
+             "opaque) where the image is re-drawn"},
+    "mask_blur": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 64}, NULL],
+                  "description": "sets mask_blur_x and mask_blur_y"},
+    "mask_blur_x": {"type": "integer", "minimum": 0, "maximum": 64, "description": "must equal mask_blur_y"},
+    "mask_blur_y": {"type": "integer", "minimum": 0, "maximum": 64},
+    "inpainting_fill": {"enum": [0, 1, 2, 3], "description": "0 fill, 1 original, 2 latent noise, 3 latent nothing"},
+    "inpainting_mask_invert": {"enum": [0, 1], "description": "1: re-draw what the mask leaves black"},
+    "inpaint_full_res": {"type": "boolean", "description": "only the masked area, at width x height, pasted back"},
+    "inpaint_full_res_padding": {"type": "integer", "minimum": 0, "maximum": 1024},
+    "mask_round": {"type": "boolean"},
 }
 
 

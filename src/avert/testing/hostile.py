@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avert.testing.live import ServerProcess, apng, b64, bomb_png, run_cli, send, small_png
+from avert.testing.live import ServerProcess, apng, b64, bomb_png, run_cli, run_cli_many, send, small_png
 
-__all__ = ["HttpCase", "CliCase", "http_cases", "cli_cases", "cli_files", "ServerProcess", "send", "run_cli"]
+__all__ = ["HttpCase", "CliCase", "http_cases", "cli_cases", "cli_files", "ServerProcess", "send", "run_cli",
+           "run_cli_many"]
 
 JSON = {"Content-Type": "application/json"}
 TINY = {"width": 32, "height": 32, "steps": 1}  # the embedded model's native size, one step: a valid base
@@ -211,16 +212,30 @@ def img2img_cases() -> list[HttpCase]:
         ("init_images", [b64(bomb_png(5000, 5000))]), ("init_images", ["data:image/png;base64,%%%"]),
         ("init_images", ["A" * 8_000_000]), ("resize_mode", 4), ("resize_mode", -1), ("resize_mode", "crop"),
         ("resize_mode", True), ("denoising_strength", 2), ("denoising_strength", -0.1), ("denoising_strength", "0.5"),
-        ("mask", image), ("latent_mask", "x"), ("initial_noise_multiplier", 2), ("steps", 0), ("n_iter", 0),
+        ("latent_mask", "x"), ("initial_noise_multiplier", 2), ("steps", 0), ("n_iter", 0),
+        ("mask", 5), ("mask", [image]), ("mask", "http://127.0.0.1:9/m.png"), ("mask", b64(bomb_png())),
+        ("mask", b64(b"not an image")), ("mask", {"width": 1, "height": 1, "pixels": "AA"}),
     ]
+    inpainting = [("mask_blur", 65), ("mask_blur", -1), ("mask_blur", 2.5), ("mask_blur_x", 3),
+                  ("inpainting_fill", 4), ("inpainting_fill", "fill"), ("inpainting_mask_invert", 2),
+                  ("inpaint_full_res", "yes"), ("inpaint_full_res_padding", 10**6), ("mask_round", "no")]
     cases = [HttpCase(g, f"{k}: {json.dumps(v)[:40]}", "POST", path, {**base, k: v}) for k, v in values]
+    cases += [HttpCase(g, f"with a mask, {k}: {json.dumps(v)[:40]}", "POST", path, {**base, "mask": image, k: v})
+              for k, v in inpainting]
     native = {"prompt": "a house", **TINY}
     cases += [HttpCase("native: fields", f"init_image: {json.dumps(v)[:40]}", "POST", "/v1/generate",
                        {**native, "init_image": v}) for v in (5, [image], "http://127.0.0.1:9/a.png",
-                                                              b64(bomb_png()), {"width": 1})]
+                                                              b64(bomb_png()), {"width": 1},
+                                                              {"width": 1, "height": 1, "pixels": "AA"})]
+    cases += [HttpCase("native: fields", f"mask: {json.dumps(v)[:40]}", "POST", "/v1/generate",
+                       {**native, "init_image": image, "mask": v}) for v in (5, "http://127.0.0.1:9/m.png",
+                                                                             {"width": 1, "height": 1, "pixels": "AA"})]
+    cases += [HttpCase("native: fields", "a mask without an init image", "POST", "/v1/generate",
+                       {**native, "mask": image})]
     cases += [HttpCase("native: fields", "strength without an init image", "POST", "/v1/generate",
                        {**native, "strength": 0.5})]
-    return cases + [HttpCase(g, "a valid img2img of one step", "POST", path, base, status=200)]
+    return cases + [HttpCase(g, "a valid img2img of one step", "POST", path, base, status=200),
+                    HttpCase(g, "a valid inpainting of one step", "POST", path, {**base, "mask": image}, status=200)]
 
 
 def json_cases() -> list[HttpCase]:

@@ -92,6 +92,23 @@ def run_cli(case: CliCase, timeout: float = 120.0, env: dict | None = None) -> t
     return done.returncode, time.perf_counter() - started, done.stderr
 
 
+def run_cli_many(cases: list[CliCase], timeout: float = 120.0, env: dict | None = None) -> list[tuple[int, float, str]]:
+    """`run_cli` for each case, each in its own process forked from one that has imported avert's command
+    (`avert.testing.cli_forks`); one process per case where the platform cannot fork."""
+    import json
+
+    if not hasattr(os, "fork"):
+        return [run_cli(c, timeout, env) for c in cases]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    environment.pop("AVERT_DEBUG", None)
+    request = json.dumps({"timeout": timeout, "cases": [list(c.argv) for c in cases]})
+    done = subprocess.run([sys.executable, "-m", "avert.testing.cli_forks"], input=request, capture_output=True,
+                          text=True, env=environment, timeout=timeout * len(cases) + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"avert.testing.cli_forks failed: {done.stderr[-2000:]}")
+    return [tuple(r) for r in json.loads(done.stdout)]
+
+
 # ---------------------------------------------------------------- a real server process
 
 

@@ -39,12 +39,13 @@ def write_tiny_tokenizer_files(out_dir: Path) -> tuple[Path, Path]:
     return vocab_path, merges_path
 
 
-def tiny_unet():
-    """A 2-block UNet2DConditionModel (32, 64 channels, cross-attention width 32, 8x8 latents)."""
+def tiny_unet(in_channels: int = 4):
+    """A 2-block UNet2DConditionModel (32, 64 channels, cross-attention width 32, 8x8 latents); 9 input channels
+    make it an inpainting UNet (latents, mask, masked image's latents)."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=in_channels, out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32, attention_head_dim=8,
@@ -84,8 +85,9 @@ def tiny_scheduler(prediction_type: str = "epsilon"):
     )
 
 
-def build_tiny_sd_folder(root: Path, *, prediction_type: str = "epsilon") -> Path:
-    """Build seeded tiny SD components, save them as a diffusers folder under `root`, return it."""
+def build_tiny_sd_folder(root: Path, *, prediction_type: str = "epsilon", in_channels: int = 4) -> Path:
+    """Build seeded tiny SD components, save them as a diffusers folder under `root`, return it (`in_channels` 9:
+    an inpainting UNet, in the folder "tiny-sd-inpainting")."""
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
@@ -94,10 +96,10 @@ def build_tiny_sd_folder(root: Path, *, prediction_type: str = "epsilon") -> Pat
     tokenizer = CLIPTokenizer(vocab=str(vocab), merges=str(merges), model_max_length=77)
     torch.manual_seed(0)
     pipe = StableDiffusionPipeline(
-        unet=tiny_unet(), vae=tiny_vae(), text_encoder=tiny_text_encoder(), tokenizer=tokenizer,
+        unet=tiny_unet(in_channels), vae=tiny_vae(), text_encoder=tiny_text_encoder(), tokenizer=tokenizer,
         scheduler=tiny_scheduler(prediction_type), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
-    folder = root / "tiny-sd"
+    folder = root / ("tiny-sd" if in_channels == 4 else "tiny-sd-inpainting")
     pipe.save_pretrained(folder)
     return folder
