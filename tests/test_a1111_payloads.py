@@ -91,8 +91,16 @@ PAYLOADS = [  # (label, endpoint, body, status, field a 422 names)
     ("txt2img: sampler DPM++ 2M SDE at eta 0", "txt2img", {**SIMPLE_TXT2IMG, "sampler_index": "DPM++ 2M SDE"}, 422,
      "eta"),
     ("txt2img: restore faces", "txt2img", {**SIMPLE_TXT2IMG, "restore_faces": True}, 422, "restore_faces"),
-    ("txt2img: hires fix", "txt2img", {**SIMPLE_TXT2IMG, "enable_hr": True, "denoising_strength": 0.7}, 422,
-     "enable_hr"),
+    ("txt2img: hires fix", "txt2img", {**SIMPLE_TXT2IMG, "enable_hr": True, "denoising_strength": 0.7}, 200, None),
+    ("txt2img: hires fix, every field at A1111's default", "txt2img", {**TXT2IMG_MODEL, **SMALL, "enable_hr": True,
+                                                                       "denoising_strength": 0.5}, 200, None),
+    ("txt2img: hires fix, Lanczos, own steps and negative", "txt2img", {
+        **SIMPLE_TXT2IMG, "enable_hr": True, "denoising_strength": 0.5, "hr_upscaler": "Lanczos",
+        "hr_second_pass_steps": 2, "hr_negative_prompt": "blurry", "hr_sampler_name": "Use same sampler",
+        "hr_scheduler": "Use same scheduler", "hr_checkpoint_name": "Use same checkpoint"}, 200, None),
+    ("txt2img: hires fix, a model upscaler", "txt2img", {**SIMPLE_TXT2IMG, "enable_hr": True,
+                                                         "denoising_strength": 0.5, "hr_upscaler": "R-ESRGAN 4x+"},
+     422, "hr_upscaler"),
     ("txt2img: tiling", "txt2img", {**SIMPLE_TXT2IMG, "tiling": True}, 200, None),
     ("img2img: tiling", "img2img", {**SIMPLE_IMG2IMG, "tiling": True}, 200, None),
     ("txt2img: variation seed", "txt2img", {**SIMPLE_TXT2IMG, "subseed": 3, "subseed_strength": 0.5}, 422,
@@ -143,4 +151,6 @@ def test_a1111_payloads_are_answered_or_refused_by_name(url, label, endpoint, bo
     info = json.loads(made["info"])
     assert len(made["images"]) == body.get("batch_size", 1) * body.get("n_iter", 1)
     assert info["ignored_fields"] == []  # every field of A1111's models is known by name
-    assert Image.open(io.BytesIO(base64.b64decode(made["images"][0]))).size == (body["width"], body["height"])
+    scale = body.get("hr_scale", 2) if body.get("enable_hr") else 1  # the hires fix doubles the size by default
+    assert Image.open(io.BytesIO(base64.b64decode(made["images"][0]))).size == (body["width"] * scale,
+                                                                                 body["height"] * scale)

@@ -487,11 +487,18 @@ def test_host_names_and_redaction():
     assert redact("see http://example.com/a/b and 1/2/3") == "see http://example.com/a/b and 1/2/3"
 
 
-@pytest.mark.parametrize("path", ["/sdapi/v1/upscalers", "/sdapi/v1/latent-upscale-modes", "/sdapi/v1/sd-vae",
-                                  "/sdapi/v1/hypernetworks", "/sdapi/v1/face-restorers", "/sdapi/v1/realesrgan-models",
+@pytest.mark.parametrize("path", ["/sdapi/v1/sd-vae", "/sdapi/v1/hypernetworks", "/sdapi/v1/face-restorers", "/sdapi/v1/realesrgan-models",
                                   "/sdapi/v1/loras", "/sdapi/v1/script-info"])
 def test_lists_avert_has_nothing_in_answer_empty(client, path):
     assert client.get(path).json() == []
+
+
+def test_upscalers_list_the_hires_fixs_own_in_a1111s_shapes(client):
+    assert [u["name"] for u in client.get("/sdapi/v1/upscalers").json()] == ["Lanczos", "Nearest"]
+    assert set(client.get("/sdapi/v1/upscalers").json()[0]) == {"name", "model_name", "model_path", "model_url", "scale"}
+    assert [m["name"] for m in client.get("/sdapi/v1/latent-upscale-modes").json()] == [
+        "Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)", "Latent (nearest)",
+        "Latent (nearest-exact)"]  # A1111's shared.latent_upscale_modes
 
 
 def test_refreshes_answer_null_and_cmd_flags_show_no_secret_or_folder(tmp_path):

@@ -281,7 +281,8 @@ def test_img2img_fields_need_an_init_image_and_an_init_image_must_be_one():
     with pytest.raises(ValidationError) as error:
         validate(GenerationRequest("x", strength=0.5, resize_mode="crop and resize"))
     assert [(p.field, p.value, p.allowed) for p in error.value.problems] == [
-        ("strength", 0.5, "applies only with an init image (img2img; leave it at 0.75 without one)"),
+        ("strength", 0.5, "applies only with an init image (img2img) or enable_hr (the hires fix; leave it at 0.75 "
+                      "without one)"),
         ("resize_mode", "crop and resize", "applies only with an init image (img2img; leave it at just resize without "
                                            "one)")]
     with pytest.raises(ValidationError) as error:

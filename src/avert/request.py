@@ -84,6 +84,15 @@ class GenerationRequest:
     inpaint_full_res_padding: int = 32
     mask_round: bool = True
     overlay_inpaint: bool = True
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0
+    hr_sampler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
     tiling: bool = False
     clip_skip: int = 1
     emphasis: str = "Original"

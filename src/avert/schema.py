@@ -81,6 +81,10 @@ def _size_param(name: str, short: str) -> Param:
 GUIDANCE_METHODS = ("cfg", "apg", "perp-neg", "dynamic", "posterior", "gated")
 FALLBACK_GUIDANCE = "cfg"  # A1111's: the method of a model whose folder names none (`avert.models.defaults`)
 EMPHASIS_MODES = ("Original", "No norm")
+LATENT_UPSCALERS = {"Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True),  # A1111's latent modes
+                    "Latent (bicubic)": ("bicubic", False), "Latent (bicubic antialiased)": ("bicubic", True),
+                    "Latent (nearest)": ("nearest", False), "Latent (nearest-exact)": ("nearest-exact", False)}
+HR_UPSCALERS = (*LATENT_UPSCALERS, "Lanczos", "Nearest")
 INPAINTING_FILLS = ("fill", "original", "latent noise", "latent nothing")  # A1111's inpainting_fill 0..3
 RESIZE_MODES = ("just resize", "crop and resize", "resize and fill", "latent upscale")  # A1111's 0..3
 SIGMA_MAX = 1000.0
@@ -147,7 +151,7 @@ PARAMS: tuple[Param, ...] = (
     Param("guidance_reuse", bool, False, "on steps where the interval or s_min_uncond skips the negative, add the "
           "last guided step's correction (e - e_c) instead of none; the negative's forward is still skipped",
           "--guidance-reuse"),
-    Param("strength", float, 0.75, "img2img: how much of the init image is re-drawn (A1111's denoising strength: "
+    Param("strength", float, 0.75, "img2img (and the hires fix's second pass): how much of the init image is re-drawn (A1111's denoising strength: "
           "int(min(strength, 0.999) * steps) + 1 of the steps run, from the matching noise level)", "--strength",
           low=lambda l: 0.0, high=lambda l: 1.0),
     Param("resize_mode", str, "just resize", "img2img: how the init image is brought to width x height: stretched, "
@@ -170,6 +174,27 @@ PARAMS: tuple[Param, ...] = (
     Param("overlay_inpaint", bool, True, "inpainting: paste the init image back over everything outside the (blurred) "
           "mask, so those pixels come back unchanged (A1111's overlay_inpaint); off, the whole image is the decoded "
           "latents, as diffusers' pipeline returns it", "--no-overlay-inpaint"),
+    Param("enable_hr", bool, False, "hires fix: render at width x height, upscale, then re-draw at the larger size "
+          "with strength as A1111's denoising strength (A1111's enable_hr)", "--enable-hr"),
+    Param("hr_scale", float, 2.0, "hires fix: the second pass's size over the first's (when hr_resize_x and "
+          "hr_resize_y are 0)", "--hr-scale", low=lambda l: 1.0, high=lambda l: 4.0),
+    Param("hr_resize_x", int, 0, "hires fix: the second pass's width (0: from hr_scale, or from hr_resize_y and the "
+          "ratio); with hr_resize_y, the image is upscaled to cover both and cropped", "--hr-resize-x",
+          low=lambda l: 0, high=lambda l: l.max_size),
+    Param("hr_resize_y", int, 0, "hires fix: the second pass's height (0: from hr_scale, or from hr_resize_x)",
+          "--hr-resize-y", low=lambda l: 0, high=lambda l: l.max_size),
+    Param("hr_upscaler", str, "Latent", "hires fix: how the first pass is enlarged: in latent space (A1111's latent "
+          "modes: interpolated) or as pixels (Lanczos, Nearest: decoded, resized, encoded again)", "--hr-upscaler",
+          choices=HR_UPSCALERS),
+    Param("hr_second_pass_steps", int, 0, "hires fix: steps the second pass runs (0: steps), from the end of a "
+          "schedule of int(n / min(strength, 0.999)) steps, as A1111 runs it", "--hr-second-pass-steps",
+          low=lambda l: 0, high=lambda l: l.max_steps),
+    Param("hr_sampler", str, None, "hires fix: the second pass's sampler", "--hr-sampler", choices=SAMPLER_NAMES,
+          unset="the first pass's"),
+    Param("hr_prompt", str, "", "hires fix: the second pass's prompt (empty: the prompt)", "--hr-prompt",
+          high=lambda l: l.max_prompt_chars),
+    Param("hr_negative_prompt", str, "", "hires fix: the second pass's negative prompt, in place of negative_prompt "
+          "(empty: the same negatives)", "--hr-negative-prompt", high=lambda l: l.max_prompt_chars),
     Param("tiling", bool, False, "seamless image: circular padding in every convolution of the UNet and the VAE "
           "(A1111's tiling), so the image continues across its left and right, top and bottom edges", "--tiling"),
     Param("clip_skip", int, 1, "use the text encoder's hidden states this many layers from the end (A1111 "

@@ -26,6 +26,7 @@ def validate(request: GenerationRequest, limits: Limits = Limits(),
     problems = [p for param in PARAMS if (p := check_field(param, getattr(request, param.name), limits))]
     problems += check_negatives(request.negatives, limits)
     problems += check_relations(request, model_guidance)
+    problems = problems or _hires_size_problems(request, limits)
     problems = problems or check_prompt_work(request, limits)  # the parser sees only otherwise valid requests
     if problems:
         raise ValidationError(problems)
@@ -86,7 +87,8 @@ def prompt_fields(request: GenerationRequest) -> list[tuple[str, str]]:
     """(field name, text) of the prompt and every negative, as errors name them."""
     fields = [("prompt", request.prompt)] + ([("negative_prompt", request.negative_prompt)]
                                              if request.negative_prompt else [])
-    return fields + [(f"negatives[{i}].text", n.text) for i, n in enumerate(request.negatives)]
+    hires = [(name, getattr(request, name)) for name in ("hr_prompt", "hr_negative_prompt") if getattr(request, name)]
+    return fields + [(f"negatives[{i}].text", n.text) for i, n in enumerate(request.negatives)] + hires
 
 
 def check_prompt_work(request: GenerationRequest, limits: Limits) -> list[FieldProblem]:
@@ -128,21 +130,24 @@ def check_relations(request: GenerationRequest, model_guidance: str | None = FAL
     return problems + methods + _eta_problems(request) + _img2img_problems(request)
 
 
-IMG2IMG_ONLY = ("strength", "resize_mode")
 MASK_ONLY = ("mask_blur", "inpainting_fill", "inpainting_mask_invert", "inpaint_full_res", "inpaint_full_res_padding",
              "mask_round", "overlay_inpaint")
 
 
 def _img2img_problems(request: GenerationRequest) -> list[FieldProblem]:
     """The init image is an `InitImage` and the mask a `Mask`; strength and resize_mode mean something only with an
-    init image, the mask only with one, and the mask's settings only with a mask."""
+    init image (strength also with the hires fix), the mask only with one, and the mask's settings only with a mask."""
     from avert.init_image import InitImage, Mask
 
     for name, kind in (("init_image", InitImage), ("mask", Mask)):
         value = getattr(request, name)
         if value is not None and not isinstance(value, kind):
             return [FieldProblem(name, type(value).__name__, f"must be an image ({kind.__name__}) or none")]
-    problems = _unused(request, IMG2IMG_ONLY, "an init image (img2img") if request.init_image is None else []
+    problems = _hires_problems(request)
+    if request.init_image is None:
+        if request.enable_hr is not True:
+            problems += _unused(request, ("strength",), "an init image (img2img) or enable_hr (the hires fix")
+        problems += _unused(request, ("resize_mode",), "an init image (img2img")
     if request.mask is None:
         return problems + _unused(request, MASK_ONLY, "a mask (inpainting")
     if request.init_image is None:
@@ -152,6 +157,38 @@ def _img2img_problems(request: GenerationRequest) -> list[FieldProblem]:
         problems.append(FieldProblem("resize_mode", request.resize_mode, "must be a pixel mode with a mask ("
                                      + ", ".join(m for m in RESIZE_MODES if m != "latent upscale") + ")"))
     return problems
+
+
+HIRES_ONLY = ("hr_scale", "hr_resize_x", "hr_resize_y", "hr_upscaler", "hr_second_pass_steps", "hr_sampler", "hr_prompt",
+              "hr_negative_prompt")
+
+
+def _hires_problems(request: GenerationRequest) -> list[FieldProblem]:
+    """The hires fix's fields mean something only with enable_hr, which is for text to image, and whose second pass
+    needs some strength."""
+    if request.enable_hr is not True:
+        return _unused(request, HIRES_ONLY, "enable_hr (the hires fix")
+    if request.init_image is not None:
+        return [FieldProblem("enable_hr", True, "must be false with an init image: the hires fix is for text to image "
+                             "(A1111's img2img has none)")]
+    if _has_type(request.strength, float) and request.strength == 0:
+        return [FieldProblem("strength", 0, "must be above 0 with enable_hr: the second pass re-draws at this "
+                             "strength (A1111's denoising strength)")]
+    return []
+
+
+def _hires_size_problems(request: GenerationRequest, limits: Limits) -> list[FieldProblem]:
+    """The second pass's size within the limits (once the fields are valid)."""
+    if request.enable_hr is not True or request.width is None or request.height is None:
+        return []
+    from avert.pipeline.hires import target
+
+    size = target(request)
+    if max(size.cover_width, size.cover_height) <= limits.max_size:
+        return []
+    name = "hr_scale" if request.hr_resize_x == request.hr_resize_y == 0 else "hr_resize_x"
+    return [FieldProblem(name, getattr(request, name), f"must keep the second pass within {limits.max_size} pixels a "
+                         f"side ({request.width}x{request.height} enlarged to {size.cover_width}x{size.cover_height})")]
 
 
 def _unused(request: GenerationRequest, names: tuple[str, ...], needs: str) -> list[FieldProblem]:

@@ -15,7 +15,7 @@ from avert.conditioning.embeddings import EmbeddingLibrary
 from avert.guidance.denoiser import Denoiser
 from avert.init_image import InitImage
 from avert.models.components import Components
-from avert.pipeline import img2img, inpaint, metadata, tiling, work
+from avert.pipeline import hires, img2img, inpaint, metadata, tiling, work
 from avert.pipeline.conditioning import condition
 from avert.pipeline.result import GeneratedImage, GenerationResult
 from avert.pipeline.runtime import Runtime
@@ -50,8 +50,16 @@ def generate(
         begun = begin_run(request, components, runtime, schedulers, seeds, shape, plan)  # 4. where the run starts
         denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty,   # 5. guidance, denoiser
                             runtime.autocast_dtype, begun.image_conditioning)
-        latents = sample(denoiser, schedulers, begun.noise, begun.generators, on_step, should_stop,  # 6. the loop
-                         start=begun.x, begin=begun.begin, blend=blending(plan, components, begun, schedulers))
+        first = len(schedulers[0].timesteps) - begun.begin
+        total = first + (hires_evaluations(request, components) if request.enable_hr else 0)
+        latents = sample(denoiser, schedulers, begun.noise, begun.generators, progress(on_step, 0, total),
+                         should_stop, start=begun.x, begin=begun.begin,                      # 6. the one loop
+                         blend=blending(plan, components, begun, schedulers))
+        if request.enable_hr:                                                        #    hires fix: 2nd pass
+            latents, second = hires_pass(request, latents, components, runtime, embeddings, seeds,
+                                         progress(on_step, first, total), should_stop)
+            denoiser.count.forwards += second.count.forwards
+            denoiser.count.branches += second.count.branches
         if should_stop is not None and should_stop():
             raise Cancelled("stopped before decoding")
         pictures = decode(latents, components, runtime)                              # 7. latents -> images
@@ -76,6 +84,36 @@ def begin_run(request: GenerationRequest, components: Components, runtime: Runti
     extra = inpaint.image_conditioning(None, None, components, generators, runtime, shape[-2:]) \
         if components.image_channels else None
     return img2img.Start(None, None, noise, generators, 0, extra)
+
+
+def hires_pass(request: GenerationRequest, latents: torch.Tensor, components: Components, runtime: Runtime,
+               embeddings: EmbeddingLibrary, seeds, on_step, should_stop) -> tuple[torch.Tensor, Denoiser]:
+    """The hires fix's second pass (`avert.pipeline.hires`) on the first pass's latents; its latents and denoiser."""
+    size = hires.target(request, components.vae_scale_factor)
+    second = hires.second_request(request, size)
+    passes = request.hr_second_pass_steps or request.steps
+    text = condition(second.replace(steps=passes), components, runtime, embeddings)  # schedules over the steps run
+    schedulers = make_schedulers(second, components, seeds, runtime)
+    big, generators = hires.enlarge(latents, request, size, components, seeds, runtime,
+                                    lambda small: decode(small, components, runtime))
+    x, noise, index = hires.begin(second, passes, schedulers, big, generators)
+    extra = inpaint.image_conditioning(None, None, components, generators, runtime, big.shape[-2:]) \
+        if components.image_channels else None
+    denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty, runtime.autocast_dtype, extra)
+    return sample(denoiser, schedulers, noise, generators, on_step, should_stop, start=x, begin=index), denoiser
+
+
+def hires_evaluations(request: GenerationRequest, components: Components) -> int:
+    """Model evaluations of the hires fix's second pass."""
+    second = hires.second_request(request, hires.target(request, components.vae_scale_factor))
+    return work.evaluations(second.replace(steps=request.hr_second_pass_steps or request.steps), components)
+
+
+def progress(on_step, done: int, total: int):
+    """`on_step` for a pass that starts after `done` of `total` evaluations (the hires fix has two passes)."""
+    if on_step is None:
+        return None
+    return lambda event: on_step(StepEvent(done + event.done, total))
 
 
 def blending(plan: inpaint.Plan | None, components: Components, begun: img2img.Start, schedulers):
@@ -103,10 +141,17 @@ def check(request: GenerationRequest, limits: Limits, components: Components) ->
 
 
 def request_work(request: GenerationRequest, components: Components) -> work.Work:
-    """The work of a validated request (`avert.pipeline.work`), its size and method as the model resolves them."""
+    """The work of a validated request (`avert.pipeline.work`), its size and method as the model resolves them;
+    with the hires fix, its second pass too."""
     width, height = default_size(request, components)
     sized = request.replace(width=width, height=height)
-    return work.estimate(sized, components, request.guidance or components.default_guidance)
+    method = request.guidance or components.default_guidance
+    first = work.estimate(sized, components, method)
+    if not request.enable_hr:
+        return first
+    second = hires.second_request(sized, hires.target(sized, components.vae_scale_factor))
+    second = work.estimate(second.replace(steps=request.hr_second_pass_steps or request.steps), components, method)
+    return dataclasses.replace(first, extra=second.megapixel_steps)
 
 
 def resolve(request: GenerationRequest, components: Components) -> GenerationRequest:

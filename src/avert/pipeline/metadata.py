@@ -26,6 +26,7 @@ def infotext(request: GenerationRequest, seed: int, model: ModelSource) -> str:
         ("Model hash", model.hash),
         ("Model", model.name),
         *img2img_params(request),
+        *hires_params(request),
         *eta_params(request),
         *guidance_params(request),
         ("Version", f"avert {__version__}"),
@@ -75,6 +76,47 @@ def img2img_params(request: GenerationRequest) -> tuple[tuple[str, object], ...]
         return ()
     mode = (("Resize mode", request.resize_mode),) if request.resize_mode != A1111_REQUEST.resize_mode else ()
     return (("Denoising strength", request.strength), *mode, *mask_params(request))
+
+
+def hires_params(request: GenerationRequest) -> tuple[tuple[str, object], ...]:
+    """The keys A1111 writes for the hires fix: "Denoising strength", "Hires upscale" (or "Hires resize: WxH"),
+    "Hires steps" when set, "Hires upscaler", and "Hires sampler", "Hires prompt", "Hires negative prompt" where they
+    differ from the first pass's."""
+    if not request.enable_hr:
+        return ()
+    resized = request.hr_resize_x or request.hr_resize_y
+    params: list[tuple[str, object]] = [
+        ("Denoising strength", request.strength),
+        ("Hires resize", f"{request.hr_resize_x}x{request.hr_resize_y}") if resized else ("Hires upscale", request.hr_scale)]
+    if request.hr_second_pass_steps:
+        params.append(("Hires steps", request.hr_second_pass_steps))
+    params.append(("Hires upscaler", request.hr_upscaler))
+    for key, name, first in (("Hires sampler", "hr_sampler", "sampler"), ("Hires prompt", "hr_prompt", "prompt"),
+                             ("Hires negative prompt", "hr_negative_prompt", "negative_prompt")):
+        if getattr(request, name) and getattr(request, name) != getattr(request, first):
+            params.append((key, getattr(request, name)))
+    return tuple(params)
+
+
+def hires_fields(parsed: ParsedParameters) -> dict:
+    """The hires fix's fields of an A1111 infotext: present when it has "Denoising strength" and one of the hires
+    size or upscaler keys (A1111's own test)."""
+    if not parsed.get("Denoising strength") or not any(parsed.get(k) for k in ("Hires upscale", "Hires resize",
+                                                                                "Hires upscaler")):
+        return {}
+    changes: dict = {"enable_hr": True, "strength": convert_value(parsed.get("Denoising strength"), float)}
+    if parsed.get("Hires upscale"):
+        changes["hr_scale"] = convert_value(parsed.get("Hires upscale"), float)
+    resize = parsed.get("Hires resize") or ""
+    if "x" in resize:
+        x, _, y = resize.partition("x")
+        changes.update(hr_resize_x=convert_value(x, int), hr_resize_y=convert_value(y, int))
+    for key, name, kind in (("Hires steps", "hr_second_pass_steps", int), ("Hires upscaler", "hr_upscaler", str),
+                            ("Hires sampler", "hr_sampler", str), ("Hires prompt", "hr_prompt", str),
+                            ("Hires negative prompt", "hr_negative_prompt", str)):
+        if parsed.get(key):
+            changes[name] = convert_value(parsed.get(key), kind)
+    return changes
 
 
 FILL_KEYS = {"fill": "fill", "latent noise": "latent noise", "latent nothing": "latent nothing"}  # original: none
@@ -177,6 +219,8 @@ def request_from_a1111(parsed: ParsedParameters, img2img: bool = False, inpainti
         changes["sampler"] = changes["sampler"] + " Karras"  # A1111 1.9+ writes the schedule apart
     changes.update(_extra_fields(parsed))
     changes.update(_eta_field(parsed, changes.get("sampler", request.sampler)))
+    if not img2img:
+        changes.update(hires_fields(parsed))
     if img2img and parsed.get("Denoising strength"):
         changes["strength"] = convert_value(parsed.get("Denoising strength"), float)
     if img2img and parsed.get("Resize mode"):

@@ -34,14 +34,16 @@ class Work:
     evaluations: int
     branches: int
     images: int
+    extra: float = 0.0  # megapixel steps of a second pass (the hires fix's)
 
     @property
     def megapixel_steps(self) -> float:
-        return self.megapixels * self.evaluations * self.branches * self.images
+        return self.megapixels * self.evaluations * self.branches * self.images + self.extra
 
     def describe(self) -> str:
+        second = f" + {self.extra:.3g} of the hires pass" if self.extra else ""
         return (f"{self.megapixels:.3g} MP x {self.evaluations} evaluations x {self.branches} branches x "
-                f"{self.images} images = {self.megapixel_steps:.3g} megapixel steps")
+                f"{self.images} images{second} = {self.megapixel_steps:.3g} megapixel steps")
 
 
 def estimate(request: GenerationRequest, components: Components, method: str) -> Work:

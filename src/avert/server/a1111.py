@@ -87,15 +87,15 @@ NO_EFFECT: dict[str, tuple[Callable[[Any], bool], str]] = {
     "refiner_switch_at": (_one_of(None), "must be null: refiners are not supported"),
     "firstpass_image": (_empty, "must be null: txt2img takes no image"),
     "comments": (_empty, "must be null or empty"),
-    "enable_hr": (_one_of(None, False), "must be false: hires fix is not supported"),
     "script_name": (_empty, "must be null: scripts are not supported"),
     "script_args": (_empty, "must be empty: scripts are not supported"),
     "alwayson_scripts": (_empty, "must be empty: scripts are not supported (GET /sdapi/v1/scripts)"),
     "save_images": (_one_of(None, False), "must be false: the server returns images and writes no files"),
 }
-# Accepted whatever their value: they change nothing here (never saved) or only matter with hires fix.
+# Accepted whatever their value: they change nothing here (never saved); the hires fields act with enable_hr
+# (`avert.server.a1111_hires`), and are ignored without it, as in A1111.
 IGNORED = ("do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards", "s_tmax", "s_tmin",
-           "disable_extra_networks", "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler",
+           "disable_extra_networks", "enable_hr", "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler",
            "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name",
            "hr_scheduler", "hr_prompt", "hr_negative_prompt", "force_task_id", "denoising_strength", "send_images",
            "infotext")  # infotext: merged into the body before it is read (`avert.server.infotext`)
@@ -141,6 +141,7 @@ A1111_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "scheduler": ((str, type(None)), "must be one of: automatic, karras, or null"),
     "override_settings": ((dict, type(None)), "must be an object of options, or null"),
     "send_images": ((bool,), "must be true or false"),
+    "enable_hr": ((bool, type(None)), "must be true, false or null"),
     "eta": ((int, float, type(None)), "must be a finite number or null"),
 }
 
@@ -154,12 +155,15 @@ def _type_problems(body: dict) -> list[FieldProblem]:
 
 def txt2img_job(state: ServerState, body: dict, client: str | None = None) -> Job:
     """Check an A1111 txt2img body and build its job (one part per negative run and n_iter round)."""
-    return a1111_job(state, body, client, TXT2IMG_DEFAULTS, NO_EFFECT, "txt2img")
+    from avert.server.a1111_hires import hires_fields
+
+    return a1111_job(state, body, client, TXT2IMG_DEFAULTS, NO_EFFECT, "txt2img", hires_fields)
 
 
 # avert request fields that an A1111 body does not pass through by name: A1111 has no such field (init_image), or
 # its own under another name or meaning (eta per sampler, denoising_strength, an integer resize_mode)
-NOT_SHARED = ("init_image", "strength", "resize_mode", "eta", "mask", "mask_blur", "mask_round", "inpainting_fill",
+NOT_SHARED = ("init_image", "strength", "resize_mode", "eta", "enable_hr", "hr_scale", "hr_resize_x", "hr_resize_y",
+              "hr_upscaler", "hr_second_pass_steps", "hr_prompt", "hr_negative_prompt", "mask", "mask_blur", "mask_round", "inpainting_fill",
               "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "overlay_inpaint")
 
 
@@ -205,7 +209,7 @@ def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict
 
 
 
-A1111_NAMES = {"sampler": "sampler_name", "strength": "denoising_strength", "init_image": "init_images[0]",
+A1111_NAMES = {"sampler": "sampler_name", "strength": "denoising_strength", "hr_sampler": "hr_sampler_name", "init_image": "init_images[0]",
                "clip_skip": "override_settings.CLIP_stop_at_last_layers",
                "guidance": "override_settings.avert_guidance"}
 

@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from avert.conditioning.embeddings import load_embeddings
 from avert.errors import AvertError, FieldProblem, ValidationError
 from avert.init_image import decode_base64
+from avert.schema import HR_UPSCALERS, LATENT_UPSCALERS
 from avert.output.pnginfo import parse_parameters, read_png_metadata
 from avert.sampling.samplers import SAMPLERS
 from avert.server import bodies, openapi
@@ -86,7 +87,18 @@ async def script_info() -> list:
 
 # Lists of things avert does not have (A1111 fills them from model folders and extensions): clients call them to
 # fill their menus, so they answer in A1111's shape, empty.
-for _path in ("/upscalers", "/latent-upscale-modes", "/sd-vae", "/hypernetworks", "/face-restorers",
+@router.get("/upscalers", summary="The hires fix's pixel upscalers (A1111's built-in Lanczos and Nearest)")
+async def upscalers() -> list[dict]:
+    return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+            for name in HR_UPSCALERS if name not in LATENT_UPSCALERS]
+
+
+@router.get("/latent-upscale-modes", summary="The hires fix's latent upscale modes")
+async def latent_upscale_modes() -> list[dict]:
+    return [{"name": name} for name in LATENT_UPSCALERS]
+
+
+for _path in ("/sd-vae", "/hypernetworks", "/face-restorers",
               "/realesrgan-models", "/loras"):
     router.add_api_route(_path, lambda: [], methods=["GET"], summary="None in avert (an empty list, A1111's shape)")
 for _path in ("/refresh-vae", "/refresh-loras"):

@@ -174,7 +174,7 @@ def a1111_cases() -> list[HttpCase]:
         ("override_settings", {"sd_model_checkpoint": 5}), ("override_settings", {"unknown_option": 1}),
         ("override_settings", {"CLIP_stop_at_last_layers": 99}), ("override_settings", {"avert_guidance": {}}),
         ("override_settings", {"avert_guidance": "magic"}), ("eta", "x"), ("eta", []),
-        ("send_images", "x"), ("enable_hr", True), ("tiling", "yes"), ("restore_faces", True), ("styles", ["x"]),
+        ("send_images", "x"), ("enable_hr", "yes"), ("enable_hr", 1), ("tiling", "yes"), ("restore_faces", True), ("styles", ["x"]),
         ("subseed_strength", 0.5), ("script_name", "x"), ("script_args", [1]), ("alwayson_scripts", {"x": {}}),
         ("save_images", True), ("infotext", "x" * 40000), ("infotext", 5), ("infotext", "a\nCFG scale: high, Seed: 1, "
                                                                           "Size: 8x8"),
@@ -185,6 +185,16 @@ def a1111_cases() -> list[HttpCase]:
         ("prompt", ["a"]), ("prompt", "x" * 8193),
     ]
     cases = [HttpCase(g, f"{k}: {json.dumps(v)[:40]}", "POST", path, {**base, k: v}) for k, v in values]
+    hires = {**base, "enable_hr": True, "denoising_strength": 0.5}
+    cases += [HttpCase("A1111 txt2img: hires fix", f"{k}: {json.dumps(v)[:40]}", "POST", path, {**hires, k: v})
+              for k, v in (("hr_scale", 100), ("hr_scale", "2"), ("hr_resize_x", 10**6), ("hr_resize_x", -1),
+                           ("hr_upscaler", "x"), ("hr_upscaler", 5), ("hr_second_pass_steps", 10**6),
+                           ("hr_prompt", "x" * 8193), ("hr_prompt", ("[a:b:3], " * 910)[:8190]),
+                           ("hr_negative_prompt", ["a"]), ("hr_checkpoint_name", "../../etc/passwd"),
+                           ("hr_sampler_name", "Euler z"), ("hr_scheduler", 5), ("firstphase_width", 10**6),
+                           ("denoising_strength", 0), ("denoising_strength", "0.5"))]
+    cases.append(HttpCase("A1111 txt2img: hires fix", "a valid hires fix of one step each", "POST", path, hires,
+                          status=200))
     cases.append(HttpCase(g, "eta 0.5 with DPM++ 2M SDE (runs with 1 only)", "POST", path,
                           {**base, "sampler_name": "DPM++ 2M SDE", "eta": 0.5}))
     cases.append(HttpCase(g, "infotext of 32768 word characters (quadratic in A1111's pattern)", "POST", path,
