@@ -230,3 +230,33 @@ def test_reuse_before_any_guided_evaluation_returns_the_prompt_alone():
     guided = d(x, torch.tensor(1.0), ctx(5))  # e_n + 3 (e_c - e_n) = 2 + 3 (1 - 2)
     assert torch.equal(guided, torch.full((1, 1, 1, 1), -1.0))
     assert torch.equal(d(x, torch.tensor(1.0), ctx(1)), torch.full((1, 1, 1, 1), -1.0))  # 1 + (-1 - 1)
+
+
+class ChannelUNet(torch.nn.Module):
+    """Records its input; returns the first channel of each row as the prediction."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def forward(self, x, timestep, encoder_hidden_states, return_dict=False):
+        self.inputs.append(x.clone())
+        return (x[:, :1],)
+
+
+def test_an_inpainting_unets_extra_channels_follow_the_latents_in_every_branch():
+    empty = torch.zeros(2, 3)
+    extra = torch.stack([torch.full((2, 1, 1), 5.0), torch.full((2, 1, 1), 6.0)])  # per image: 2 extra channels
+    d = Denoiser(ChannelUNet(), {EMPTY: Schedule({0: empty}), prompt_branch(0): Schedule({0: torch.ones(2, 3)}),
+                                 negative_branch(0): Schedule({0: empty})}, Guidance(scale=3.0), empty,
+                 image_conditioning=extra)
+    x = torch.tensor([1.0, 2.0]).view(2, 1, 1, 1)
+    out = d(x, torch.tensor(1.0), ctx())
+    seen = d.unet.inputs[0]
+    assert seen.shape == (4, 3, 1, 1)  # two branches of two images, each [x, extra]
+    assert seen[:, 0].flatten().tolist() == [1.0, 2.0, 1.0, 2.0]
+    assert seen[:, 1:].flatten().tolist() == [5.0, 5.0, 6.0, 6.0] * 2
+    assert torch.equal(out, x)  # guidance combines the latent channels only: equal branches give x back
+    plain = Denoiser(ChannelUNet(), d.conditioning, Guidance(scale=3.0), empty)
+    plain(x, torch.tensor(1.0), ctx())
+    assert plain.unet.inputs[0].shape == (4, 1, 1, 1)

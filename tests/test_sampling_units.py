@@ -277,3 +277,16 @@ def test_the_loop_runs_from_begin_with_the_given_start():
     contexts.clear()
     sample(denoiser, [second_order], torch.zeros(1, 1, 1, 1), [torch.Generator()], start=start, begin=4)
     assert [c.step for c in contexts] == [0, 0, 1]  # 2 steps left: 4 - 4 // 2
+
+
+def test_blend_replaces_the_latents_after_every_step_with_its_index():
+    seen = []
+
+    def blend(i, x):
+        seen.append((i, float(x)))
+        return x * 10
+
+    out = sample(lambda model_in, t, ctx: torch.ones_like(model_in), [FakeScheduler([2, 1, 0])],
+                 torch.ones(1, 1, 1, 1), [torch.Generator()], blend=blend)
+    assert seen == [(0, 2.0), (1, 19.0), (2, 189.0)]  # 3 x 1 - 1, then (2 x 10) - 1, then (19 x 10) - 1
+    assert float(out) == 1890.0

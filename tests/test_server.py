@@ -580,6 +580,29 @@ def test_eta_is_a1111s_request_field_then_option_and_ignored_where_the_sampler_t
                             "Eta: 1.0", eta=None, override_settings=None)[0] == full
 
 
+def test_several_init_images_make_a_batch_each_image_from_its_own(tiny_folder):
+    from avert.init_image import InitImage
+    from avert.models.loader import load_model
+
+    pictures = [Image.fromarray((np.random.default_rng(k).random((16, 16, 3)) * 255).astype(np.uint8)) for k in (1, 2)]
+    encoded = []
+    for picture in pictures:
+        buffer = io.BytesIO()
+        picture.save(buffer, "PNG")
+        encoded.append(base64.b64encode(buffer.getvalue()).decode())
+    body = {"init_images": encoded, "prompt": "a car", "steps": 3, "width": 16, "height": 16, "seed": 5,
+            "batch_size": 3, "n_iter": 2, "sampler_name": "Euler a", "override_settings": {"avert_guidance": "cfg"}}
+    components = load_model(tiny_folder)
+    with TestClient(create_app(ServerConfig(model=str(tiny_folder))), base_url="http://127.0.0.1") as c:
+        answer = c.post("/sdapi/v1/img2img", json=body).json()
+        assert json.loads(answer["info"])["all_seeds"] == [5, 6, 7, 8]  # a batch of 2 (the images), 2 rounds
+        for k, made in enumerate(answer["images"]):
+            alone = generate(GenerationRequest("a car", seed=5 + k, steps=3, width=16, height=16, guidance="cfg",
+                                               init_image=InitImage.from_pil(pictures[k % 2])), components)
+            assert np.array_equal(pixels(made), np.asarray(alone.images[0].image, dtype=np.int16)), k
+        assert_names(c.post("/sdapi/v1/img2img", json={**body, "batch_size": 1}), 422, "init_images")
+
+
 def test_img2img_renders_what_the_engine_renders_from_a1111s_and_the_native_body(tiny_folder):
     from avert.init_image import InitImage
     from avert.models.loader import load_model

@@ -293,3 +293,78 @@ def test_img2img_fields_need_an_init_image_and_an_init_image_must_be_one():
     assert [(p.field, p.value, p.allowed) for p in error.value.problems] == [
         ("init_image", "bytes", "must be an image (InitImage) or none")]
     assert validate(GenerationRequest("x", init_image=image, strength=0.0, resize_mode="latent upscale"))
+
+
+def _inpainting(**changes):
+    from avert.init_image import InitImage, Mask
+
+    image, mask = InitImage(8, 8, bytes(192), "i"), Mask(8, 8, bytes(64), "m")
+    return GenerationRequest("x", init_image=image, mask=mask, width=8, height=8).replace(**changes)
+
+
+@pytest.mark.parametrize("changes, problems", [
+    ({"mask": None, "mask_blur": 2}, [("mask_blur", 2, "applies only with a mask (inpainting; leave it at 4 without one)")]),
+    ({"mask": None, "inpaint_full_res_padding": 0}, [("inpaint_full_res_padding", 0, "applies only with a mask "
+                                                      "(inpainting; leave it at 32 without one)")]),
+    ({"mask": None, "mask_round": False}, [("mask_round", False, "applies only with a mask (inpainting; leave it at "
+                                            "True without one)")]),
+    ({"init_image": None}, [("mask", "8x8 mask", "applies only with an init image (inpainting re-draws part of it)")]),
+    ({"resize_mode": "latent upscale"}, [("resize_mode", "latent upscale", "must be a pixel mode with a mask (just "
+                                          "resize, crop and resize, resize and fill)")]),
+    ({"mask": "mask.png"}, [("mask", "str", "must be an image (Mask) or none")]),
+    ({"init_image": b"png"}, [("init_image", "bytes", "must be an image (InitImage) or none")]),
+    ({"mask_blur": 65, "mask": None}, [("mask_blur", 65, "must be an integer from 0 to 64")]),  # named once
+])
+def test_inpainting_fields_need_a_mask_and_the_mask_an_init_image(changes, problems):
+    with pytest.raises(ValidationError) as error:
+        validate(_inpainting(**changes), Limits(min_size=8))
+    assert [(p.field, p.value, p.allowed) for p in error.value.problems] == problems
+
+
+def test_every_inpainting_setting_is_accepted_with_a_mask():
+    validate(_inpainting(mask_blur=0, inpainting_fill="latent noise", inpainting_mask_invert=True, inpaint_full_res=True,
+                         inpaint_full_res_padding=0, mask_round=False, overlay_inpaint=False,
+                         resize_mode="resize and fill"), Limits(min_size=8))
+
+
+HIRES = GenerationRequest("x", enable_hr=True, width=64, height=64, strength=0.5)
+
+
+@pytest.mark.parametrize("changes, problems", [
+    ({"enable_hr": False, "strength": 0.75, "hr_resize_y": 64},
+     [("hr_resize_y", 64, "applies only with enable_hr (the hires fix; leave it at 0 without one)")]),
+    ({"enable_hr": False, "strength": 0.75, "hr_sampler": "DDIM"},
+     [("hr_sampler", "DDIM", "applies only with enable_hr (the hires fix; leave it at None without one)")]),
+    ({"enable_hr": False, "strength": 0.75, "hr_negative_prompt": "x"},
+     [("hr_negative_prompt", "x", "applies only with enable_hr (the hires fix; leave it at  without one)")]),
+    ({"strength": 0}, [("strength", 0, "must be above 0 with enable_hr: the second pass re-draws at this strength "
+                                       "(A1111's denoising strength)")]),
+    ({"init_image": __import__("avert.init_image", fromlist=["InitImage"]).InitImage(8, 8, bytes(192), "i")},
+     [("enable_hr", True, "must be false with an init image: the hires fix is for text to image (A1111's img2img "
+                          "has none)")]),
+    ({"hr_scale": 4.0, "width": 520}, [("hr_scale", 4.0, "must keep the second pass within 2048 pixels a side "
+                                                          "(520x64 enlarged to 2080x256)")]),
+    ({"hr_resize_x": 4096}, [("hr_resize_x", 4096, "must be an integer from 0 to 2048")]),
+])
+def test_hires_fields_need_enable_hr_and_a_second_pass_within_the_limits(changes, problems):
+    with pytest.raises(ValidationError) as error:
+        validate(HIRES.replace(**changes))
+    assert [(p.field, p.value, p.allowed) for p in error.value.problems] == problems
+
+
+def test_the_hires_size_is_checked_at_the_limit_and_against_the_cover_of_both_resizes():
+    validate(HIRES.replace(width=1024, height=1024))  # 2048: at the limit
+    validate(HIRES.replace(hr_resize_x=2048, hr_resize_y=2048))
+    with pytest.raises(ValidationError, match="enlarged to 2048x4096"):
+        validate(HIRES.replace(height=128, hr_resize_x=2048, hr_resize_y=16))  # covering needs 2048x4096
+    validate(HIRES.replace(width=2048, height=2048, hr_scale=1.0), Limits(max_size=2048))
+    with pytest.raises(ValidationError, match="within 1024 pixels"):
+        validate(HIRES.replace(width=1024, height=64, hr_scale=1.5), Limits(max_size=1024))
+
+
+def test_the_hires_prompts_are_held_to_the_parsers_bounds():
+    assert prompt_fields(HIRES.replace(hr_prompt="a", hr_negative_prompt="b"))[-2:] == [("hr_prompt", "a"),
+                                                                                     ("hr_negative_prompt", "b")]
+    with pytest.raises(ValidationError) as error:
+        validate(HIRES.replace(hr_negative_prompt=("[a:b:3], " * 910)[:8190]))
+    assert [p.field for p in error.value.problems] == ["hr_negative_prompt"]

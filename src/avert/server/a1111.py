@@ -167,6 +167,9 @@ NOT_SHARED = ("init_image", "strength", "resize_mode", "eta", "enable_hr", "hr_s
               "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "overlay_inpaint")
 
 
+INIT_IMAGES = "init_images"  # the per-image init images an img2img body's fields may carry besides the request's
+
+
 def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict, no_effect: dict, kind: str,
               image_fields: Callable[[dict], dict] | None = None) -> Job:
     """An A1111 body (txt2img, or img2img with `image_fields` giving the init image's request fields) as a job."""
@@ -190,6 +193,7 @@ def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict
         fields["seed"] = -1 if fields["seed"] is None else fields["seed"]  # A1111: a null seed is a random one
         fields["eta"] = _eta(settings.get("eta"), sampler, {**options(state), **overrides.pop("eta_options", {})})
         fields.update(image_fields(settings) if image_fields is not None else {})
+        inits = fields.pop(INIT_IMAGES, None)
         if fields.get("mask") is None:
             overrides.pop("overlay_inpaint", None)  # an option for inpainting only
         # avert's own fields under the same name (s_min_uncond, ...); A1111's null means the default
@@ -204,6 +208,8 @@ def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict
     if problems:
         raise ValidationError(problems)
     parts = bodies.batch_parts(request, per_image, rounds)
+    if inits:
+        parts = bodies.one_init_image_each(parts, inits)
     bodies.check_work(parts, components, limits)
     return Job(model, parts, kind=kind, owner=client)
 

@@ -23,7 +23,7 @@ from avert.errors import FieldProblem, ValidationError
 from avert.init_image import InitImage, Mask
 from avert.schema import INPAINTING_FILLS, RESIZE_MODES
 from avert.server import openapi
-from avert.server.a1111 import IGNORED, NO_EFFECT, TXT2IMG_DEFAULTS, _empty, _one_of, _OneOf, a1111_job, run_a1111
+from avert.server.a1111 import INIT_IMAGES, IGNORED, NO_EFFECT, TXT2IMG_DEFAULTS, _empty, _one_of, _OneOf, a1111_job, run_a1111
 from avert.server.jobs import Job
 from avert.server.state import ServerState
 
@@ -51,12 +51,17 @@ FILLS = ", ".join(f"{i} ({name})" for i, name in enumerate(INPAINTING_FILLS))
 
 
 def image_fields(settings: dict) -> dict:
-    """The init image, strength and resize mode as avert's request fields (a problem names A1111's field)."""
+    """The init image(s), strength, resize mode and mask as avert's request fields (a problem names A1111's field).
+    k init images make a batch of k, image i drawn from init image i (A1111: k must not exceed batch_size); they
+    are returned under `INIT_IMAGES`, for the job to give each image its own."""
     images, mode, strength = settings.get("init_images"), settings.get("resize_mode"), settings.get("denoising_strength")
     problems = []
-    if not isinstance(images, list) or len(images) != 1:
-        problems.append(FieldProblem("init_images", _shown(images), "must be a list of one image as base64 (avert "
-                                     "takes one init image, repeated over the batch as A1111 repeats one)"))
+    batch = settings.get("batch_size")
+    if not isinstance(images, list) or not images:
+        problems.append(FieldProblem("init_images", _shown(images), "must be a list of images as base64"))
+    elif len(images) > 1 and type(batch) is int and len(images) > batch:
+        problems.append(FieldProblem("init_images", _shown(images), f"must be at most batch_size ({batch}) images, "
+                                     "one for each image of the batch (A1111 fails on more)"))
     if type(mode) is not int or not 0 <= mode < len(RESIZE_MODES):
         problems.append(FieldProblem("resize_mode", mode, "must be 0 (just resize), 1 (crop and resize), 2 (resize "
                                      "and fill) or 3 (just resize, latent upscale)"))
@@ -65,8 +70,11 @@ def image_fields(settings: dict) -> dict:
         inpainting = mask_fields(settings, problems)
     if problems:
         raise ValidationError(problems)
-    fields = {"init_image": InitImage.from_value(images[0], "init_images[0]"), "resize_mode": RESIZE_MODES[mode],
+    inits = [InitImage.from_value(image, f"init_images[{i}]") for i, image in enumerate(images)]
+    fields = {"init_image": inits[0], "resize_mode": RESIZE_MODES[mode],
               "strength": 0.75 if strength is None else strength}
+    if len(inits) > 1:
+        fields.update({"batch_size": len(inits), INIT_IMAGES: inits})
     if mask is not None:
         fields.update(inpainting, mask=Mask.from_value(mask, "mask"))
     return fields

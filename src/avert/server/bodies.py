@@ -202,3 +202,15 @@ def batch_parts(request: GenerationRequest, per_image: Sequence[str] | None, rou
             parts.append(Part(request.replace(seed=seeds[k], batch_size=end - k, negative_prompt=negatives[k])))
             k = end
     return parts
+
+
+def one_init_image_each(parts: list[Part], inits: Sequence) -> list[Part]:
+    """The parts cut into single images, image n of the run (over every round) from init image n mod k, as A1111
+    gives image i of each batch init image i; image i of a batch equals its seed rendered alone, so nothing
+    else changes."""
+    singles = []
+    for part in parts:
+        for seed in image_seeds(part.request.seed, part.request.batch_size):
+            init = inits[len(singles) % len(inits)]
+            singles.append(Part(part.request.replace(seed=seed, batch_size=1, init_image=init), part.label))
+    return singles

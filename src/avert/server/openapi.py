@@ -128,8 +128,9 @@ A1111_OWN: dict[str, Any] = {
         "overlay_inpaint": {"type": "boolean"}}}]},
 }
 IMG2IMG_OWN: dict[str, Any] = {
-    "init_images": {"type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "string", "contentEncoding": "base64"},
-                    "description": "one PNG, JPEG or WebP image as base64 (or a data: URL; URLs are never fetched)"},
+    "init_images": {"type": "array", "minItems": 1, "maxItems": 16, "items": {"type": "string", "contentEncoding": "base64"},
+                    "description": "PNG, JPEG or WebP images as base64 (or data: URLs; URLs are never fetched): one is "
+                    "repeated over the batch; k (at most batch_size) make a batch of k, image i from init image i"},
     "resize_mode": {"enum": [0, 1, 2, 3], "description": "0 just resize, 1 crop and resize, 2 resize and fill, 3 just "
                     "resize (latent upscale)"},
     "denoising_strength": {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, NULL],
