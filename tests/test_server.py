@@ -148,7 +148,7 @@ def test_txt2img_n_iter_continues_the_seeds(client):
     ({"override_settings": {"sd_model_checkpoint": "nope"}}, "override_settings.sd_model_checkpoint"),
     ({"override_settings": {"sd_model_checkpoint": "../../etc/passwd"}}, "override_settings.sd_model_checkpoint"),
     ({"override_settings": {"sd_model_checkpoint": "/tmp"}}, "override_settings.sd_model_checkpoint"),
-    ({"enable_hr": True}, "enable_hr"),
+    ({"enable_hr": "yes"}, "enable_hr"),
     ({"styles": ["cinematic"]}, "styles"),
     ({"eta": 0.5, "sampler_name": "DPM++ 2M SDE"}, "eta"),
     ({"eta": 1.5, "sampler_name": "Euler a"}, "eta"),
@@ -161,9 +161,9 @@ def test_txt2img_bad_fields_are_422_naming_the_field(client, body, field):
 
 
 def test_txt2img_names_every_bad_field_at_once(client):
-    body = assert_names(client.post("/sdapi/v1/txt2img", json={"steps": 0, "cfg_scale": 99, "enable_hr": True,
+    body = assert_names(client.post("/sdapi/v1/txt2img", json={"steps": 0, "cfg_scale": 99, "restore_faces": True,
                                                                 "sampler_name": "Euler z"}), 422, "steps")
-    assert {e["field"] for e in body["errors"]} == {"steps", "cfg_scale", "enable_hr", "sampler_name"}
+    assert {e["field"] for e in body["errors"]} == {"steps", "cfg_scale", "restore_faces", "sampler_name"}
 
 
 def test_txt2img_ignores_fields_a1111_does_not_have_and_names_them_in_info(client):
