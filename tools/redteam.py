@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from avert.testing.hostile import ServerProcess, cli_cases, http_cases, run_cli, send  # noqa: E402
+from avert.testing.hostile import ServerProcess, cli_cases, http_cases, run_cli_many, send  # noqa: E402
 
 ERROR_LINE = re.compile(r"^avert(?: [\w-]+)*: error: .+$", re.M)  # one error line: ours, or argparse's
 BEGIN, END = "<!-- redteam:begin -->", "<!-- redteam:end -->"
@@ -47,8 +46,7 @@ def http_rows(url: str) -> list[dict]:
 
 def cli_rows(folder: Path) -> list[dict]:
     cases = cli_cases(folder)
-    with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(run_cli, cases))
+    results = run_cli_many(cases)  # each in its own process, forked from one that has imported avert
     return [{"kind": "CLI", "group": c.group, "label": c.label, "want": c.status, "got": code, "seconds": seconds,
              "traceback": "Traceback" in err or len(ERROR_LINE.findall(err)) != 1}
             for c, (code, seconds, err) in zip(cases, results)]
