@@ -3,6 +3,8 @@ its infotext and `--from`, its work, and `/sdapi/v1/txt2img` with `enable_hr`.""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 
 import numpy as np
@@ -159,8 +161,7 @@ def test_a1111s_enable_hr_renders_the_second_pass(tiny_folder, tiny):
             "override_settings": {"avert_guidance": "cfg"}}
     with TestClient(create_app(ServerConfig(model=str(tiny_folder))), base_url="http://127.0.0.1") as c:
         made = c.post("/sdapi/v1/txt2img", json=body).json()
-        assert np.array_equal(pixels(Image.open(__import__("io").BytesIO(__import__("base64").b64decode(made["images"][0])))),
-                              pixels(generate(BASE, tiny).images[0].image))
+        assert np.array_equal(pixels(_png(made["images"][0])), pixels(generate(BASE, tiny).images[0].image))
         assert "Hires upscale: 2.0" in json.loads(made["info"])["infotexts"][0]
         karras = c.post("/sdapi/v1/txt2img", json={**body, "hr_scheduler": "Karras", "hr_sampler_name": "DPM++ 2M",
                                                    "steps": 2})
@@ -172,4 +173,8 @@ def test_a1111s_enable_hr_renders_the_second_pass(tiny_folder, tiny):
             assert answer.status_code == 422 and field in {e["field"] for e in answer.json()["errors"]}, answer.text
         legacy = c.post("/sdapi/v1/txt2img", json={**body, "firstphase_width": 16, "firstphase_height": 16,
                                                    "steps": 2}).json()
-        assert Image.open(__import__("io").BytesIO(__import__("base64").b64decode(legacy["images"][0]))).size == (32, 32)
+        assert _png(legacy["images"][0]).size == (32, 32)
+
+
+def _png(encoded: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(encoded)))

@@ -85,8 +85,17 @@ def test_the_final_latents_are_the_init_latents_outside_the_latent_mask(tiny, mo
 
     seen = {}
     start, decode = engine.img2img.start, engine.decode
-    monkeypatch.setattr(engine.img2img, "start", lambda *a, **k: seen.setdefault("start", start(*a, **k)))
-    monkeypatch.setattr(engine, "decode", lambda latents, *a: seen.setdefault("final", latents) is None or decode(latents, *a))
+
+    def recording_start(*args, **kwargs):
+        seen["start"] = start(*args, **kwargs)
+        return seen["start"]
+
+    def recording_decode(latents, *args):
+        seen["final"] = latents
+        return decode(latents, *args)
+
+    monkeypatch.setattr(engine.img2img, "start", recording_start)
+    monkeypatch.setattr(engine, "decode", recording_decode)
     generate(BASE.replace(**EXACT), tiny)
     keep = torch.from_numpy(HOLE[::2, ::2] == 0)  # the tiny VAE's factor 2
     assert torch.equal(seen["final"][..., keep], seen["start"].latents[..., keep])
@@ -96,7 +105,9 @@ def test_the_final_latents_are_the_init_latents_outside_the_latent_mask(tiny, mo
 def test_the_blend_keeps_renoised_init_latents_and_the_last_step_keeps_them_clean(tiny):
     from avert.pipeline.generate import make_schedulers
 
-    schedulers = make_schedulers(BASE.replace(sampler="Euler"), tiny, [1], __import__("avert").pipeline.runtime.Runtime())
+    from avert.pipeline.runtime import Runtime
+
+    schedulers = make_schedulers(BASE.replace(sampler="Euler"), tiny, [1], Runtime())
     latents, noise = torch.ones(1, 4, 2, 2), torch.full((1, 4, 2, 2), 2.0)
     mask = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
     blend = inpaint.Blend(mask, latents, noise, schedulers, begin=0)

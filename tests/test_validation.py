@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from avert.errors import ValidationError
+from avert.init_image import InitImage
 from avert.request import GenerationRequest, Negative
 from avert.schema import Limits
 from avert.validation import prompt_fields, validate
@@ -339,7 +340,7 @@ HIRES = GenerationRequest("x", enable_hr=True, width=64, height=64, strength=0.5
      [("hr_negative_prompt", "x", "applies only with enable_hr (the hires fix; leave it at  without one)")]),
     ({"strength": 0}, [("strength", 0, "must be above 0 with enable_hr: the second pass re-draws at this strength "
                                        "(A1111's denoising strength)")]),
-    ({"init_image": __import__("avert.init_image", fromlist=["InitImage"]).InitImage(8, 8, bytes(192), "i")},
+    ({"init_image": InitImage(8, 8, bytes(192), "i")},
      [("enable_hr", True, "must be false with an init image: the hires fix is for text to image (A1111's img2img "
                           "has none)")]),
     ({"hr_scale": 4.0, "width": 520}, [("hr_scale", 4.0, "must keep the second pass within 2048 pixels a side "
