@@ -356,11 +356,21 @@ def test_hires_fields_need_enable_hr_and_a_second_pass_within_the_limits(changes
 def test_the_hires_size_is_checked_at_the_limit_and_against_the_cover_of_both_resizes():
     validate(HIRES.replace(width=1024, height=1024))  # 2048: at the limit
     validate(HIRES.replace(hr_resize_x=2048, hr_resize_y=2048))
-    with pytest.raises(ValidationError, match="enlarged to 2048x4096"):
+    with pytest.raises(ValidationError, match="enlarged to 2048x4096") as error:
         validate(HIRES.replace(height=128, hr_resize_x=2048, hr_resize_y=16))  # covering needs 2048x4096
+    assert [p.field for p in error.value.problems] == ["hr_resize_x"]
+    validate(HIRES.replace(width=None))  # the model's size: checked when the model gives it
+    validate(HIRES.replace(height=None))
     validate(HIRES.replace(width=2048, height=2048, hr_scale=1.0), Limits(max_size=2048))
     with pytest.raises(ValidationError, match="within 1024 pixels"):
         validate(HIRES.replace(width=1024, height=64, hr_scale=1.5), Limits(max_size=1024))
+
+
+def test_before_the_model_is_known_a_methods_fields_are_checked_against_the_method_named():
+    with pytest.raises(ValidationError) as error:
+        validate(GenerationRequest("x", guidance="cfg", apg_eta=0.5), model_guidance=None)
+    assert [p.field for p in error.value.problems] == ["apg_eta"]
+    validate(GenerationRequest("x", apg_eta=0.5), model_guidance=None)  # the model's method may be apg
 
 
 def test_the_hires_prompts_are_held_to_the_parsers_bounds():

@@ -126,8 +126,7 @@ def check_relations(request: GenerationRequest, model_guidance: str | None = FAL
     low, high = request.guidance_sigma_min, request.guidance_sigma_max
     if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low >= high:
         problems.append(FieldProblem("guidance_sigma_min", low, f"must be below guidance_sigma_max ({high})"))
-    methods = _method_problems(request, model_guidance) if request.guidance is not None or model_guidance else []
-    return problems + methods + _eta_problems(request) + _img2img_problems(request)
+    return problems + _method_problems(request, model_guidance) + _eta_problems(request) + _img2img_problems(request)
 
 
 MASK_ONLY = ("mask_blur", "inpainting_fill", "inpainting_mask_invert", "inpaint_full_res", "inpaint_full_res_padding",
@@ -222,12 +221,12 @@ ONE_SCALE = {"apg": "guides prompt and negatives with cfg_scale alone",
              "gated": "weighs each negative as plain cfg does, by cfg_scale - 1 times its gate"}
 
 
-def _method_problems(request: GenerationRequest, model_guidance: str) -> list[FieldProblem]:
+def _method_problems(request: GenerationRequest, model_guidance: str | None) -> list[FieldProblem]:
     """A method's own options mean nothing to the other methods; apg and gated guide with the one scale
     cfg_scale. A request without `guidance` is checked against its model's method, and the message says so."""
     defaults = GenerationRequest()
     method = request.guidance if request.guidance is not None else model_guidance
-    if not isinstance(method, str):
+    if not isinstance(method, str):  # a bad guidance (check_field names it), or no model yet (`validate`)
         return []  # check_field names the field
     shown = method if request.guidance is not None else \
         f"{method} (the model's default; set guidance, e.g. cfg, for another)"
