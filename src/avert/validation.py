@@ -227,7 +227,7 @@ def _method_problems(request: GenerationRequest, model_guidance: str | None) -> 
     defaults = GenerationRequest()
     method = request.guidance if request.guidance is not None else model_guidance
     if not isinstance(method, str):  # a bad guidance (check_field names it), or no model yet (`validate`)
-        return []  # check_field names the field
+        return []
     shown = method if request.guidance is not None else \
         f"{method} (the model's default; set guidance, e.g. cfg, for another)"
     problems = [FieldProblem(name, getattr(request, name), f"applies only with guidance {' or '.join(methods)} "
