@@ -161,10 +161,12 @@ def txt2img_job(state: ServerState, body: dict, client: str | None = None) -> Jo
 
 
 # avert request fields that an A1111 body does not pass through by name: A1111 has no such field (init_image), or
-# its own under another name or meaning (eta per sampler, denoising_strength, an integer resize_mode)
+# its own under another name or meaning (eta per sampler, denoising_strength, an integer resize_mode), or it is
+# read only with another field (the hires fields with enable_hr, the mask's with a mask)
 NOT_SHARED = ("init_image", "strength", "resize_mode", "eta", "enable_hr", "hr_scale", "hr_resize_x", "hr_resize_y",
-              "hr_upscaler", "hr_second_pass_steps", "hr_prompt", "hr_negative_prompt", "mask", "mask_blur", "mask_round", "inpainting_fill",
-              "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "overlay_inpaint")
+              "hr_upscaler", "hr_second_pass_steps", "hr_prompt", "hr_negative_prompt", "mask", "mask_blur",
+              "mask_round", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
+              "inpainting_mask_invert", "overlay_inpaint")
 
 
 INIT_IMAGES = "init_images"  # the per-image init images an img2img body's fields may carry besides the request's
@@ -215,7 +217,8 @@ def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict
 
 
 
-A1111_NAMES = {"sampler": "sampler_name", "strength": "denoising_strength", "hr_sampler": "hr_sampler_name", "init_image": "init_images[0]",
+A1111_NAMES = {"sampler": "sampler_name", "strength": "denoising_strength", "hr_sampler": "hr_sampler_name",
+               "init_image": "init_images[0]",
                "clip_skip": "override_settings.CLIP_stop_at_last_layers",
                "guidance": "override_settings.avert_guidance"}
 

@@ -23,7 +23,8 @@ from avert.errors import FieldProblem, ValidationError
 from avert.init_image import InitImage, Mask
 from avert.schema import INPAINTING_FILLS, RESIZE_MODES
 from avert.server import openapi
-from avert.server.a1111 import INIT_IMAGES, IGNORED, NO_EFFECT, TXT2IMG_DEFAULTS, _empty, _one_of, _OneOf, a1111_job, run_a1111
+from avert.server.a1111 import (IGNORED, INIT_IMAGES, NO_EFFECT, TXT2IMG_DEFAULTS, _empty, _one_of, _OneOf, a1111_job,
+                                run_a1111)
 from avert.server.jobs import Job
 from avert.server.state import ServerState
 
@@ -45,7 +46,8 @@ IMG2IMG_NO_EFFECT = {
     "latent_mask": (_empty, "must be null: A1111 never reads it; the mask is `mask`"),
     "initial_noise_multiplier": (_one_of(None, 1, 1.0), "must be 1 or null: the noise multiplier is not supported"),
 }
-# accepted whatever their value: the mask's settings without a mask, and image_cfg_scale (instruct-pix2pix only)
+# accepted whatever their value: image_cfg_scale (instruct-pix2pix only); the mask's settings are read with a mask
+# and, as in A1111, ignored without one
 IMG2IMG_IGNORED = (*[k for k in IGNORED if k not in TXT2IMG_ONLY], "image_cfg_scale", "include_init_images")
 FILLS = ", ".join(f"{i} ({name})" for i, name in enumerate(INPAINTING_FILLS))
 
