@@ -290,3 +290,27 @@ def test_an_inpainting_single_file_loads_with_a_9_channel_unet(tmp_path, tiny_fo
     assert detect_family(["model.diffusion_model.input_blocks.0.0.weight",
                           "cond_stage_model.transformer.text_model.x"],
                          {"model.diffusion_model.input_blocks.0.0.weight": (320, 9, 3, 3)}) == "sd15"
+
+
+def test_a1111s_info_says_when_the_model_is_an_inpainting_model(tiny_folder, inpainting_folder):
+    import base64
+    import io
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from avert.server.app import create_app
+    from avert.server.config import ServerConfig
+
+    buffer = io.BytesIO()
+    PICTURE.save(buffer, "PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    buffer = io.BytesIO()
+    Image.fromarray(HOLE).save(buffer, "PNG")
+    body = {"init_images": [image], "mask": base64.b64encode(buffer.getvalue()).decode(), "prompt": "a car",
+            "steps": 2, "width": 64, "height": 64}
+    for folder, inpainting in ((inpainting_folder, True), (tiny_folder, False)):
+        with TestClient(create_app(ServerConfig(model=str(folder))), base_url="http://127.0.0.1") as c:
+            answer = c.post("/sdapi/v1/img2img", json=body)
+            assert answer.status_code == 200, answer.text
+            assert json.loads(answer.json()["info"])["is_using_inpainting_conditioning"] is inpainting

@@ -117,7 +117,7 @@ async def run_a1111(request: Request, build: Callable, defaults: dict, endpoint:
     """Parse, queue and wait for an A1111 job; answer as A1111 does (`echo` shapes the echoed parameters)."""
     state = get_state(request)
     raw = await request.body()
-    body, job = await run_in_threadpool(_parse, state, raw, owner(request), build)
+    body, job, inpainting_model = await run_in_threadpool(_parse, state, raw, owner(request), build)
     state.queue.submit(job)
     if not await wait_for(job, request, state.queue):
         return error_response(409, "cancelled", "the client disconnected; the job was cancelled")
@@ -126,12 +126,16 @@ async def run_a1111(request: Request, build: Callable, defaults: dict, endpoint:
     if job.status == CANCELLED:
         return error_response(409, "interrupted", f"job {job.id} was interrupted before it finished")
     known = {k: v for k, v in body.items() if k in defaults}
-    return JSONResponse(txt2img_response(job, echo({**defaults, **known}), ignored_fields(body, defaults), endpoint))
+    return JSONResponse(txt2img_response(job, echo({**defaults, **known}), ignored_fields(body, defaults), endpoint,
+                                         inpainting_model))
 
 
-def _parse(state: ServerState, raw: bytes, client: str | None, build: Callable) -> tuple[dict, Job]:
-    body = apply_infotext(bodies.parse_json(raw))  # A1111 echoes the body after the infotext merge
-    return body, build(state, body, client)
+def _parse(state: ServerState, raw: bytes, client: str | None, build: Callable) -> tuple[dict, Job, bool]:
+    """The body after the infotext merge (A1111 echoes it), its job, and whether the job's model is a 9-channel
+    inpainting model (read here, off the event loop, while the model the job was checked on is loaded)."""
+    body = apply_infotext(bodies.parse_json(raw))
+    job = build(state, body, client)
+    return body, job, bool(state.registry.components(job.model).image_channels)
 
 
 # A1111 fields that avert reads itself, with the JSON types they may have (null: the default)
@@ -307,9 +311,11 @@ def ignored_fields(body: dict, defaults: dict = TXT2IMG_DEFAULTS) -> list[str]:
     return shown + ([f"... and {len(names) - MAX_IGNORED_SHOWN} more"] if len(names) > MAX_IGNORED_SHOWN else [])
 
 
-def txt2img_response(job: Job, parameters: dict, ignored: list[str] = (), endpoint: str = "txt2img") -> dict:
+def txt2img_response(job: Job, parameters: dict, ignored: list[str] = (), endpoint: str = "txt2img",
+                     inpainting_model: bool = False) -> dict:
     """A1111's response: base64 PNGs, the request echoed (A1111's fields only), and `info` as a JSON string, with
-    avert's `ignored_fields` and `warnings`."""
+    avert's `ignored_fields` and `warnings`; `is_using_inpainting_conditioning` says whether the model is a
+    9-channel inpainting model (A1111: its conditioning key is hybrid or concat)."""
     made = [g for _, g in job_images(job)]
     first = job.parts[0].request
     components_source = made[0].record.get("model", {}) if made else {}
@@ -327,7 +333,8 @@ def txt2img_response(job: Job, parameters: dict, ignored: list[str] = (), endpoi
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": parameters.get("denoising_strength"),
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": [g.infotext for g in made],
         "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.started or job.created)),
-        "clip_skip": first.clip_skip, "is_using_inpainting_conditioning": False, "version": f"avert {__version__}",
+        "clip_skip": first.clip_skip, "is_using_inpainting_conditioning": inpainting_model,
+        "version": f"avert {__version__}",
         "warnings": job_warnings(job) + ([f"ignored fields A1111's {endpoint} does not have: {', '.join(ignored)}"]
                                          if ignored else []),
         "ignored_fields": list(ignored),
