@@ -81,8 +81,7 @@ def begin_run(request: GenerationRequest, components: Components, runtime: Runti
     if request.init_image is not None:
         return img2img.start(request, components, runtime, schedulers, seeds, shape, plan)
     noise, generators = initial_noise(seeds, shape, runtime.device)
-    extra = inpaint.image_conditioning(None, None, components, generators, runtime, shape[-2:]) \
-        if components.image_channels else None
+    extra = inpaint.image_conditioning(None, None, components, generators, runtime, shape[-2:])
     return img2img.Start(None, None, noise, generators, 0, extra)
 
 
@@ -97,8 +96,7 @@ def hires_pass(request: GenerationRequest, latents: torch.Tensor, components: Co
     big, generators = hires.enlarge(latents, request, size, components, seeds, runtime,
                                     lambda small: decode(small, components, runtime))
     x, noise, index = hires.begin(second, passes, schedulers, big, generators)
-    extra = inpaint.image_conditioning(None, None, components, generators, runtime, big.shape[-2:]) \
-        if components.image_channels else None
+    extra = inpaint.image_conditioning(None, None, components, generators, runtime, big.shape[-2:])
     denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty, runtime.autocast_dtype, extra)
     return sample(denoiser, schedulers, noise, generators, on_step, should_stop, start=x, begin=index), denoiser
 

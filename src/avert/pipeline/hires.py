@@ -107,12 +107,8 @@ def crop(latents: torch.Tensor, size: Target, factor: int) -> torch.Tensor:
 def begin(second: GenerationRequest, passes: int, schedulers, latents: torch.Tensor, generators) -> tuple[
         torch.Tensor, torch.Tensor, int]:
     """The noised start of the second pass, its noise and the schedule index where it begins."""
+    from avert.pipeline.img2img import noised
+
     noise = torch.cat([torch.randn((1, *latents.shape[1:]), generator=g) for g in generators]).to(latents.device)
-    order = getattr(schedulers[0], "order", 1)
-    index = (second.steps - passes) * order
-    for s in schedulers:
-        if hasattr(s, "set_begin_index"):
-            s.set_begin_index(index)
-    t = schedulers[0].timesteps[index: index + 1]
-    x = torch.cat([s.add_noise(latents[j: j + 1], noise[j: j + 1], t) for j, s in enumerate(schedulers)])
-    return x, noise, index
+    index = (second.steps - passes) * getattr(schedulers[0], "order", 1)
+    return noised(schedulers, latents, noise, index), noise, index

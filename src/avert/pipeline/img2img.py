@@ -119,19 +119,22 @@ def start(request: GenerationRequest, components: Components, runtime: Runtime, 
     if latents.shape[-2:] != shape[-2:]:
         latents = F.interpolate(latents, size=shape[-2:], mode="bilinear", align_corners=False)
     noise = torch.cat([torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in generators])
-    extra = None
     if plan is not None:
         latents, extra = plan.apply(latents, pixels, components, generators, runtime)
-    elif components.image_channels:
+    else:
         from avert.pipeline.inpaint import image_conditioning
 
         extra = image_conditioning(None, None, components, generators, runtime, shape[-2:])
-    order = getattr(schedulers[0], "order", 1)
-    begin = (request.steps - steps_to_run(request.steps, request.strength)) * order
+    begin = (request.steps - steps_to_run(request.steps, request.strength)) * getattr(schedulers[0], "order", 1)
+    noise = noise.to(latents.device)
+    return Start(noised(schedulers, latents, noise, begin), latents, noise, generators, begin, extra)
+
+
+def noised(schedulers: Sequence, latents: torch.Tensor, noise: torch.Tensor, begin: int) -> torch.Tensor:
+    """Set each scheduler's begin index and noise each image's latents to the level of timestep `begin` (diffusers'
+    img2img: `set_begin_index`, then `add_noise`)."""
     for s in schedulers:
         if hasattr(s, "set_begin_index"):
             s.set_begin_index(begin)
     t = schedulers[0].timesteps[begin : begin + 1]
-    noise = noise.to(latents.device)
-    x = torch.cat([s.add_noise(latents[j : j + 1], noise[j : j + 1], t) for j, s in enumerate(schedulers)])
-    return Start(x, latents, noise, generators, begin, extra)
+    return torch.cat([s.add_noise(latents[j : j + 1], noise[j : j + 1], t) for j, s in enumerate(schedulers)])

@@ -75,10 +75,8 @@ class Plan:
         Called after the noise is drawn: each generator then draws the masked image's VAE sample (or, for a
         4-channel UNet, as many values), then the latent noise of that fill mode."""
         m = self.latent_mask(latents.shape[-2:]).to(latents.device)
-        extra = None
-        if components.image_channels:
-            extra = image_conditioning(self.mask, pixels, components, generators, runtime, latents.shape[-2:])
-        elif components.vae is not None:
+        extra = image_conditioning(self.mask, pixels, components, generators, runtime, latents.shape[-2:])
+        if extra is None and components.vae is not None:
             for g in generators:
                 torch.randn((1, *latents.shape[1:]), generator=g)  # diffusers' unused masked-image sample
         fill = self.request.inpainting_fill
@@ -253,13 +251,15 @@ def with_alpha(image: Image.Image, alpha: Image.Image) -> Image.Image:
 
 
 def image_conditioning(mask: Image.Image | None, pixels: torch.Tensor | None, components, generators, runtime,
-                       size: tuple[int, int]) -> torch.Tensor:
-    """The extra input of a 9-channel (inpainting) UNet, [batch, 1 + C, h, w]: the mask rounded at 0.5 and resized
+                       size: tuple[int, int]) -> torch.Tensor | None:
+    """None for an ordinary UNet; the extra input of a 9-channel (inpainting) UNet, [batch, 1 + C, h, w]: the mask rounded at 0.5 and resized
     to the latent grid by nearest neighbour, then the latents of the image with its masked pixels at 0 (mid-grey).
     Without a mask (txt2img, or img2img of the whole image) everything is masked and the image is all 0, as A1111
     conditions an inpainting model then; those latents are the VAE's mean (no generator is drawn from)."""
     from avert.pipeline.img2img import encode
 
+    if not components.image_channels:
+        return None
     batch = len(generators)
     if mask is None:
         h, w = size
