@@ -103,8 +103,7 @@ def hires_pass(request: GenerationRequest, latents: torch.Tensor, components: Co
 
 def hires_evaluations(request: GenerationRequest, components: Components) -> int:
     """Model evaluations of the hires fix's second pass."""
-    second = hires.second_request(request, hires.target(request, components.vae_scale_factor))
-    return work.evaluations(second.replace(steps=request.hr_second_pass_steps or request.steps), components)
+    return work.evaluations(hires.counted(request, components.vae_scale_factor), components)
 
 
 def progress(on_step, done: int, total: int):
@@ -147,8 +146,7 @@ def request_work(request: GenerationRequest, components: Components) -> work.Wor
     first = work.estimate(sized, components, method)
     if not request.enable_hr:
         return first
-    second = hires.second_request(sized, hires.target(sized, components.vae_scale_factor))
-    second = work.estimate(second.replace(steps=request.hr_second_pass_steps or request.steps), components, method)
+    second = work.estimate(hires.counted(sized, components.vae_scale_factor), components, method)
     return dataclasses.replace(first, extra=second.megapixel_steps)
 
 

@@ -77,6 +77,12 @@ def second_request(request: GenerationRequest, size: Target) -> GenerationReques
         hr_sampler=None, hr_second_pass_steps=0)
 
 
+def counted(request: GenerationRequest, factor: int = 8) -> GenerationRequest:
+    """The second pass as its cost is counted: at the target size, with the steps that run."""
+    second = second_request(request, target(request, factor))
+    return second.replace(steps=request.hr_second_pass_steps or request.steps)
+
+
 def enlarge(latents: torch.Tensor, request: GenerationRequest, size: Target, components: Components,
             seeds, runtime: Runtime, decode: Callable) -> tuple[torch.Tensor, list[torch.Generator]]:
     """The first pass's latents at the target size, and each image's fresh generator (past the VAE sample of a pixel
