@@ -195,10 +195,15 @@ def test_a_bad_init_image_or_strength_on_the_command_line_is_one_line_and_exit_2
     for argv, named in ((["--init-image", str(tmp_path / "missing.png")], "--init-image"),
                         (["--init-image", str(text)], "--init-image"),
                         (["--init-image", str(text), "--strength", "1.5"], "--init-image"),
-                        (["--strength", "0.5"], "strength"), (["--resize-mode", "stretch"], "resize_mode")):
+                        (["--strength", "0.5"], "strength"), (["--resize-mode", "stretch"], "resize_mode"),
+                        (["--mask", str(tmp_path / "missing.png")], "--mask"),
+                        (["--enable-hr", "--strength", "0"], "strength"), (["--mask-blur", "2"], "mask_blur")):
         assert main(["generate", "a car", "-q", "-o", str(tmp_path / "x.png"), *argv]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"avert: error: invalid request: {named}:"), err
     with pytest.raises(SystemExit) as exit_:
         main(["eval", "img2img", "--strength", "2"])
     assert exit_.value.code == 2 and "strength: '2' is not allowed" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "img2img", "--inpaint-strength", "-0.5"])
+    assert exit_.value.code == 2 and "inpaint-strength: '-0.5' is not allowed" in capsys.readouterr().err
