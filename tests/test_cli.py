@@ -114,6 +114,9 @@ def test_compare_columns_equal_separate_generations(tiny_folder, tmp_path, capsy
     (["generate", "x", "--model", "/nonexistent/model"], "model: '/nonexistent/model' does not exist"),
     (["generate", "--steps", "3"], "prompt: '' is not allowed; give a prompt"),
     (["info", "/nonexistent.png"], "/nonexistent.png"),
+    (["generate", "x", "-n", "a", "-n", "b", "--negative-weight", "0.5", "--negatives", "joined"],
+     "negatives_rule: 'joined' is not allowed; joins only negatives of weight 1 over the whole run; negatives[1] has"),
+    (["generate", "x", "-n", "a", "--negatives", "max"], "negatives_rule: 'max' is not allowed; must be one of: sum"),
 ])
 def test_errors_are_one_clear_message_without_traceback(tiny_folder, capsys, argv, message):
     if "--model" not in argv and argv[0] == "generate":

@@ -326,6 +326,15 @@ def test_evaluate_pairs_end_to_end_on_the_shipped_model():
     assert set(result.seeds_with_concept_without) <= set(range(4))
     assert result.suppression is None or result.suppression <= 1.0
     assert json.loads(results_json([result]))[0]["prompt"] == "a landscape in shades of green"
+    # collateral: every concept's rate; tones other than green are implied, so they do not count
+    from avert.world import CONCEPT_INDEX, CONCEPTS
+
+    assert len(result.concept_rates_without) == len(result.concept_rates_with) == len(CONCEPTS)
+    changed = {c: abs(result.concept_rates_with[i] - result.concept_rates_without[i]) for c, i in CONCEPT_INDEX.items()}
+    counted = [v for c, v in changed.items() if c not in ("green tones", "warm tones", "blue tones", "black and white",
+                                                          "sepia")]
+    assert result.collateral_rates == pytest.approx(np.mean(counted))
+    assert result.n_absent + result.n_outside <= 4 and (result.delta_e_absent or 0) >= 0
 
 
 @pytest.mark.slow
@@ -503,10 +512,21 @@ def test_pooled_rows_equal_one_run_over_all_seeds():
     [pooled] = pool_results([half(4), half(0)])  # any order of the files
     assert pooled.n_seeds == 8 and pooled.first_seed == 0
     for name in ("rate_without", "rate_with", "suppression", "fidelity_without", "fidelity_with",
-                 "seeds_with_concept_without", "seeds_with_concept_with", "seconds"):
+                 "seeds_with_concept_without", "seeds_with_concept_with", "seconds", "concept_rates_without",
+                 "concept_rates_with", "collateral_rates"):
         assert getattr(pooled, name) == pytest.approx(getattr(whole, name)), name
     # suppression is recomputed from pooled rates, not averaged: halves 1 - 1/3 and 1 - 1/2 average to 0.583
     assert pooled.suppression == pytest.approx(1 - 2 / 5)
+
+
+def test_pooled_delta_e_is_weighted_by_images_and_rows_without_collateral_stay_without():
+    from avert.evaluation.pool import pool_results
+
+    [pooled] = pool_results([row(first_seed=0, delta_e_absent=2.0, n_absent=1, delta_e_outside=None, n_outside=0),
+                             row(first_seed=4, delta_e_absent=5.0, n_absent=3, delta_e_outside=1.5, n_outside=2)])
+    assert (pooled.delta_e_absent, pooled.n_absent) == (pytest.approx(4.25), 4)
+    assert (pooled.delta_e_outside, pooled.n_outside) == (1.5, 2)
+    assert pooled.concept_rates_without == () and pooled.collateral_rates is None  # older JSON had no rates
 
 
 def test_pool_refuses_overlapping_or_gapped_seeds_and_different_settings():
@@ -648,8 +668,8 @@ def test_a_run_of_another_method_than_the_models_default_writes_its_own_page(tmp
 
 
 @pytest.fixture(scope="module")
-def eight_seeds():
-    """One renderer for the figures re-measured at 8 seeds: the renders without a negative (plain CFG for every
+def four_seeds():
+    """One renderer for the figures re-measured at 4 seeds: the renders without a negative (plain CFG for every
     method) are made once and shared."""
     from avert.evaluation.common import Renderer, load_components
     from avert.models.default import EMBEDDED_MODEL
@@ -669,20 +689,22 @@ def claimed(page: str, pattern: str) -> float:
 
 
 @pytest.mark.slow
-def test_the_headline_negatives_figures_hold_at_eight_seeds(eight_seeds):
+def test_the_headline_negatives_figures_hold_at_four_seeds(four_seeds):
     """docs/eval/negatives.md's headline (mean suppression over the 14 default pairs and the worst fidelity drop,
-    64 seeds, the model's default guidance) re-measured on 8 seeds. The tolerance is the seed noise: the same
-    page's figures moved by 0.02 (suppression) between seeds 0..63 and 64..127, and 8 seeds are 8 times fewer,
-    so about sqrt(8) times noisier: 0.10 for the mean, 0.12 for the worst drop."""
+    64 seeds, the model's default guidance) re-measured on seeds 0..3. The tolerance is the seed noise, measured
+    on that run's rows (docs/eval/negatives-gated.json, which list the seeds with the concept): over the 16 groups
+    of 4 consecutive seeds the mean suppression has a standard deviation of 0.031 and strays at most 0.064 from
+    the 64-seed figure, so 0.10 is three deviations. A fidelity drop moves in steps of one image in 4 (0.25), so
+    the worst drop may be one image above the page's."""
     from avert.evaluation.negatives import evaluate_pairs, mean_suppression, worst_fidelity_drop
 
-    components, renderer = eight_seeds
-    results = evaluate_pairs(model=components, seeds=8, progress=False, renderer=renderer,
+    components, renderer = four_seeds
+    results = evaluate_pairs(model=components, seeds=4, progress=False, renderer=renderer,
                              method=Method("gated", (("guidance", "gated"),)))
     assert len(results) == 14
     assert abs(mean_suppression(results) - claimed("negatives.md", r"Mean suppression: \*\*([\d.]+)\*\*")) <= 0.10
     assert worst_fidelity_drop(results).fidelity_drop <= claimed(
-        "negatives.md", r"Worst fidelity drop: \*\*\+?([\d.]+)\*\*") + 0.12
+        "negatives.md", r"Worst fidelity drop: \*\*\+?([\d.]+)\*\*") + 0.25
 
 
 @pytest.mark.slow
@@ -690,14 +712,16 @@ def test_the_headline_negatives_figures_hold_at_eight_seeds(eight_seeds):
     ("posterior, negative scale 10", (("guidance", "posterior"), ("negative_scale", 10.0)), "methods.md",
      r"\| posterior, negative scale 10 \| ([\d.]+) \|"),
 ])
-def test_the_methods_tables_suppression_holds_at_eight_seeds(eight_seeds, label, options, page, row):
+def test_the_methods_tables_suppression_holds_at_four_seeds(four_seeds, label, options, page, row):
     """The methods table's mean suppression for the method the README quotes as removing less than plain CFG
-    (posterior 0.89 against 0.96), re-measured on 8 seeds within the same seed noise (0.10), and still below
-    plain CFG's page figure. (Each method costs about a minute; the others are measured by their command.)"""
+    (posterior 0.89 against 0.96), re-measured on seeds 0..3 within the seed noise (0.10; over the 16 groups of 4
+    seeds of docs/eval/negatives-posterior.json: standard deviation 0.040, at most 0.073 from the 64-seed figure),
+    and still below plain CFG's page figure. (Each method costs about half a minute; the others are measured by
+    their command.)"""
     from avert.evaluation.negatives import evaluate_pairs, mean_suppression
 
-    components, renderer = eight_seeds
-    results = evaluate_pairs(model=components, seeds=8, progress=False, renderer=renderer,
+    components, renderer = four_seeds
+    results = evaluate_pairs(model=components, seeds=4, progress=False, renderer=renderer,
                              method=Method(label, options))
     figure = claimed(page, row)
     assert abs(mean_suppression(results) - figure) <= 0.10

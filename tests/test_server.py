@@ -280,6 +280,22 @@ def test_generate_takes_negatives_with_weights_windows_and_methods(client):
     assert_names(client.post("/v1/generate", json={"prompt": "a", "guidance": "magic"}), 422, "guidance")
 
 
+def test_both_apis_take_the_rule_for_several_negatives_and_record_it(client):
+    body = {"prompt": "a house on a hill", "seed": 4, "negatives": ["sun", "clouds"], **FAST}
+    default = client.post("/v1/generate", json=body).json()["images"][0]
+    assert default["record"]["request"]["negatives_rule"] == "strongest-protect"
+    assert "Negatives rule: strongest-protect" in default["infotext"]
+    joined = client.post("/v1/generate", json={**body, "negatives_rule": "joined"}).json()["images"][0]
+    one_text = client.post("/v1/generate", json={**body, "negatives": [], "negative_prompt": "sun, clouds"}).json()
+    assert np.array_equal(pixels(joined["png"]), pixels(one_text["images"][0]["png"]))
+    assert not np.array_equal(pixels(joined["png"]), pixels(default["png"]))
+    a1111 = client.post("/sdapi/v1/txt2img", json={"prompt": "a house on a hill", "seed": 4, "negative_prompt": "",
+                                                   "negatives": ["sun", "clouds"], "negatives_rule": "mean", **FAST})
+    assert a1111.status_code == 200, a1111.text
+    assert "Negatives rule: mean" in json.loads(a1111.json()["info"])["infotexts"][0]
+    assert_names(client.post("/v1/generate", json={**body, "negatives_rule": "max"}), 422, "negatives_rule")
+
+
 def test_txt2img_maps_s_min_uncond_and_clip_skip(client):
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "a boat", "negative_prompt": "clouds", "s_min_uncond": 0.5,
                                                "override_settings": {"CLIP_stop_at_last_layers": 2}, **FAST})

@@ -153,6 +153,12 @@ def test_page_in_headless_chromium(server, tmp_path):
             page.fill("#steps", "0")
             page.click("#generate")
             expect(page.locator("#error")).to_contain_text("steps: 0 is not allowed", timeout=30_000)
+            page.fill("#steps", "6")
+            page.select_option("#negatives_rule", "joined")  # the two negatives as A1111's one text
+            page.click("#generate")
+            expect(images).to_have_count(4, timeout=60_000)
+            made = page.locator("#gallery img").first.get_attribute("title")
+            assert "Negative prompt: green tones, sun" in made and "Negatives rule: joined" in made
         finally:
             browser.close()
     assert Image.open(png).size == (32, 32)

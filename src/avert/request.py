@@ -61,6 +61,7 @@ class GenerationRequest:
     batch_size: int = 1
     negative_scale: float | None = None
     guidance: str | None = None
+    negatives_rule: str | None = None
     apg_eta: float = 0.0
     apg_norm_threshold: float = 0.0
     apg_momentum: float = 0.0
@@ -104,6 +105,15 @@ class GenerationRequest:
         """`negative_prompt` (weight 1, whole run) when not empty, then `negatives`."""
         first = (Negative(self.negative_prompt),) if self.negative_prompt else ()
         return first + tuple(self.negatives)
+
+    def guided_negatives(self) -> tuple[Negative, ...]:
+        """The negatives as guidance sees them: `all_negatives`, or, under the rule "joined", one negative whose
+        text is theirs joined with ", " (A1111's reading of several negatives as one field; validation allows
+        "joined" only for negatives of weight 1 over the whole run)."""
+        negatives = self.all_negatives()
+        if self.negatives_rule != "joined" or len(negatives) < 2:
+            return negatives
+        return (Negative(", ".join(n.text for n in negatives if n.text)),)
 
     def replace(self, **changes: Any) -> "GenerationRequest":
         return dataclasses.replace(self, **changes)

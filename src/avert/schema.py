@@ -79,6 +79,7 @@ def _size_param(name: str, short: str) -> Param:
 
 
 GUIDANCE_METHODS = ("cfg", "apg", "perp-neg", "dynamic", "posterior", "gated")
+NEGATIVE_RULES = ("sum", "mean", "cap", "orthogonal", "strongest", "protect", "strongest-protect", "joined")  # `avert.guidance.compose.RULES` + joined
 FALLBACK_GUIDANCE = "cfg"  # A1111's: the method of a model whose folder names none (`avert.models.defaults`)
 EMPHASIS_MODES = ("Original", "No norm")
 LATENT_UPSCALERS = {"Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True),  # A1111's latent modes
@@ -118,6 +119,12 @@ PARAMS: tuple[Param, ...] = (
           "tracked along the prompt's branch; off where it does not: a standing negative leaves the image alone)",
           "--guidance", choices=GUIDANCE_METHODS, unset="the model's own: cfg, unless its folder's avert.json "
           "names another; the embedded model names gated"),
+    Param("negatives_rule", str, None, "how several negatives add up: sum (A1111's and diffusers' arithmetic: the "
+          "push grows with their number), mean, cap (the sum no longer than its longest part), orthogonal (each "
+          "adds only what the longer ones do not share, Gram-Schmidt), strongest (element-wise, the largest "
+          "negative wins), or joined (their texts as one comma-joined negative, A1111's single field); one "
+          "negative is the same under every rule", "--negatives", choices=NEGATIVE_RULES,
+          unset="the method's own (see avert.guidance.compose.DEFAULT_RULES)"),
     Param("apg_eta", float, 0.0, "apg: weight of the guidance update's part parallel to the prompt's denoised "
           "prediction (0 drops it, 1 keeps it as CFG does)", "--apg-eta", low=lambda l: -10.0, high=lambda l: 10.0),
     Param("apg_norm_threshold", float, 0.0, "apg: cap on the norm of the update D_c - D_u per image, in pixel or "

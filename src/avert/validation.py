@@ -126,7 +126,20 @@ def check_relations(request: GenerationRequest, model_guidance: str | None = FAL
     low, high = request.guidance_sigma_min, request.guidance_sigma_max
     if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low >= high:
         problems.append(FieldProblem("guidance_sigma_min", low, f"must be below guidance_sigma_max ({high})"))
-    return problems + _method_problems(request, model_guidance) + _eta_problems(request) + _img2img_problems(request)
+    return (problems + _method_problems(request, model_guidance) + _eta_problems(request) + _img2img_problems(request)
+            + _joined_problems(request))
+
+
+def _joined_problems(request: GenerationRequest) -> list[FieldProblem]:
+    """Negatives joined into one text have one weight (1) and one window (the whole run)."""
+    if request.negatives_rule != "joined":
+        return []
+    for i, n in enumerate(request.negatives):
+        if isinstance(n, Negative) and (n.weight, n.start, n.end) != (1.0, 0.0, 1.0):
+            return [FieldProblem("negatives_rule", "joined", f"joins only negatives of weight 1 over the whole run; "
+                                 f"negatives[{i}] has weight {n.weight:g} from {n.start:g} to {n.end:g} (use "
+                                 "another rule, or give it in the text as (words:weight) and [words:from])")]
+    return []
 
 
 MASK_ONLY = ("mask_blur", "inpainting_fill", "inpainting_mask_invert", "inpaint_full_res", "inpaint_full_res_padding",

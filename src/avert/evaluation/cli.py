@@ -5,6 +5,7 @@
                          [--sampler NAME] [--batch-size N] [--device D] [--threads N] [--json] [--docs DIR] [-q]
     avert eval methods   [--only LABEL]... [--first-seed S] [same flags as negatives, without --pair/--method]
     avert eval img2img   [--strength D] [--pair PROMPT NEGATIVE]... [--method M] [same flags as concepts]
+    avert eval compose   [--screen] [same flags as concepts]
     avert eval pool FILE... [--json]
     avert eval concepts  [--prompt TEXT]... [--model PATH] [--seeds N] [--cfg-scale F] [--steps N]
                          [--sampler NAME] [--batch-size N] [--device D] [--threads N] [--json] [--docs DIR] [-q]
@@ -105,7 +106,13 @@ def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
                          metavar="D", help="strength of the inpainting half (default: 0.75, A1111's)")
     img2img.add_argument("--no-inpainting", action="store_true", help="only the img2img half")
     _method_flags(img2img)
-    for q in (negatives, methods, concepts, img2img):
+    compose = what.add_parser("compose", help="several negatives at once: each concept's suppression against its "
+                              "suppression alone, fidelity and collateral change, k = 1, 2, 4, 8 negatives (writes "
+                              "docs/eval/compose.md)")
+    compose.add_argument("--screen", action="store_true",
+                         help="every rule for several negatives under cfg and gated, at k = 4 only (writes "
+                         "docs/eval/compose-screen.md)")
+    for q in (negatives, methods, concepts, img2img, compose):
         q.add_argument("--model", default=None, help="a diffusers folder or an SD .safetensors file "
                        "(default: $AVERT_MODEL, else the embedded model)")
         later = ", or S..S+N-1 after --first-seed S" if q in (negatives, methods) else ""
@@ -203,6 +210,8 @@ def run_eval(args) -> int:
         return _run_pool(args)
     if args.eval_what == "img2img":
         return _run_img2img(args)
+    if args.eval_what == "compose":
+        return _run_compose(args)
     return _run_concepts(args)
 
 
@@ -284,6 +293,33 @@ def _run_img2img(args) -> int:
         page = i2i.write_docs(rows, info, args.docs, picture, method, section, {"inpainting.png": second},
                               f" --inpaint-strength {args.inpaint_strength:g}")
         print(f"\nwritten to {page} and its pictures")
+    return 0
+
+
+def _run_compose(args) -> int:
+    import json
+    from dataclasses import asdict
+
+    from avert.evaluation import compose as com
+    from avert.evaluation import compose_report as report
+    from avert.schema import NEGATIVE_RULES
+
+    settings, runtime, components, info = _common(args)
+    default = components.default_guidance
+    methods = com.screen_methods(NEGATIVE_RULES) if args.screen else com.methods_for(default)
+    ks = (report.TARGET_K,) if args.screen else com.KS
+    rows = com.evaluate_compose(com.CASES, components, args.seeds, methods, ks, settings, runtime,
+                                progress=not args.quiet)
+    if args.json:
+        print(json.dumps([{**asdict(r), "ratios": r.ratios} for r in rows], indent=2, ensure_ascii=False))
+        return 0
+    label = methods[-1].label
+    print("\n".join(report.target_lines(rows, label)) + "\n" if not args.screen else "")
+    print(report.table(rows))
+    command = f"avert eval compose{' --screen' if args.screen else ''} --seeds {args.seeds}"
+    picture = None if args.screen else report.figure(rows, methods, components, settings, runtime)
+    page = report.write(rows, info, args.docs, label, command, args.screen, picture)
+    print(f"\nwritten to {page}")
     return 0
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from avert.errors import AvertError
+from avert.evaluation.collateral import Regions, pixel_collateral
 from avert.evaluation.common import (
     Reading,
     Renderer,
@@ -198,14 +199,34 @@ class PairResult:
     first_seed: int = 0  # the run's seeds are first_seed .. first_seed + n_seeds - 1
     seeds_with_concept_without: tuple[int, ...] = field(default=(), repr=False)
     seeds_with_concept_with: tuple[int, ...] = field(default=(), repr=False)
+    # collateral (`avert.evaluation.compose`): every concept's rate without / with, in `CONCEPTS` order, and the
+    # mean CIE76 Delta E where the concept is absent / outside its region where present, with their image counts
+    concept_rates_without: tuple[float, ...] = field(default=(), repr=False)
+    concept_rates_with: tuple[float, ...] = field(default=(), repr=False)
+    delta_e_absent: float | None = None
+    n_absent: int = 0
+    delta_e_outside: float | None = None
+    n_outside: int = 0
 
     @property
     def fidelity_drop(self) -> float:
         return self.fidelity_without - self.fidelity_with
 
+    @property
+    def collateral_rates(self) -> float | None:
+        """Collateral (a): the mean absolute change of the rate of every concept neither the negative's nor
+        implied by it (`avert.world.ties`); None for a row without the concept rates (older JSON)."""
+        from avert.world.ties import unrelated
+
+        if not self.concept_rates_without:
+            return None
+        others = {CONCEPT_INDEX[c] for c in unrelated((self.concept,), CONCEPTS)}
+        return float(np.mean([abs(self.concept_rates_with[i] - self.concept_rates_without[i]) for i in others]))
+
     def to_dict(self) -> dict:
         d = asdict(self)
-        for key in ("prompt_concepts", "flags", "seeds_with_concept_without", "seeds_with_concept_with"):
+        for key in ("prompt_concepts", "flags", "seeds_with_concept_without", "seeds_with_concept_with",
+                    "concept_rates_without", "concept_rates_with"):
             d[key] = list(d[key])
         return d
 
@@ -227,8 +248,10 @@ def pair_flags(rate_without: float) -> tuple[str, ...]:
 
 
 def summarize_pair(pair: Pair, without: Reading, with_: Reading, settings: Settings, seconds: float,
-                   method: Method | None = None, cost: tuple[float, float] = (0.0, 0.0)) -> PairResult:
-    """The table row of a pair from the readings of its images without and with the negative."""
+                   method: Method | None = None, cost: tuple[float, float] = (0.0, 0.0),
+                   pixels: tuple = (None, 0, None, 0)) -> PairResult:
+    """The table row of a pair from the readings of its images without and with the negative; `pixels` is
+    `avert.evaluation.compose.pixel_collateral` of its images."""
     n = len(without.speckled)
     if len(with_.speckled) != n:
         raise ValueError(f"{n} images without the negative but {len(with_.speckled)} with it")
@@ -247,6 +270,9 @@ def summarize_pair(pair: Pair, without: Reading, with_: Reading, settings: Setti
         seeds_with_concept_with=with_.seeds_with(pair.concept, settings.first_seed),
         method=(method or Method()).label, unet_evals_per_image=round(cost[0], 2),
         seconds_per_image=round(cost[1], 4),
+        concept_rates_without=tuple(float(x) for x in without.present.mean(axis=0)),
+        concept_rates_with=tuple(float(x) for x in with_.present.mean(axis=0)),
+        delta_e_absent=pixels[0], n_absent=pixels[1], delta_e_outside=pixels[2], n_outside=pixels[3],
     )
 
 
@@ -295,6 +321,7 @@ def evaluate_pairs(
     renderer = renderer or Renderer(components, settings, runtime, progress, total=len(jobs) * seeds,
                                     desc="Evaluating negatives")
     readings: dict[tuple[str, str, tuple], Reading] = {}
+    regions: dict[str, Regions] = {}
     results = []
     try:
         for pair in pairs:
@@ -304,8 +331,13 @@ def evaluate_pairs(
                 if (prompt, negative, options) not in readings:
                     readings[(prompt, negative, options)] = read_images(
                         renderer.images(prompt, negative, seeds, options), detector)
+            without = renderer.images(pair.prompt, "", seeds)
+            regions.setdefault(pair.prompt, Regions(without, detector))
+            pixels = pixel_collateral(without, renderer.images(pair.prompt, pair.negative, seeds, method.options),
+                                      readings[keys[0]], (pair.concept,), regions[pair.prompt])
             results.append(summarize_pair(pair, readings[keys[0]], readings[keys[1]], settings, timer.lap(), method,
-                                          renderer.cost_per_image(pair.prompt, pair.negative, seeds, method.options)))
+                                          renderer.cost_per_image(pair.prompt, pair.negative, seeds, method.options),
+                                          pixels))
     finally:
         if own:
             renderer.close()
@@ -377,15 +409,17 @@ def markdown_table(results: Sequence[PairResult]) -> str:
     """The negatives table, one row per pair."""
     lines = [
         "| prompt | negative | concept | rate without | rate with | suppression | fidelity measure "
-        "| fidelity without | fidelity with | speckle without | speckle with | flags |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| fidelity without | fidelity with | speckle without | speckle with | collateral (a) "
+        "| Delta E absent (images) | Delta E outside (images) | flags |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         flags = "; ".join(f.split(":")[0] for f in r.flags)
         lines.append(
             f"| {_cell(r.prompt)} | {_cell(r.negative)} | {r.concept} | {r.rate_without:.2f} | {r.rate_with:.2f} "
             f"| {fmt(r.suppression)} | {r.fidelity_measure} | {r.fidelity_without:.2f} | {r.fidelity_with:.2f} "
-            f"| {r.speckle_without:.2f} | {r.speckle_with:.2f} | {flags} |"
+            f"| {r.speckle_without:.2f} | {r.speckle_with:.2f} | {fmt(r.collateral_rates, 3)} "
+            f"| {fmt(r.delta_e_absent, 1)} ({r.n_absent}) | {fmt(r.delta_e_outside, 1)} ({r.n_outside}) | {flags} |"
         )
     return "\n".join(lines)
 
@@ -410,12 +444,23 @@ def summary_lines(results: Sequence[PairResult]) -> list[str]:
         lines.append(f"Worst fidelity drop: **{worst.fidelity_drop:+.2f}** ({worst.fidelity_measure} "
                      f"{worst.fidelity_without:.2f} -> {worst.fidelity_with:.2f}) for \"{worst.prompt}\" with negative "
                      f"\"{worst.negative}\".")
+    collateral = [r.collateral_rates for r in results if r.collateral_rates is not None]
+    if collateral:
+        lines.append(f"Mean collateral (a): **{np.mean(collateral):.3f}** (the mean absolute change of the rate of "
+                     "every concept the negative neither names nor implies); mean Delta E outside the concept's region: "
+                     f"**{_mean_of([r.delta_e_outside for r in results])}**, where the concept is absent: "
+                     f"**{_mean_of([r.delta_e_absent for r in results])}**.")
     rare = [r for r in results if r.flags]
     if rare:
         lines.append("Flagged: " + "; ".join(f"\"{r.prompt}\" / \"{r.negative}\" ({r.flags[0].split(':')[0]}, "
                                              f"{r.concept} in {r.rate_without:.0%} without the negative)"
                                              for r in rare) + ".")
     return lines
+
+
+def _mean_of(values: Sequence[float | None]) -> str:
+    kept = [v for v in values if v is not None]
+    return f"{np.mean(kept):.1f}" if kept else "n/a"
 
 
 def negatives_page(results: Sequence[PairResult], info: RunInfo, figure: str | None = "negatives.png",
@@ -448,6 +493,11 @@ def negatives_page(results: Sequence[PairResult], info: RunInfo, figure: str | N
         "- **speckle**: share of images whose high-frequency energy (the median pixel's squared difference from "
         "a 3x3 blur) is above the 99th percentile of the world's own renders (so about 0.01 for world renders; "
         "grain of sigma 8/255 is flagged in 99% of images).",
+        "- **collateral (a)**: the mean, over every concept that the negative's concept neither is nor implies "
+        "(`avert.world.ties`), of the absolute change of its detection rate; **Delta E**: the mean CIE76 colour "
+        "difference per pixel between the images without and with the negative (same seed), over the whole image "
+        "where the concept is absent and outside the concept's region (found by occlusion) where it is present; "
+        "about 2.3 is just noticeable ([compose.md](compose.md) measures both for several negatives).",
         f"- **flags**: *rare* when the concept is in fewer than {MIN_BASE_RATE:.0%} of images without the negative "
         "(suppression then rests on few images); *undefined* when it is in none.",
         "",

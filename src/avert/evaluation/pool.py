@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 
+import numpy as np
+
 from avert.errors import AvertError
 from avert.evaluation.negatives import PairResult, pair_flags, suppression
 
@@ -23,7 +25,8 @@ POOLED_MEANS = ("rate_without", "rate_with", "fidelity_without", "fidelity_with"
                 "well_formed_with", "speckle_without", "speckle_with", "unet_evals_per_image", "seconds_per_image")
 # What must agree for two runs to be one measurement.
 SAME_SETTINGS = ("concept", "prompt_concepts", "fidelity_measure", "cfg_scale", "steps", "sampler")
-TUPLES = ("prompt_concepts", "flags", "seeds_with_concept_without", "seeds_with_concept_with")
+TUPLES = ("prompt_concepts", "flags", "seeds_with_concept_without", "seeds_with_concept_with", "concept_rates_without",
+          "concept_rates_with")
 
 
 def rows_from_json(text: str, source: str = "JSON") -> list[PairResult]:
@@ -43,7 +46,8 @@ def rows_from_json(text: str, source: str = "JSON") -> list[PairResult]:
         except TypeError as exc:
             raise AvertError(f"{source}: row {i} is not an evaluation row ({exc})") from None
         bad = [f for f in (*POOLED_MEANS, "n_seeds", "first_seed") if not _number(values.get(f, 0))]
-        bad += [f for f in TUPLES[2:] if not all(isinstance(s, int) for s in values.get(f, ()))]
+        bad += [f for f in TUPLES[2:4] if not all(isinstance(s, int) for s in values.get(f, ()))]
+        bad += [f for f in TUPLES[4:] if not all(_number(x) for x in values.get(f, ()))]
         if bad or not values.get("n_seeds", 0) > 0:
             raise AvertError(f"{source}: row {i} has a bad value in {', '.join(bad) or 'n_seeds'} "
                              "(numbers, a positive n_seeds and lists of integer seeds are expected)")
@@ -92,11 +96,27 @@ def _pool(key: tuple[str, str, str], runs: list[PairResult]) -> PairResult:
     n = sum(r.n_seeds for r in runs)
     means = {f: sum(getattr(r, f) * r.n_seeds for r in runs) / n for f in POOLED_MEANS}
     return replace(
-        first, **means, n_seeds=n, seconds=round(sum(r.seconds for r in runs), 3),
+        first, **means, **_pooled_collateral(runs), n_seeds=n, seconds=round(sum(r.seconds for r in runs), 3),
         suppression=suppression(means["rate_without"], means["rate_with"]), flags=pair_flags(means["rate_without"]),
         seeds_with_concept_without=tuple(s for r in runs for s in r.seeds_with_concept_without),
         seeds_with_concept_with=tuple(s for r in runs for s in r.seeds_with_concept_with),
     )
+
+
+def _pooled_collateral(runs: list[PairResult]) -> dict:
+    """Every concept's rates, weighted by seeds (none where a run lacks them), and each Delta E weighted by its
+    images."""
+    out: dict = {}
+    n = sum(r.n_seeds for r in runs)
+    for name in ("concept_rates_without", "concept_rates_with"):
+        have = all(getattr(r, name) for r in runs)
+        out[name] = tuple(np.sum([np.asarray(getattr(r, name)) * r.n_seeds for r in runs], axis=0) / n) if have else ()
+    for value, count in (("delta_e_absent", "n_absent"), ("delta_e_outside", "n_outside")):
+        parts = [(getattr(r, value), getattr(r, count)) for r in runs if getattr(r, value) is not None]
+        images = sum(c for _, c in parts)
+        out[value] = sum(v * c for v, c in parts) / images if images else None
+        out[count] = images
+    return {k: (tuple(float(x) for x in v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
 
 def by_method(rows: Sequence[PairResult]) -> dict[str, list[PairResult]]:

@@ -139,7 +139,8 @@ class Guidance:
     three-branch formula at w_n = w - 1; its negative scale is not free. apg
     takes the same e_u as cfg and guides on denoised predictions (`projection` holds its options;
     `prediction_type` says what the model outputs, as in the scheduler config); it needs the sample x and a
-    per-run memory for its momentum.
+    per-run memory for its momentum. Several active negatives add up by `rule` (`avert.guidance.compose`): every
+    sum above becomes the rule's push of the same contributions (e_u = e_0 + P for cfg and apg).
     """
 
     scale: float
@@ -152,6 +153,7 @@ class Guidance:
     projection: Projection = Projection()
     prediction_type: str = "epsilon"
     posterior: Posterior = Posterior()
+    rule: str = "sum"  # how several active negatives add up (`avert.guidance.compose.RULES`)
 
     @property
     def w_n(self) -> float:
@@ -184,7 +186,7 @@ class Guidance:
             return prompts
         active = self.active_negatives(ctx)
         weights = sum(self.negatives[i].weight for i in active)
-        needs_empty = not self.cfg_branches or not active or weights != 1.0
+        needs_empty = not self.cfg_branches or not active or weights != 1.0 or (len(active) > 1 and self.rule != "sum")
         return tuple(negative_branch(i) for i in active) + ((EMPTY,) if needs_empty else ()) + prompts
 
     def combine(self, predictions: Mapping[Branch, torch.Tensor], ctx: StepContext, x: torch.Tensor | None = None,
@@ -199,7 +201,8 @@ class Guidance:
         weights = [self.negatives[i].weight for i in active]
         empty = predictions.get(EMPTY)
         if self.cfg_branches:
-            uncond = f.unconditional(empty, negatives, weights)
+            direction = None if empty is None else f.prompt_direction(prompts, self.prompt_weights, empty)
+            uncond = f.unconditional(empty, negatives, weights, self.rule, direction)
             guided = (self._apg(prompts, uncond, ctx, x, memory) if self.method == "apg"
                       else f.composable_cfg(prompts, self.prompt_weights, uncond, self.scale))
         else:  # three branches: cfg at its own negative scale, posterior and gated (per-sample weights), perp-neg,
@@ -210,7 +213,7 @@ class Guidance:
                 presence = self._posterior(empty, dict(zip(active, negatives)), ctx, x, memory, evidence)
                 weights = [l * presence[i] for l, i in zip(weights, active)]
             combine = f.separate_scales if self.method in ("cfg",) + TRACKED else METHODS[self.method]
-            guided = combine(empty, direction, negatives, weights, self.scale, self.w_n)
+            guided = combine(empty, direction, negatives, weights, self.scale, self.w_n, self.rule)
         return f.rescale(guided, prompts[0], self.rescale)
 
     def _posterior(self, empty: torch.Tensor, negatives: dict[int, torch.Tensor], ctx: StepContext,

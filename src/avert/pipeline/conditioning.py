@@ -14,12 +14,14 @@ import torch
 from avert.conditioning.embeddings import EmbeddingLibrary
 from avert.conditioning.encode import EncodeOptions, TextEncoding
 from avert.conditioning.prompt import ScheduledStates, condition_prompt, encode_prompts
+from avert.guidance.compose import default_rule
 from avert.guidance.strategy import (EMPTY, Branch, Guidance, Interval, Posterior, Projection, Term,
                                      negative_branch, prompt_branch)
 from avert.models.components import Components
 from avert.pipeline.runtime import Runtime
 from avert.prompts.parse import ParsedPrompt, parse_prompt
 from avert.request import GenerationRequest
+from avert.schema import FALLBACK_GUIDANCE
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ def condition(request: GenerationRequest, components: Components, runtime: Runti
               embeddings: EmbeddingLibrary = EmbeddingLibrary()) -> RequestConditioning:
     """Parse, encode (each distinct text once, cached) and assemble the branches of `request`."""
     prompt = parse_prompt(request.prompt, request.steps)
-    negatives = tuple(parse_prompt(n.text, request.steps) for n in request.all_negatives())
+    negatives = tuple(parse_prompt(n.text, request.steps) for n in request.guided_negatives())
     encoding = TextEncoding(components.text_encoder, components.tokenizer, embeddings,
                             EncodeOptions(request.clip_skip, request.emphasis), runtime.device)
     encoded = encode_prompts(encoding, (prompt,) + negatives)
@@ -47,7 +49,7 @@ def condition(request: GenerationRequest, components: Components, runtime: Runti
     for k, part in enumerate(prompt_parts):
         branches[prompt_branch(k)] = part.states
     terms = []
-    for negative, parsed in zip(request.all_negatives(), negatives):
+    for negative, parsed in zip(request.guided_negatives(), negatives):
         for part in condition_prompt(parsed, encoded):
             branches[negative_branch(len(terms))] = part.states
             terms.append(Term(negative.weight * part.weight, negative.start, negative.end))
@@ -57,9 +59,17 @@ def condition(request: GenerationRequest, components: Components, runtime: Runti
         rescale=request.guidance_rescale, interval=interval(request),
         projection=Projection(request.apg_eta, request.apg_norm_threshold, request.apg_momentum),
         posterior=Posterior(request.posterior_prior, request.posterior_temperature, request.posterior_p_max),
-        prediction_type=components.scheduler_config.get("prediction_type", "epsilon"),
+        prediction_type=components.scheduler_config.get("prediction_type", "epsilon"), rule=rule(request),
     )
     return RequestConditioning(branches, empty, guidance, prompt, negatives)
+
+
+def rule(request: GenerationRequest) -> str:
+    """How the guidance adds up several negatives: the request's rule (one text when joined: any rule), else the
+    method's own."""
+    if request.negatives_rule == "joined":
+        return "sum"
+    return request.negatives_rule or default_rule(request.guidance or FALLBACK_GUIDANCE)
 
 
 def interval(request: GenerationRequest) -> Interval:

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from avert.conditioning.embeddings import EmbeddingLibrary
+from avert.guidance.compose import default_rule
 from avert.guidance.denoiser import Denoiser
 from avert.init_image import InitImage
 from avert.models.components import Components
@@ -152,10 +153,13 @@ def request_work(request: GenerationRequest, components: Components) -> work.Wor
 
 def resolve(request: GenerationRequest, components: Components) -> GenerationRequest:
     """Fill what the request leaves to the model or to chance: the seed, the model's native size, and the
-    model's guidance method (`Components.default_guidance`: cfg unless the model's folder names another)."""
+    model's guidance method (`Components.default_guidance`: cfg unless the model's folder names another) and its
+    rule for several negatives (`avert.guidance.compose.default_rule`)."""
     guidance = request.guidance if request.guidance is not None else components.default_guidance
     width, height = default_size(request, components)
-    return request.replace(seed=resolve_seed(request.seed), width=width, height=height, guidance=guidance)
+    rule = request.negatives_rule or default_rule(guidance)
+    return request.replace(seed=resolve_seed(request.seed), width=width, height=height, guidance=guidance,
+                           negatives_rule=rule)
 
 
 def default_size(request: GenerationRequest, components: Components) -> tuple[int, int]:

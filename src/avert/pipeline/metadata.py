@@ -39,6 +39,7 @@ def infotext(request: GenerationRequest, seed: int, model: ModelSource) -> str:
 EXTRA_KEYS = {
     "negative_scale": ("Negative scale", float),
     "guidance": ("Guidance", str),
+    "negatives_rule": ("Negatives rule", str),  # written only with several negatives
     "apg_eta": ("APG eta", float),
     "apg_norm_threshold": ("APG norm threshold", float),
     "apg_momentum": ("APG momentum", float),
@@ -174,8 +175,9 @@ def eta_params(request: GenerationRequest) -> tuple[tuple[str, object], ...]:
 def guidance_params(request: GenerationRequest) -> tuple[tuple[str, object], ...]:
     """The extra keys whose value differs from A1111's; "Guidance" is written for any method but cfg."""
     defaults = A1111_REQUEST
+    several = len(request.all_negatives()) > 1
     params = [(key, getattr(request, name)) for name, (key, _) in EXTRA_KEYS.items()
-              if getattr(request, name) != getattr(defaults, name)]
+              if getattr(request, name) != getattr(defaults, name) and (several or name != "negatives_rule")]
     if request.negatives:
         negatives = [dataclasses.asdict(n) for n in request.all_negatives()]
         params.append((NEGATIVES_KEY, json.dumps(negatives, ensure_ascii=False)))

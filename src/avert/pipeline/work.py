@@ -64,7 +64,7 @@ def branches(request: GenerationRequest, method: str) -> int:
     the prompt's AND parts, plus the empty prompt alone without negatives; with negatives, each negative's AND
     parts, plus the empty prompt unless plain cfg (or apg) has one negative of weight 1 in one part."""
     prompt = len(split_and(request.prompt))
-    negatives = request.all_negatives()
+    negatives = request.guided_negatives()
     if not negatives:
         return prompt + 1
     weights = [n.weight * part.weight for n in negatives for part in split_and(n.text)]

@@ -52,7 +52,12 @@ async function init() {
     $("model").add(new Option(name, name, false, name === models.default));
   }
   for (const param of schema.params) {
-    if (param.name === "sampler" || param.name === "resize_mode") {
+    if (param.name === "negatives_rule") {
+      $("negatives_rule").add(new Option("the method's default", "", false, true));
+      for (const choice of param.choices) $("negatives_rule").add(new Option(choice, choice));
+      $("negatives_rule").title = `${param.help}; ${param.allowed}`;
+      $("rule-label").hidden = false;
+    } else if (param.name === "sampler" || param.name === "resize_mode") {
       for (const choice of param.choices) $(param.name).add(new Option(choice, choice, false, choice === param.default));
     } else if (SETTINGS.includes(param.name) || param.name === "strength") {
       const input = $(param.name);
@@ -102,6 +107,7 @@ function withNegatives(body) {
   const list = negatives();
   if (supportsWeights()) body.negatives = list.map((n) => ({text: n.text, weight: n.weight}));
   else body.negative_prompt = list.map((n) => n.text).join(", ");
+  if (supportsWeights() && list.length > 1 && $("negatives_rule").value) body.negatives_rule = $("negatives_rule").value;
   return body;
 }
 
