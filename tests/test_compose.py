@@ -244,10 +244,12 @@ def test_eval_compose_rows_on_the_embedded_model():
     assert [m.label for m in methods] == ["cfg, sum", "gated, joined", "gated, strongest-protect (default)"]
     from avert.evaluation.common import Settings
 
-    rows = com.evaluate_compose([case], load_components(EMBEDDED_MODEL), 2, methods[::2], (1, 2), Settings(steps=5),
-                                progress=False)
-    assert [(r.k, r.method) for r in rows] == [(1, "cfg, sum"), (2, "cfg, sum"), (1, methods[2].label),
-                                               (2, methods[2].label)]
+    standing = com.Case("a red house on a hill", ("boat", "sepia"), ("house", "red house"), standing=True)
+    rows = com.evaluate_compose([case, standing], load_components(EMBEDDED_MODEL), 2, methods[::2], (1, 2),
+                                Settings(steps=5), progress=False)
+    assert [(r.k, r.method) for r in rows[:4]] == [(1, "cfg, sum"), (2, "cfg, sum"), (1, methods[2].label),
+                                                   (2, methods[2].label)]
+    assert all(r.fidelity_alone is None and r.worst_ratio is None for r in rows[4:])  # standing: not rendered alone
     one, two = rows[2], rows[3]
     assert one.suppressions == one.suppressions_alone and two.concepts == ("mountain", "sun")
     assert two.suppressions[0] == com.suppression(two.rates_without[0], two.rates_with[0])

@@ -181,4 +181,5 @@ def _row(case: Case, k: int, method: Method, without: np.ndarray, reading: Readi
                       tuple(suppression(a, b) for a, b in zip(r0, r1)),
                       tuple(suppression(a, b) for a, b in zip(r0, ra)),
                       reading.mean_rate(case.prompt_concepts), with_.mean_rate(case.prompt_concepts),
-                      min((alone[t].mean_rate(case.prompt_concepts) for t in texts), default=None), collateral, *pixels, n_seeds=len(images))
+                      min((alone[t].mean_rate(case.prompt_concepts) for t in texts if t in alone), default=None),
+                      collateral, *pixels, n_seeds=len(images))
