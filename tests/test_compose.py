@@ -63,7 +63,7 @@ def test_one_contribution_is_itself_and_none_is_zero(rule):
 
 
 def test_rules_work_per_sample():
-    batch = [torch.cat([A, B]), torch.cat([B, B])]
+    batch = [torch.cat([A, B]), torch.cat([B, 3 * A])]  # the longer negative differs between the samples
     direction = torch.cat([B, A])
     for rule in ("cap", "orthogonal", "protect"):
         both = c.compose(batch, rule, direction)
@@ -81,6 +81,9 @@ def test_protect_caps_the_part_along_the_prompt_at_the_largest_single_part():
     strongest = c.compose([c1, c2], "strongest-protect", d_c)  # strongest gives (3, 1); along 3 <= 3: kept
     assert torch.allclose(strongest, torch.tensor([[3.0, 1.0]]))
     assert torch.equal(c.compose([c1, c2], "protect", torch.zeros_like(d_c)), c1 + c2)  # no direction: the sum
+    assert torch.equal(c.compose([c1, c2], "protect", torch.full_like(d_c, 1e-30)), c1 + c2)  # |d_c| underflows
+    small = [torch.tensor([[0.2, 0.0]]), torch.tensor([[0.3, 1.0]])]  # along 0.5, the largest single part 0.3
+    assert torch.allclose(c.compose(small, "protect", d_c), torch.tensor([[0.3, 1.0]]))
     with pytest.raises(ValueError, match="direction"):
         c.compose([c1, c2], "protect")
 
@@ -192,7 +195,7 @@ def test_joined_refuses_weights_and_windows_by_name():
 # --- the measure (avert eval compose) -----------------------------------------------------------------------
 
 def test_lab_and_delta_e_match_the_published_values():
-    from avert.evaluation.compose import delta_e, lab
+    from avert.evaluation.collateral import delta_e, lab
 
     rgb = np.array([[255, 255, 255], [0, 0, 0], [255, 0, 0], [0, 0, 255]], dtype=np.uint8)
     expected = np.array([[100.0, 0.0, 0.0], [0.0, 0.0, 0.0], [53.24, 80.09, 67.20], [32.30, 79.19, -107.86]])
@@ -213,7 +216,7 @@ def test_ties_imply_the_worlds_rules_and_unrelated_leaves_them_out():
 
 def test_pixel_collateral_splits_absent_from_outside_the_region():
     from avert.evaluation.common import reading_from
-    from avert.evaluation.compose import pixel_collateral
+    from avert.evaluation.collateral import pixel_collateral
     from avert.world import CONCEPT_INDEX, CONCEPTS
 
     without = np.zeros((2, 4, 4, 3), np.uint8)

@@ -109,7 +109,8 @@ PARAMS: tuple[Param, ...] = (
     Param("batch_size", int, 1, "number of images, seeds seed .. seed + n - 1", "--batch-size", "-b",
           low=lambda l: 1, high=lambda l: l.max_batch_size),
     Param("negative_scale", float, None, "strength of the negatives apart from the prompt's; when it differs "
-          "from cfg_scale: e = e_0 + w (e_c - e_0) - w_n sum_i l_i (e_ni - e_0)",
+          "from cfg_scale: e = e_0 + w (e_c - e_0) - w_n P, P the negatives' push (one negative: l (e_n - e_0); several: "
+          "see negatives_rule)",
           "--negative-scale", low=lambda l: 0.0, high=lambda l: l.max_cfg_scale, unset="the same as cfg_scale"),
     Param("guidance", str, None, "how the negatives steer: cfg, apg (adaptive projected guidance, Sadat et al. "
           "2025, on denoised predictions), perp-neg (Armandpour et al. 2023), dynamic (strength follows the "

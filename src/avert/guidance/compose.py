@@ -43,22 +43,23 @@ def capped(contributions: Sequence[torch.Tensor]) -> torch.Tensor:
     total = sum(contributions)
     longest = torch.stack([_norm(c) for c in contributions]).amax(dim=0)
     length = _norm(total)
-    return total * torch.where(length > longest, longest / length.clamp_min(torch.finfo(total.dtype).tiny),
-                               torch.ones_like(length))
+    return total * torch.where(length > longest, longest / length, torch.ones_like(length))  # length > 0 there
 
 
 def orthogonal(contributions: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Gram-Schmidt in order of decreasing length: P = sum_i c_i', with c_i' the part of c_i orthogonal to every
-    longer c_j' (per sample). What the negatives share is counted once, in the longest of them, and each adds
-    only what is its own; the order of the negatives in the request does not matter (ties keep request order).
-    As Perp-Neg (Armandpour et al. 2023, eq. 9) takes from each negative the part orthogonal to the prompt,
-    this takes from each the part orthogonal to the others."""
+    """Gram-Schmidt in order of decreasing length, per sample: P = sum_i c_i', with c_i' the part of c_i
+    orthogonal to every longer c_j'. What the negatives share is counted once, in the longest of them, and each
+    adds only what is its own; the order of the negatives in the request does not matter (ties keep request
+    order). As Perp-Neg (Armandpour et al. 2023, eq. 9) takes from each negative the part orthogonal to the
+    prompt, this takes from each the part orthogonal to the others."""
     from avert.guidance.cfg import perpendicular
 
-    order = sorted(range(len(contributions)), key=lambda i: -float(_norm(contributions[i]).sum()))
+    stacked = torch.stack(list(contributions))  # [k, batch, ...]
+    lengths = stacked.flatten(2).norm(dim=2)  # [k, batch]
+    order = torch.sort(lengths, dim=0, descending=True, stable=True).indices
+    ordered = stacked.gather(0, order.view(*order.shape, *([1] * (stacked.ndim - 2))).expand_as(stacked))
     basis: list[torch.Tensor] = []
-    for i in order:
-        c = contributions[i]
+    for c in ordered:
         for b in basis:
             c = perpendicular(c, b)
         basis.append(c)
@@ -76,16 +77,16 @@ def strongest(contributions: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def protected(push: torch.Tensor, contributions: Sequence[torch.Tensor], direction: torch.Tensor) -> torch.Tensor:
     """The push with its part against the prompt no larger than the largest single contribution's, per sample:
-    with u = d_c / |d_c| and a_i = <c_i, u>, P' = P - <P, u> u + min(<P, u>, max(max_i a_i, 0)) u. Each
-    negative's part orthogonal to the prompt's direction d_c is kept whole; along d_c, the negatives together
-    push the prompt's subject away no harder than the strongest of them alone would (where d_c is 0, P).
+    with u = d_c / |d_c| and a_i = <c_i, u>, P' = P - <P, u> u + min(<P, u>, max_i a_i) u. Each negative's part
+    orthogonal to the prompt's direction d_c is kept whole; along d_c, the negatives together push the prompt's
+    subject away no harder than the strongest of them alone would (where |d_c| is 0, also by underflow: P).
     After Perp-Neg (Armandpour et al. 2023), which removes the part along d_c altogether."""
     length = _norm(direction)
     unit = torch.where(length > 0, direction / length.clamp_min(torch.finfo(direction.dtype).tiny),
                        torch.zeros_like(direction))
     along = (push * unit).flatten(1).sum(1).view_as(length)
     single = torch.stack([(c * unit).flatten(1).sum(1).view_as(length) for c in contributions]).amax(dim=0)
-    return push + (torch.minimum(along, single.clamp_min(0.0)) - along) * unit
+    return push + (torch.minimum(along, single) - along) * unit
 
 
 # The rule a request without `negatives_rule` gets, per guidance method (screened in docs/eval/compose.md).
