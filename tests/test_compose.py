@@ -88,9 +88,24 @@ def test_protect_caps_the_part_along_the_prompt_at_the_largest_single_part():
         c.compose([c1, c2], "protect")
 
 
+def test_orthogonal_keeps_request_order_between_negatives_of_equal_length():
+    first, second = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.6, 0.8]])  # both of length 1
+    assert torch.allclose(c.compose([first, second], "orthogonal"), torch.tensor([[1.0, 0.8]]))
+    assert torch.allclose(c.compose([second, first], "orthogonal"), torch.tensor([[1.24, 0.32]]))
+
+
 def test_an_unknown_rule_names_the_rules():
-    with pytest.raises(ValueError, match="strongest"):
-        c.compose([A, B], "max")
+    for rule in ("max", "mean-protect", "joined"):  # joined is the request's, never a tensor rule
+        with pytest.raises(ValueError, match="must be one of sum, mean, cap, orthogonal, strongest, protect, "
+                                             "strongest-protect$"):
+            c.compose([A, B], rule, A)
+
+
+def test_the_formulas_default_to_the_sum():
+    d_c, args = E_C - E_0, ([N1, N2], [1.0, 0.5], 7.0, 5.0)
+    assert torch.equal(f.separate_scales(E_0, d_c, *args), f.separate_scales(E_0, d_c, *args, "sum"))
+    assert torch.equal(f.dynamic_negative(E_0, d_c, *args), f.dynamic_negative(E_0, d_c, *args, "sum"))
+    assert torch.equal(f.perp_neg(E_0, d_c, *args), f.perp_neg(E_0, d_c, *args, "sum"))
 
 
 # --- inside the guidance ------------------------------------------------------------------------------------
@@ -133,6 +148,15 @@ def test_the_sum_rule_is_the_old_arithmetic_bit_for_bit():
 def test_one_negative_at_weight_one_needs_no_empty_prompt_under_any_rule():
     for rule in c.RULES:
         assert Guidance(7.0, rule=rule).branches(CTX) == (negative_branch(0), prompt_branch(0))
+    halves = (Term(0.5), Term(0.5))  # weights summing to 1: the sum needs no e_0, another rule does
+    assert EMPTY not in Guidance(7.0, negatives=halves).branches(CTX)
+    assert EMPTY in Guidance(7.0, negatives=halves, rule="mean").branches(CTX)
+
+
+def test_one_negative_of_another_weight_is_the_sums_arithmetic_bit_for_bit_under_any_rule():
+    sums = Guidance(7.0, negatives=(Term(0.5),)).combine(predictions(N1), CTX)
+    for rule in c.RULES:
+        assert torch.equal(Guidance(7.0, negatives=(Term(0.5),), rule=rule).combine(predictions(N1), CTX), sums)
 
 
 # --- requests ------------------------------------------------------------------------------------------------

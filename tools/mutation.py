@@ -44,6 +44,8 @@ GROUPS = {  # group -> (paths to mutate, the tests that cover them)
 # Survivors examined and found equivalent: (mutant name prefix, text of its changed line, why no test can tell).
 # Matched on the changed line rather than mutmut's number, which shifts when a function changes.
 EQUIVALENT = [
+    ('avert.guidance.compose.x_capped', 'torch.where(length >= longest, longest / length',
+     "where the sum is exactly as long as the longest part the factor longest / length is 1, as in the other branch"),
     ('avert.sampling.eta.xǁKDPM2AncestralEtaǁset_timesteps', 't_interpol.to(self.timesteps.device, dtype=None)',
      "diffusers' _sigma_to_t returns float32 values, the timesteps' own dtype"),
     ('avert.sampling.eta.xǁKDPM2AncestralEtaǁset_timesteps', 't_interpol.to(self.timesteps.device, )',

@@ -95,8 +95,8 @@ DEFAULT_RULES: dict[str, str] = {m: "strongest-protect" for m in ("cfg", "apg", 
 
 
 def default_rule(method: str) -> str:
-    """The rule of a method when the request names none (`DEFAULT_RULES`, else the sum)."""
-    return DEFAULT_RULES.get(method, "sum")
+    """The rule of a method (one of `avert.schema.GUIDANCE_METHODS`) when the request names none."""
+    return DEFAULT_RULES[method]
 
 
 COMPOSE = {"sum": summed, "mean": mean, "cap": capped, "orthogonal": orthogonal, "strongest": strongest}
