@@ -153,6 +153,19 @@ def test_one_negative_at_weight_one_needs_no_empty_prompt_under_any_rule():
     assert EMPTY in Guidance(7.0, negatives=halves, rule="mean").branches(CTX)
 
 
+def test_the_and_parts_of_one_negative_add_up_before_the_rule():
+    halves = (Term(0.5, group=0), Term(0.5, group=0))  # "blue tree :0.5 AND blue tree :0.5": one negative
+    assert EMPTY not in Guidance(7.0, negatives=halves, rule="strongest").branches(CTX)
+    whole = Guidance(7.0, negatives=(Term(),)).combine(predictions(N1), CTX)
+    for rule in c.RULES:
+        mixed = Guidance(7.0, negatives=halves, rule=rule).combine(predictions(N1, N1), CTX)
+        assert torch.allclose(mixed, whole, atol=1e-5), rule
+    two = (Term(0.5, group=0), Term(0.5, group=0), Term(group=1))  # two negatives, the first of two parts
+    got = Guidance(7.0, negatives=two, rule="strongest").combine(predictions(N1, N2, N2), CTX)
+    expected = f.cfg(E_C, E_0 + c.strongest([0.5 * (N1 - E_0) + 0.5 * (N2 - E_0), N2 - E_0]), 7.0)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
 def test_one_negative_of_another_weight_is_the_sums_arithmetic_bit_for_bit_under_any_rule():
     sums = Guidance(7.0, negatives=(Term(0.5),)).combine(predictions(N1), CTX)
     for rule in c.RULES:

@@ -37,20 +37,22 @@ def composable_cfg(prompts: Sequence[torch.Tensor], weights: Sequence[float], un
 
 
 def unconditional(empty: torch.Tensor | None, negatives: Sequence[torch.Tensor],
-                  weights: Sequence[float], rule: str = "sum", direction: torch.Tensor | None = None) -> torch.Tensor:
+                  weights: Sequence[float], rule: str = "sum", direction: torch.Tensor | None = None,
+                  groups: Sequence[int] | None = None) -> torch.Tensor:
     """The unconditional branch made of several weighted negatives: e_u = (1 - sum l_i) e_0 + sum l_i e_ni,
     i.e. e_0 + P with P = sum_i l_i (e_ni - e_0); under another `rule` (`avert.guidance.compose`),
     e_u = e_0 + P(l_i (e_ni - e_0)).
 
     One negative of weight 1 gives e_n itself (plain CFG); no active negative gives e_0; `empty` may be None
-    only when the weights sum to 1 and the rule is the sum; `direction` is the prompt's d_c (rules that protect it).
+    only when the weights sum to 1 and the rule is the sum; `direction` is the prompt's d_c (rules that protect it),
+    `groups` which negatives are AND parts of one (`compose.compose`).
     """
     if len(negatives) == 1 and weights[0] == 1.0:
         return negatives[0]
     if not negatives:
         return empty
-    if rule != "sum" and len(negatives) > 1:
-        return empty + compose([l * (e - empty) for l, e in zip(weights, negatives)], rule, direction)
+    if rule != "sum" and len(set(groups if groups is not None else range(len(negatives)))) > 1:
+        return empty + compose([l * (e - empty) for l, e in zip(weights, negatives)], rule, direction, groups)
     mixed = sum(l * e for l, e in zip(weights, negatives))
     rest = 1.0 - sum(weights)
     return mixed if rest == 0.0 else rest * empty + mixed
@@ -63,11 +65,11 @@ def prompt_direction(prompts: Sequence[torch.Tensor], weights: Sequence[float], 
 
 def separate_scales(empty: torch.Tensor, direction: torch.Tensor, negatives: Sequence[torch.Tensor],
                     weights: Sequence[float | torch.Tensor], scale: float, negative_scale: float,
-                    rule: str = "sum") -> torch.Tensor:
+                    rule: str = "sum", groups: Sequence[int] | None = None) -> torch.Tensor:
     """Separate strengths for prompt and negatives (three branches):
     e = e_0 + w d_c - w_n sum_i l_i (e_ni - e_0), the sum replaced by `rule` (`avert.guidance.compose`).
     `weights` may be per-sample tensors [batch, 1, 1, 1]."""
-    pushed = compose([l * (e - empty) for l, e in zip(weights, negatives)], rule, direction)  # 0 without any
+    pushed = compose([l * (e - empty) for l, e in zip(weights, negatives)], rule, direction, groups)  # 0 without any
     return empty + scale * direction - negative_scale * pushed
 
 
@@ -81,12 +83,14 @@ def perpendicular(d: torch.Tensor, onto: torch.Tensor) -> torch.Tensor:
 
 
 def perp_neg(empty: torch.Tensor, direction: torch.Tensor, negatives: Sequence[torch.Tensor],
-             weights: Sequence[float], scale: float, negative_scale: float, rule: str = "sum") -> torch.Tensor:
+             weights: Sequence[float], scale: float, negative_scale: float, rule: str = "sum",
+             groups: Sequence[int] | None = None) -> torch.Tensor:
     """Perp-Neg (Armandpour et al., "Re-imagine the Negative Prompt Algorithm", 2023, eq. 9), per sample:
     d_i = e_ni - e_0, d_i_perp = d_i - (<d_i, d_c> / |d_c|^2) d_c, e = e_0 + w d_c - w_n sum_i l_i d_i_perp.
     Only the part of each negative that does not fight the prompt is removed. Several negatives add up by
     `rule` (`avert.guidance.compose`; the paper's sum by default)."""
-    pushed = compose([l * perpendicular(e - empty, direction) for l, e in zip(weights, negatives)], rule, direction)
+    pushed = compose([l * perpendicular(e - empty, direction) for l, e in zip(weights, negatives)], rule, direction,
+                     groups)
     return empty + scale * direction - negative_scale * pushed
 
 
@@ -106,14 +110,15 @@ def presence(direction: torch.Tensor, negative_direction: torch.Tensor) -> torch
 
 
 def dynamic_negative(empty: torch.Tensor, direction: torch.Tensor, negatives: Sequence[torch.Tensor],
-                     weights: Sequence[float], scale: float, negative_scale: float, rule: str = "sum") -> torch.Tensor:
+                     weights: Sequence[float], scale: float, negative_scale: float, rule: str = "sum",
+             groups: Sequence[int] | None = None) -> torch.Tensor:
     """Dynamic negative guidance after Koulischer et al. (ICLR 2025): the negative's strength follows the
     estimated presence of its concept, w_n,i(x_t) = w_n p_i(x_t) (see `presence`), so a negative switches
     itself off where its concept is absent: e = e_0 + w d_c - sum_i w_n p_i l_i (e_ni - e_0).
     Koulischer et al. track the posterior along the chain; avert estimates it at each step from the same
     predictions, without state."""
     scaled = [l * presence(direction, e - empty) for l, e in zip(weights, negatives)]
-    return separate_scales(empty, direction, negatives, scaled, scale, negative_scale, rule)
+    return separate_scales(empty, direction, negatives, scaled, scale, negative_scale, rule, groups)
 
 
 def bridge_mean(x: torch.Tensor, d: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:

@@ -102,10 +102,22 @@ def default_rule(method: str) -> str:
 COMPOSE = {"sum": summed, "mean": mean, "cap": capped, "orthogonal": orthogonal, "strongest": strongest}
 
 
-def compose(contributions: Sequence[torch.Tensor], rule: str,
-            direction: torch.Tensor | None = None) -> torch.Tensor | float:
+def grouped(contributions: Sequence[torch.Tensor], groups: Sequence[int]) -> list[torch.Tensor]:
+    """The contributions summed within each group (the AND parts of one negative: A1111's weighted mix of them is
+    one negative), in the order the groups first appear."""
+    sums: dict[int, torch.Tensor] = {}
+    for c, g in zip(contributions, groups):
+        sums[g] = sums[g] + c if g in sums else c
+    return list(sums.values())
+
+
+def compose(contributions: Sequence[torch.Tensor], rule: str, direction: torch.Tensor | None = None,
+            groups: Sequence[int] | None = None) -> torch.Tensor | float:
     """The push P of the contributions under `rule` (one of `RULES`); 0.0 without any, c_1 itself for one.
-    The "-protect" rules (and "protect", the protected sum) need the prompt's direction d_c (`protected`)."""
+    The "-protect" rules (and "protect", the protected sum) need the prompt's direction d_c (`protected`).
+    `groups` (one per contribution) says which come from one negative: they add up before the rule applies."""
+    if groups is not None and rule != "sum":
+        contributions = grouped(contributions, groups)
     if not contributions:
         return 0.0
     if len(contributions) == 1:

@@ -66,6 +66,7 @@ class Term:
     weight: float = 1.0
     start: float = 0.0
     end: float = 1.0
+    group: int | None = None  # the request negative it is an AND part of (None: its own); rules act between groups
 
     def active(self, fraction: float) -> bool:
         return self.start <= fraction < self.end  # fractions are below 1, so an end of 1 is the whole rest
@@ -174,6 +175,10 @@ class Guidance:
     def active_negatives(self, ctx: StepContext) -> tuple[int, ...]:
         return tuple(i for i, t in enumerate(self.negatives) if t.active(ctx.fraction) and t.weight != 0.0)
 
+    def groups(self, active: tuple[int, ...]) -> list[int]:
+        """The negative each active term belongs to (a term without a group is its own)."""
+        return [i if self.negatives[i].group is None else self.negatives[i].group for i in active]
+
     def guided(self, ctx: StepContext) -> bool:
         unit = self.scale * sum(self.prompt_weights) == 1.0 and len(self.prompt_weights) == 1
         if unit and (self.cfg_branches or self.w_n == 0.0):
@@ -186,7 +191,8 @@ class Guidance:
             return prompts
         active = self.active_negatives(ctx)
         weights = sum(self.negatives[i].weight for i in active)
-        needs_empty = not self.cfg_branches or not active or weights != 1.0 or (len(active) > 1 and self.rule != "sum")
+        several = len(set(self.groups(active))) > 1 and self.rule != "sum"
+        needs_empty = not self.cfg_branches or not active or weights != 1.0 or several
         return tuple(negative_branch(i) for i in active) + ((EMPTY,) if needs_empty else ()) + prompts
 
     def combine(self, predictions: Mapping[Branch, torch.Tensor], ctx: StepContext, x: torch.Tensor | None = None,
@@ -202,7 +208,7 @@ class Guidance:
         empty = predictions.get(EMPTY)
         if self.cfg_branches:
             direction = None if empty is None else f.prompt_direction(prompts, self.prompt_weights, empty)
-            uncond = f.unconditional(empty, negatives, weights, self.rule, direction)
+            uncond = f.unconditional(empty, negatives, weights, self.rule, direction, self.groups(active))
             guided = (self._apg(prompts, uncond, ctx, x, memory) if self.method == "apg"
                       else f.composable_cfg(prompts, self.prompt_weights, uncond, self.scale))
         else:  # three branches: cfg at its own negative scale, posterior and gated (per-sample weights), perp-neg,
@@ -213,7 +219,7 @@ class Guidance:
                 presence = self._posterior(empty, dict(zip(active, negatives)), ctx, x, memory, evidence)
                 weights = [l * presence[i] for l, i in zip(weights, active)]
             combine = f.separate_scales if self.method in ("cfg",) + TRACKED else METHODS[self.method]
-            guided = combine(empty, direction, negatives, weights, self.scale, self.w_n, self.rule)
+            guided = combine(empty, direction, negatives, weights, self.scale, self.w_n, self.rule, self.groups(active))
         return f.rescale(guided, prompts[0], self.rescale)
 
     def _posterior(self, empty: torch.Tensor, negatives: dict[int, torch.Tensor], ctx: StepContext,

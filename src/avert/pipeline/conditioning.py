@@ -49,10 +49,10 @@ def condition(request: GenerationRequest, components: Components, runtime: Runti
     for k, part in enumerate(prompt_parts):
         branches[prompt_branch(k)] = part.states
     terms = []
-    for negative, parsed in zip(request.guided_negatives(), negatives):
+    for group, (negative, parsed) in enumerate(zip(request.guided_negatives(), negatives)):
         for part in condition_prompt(parsed, encoded):
             branches[negative_branch(len(terms))] = part.states
-            terms.append(Term(negative.weight * part.weight, negative.start, negative.end))
+            terms.append(Term(negative.weight * part.weight, negative.start, negative.end, group))
     guidance = Guidance(
         scale=request.cfg_scale, method=request.guidance, negative_scale=request.negative_scale,
         prompt_weights=tuple(p.weight for p in prompt_parts), negatives=tuple(terms),
