@@ -207,6 +207,8 @@ def test_the_record_keeps_the_rule_and_every_negative(tiny):
     assert again.negatives_rule == "orthogonal" and [n.text for n in again.all_negatives()] == ["trees", "clouds"]
     assert np.array_equal(pixels(generate(again, tiny)), pixels(result))
     assert "Negatives rule" not in generate(BASE.replace(negative_prompt="trees"), tiny).images[0].infotext
+    older = text.replace(", Negatives rule: orthogonal", "")  # an image from before the rules: the sum made it
+    assert "Negatives rule" not in older and request_from_a1111(parse_parameters(older)).negatives_rule == "sum"
 
 
 def test_a_request_without_a_rule_gets_its_methods_default_and_records_it(tiny):

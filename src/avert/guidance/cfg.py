@@ -111,7 +111,7 @@ def presence(direction: torch.Tensor, negative_direction: torch.Tensor) -> torch
 
 def dynamic_negative(empty: torch.Tensor, direction: torch.Tensor, negatives: Sequence[torch.Tensor],
                      weights: Sequence[float], scale: float, negative_scale: float, rule: str = "sum",
-             groups: Sequence[int] | None = None) -> torch.Tensor:
+                     groups: Sequence[int] | None = None) -> torch.Tensor:
     """Dynamic negative guidance after Koulischer et al. (ICLR 2025): the negative's strength follows the
     estimated presence of its concept, w_n,i(x_t) = w_n p_i(x_t) (see `presence`), so a negative switches
     itself off where its concept is absent: e = e_0 + w d_c - sum_i w_n p_i l_i (e_ni - e_0).

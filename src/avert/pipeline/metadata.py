@@ -249,6 +249,7 @@ def _extra_fields(parsed: ParsedParameters) -> dict:
         except (ValueError, TypeError) as exc:
             raise AvertError(f"infotext: the Negatives parameter is not a readable list ({exc})") from None
         changes.update(negative_prompt="", negatives=negatives)
+        changes.setdefault("negatives_rule", "sum")  # written before the rules existed: the sum made the image
     return changes
 
 
