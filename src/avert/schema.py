@@ -79,7 +79,8 @@ def _size_param(name: str, short: str) -> Param:
 
 
 GUIDANCE_METHODS = ("cfg", "apg", "perp-neg", "dynamic", "posterior", "gated")
-NEGATIVE_RULES = ("sum", "mean", "cap", "orthogonal", "strongest", "protect", "strongest-protect", "joined")  # `avert.guidance.compose.RULES` + joined
+# `avert.guidance.compose.RULES` and joined
+NEGATIVE_RULES = ("sum", "mean", "cap", "orthogonal", "strongest", "protect", "strongest-protect", "joined")
 FALLBACK_GUIDANCE = "cfg"  # A1111's: the method of a model whose folder names none (`avert.models.defaults`)
 EMPHASIS_MODES = ("Original", "No norm")
 LATENT_UPSCALERS = {"Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True),  # A1111's latent modes
@@ -123,9 +124,10 @@ PARAMS: tuple[Param, ...] = (
     Param("negatives_rule", str, None, "how several negatives add up: sum (A1111's and diffusers' arithmetic: the "
           "push grows with their number), mean, cap (the sum no longer than its longest part), orthogonal (each "
           "adds only what the longer ones do not share, Gram-Schmidt), strongest (element-wise, the largest "
-          "negative wins), or joined (their texts as one comma-joined negative, A1111's single field); one "
-          "negative is the same under every rule", "--negatives", choices=NEGATIVE_RULES,
-          unset="the method's own (see avert.guidance.compose.DEFAULT_RULES)"),
+          "negative wins), protect and strongest-protect (the sum or strongest, pushing against the prompt no "
+          "harder than the strongest negative alone), or joined (their texts as one comma-joined negative, "
+          "A1111's single field); one negative is the same under every rule", "--negatives", choices=NEGATIVE_RULES,
+          unset="the method's own: strongest-protect for every method (avert.guidance.compose.DEFAULT_RULES)"),
     Param("apg_eta", float, 0.0, "apg: weight of the guidance update's part parallel to the prompt's denoised "
           "prediction (0 drops it, 1 keeps it as CFG does)", "--apg-eta", low=lambda l: -10.0, high=lambda l: 10.0),
     Param("apg_norm_threshold", float, 0.0, "apg: cap on the norm of the update D_c - D_u per image, in pixel or "

@@ -199,7 +199,7 @@ class PairResult:
     first_seed: int = 0  # the run's seeds are first_seed .. first_seed + n_seeds - 1
     seeds_with_concept_without: tuple[int, ...] = field(default=(), repr=False)
     seeds_with_concept_with: tuple[int, ...] = field(default=(), repr=False)
-    # collateral (`avert.evaluation.compose`): every concept's rate without / with, in `CONCEPTS` order, and the
+    # collateral (`avert.evaluation.collateral`): every concept's rate without / with, in `CONCEPTS` order, and the
     # mean CIE76 Delta E where the concept is absent / outside its region where present, with their image counts
     concept_rates_without: tuple[float, ...] = field(default=(), repr=False)
     concept_rates_with: tuple[float, ...] = field(default=(), repr=False)
@@ -251,7 +251,7 @@ def summarize_pair(pair: Pair, without: Reading, with_: Reading, settings: Setti
                    method: Method | None = None, cost: tuple[float, float] = (0.0, 0.0),
                    pixels: tuple = (None, 0, None, 0)) -> PairResult:
     """The table row of a pair from the readings of its images without and with the negative; `pixels` is
-    `avert.evaluation.compose.pixel_collateral` of its images."""
+    `avert.evaluation.collateral.pixel_collateral` of its images."""
     n = len(without.speckled)
     if len(with_.speckled) != n:
         raise ValueError(f"{n} images without the negative but {len(with_.speckled)} with it")
