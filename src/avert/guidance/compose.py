@@ -89,7 +89,7 @@ def protected(push: torch.Tensor, contributions: Sequence[torch.Tensor], directi
     return push + (torch.minimum(along, single) - along) * unit
 
 
-# The rule a request without `negatives_rule` gets, per guidance method (screened in docs/eval/compose.md).
+# The rule a request without `negatives_rule` gets, per guidance method (screened in docs/eval/compose-screen.md).
 DEFAULT_RULES: dict[str, str] = {m: "strongest-protect" for m in ("cfg", "apg", "perp-neg", "dynamic", "posterior",
                                                                    "gated")}
 
