@@ -207,7 +207,8 @@ class Guidance:
         weights = [self.negatives[i].weight for i in active]
         empty = predictions.get(EMPTY)
         if self.cfg_branches:
-            direction = None if empty is None else f.prompt_direction(prompts, self.prompt_weights, empty)
+            protects = self.rule.endswith("protect") and empty is not None  # only those rules read d_c
+            direction = f.prompt_direction(prompts, self.prompt_weights, empty) if protects else None
             uncond = f.unconditional(empty, negatives, weights, self.rule, direction, self.groups(active))
             guided = (self._apg(prompts, uncond, ctx, x, memory) if self.method == "apg"
                       else f.composable_cfg(prompts, self.prompt_weights, uncond, self.scale))
