@@ -7,6 +7,13 @@ import sys
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # Under `pytest -n 2` on 2 cores: one thread per worker (and per process it starts); two workers of 2 threads
+    # each oversubscribe the cores (measured: the suite took twice as long).
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402

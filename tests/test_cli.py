@@ -94,6 +94,18 @@ def test_compare_writes_one_labelled_grid(tiny_folder, tmp_path, capsys):
     assert grid.width > 3 * 256 and grid.height > 2 * 256  # 3 columns, 2 rows, upscaled cells
 
 
+def test_compare_with_map_adds_two_rows_per_seed_and_keeps_small_maps_in_the_record(tiny_folder, tmp_path, capsys):
+    args = ("compare", "a red house", "-n", "blue tree", "--model", tiny_folder, "--seed", 9, *FLAGS)
+    assert run(capsys, *args, "-o", tmp_path / "plain.png")[0] == 0
+    assert run(capsys, *args, "--map", "-o", tmp_path / "map.png")[0] == 0
+    plain, mapped = (Image.open(tmp_path / name) for name in ("plain.png", "map.png"))
+    assert mapped.height > 2 * plain.height  # 3 rows instead of 1
+    records = read_png_metadata(tmp_path / "map.png").record["compare"]
+    assert "negative_maps" not in records[0]
+    small = records[1]["negative_maps"][0]
+    assert small["negative"] == "blue tree" and small["peak"] > 0 and len(small["values"]) == 2 * small["size"][0] * small["size"][1]
+
+
 def test_compare_columns_equal_separate_generations(tiny_folder, tmp_path, capsys):
     from avert import api
     from avert.request import GenerationRequest

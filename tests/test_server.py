@@ -343,6 +343,23 @@ def test_compare_renders_the_same_seed_without_and_with_each_negative(client):
     assert weighted.json()["labels"] == ["No negative prompt", "Negative prompt: sun (weight 2)"]
 
 
+def test_compare_with_maps_adds_a_map_and_a_pixel_change_to_each_negatives_images(client):
+    body = {"prompt": "a day scene", "columns": ["sun"], "seed": 12, "map": True, **FAST}
+    r = client.post("/v1/compare", json=body)
+    assert r.status_code == 200, r.text
+    plain, negative = r.json()["images"]
+    assert "map_png" not in plain and "negative_maps" not in plain["record"]
+    assert negative["record"]["negative_maps"][0]["negative"] == "sun"
+    shown, change = (Image.open(io.BytesIO(base64.b64decode(negative[k]))) for k in ("map_png", "difference_png"))
+    assert shown.size == change.size == (32, 32) and not shown.info
+    expected = np.abs(pixels(plain["png"]).astype(int) - pixels(negative["png"]).astype(int)).mean(-1) * 2
+    assert np.array_equal(np.asarray(change)[..., 0], np.clip(np.round(expected), 0, 255).astype(np.uint8))
+    alone = client.post("/v1/compare", json={**body, "map": False}).json()["images"][1]
+    assert np.array_equal(pixels(alone["png"]), pixels(negative["png"])) and "map_png" not in alone  # same image
+    assert_names(client.post("/v1/compare", json={**body, "map": "yes"}), 422, "map")
+    assert_names(client.post("/v1/generate", json={"prompt": "a", "map": True}), 422, "map")
+
+
 def test_unknown_job_is_404_naming_it(client):
     assert_names(client.get("/v1/jobs/nope"), 404, "job_id")
     assert_names(client.delete("/v1/jobs/nope"), 404, "job_id")

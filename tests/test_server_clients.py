@@ -130,10 +130,14 @@ def test_page_in_headless_chromium(server, tmp_path):
             page.click("#add-negative")
             page.locator("#negatives .neg-text").nth(1).fill("sun")
             page.fill("#batch_size", "1")
+            page.check("#map")
             page.click("#compare")
-            expect(page.locator("#compare-view img")).to_have_count(3, timeout=60_000)
+            # 3 images, then a map and a pixel change for each of the 2 negatives
+            expect(page.locator("#compare-view img")).to_have_count(7, timeout=60_000)
             headers = page.locator("#compare-view thead th").all_inner_texts()
             assert headers[1:] == ["No negative prompt", "Negative prompt: green tones", "Negative prompt: sun"]
+            assert page.locator("#compare-view tr.map th").inner_text() == "seed 33: where the negative acted"
+            assert page.locator("#compare-view tr.difference img").count() == 2
             data = page.locator("#gallery img").first.get_attribute("src").split(",", 1)[1]
             png.write_bytes(__import__("base64").b64decode(data))
             page.set_input_files("#file", str(png))

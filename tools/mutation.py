@@ -34,7 +34,8 @@ PAGE = ROOT / "docs" / "quality" / "mutation.md"
 GROUPS = {  # group -> (paths to mutate, the tests that cover them)
     "prompts": (["src/avert/prompts/"], ["tests/test_prompt_language.py"]),
     "guidance": (["src/avert/guidance/"], ["tests/test_guidance.py", "tests/test_apg.py", "tests/test_references.py",
-                                           "tests/test_guidance_units.py", "tests/test_compose.py"]),
+                                           "tests/test_guidance_units.py", "tests/test_compose.py",
+                                           "tests/test_attribution.py"]),
     "validation": (["src/avert/validation.py"], ["tests/test_validation.py"]),
     "pnginfo": (["src/avert/output/pnginfo.py"], ["tests/test_pnginfo.py"]),
     "sampling": (["src/avert/sampling/"], ["tests/test_references.py", "tests/test_sampling_units.py"]),

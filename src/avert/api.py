@@ -48,12 +48,14 @@ def generate(
     on_step: Callable[[StepEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     embeddings: EmbeddingLibrary | str | Path | None = None,
+    maps: bool = False,
 ) -> GenerationResult:
     """Render a request; see `avert.pipeline.generate.generate`. `embeddings`: a folder of textual-inversion
-    `.safetensors` files (or a loaded library), used by name in the prompt and the negatives."""
+    `.safetensors` files (or a loaded library), used by name in the prompt and the negatives; `maps`: each image
+    also gets, per negative, where it acted (`GeneratedImage.maps`)."""
     library = embeddings if isinstance(embeddings, EmbeddingLibrary) else load_embeddings(embeddings)
     return _generate.generate(request, load(model), runtime=runtime, limits=limits, on_step=on_step,
-                              should_stop=should_stop, embeddings=library)
+                              should_stop=should_stop, embeddings=library, maps=maps)
 
 
 def compare(
@@ -65,8 +67,10 @@ def compare(
     limits: Limits = Limits(),
     on_step: Callable[[StepEvent], None] | None = None,
     embeddings: EmbeddingLibrary | str | Path | None = None,
+    maps: bool = False,
 ) -> _compare.Comparison:
-    """The same seeds without a negative and with each negative; `.grid()` draws the labelled figure."""
+    """The same seeds without a negative and with each negative; `.grid()` draws the labelled figure (with
+    `maps`, also where each negative acted and what it changed)."""
     library = embeddings if isinstance(embeddings, EmbeddingLibrary) else load_embeddings(embeddings)
     return _compare.compare(request, negatives, load(model), runtime=runtime, limits=limits, on_step=on_step,
-                            embeddings=library)
+                            embeddings=library, maps=maps)

@@ -313,6 +313,9 @@ def _compare_parser(sub) -> None:
                    help="a negative prompt; repeat for one column each")
     p.add_argument("--embeddings", type=Path, default=None, metavar="DIR",
                    help="textual-inversion .safetensors files, used by file name (default: $AVERT_EMBEDDINGS)")
+    p.add_argument("--map", action="store_true",
+                   help="two more rows per seed: where each negative acted (its share of the guided prediction, "
+                   "summed over the steps) and the pixel change it made; costs the empty prompt's branch")
     p.add_argument("-o", "--output", type=Path, default=None, metavar="FILE_OR_DIR",
                    help="the grid's .png file, or a folder (default: ./outputs)")
     _add_model_flags(p)
@@ -526,7 +529,7 @@ def _run_compare(args) -> int:
     components = _load(args)
     with _progress(args, "Comparing") as on_step:
         comparison = compare(request, args.negatives, components, runtime=_runtime(args), limits=LIMITS,
-                             on_step=on_step, embeddings=load_embeddings(_embeddings_dir(args)))
+                             on_step=on_step, embeddings=load_embeddings(_embeddings_dir(args)), maps=args.map)
     first = comparison.columns[0]
     _print_warnings(sorted({w for c in comparison.columns for w in c.warnings}))
     path = _output_paths(args.output, first.seeds[:1], prefix="compare-")[0]

@@ -8,6 +8,7 @@ from typing import Mapping, Protocol
 
 import torch
 
+from avert.guidance import attribution
 from avert.guidance import cfg as f
 from avert.guidance.strategy import Branch, Guidance, StepContext, prompt_branch
 
@@ -44,12 +45,13 @@ class Denoiser:
     autocast_dtype: torch.dtype | None = None
     image_conditioning: torch.Tensor | None = None  # an inpainting UNet's extra input channels, one row per image
     count: EvaluationCount = field(default_factory=EvaluationCount)
+    maps: attribution.NegativeMaps | None = None  # when set, records where each negative acted
     _batched: dict = field(default_factory=dict, repr=False)  # (branches, states) -> batched hidden states
     _memory: dict = field(default_factory=dict, repr=False)  # per run: "correction" (reuse), "apg" (momentum)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, timestep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        names = self.guidance.branches(ctx)
+        names = self.guidance.branches(ctx, empty=self.maps is not None)
         hidden = self.hidden_states(names, ctx.sampling_step, x.shape[0])
         unet_in = x if self.image_conditioning is None else torch.cat([x, self.image_conditioning.to(x)], dim=1)
         model_in = torch.cat([unet_in] * len(names)) if len(names) > 1 else unet_in
@@ -59,7 +61,10 @@ class Denoiser:
         self.count.samples += out.shape[0]
         self.count.branches += len(names)
         predictions = dict(zip(names, out.to(x.dtype).chunk(len(names))))
+        before = dict(self._memory)
         combined = self.guidance.combine(predictions, ctx, x, self._memory)
+        if self.maps is not None and self.guidance.guided(ctx):
+            self.maps.add(ctx, attribution.changes(self.guidance, predictions, ctx, x, before, combined))
         if self.guidance.interval.reuse:
             return self._reuse(combined, predictions[prompt_branch(0)], ctx)
         return combined

@@ -185,14 +185,16 @@ class Guidance:
             return False  # e = e_c exactly (e_u + (e_c - e_u), or e_0 + d_c - 0): the negative cannot matter
         return self.interval.applies(ctx)
 
-    def branches(self, ctx: StepContext) -> tuple[Branch, ...]:
+    def branches(self, ctx: StepContext, empty: bool = False) -> tuple[Branch, ...]:
+        """The predictions a step needs; with `empty`, the empty prompt's too wherever guidance applies (a map
+        of the negatives, `avert.guidance.attribution`, compares against it)."""
         prompts = tuple(prompt_branch(k) for k in range(len(self.prompt_weights)))
         if not self.guided(ctx):
             return prompts
         active = self.active_negatives(ctx)
         weights = sum(self.negatives[i].weight for i in active)
         several = len(set(self.groups(active))) > 1 and self.rule != "sum"
-        needs_empty = not self.cfg_branches or not active or weights != 1.0 or several
+        needs_empty = empty or not self.cfg_branches or not active or weights != 1.0 or several
         return tuple(negative_branch(i) for i in active) + ((EMPTY,) if needs_empty else ()) + prompts
 
     def combine(self, predictions: Mapping[Branch, torch.Tensor], ctx: StepContext, x: torch.Tensor | None = None,

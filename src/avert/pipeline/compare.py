@@ -11,6 +11,7 @@ from avert.conditioning.embeddings import EmbeddingLibrary
 from avert.errors import FieldProblem, ValidationError
 from avert.models.components import Components
 from avert.output.grid import compare_grid
+from avert.output.maps import difference, overlay
 from avert.pipeline.generate import check, generate, resolve
 from avert.pipeline.result import GenerationResult
 from avert.pipeline.runtime import Runtime
@@ -31,11 +32,35 @@ class Comparison:
     def labels(self) -> tuple[str, ...]:
         return (NO_NEGATIVE,) + tuple(f"Negative prompt: {n}" for n in self.negatives)
 
+    @property
+    def has_maps(self) -> bool:
+        return any(g.maps for r in self.columns[1:] for g in r.images)
+
     def grid(self, min_cell: int = 256) -> Image.Image:
-        """The labelled side-by-side figure: one column per negative, one row per seed."""
+        """The labelled side-by-side figure: one column per negative, one row per seed; with maps, two more rows
+        per seed: where each negative acted, and what it changed (`avert.output.maps`)."""
         columns = [(label, [g.image for g in r.images]) for label, r in zip(self.labels(), self.columns)]
         rows = [f"seed {s}" for s in self.columns[0].seeds]
+        if self.has_maps:
+            columns = [(label, [cell for i in range(len(rows)) for cell in cells[3 * i: 3 * i + 3]])
+                       for (label, _), cells in zip(columns, self.map_cells())]
+            rows = [line for s in rows for line in (s, f"{s}: where the negative acted", f"{s}: pixel change")]
         return compare_grid(columns, title=self.columns[0].request.prompt, row_labels=rows, min_cell=min_cell)
+
+    def map_cells(self) -> list[list[Image.Image]]:
+        """Per column, per seed: the image, its map over it (no map: the image in grey) and its change from the
+        column without a negative; the maps of one seed share one range."""
+        cells: list[list[Image.Image]] = [[] for _ in self.columns]
+        for i, plain in enumerate(self.columns[0].images):
+            values = [r.images[i].maps[0].values for r in self.columns[1:] if r.images[i].maps]
+            low = min((float(v.min()) for v in values), default=0.0)
+            high = max((float(v.max()) for v in values), default=0.0)
+            for column, r in zip(cells, self.columns):
+                made = r.images[i]
+                shown = overlay(made.image, made.maps[0].values, low, high) if made.maps else \
+                    made.image.convert("L").convert("RGB")
+                column += [made.image, shown, difference(plain.image, made.image)]
+        return cells
 
 
 def compare(
@@ -47,9 +72,11 @@ def compare(
     limits: Limits = Limits(),
     on_step: Callable[[StepEvent], None] | None = None,
     embeddings: EmbeddingLibrary = EmbeddingLibrary(),
+    maps: bool = False,
 ) -> Comparison:
     """Render `request` without a negative and with each of `negatives` (at most `limits.max_negatives`), all with
-    the same resolved seed."""
+    the same resolved seed; with `maps`, each negative's column also records where it acted
+    (`avert.guidance.attribution`)."""
     if len(negatives) > limits.max_negatives:
         raise ValidationError([FieldProblem("negatives", f"{len(negatives)} columns", "must have at most "
                                             f"{limits.max_negatives} negatives, one column each")])
@@ -58,7 +85,7 @@ def compare(
     base = resolve(check(request, limits, components), components)
     columns = tuple(
         generate(base.replace(negative_prompt=n, negatives=()), components, runtime=runtime, limits=limits,
-                 on_step=on_step, embeddings=embeddings)
+                 on_step=on_step, embeddings=embeddings, maps=maps and bool(n))
         for n in ("", *negatives)
     )
     return Comparison(tuple(negatives), columns)

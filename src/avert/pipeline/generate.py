@@ -12,13 +12,15 @@ import torch
 from PIL import Image
 
 from avert.conditioning.embeddings import EmbeddingLibrary
+from avert.errors import FieldProblem, ValidationError
+from avert.guidance.attribution import NegativeMaps
 from avert.guidance.compose import default_rule
 from avert.guidance.denoiser import Denoiser
 from avert.init_image import InitImage
 from avert.models.components import Components
 from avert.pipeline import hires, img2img, inpaint, metadata, tiling, work
 from avert.pipeline.conditioning import condition
-from avert.pipeline.result import GeneratedImage, GenerationResult
+from avert.pipeline.result import GeneratedImage, GenerationResult, NegativeMap
 from avert.pipeline.runtime import Runtime
 from avert.request import GenerationRequest
 from avert.sampling.loop import Cancelled, StepEvent, sample
@@ -38,10 +40,15 @@ def generate(
     on_step: Callable[[StepEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     embeddings: EmbeddingLibrary = EmbeddingLibrary(),
+    maps: bool = False,
 ) -> GenerationResult:
-    """Render `request.batch_size` images; image i uses seed + i and equals that seed rendered alone."""
+    """Render `request.batch_size` images; image i uses seed + i and equals that seed rendered alone. With
+    `maps`, each image also gets, per negative, where it acted (`avert.guidance.attribution`; the hires fix's
+    first pass), at the cost of the empty prompt's branch where a step would not evaluate it."""
     started = time.perf_counter()
-    request = resolve(check(request, limits, components), components)                # 1. validate, defaults
+    request = resolve(check(request, limits, components, maps), components)          # 1. validate, defaults
+    if maps:
+        check_maps(request)
     seeds = image_seeds(request.seed, request.batch_size)
     text = condition(request, components, runtime, embeddings)                       # 2. text -> branches
     schedulers = make_schedulers(request, components, seeds, runtime)               # 3. one scheduler per image
@@ -50,7 +57,8 @@ def generate(
     with tiling.circular(components, request.tiling):                                #    seamless: circular convs
         begun = begin_run(request, components, runtime, schedulers, seeds, shape, plan)  # 4. where the run starts
         denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty,   # 5. guidance, denoiser
-                            runtime.autocast_dtype, begun.image_conditioning)
+                            runtime.autocast_dtype, begun.image_conditioning,
+                            maps=NegativeMaps(text.guidance.prediction_type) if maps else None)
         first = len(schedulers[0].timesteps) - begun.begin
         total = first + (hires_evaluations(request, components) if request.enable_hr else 0)
         latents = sample(denoiser, schedulers, begun.noise, begun.generators, progress(on_step, 0, total),
@@ -66,13 +74,29 @@ def generate(
         pictures = decode(latents, components, runtime)                              # 7. latents -> images
     if plan is not None:
         pictures = [plan.paste(p) for p in pictures]                                 #    paste the rest back
+    found = negative_maps(request, denoiser, shape) if maps else [()] * len(seeds)
     images = tuple(
         GeneratedImage(img, s, metadata.infotext(request, s, components.source),
-                       metadata.record(request, s, i, components.source))
+                       metadata.record(request, s, i, components.source, found[i]), found[i])
         for i, (img, s) in enumerate(zip(pictures, seeds))
     )                                                                                # 8. metadata
     return GenerationResult(request, images, negative_warnings(request, components), denoiser.count.forwards,
                             time.perf_counter() - started, denoiser.count.branches)
+
+
+def check_maps(request: GenerationRequest) -> None:
+    """Maps cover the whole run; inpainting at full resolution runs on a crop of the image: refused by name."""
+    if request.mask is not None and request.inpaint_full_res:
+        raise ValidationError([FieldProblem("map", True, "is not available with inpaint_full_res (the run sees "
+                                            "only the masked area's crop): leave one of them off")])
+
+
+def negative_maps(request: GenerationRequest, denoiser: Denoiser, shape: tuple[int, int, int]
+                  ) -> list[tuple[NegativeMap, ...]]:
+    """Per image, the map of every negative the guidance saw (`GenerationRequest.guided_negatives`)."""
+    negatives = request.guided_negatives()
+    values = denoiser.maps.maps(len(negatives), request.batch_size, *shape[1:]).numpy()
+    return [tuple(NegativeMap(n.text, v) for n, v in zip(negatives, image)) for image in values]
 
 
 def begin_run(request: GenerationRequest, components: Components, runtime: Runtime, schedulers, seeds,
@@ -127,24 +151,26 @@ def model_limits(limits: Limits, components: Components) -> Limits:
     return dataclasses.replace(limits, min_size=min(limits.min_size, native_size(components)))
 
 
-def check(request: GenerationRequest, limits: Limits, components: Components) -> GenerationRequest:
+def check(request: GenerationRequest, limits: Limits, components: Components, maps: bool = False
+          ) -> GenerationRequest:
     """Validate against the model: its native size is allowed, a request without `guidance` is checked
-    against the model's default method, and its work is held to `limits.max_work` where one is set."""
+    against the model's default method, and its work (with `maps`, a map's too) is held to `limits.max_work`
+    where one is set."""
     if isinstance(request.init_image, InitImage):  # the size it gives is held to the limits as a size asked for
         request = request.replace(**dict(zip(("width", "height"), default_size(request, components))))
     validate(request, model_limits(limits, components), components.default_guidance)
     if limits.max_work is not None:
-        work.check([request_work(request, components)], limits.max_work)
+        work.check([request_work(request, components, maps)], limits.max_work)
     return request
 
 
-def request_work(request: GenerationRequest, components: Components) -> work.Work:
+def request_work(request: GenerationRequest, components: Components, maps: bool = False) -> work.Work:
     """The work of a validated request (`avert.pipeline.work`), its size and method as the model resolves them;
-    with the hires fix, its second pass too."""
+    with the hires fix, its second pass too; `maps`: the first pass records where the negatives acted."""
     width, height = default_size(request, components)
     sized = request.replace(width=width, height=height)
     method = request.guidance or components.default_guidance
-    first = work.estimate(sized, components, method)
+    first = work.estimate(sized, components, method, maps)
     if not request.enable_hr:
         return first
     second = work.estimate(hires.counted(sized, components.vae_scale_factor), components, method)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Sequence
 
 from avert import __version__
 from avert.errors import AvertError
 from avert.models.components import ModelSource
+from avert.output.maps import small_map
 from avert.output.pnginfo import ParsedParameters, format_parameters
 from avert.request import GenerationRequest, Negative
 from avert.sampling.samplers import SAMPLERS
@@ -184,12 +186,14 @@ def guidance_params(request: GenerationRequest) -> tuple[tuple[str, object], ...
     return tuple(params)
 
 
-def record(request: GenerationRequest, seed: int, index: int, model: ModelSource) -> dict:
-    """The structured record: the full request, this image's index and seed, and the model's name and hash.
+def record(request: GenerationRequest, seed: int, index: int, model: ModelSource, maps: Sequence = ()) -> dict:
+    """The structured record: the full request, this image's index and seed, and the model's name and hash;
+    with maps (`avert.pipeline.result.NegativeMap`), a small version of each under "negative_maps"
+    (`avert.output.maps.small_map`, with the negative's text).
 
     `request.replace(seed=seed, batch_size=1)` re-makes exactly this image (see `request_from_record`).
     """
-    return {
+    made = {
         "format": RECORD_FORMAT,
         "generator": f"avert {__version__}",
         "request": request.to_dict(),
@@ -197,6 +201,9 @@ def record(request: GenerationRequest, seed: int, index: int, model: ModelSource
         "seed": seed,
         "model": {"name": model.name, "hash": model.hash, "kind": model.kind},
     }
+    if maps:
+        made["negative_maps"] = [{"negative": m.negative, **small_map(m.values)} for m in maps]
+    return made
 
 
 def request_from_record(data: dict) -> GenerationRequest:

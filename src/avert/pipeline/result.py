@@ -4,19 +4,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from avert.request import GenerationRequest
 
 
 @dataclass(frozen=True)
+class NegativeMap:
+    """Where one request negative acted in one image (`avert.guidance.attribution`): [h, w] at latent size."""
+
+    negative: str
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
 class GeneratedImage:
-    """One image, the seed that re-makes it alone, its A1111 infotext and its structured record."""
+    """One image, the seed that re-makes it alone, its A1111 infotext and its structured record; with maps
+    asked for, one map per negative (the record keeps a small version of each, under "negative_maps")."""
 
     image: Image.Image
     seed: int
     infotext: str
     record: dict
+    maps: tuple[NegativeMap, ...] = ()
 
 
 @dataclass(frozen=True)

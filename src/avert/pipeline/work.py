@@ -46,10 +46,11 @@ class Work:
                 f"{self.images} images{second} = {self.megapixel_steps:.3g} megapixel steps")
 
 
-def estimate(request: GenerationRequest, components: Components, method: str) -> Work:
-    """The work of a validated request with its size resolved; `method` is the guidance method it runs with."""
-    return Work(request.width * request.height / MEGAPIXEL, evaluations(request, components), branches(request, method),
-                request.batch_size)
+def estimate(request: GenerationRequest, components: Components, method: str, maps: bool = False) -> Work:
+    """The work of a validated request with its size resolved; `method` is the guidance method it runs with;
+    `maps`: it records where its negatives acted."""
+    return Work(request.width * request.height / MEGAPIXEL, evaluations(request, components),
+                branches(request, method, maps), request.batch_size)
 
 
 def evaluations(request: GenerationRequest, components: Components) -> int:
@@ -59,17 +60,18 @@ def evaluations(request: GenerationRequest, components: Components) -> int:
     return len(scheduler.timesteps)
 
 
-def branches(request: GenerationRequest, method: str) -> int:
+def branches(request: GenerationRequest, method: str, maps: bool = False) -> int:
     """Conditioned samples per evaluation per image, at most (see `avert.guidance.strategy.Guidance.branches`):
     the prompt's AND parts, plus the empty prompt alone without negatives; with negatives, each negative's AND
-    parts, plus the empty prompt unless plain cfg (or apg) has one negative of weight 1 in one part."""
+    parts, plus the empty prompt unless plain cfg (or apg) has one negative of weight 1 in one part and no map
+    is made (`avert.guidance.attribution`)."""
     prompt = len(split_and(request.prompt))
     negatives = request.guided_negatives()
     if not negatives:
         return prompt + 1
     weights = [n.weight * part.weight for n in negatives for part in split_and(n.text)]
     plain = method == "apg" or (method == "cfg" and request.negative_scale in (None, request.cfg_scale))
-    return prompt + len(weights) + (0 if plain and weights == [1.0] else 1)
+    return prompt + len(weights) + (0 if plain and weights == [1.0] and not maps else 1)
 
 
 def check(works: Iterable[Work], max_work: float | None, field: str = "work") -> None:

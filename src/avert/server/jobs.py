@@ -44,6 +44,7 @@ class Part:
 
     request: GenerationRequest
     label: str = ""
+    maps: bool = False  # record where its negatives acted (`avert.guidance.attribution`)
 
 
 @dataclass(frozen=True)
@@ -286,8 +287,9 @@ class JobQueue:
             return False
         job.step = (0, part.request.steps)
         try:
+            extra = {"maps": True} if part.maps else {}
             result = self.render(part.request, components, runtime=self.runtime, limits=self.limits,
-                                 on_step=job.on_step, should_stop=job.should_stop, embeddings=self.embeddings)
+                                 on_step=job.on_step, should_stop=job.should_stop, embeddings=self.embeddings, **extra)
         except Cancelled:
             if job.take_skip():
                 job.results.append(None)

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 
 from avert.errors import FieldProblem, ValidationError
 from avert.pipeline.compare import NO_NEGATIVE
+from avert.pipeline.generate import check_maps
 from avert.request import GenerationRequest, Negative
 from avert.sampling.noise import resolve_seed
 from avert.schema import PARAMS
@@ -90,8 +91,11 @@ def generate_job(state: ServerState, body: dict) -> Job:
 
 def compare_job(state: ServerState, body: dict) -> Job:
     """Column 0 has no negative, column k the k-th of `columns` (a text or {text, weight, start, end}) alone;
-    every column has the same resolved seed."""
-    model, request, negative = _request(state, body, ("columns",))
+    every column has the same resolved seed; with `map`, each negative's images come with their maps."""
+    model, request, negative = _request(state, body, ("columns", "map"))
+    maps = body.get("map", False)
+    if not isinstance(maps, bool):
+        raise ValidationError([FieldProblem("map", maps, "must be true or false")])
     columns = body.get("columns")
     if not (isinstance(columns, list) and 1 <= len(columns) <= MAX_COLUMNS):
         raise ValidationError([FieldProblem("columns", columns, f"must be a list of 1 to {MAX_COLUMNS} negatives "
@@ -109,8 +113,10 @@ def compare_job(state: ServerState, body: dict) -> Job:
         except ValidationError as error:
             raise ValidationError([dataclasses.replace(p, field=p.field.replace("negatives[0]", f"columns[{i}]"))
                                    for p in error.problems]) from None
+    if maps:
+        check_maps(base)
     base = base.replace(seed=resolve_seed(base.seed))
-    parts = [Part(base, NO_NEGATIVE)] + [Part(base.replace(negatives=(n,)), _label(n)) for n in negatives]
+    parts = [Part(base, NO_NEGATIVE)] + [Part(base.replace(negatives=(n,)), _label(n), maps) for n in negatives]
     bodies.check_work(parts, components, state.config.limits)
     return Job(model, parts, kind="compare")
 

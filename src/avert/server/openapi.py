@@ -74,7 +74,12 @@ def native_body(extra: dict[str, Any], limits: Limits = Limits()) -> dict:
 def compare_body(max_columns: int, limits: Limits = Limits()) -> dict:
     """`/v1/compare`: the native body without negatives of its own, and `columns`."""
     body = native_body({"columns": {"type": "array", "items": negative_schema(limits), "minItems": 1,
-                                    "maxItems": max_columns, "description": "negatives, one column each"}}, limits)
+                                    "maxItems": max_columns, "description": "negatives, one column each"},
+                        "map": {"type": "boolean", "default": False, "description": "with each image of a negative's "
+                                "column, where the negative acted (map_png: its share of the guided prediction, "
+                                "summed over the steps, over the image) and what it changed (difference_png: the "
+                                "pixel change from the column without a negative); costs the empty prompt's branch"}},
+                       limits)
     schema = body["requestBody"]["content"]["application/json"]["schema"]
     schema["properties"]["negative_prompt"] = {"enum": ["", None], "description": "must be empty: put each negative "
                                                "in columns"}

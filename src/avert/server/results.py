@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import io
 from typing import Any
 
+from avert.output.maps import difference, overlay
 from avert.output.pnginfo import png_bytes
 from avert.pipeline.metadata import negative_line
 from avert.pipeline.result import GeneratedImage
@@ -43,7 +45,39 @@ def job_json(job: Job, images: bool = True) -> dict[str, Any]:
         body["labels"] = list(dict.fromkeys(p.label for p in job.parts)) if job.kind == "compare" else []
         if images:
             body["images"] = [image_json(label, g) for label, g in made]
+            if any(g.maps for _, g in made):
+                for entry, extra in zip(body["images"], map_json(made)):
+                    entry.update(extra)
     return body
+
+
+def map_json(made: list[tuple[str, GeneratedImage]]) -> list[dict[str, Any]]:
+    """Per image of a comparison with maps: its map over it and its change from the image of the same seed without
+    a negative (the first of that seed), as base64 PNGs; the maps of one seed share one range
+    (`avert.output.maps`). Images without a map get nothing."""
+    plain: dict[int, GeneratedImage] = {}
+    ranges: dict[int, tuple[float, float]] = {}
+    for _, g in made:
+        plain.setdefault(g.seed, g)
+        for m in g.maps:
+            low, high = ranges.get(g.seed, (float("inf"), float("-inf")))
+            ranges[g.seed] = (min(low, float(m.values.min())), max(high, float(m.values.max())))
+    extras: list[dict[str, Any]] = []
+    for _, g in made:
+        if not g.maps:
+            extras.append({})
+            continue
+        low, high = ranges[g.seed]
+        extras.append({"map_png": _png(overlay(g.image, g.maps[0].values, low, high)),
+                       "difference_png": _png(difference(plain[g.seed].image, g.image))})
+    return extras
+
+
+def _png(image) -> str:
+    """A picture without generation metadata (it is not a generation: `--from` must not read it as one)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def negative_text(generated: GeneratedImage) -> str:

@@ -179,6 +179,17 @@ function showCompare(job) {
       const image = job.images.find((i) => i.label === label && i.seed === seed);
       row.insertCell().appendChild(picture(image, label));
     }
+    if (job.images.some((i) => i.seed === seed && i.map_png)) {
+      for (const [key, what] of [["map_png", "where the negative acted"], ["difference_png", "pixel change"]]) {
+        const extra = body.insertRow();
+        extra.className = key.replace("_png", "");
+        extra.appendChild(Object.assign(document.createElement("th"), {textContent: `seed ${seed}: ${what}`}));
+        for (const label of job.labels) {
+          const image = job.images.find((i) => i.label === label && i.seed === seed);
+          extra.insertCell().appendChild(image[key] ? picture({png: image[key], infotext: what}, what) : document.createTextNode(""));
+        }
+      }
+    }
   }
   const title = Object.assign(document.createElement("p"), {textContent: job.images[0].record.request.prompt});
   $("compare-view").replaceChildren(title, table);
@@ -204,6 +215,7 @@ $("compare").onclick = () => {
   const body = requestBody();
   body.columns = negatives().map((n) => (supportsWeights() ? {text: n.text, weight: n.weight} : n.text));
   if (!body.columns.length) return showError("columns: add at least one negative to compare");
+  if ($("map").checked) body.map = true;
   run("/v1/compare", body, showCompare);
 };
 $("cancel").onclick = () => currentJob && api("DELETE", `/v1/jobs/${currentJob}`).catch((e) => showError(e.message));
