@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -27,7 +26,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from avert.evaluation.common import cpu_flags  # noqa: E402
+from avert.evaluation.common import machine  # noqa: E402
 from avert.evaluation.maps import STEPS, STRENGTH, cases, read  # noqa: E402
 from avert.models.default import EMBEDDED_MODEL  # noqa: E402
 from avert.models.loader import load_model  # noqa: E402
@@ -74,8 +73,7 @@ def picture(shown, path: Path, cell: int = 96) -> None:
 def page(table: list[dict], kinds, seconds: float, scenes: int) -> str:
     lines = ["# Where a negative acted: do the maps fall on the object?", "",
              f"Made by `python tools/maps.py --scenes {scenes}` on {datetime.now(timezone.utc):%Y-%m-%d}, "
-             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU flags "
-             f"{cpu_flags()}, torch {torch.__version__}, in {seconds / 60:.1f} min. Embedded model, "
+             f"{machine()}, in {seconds / 60:.1f} min. Embedded model, "
              f"{STEPS} steps, img2img at strength {STRENGTH} from renders of world scenes that hold the object, "
              "the scene's caption as the prompt and the object's name as the only negative.", "",
              "Concentration = (share of the map's mass on the object's pixels) / (share of the image they cover): "

@@ -6,6 +6,7 @@
     avert eval methods   [--only LABEL]... [--first-seed S] [same flags as negatives, without --pair/--method]
     avert eval img2img   [--strength D] [--pair PROMPT NEGATIVE]... [--method M] [same flags as concepts]
     avert eval compose   [--screen] [same flags as concepts]
+    avert eval paraphrases [same flags as concepts]
     avert eval pool FILE... [--json]
     avert eval concepts  [--prompt TEXT]... [--model PATH] [--seeds N] [--cfg-scale F] [--steps N]
                          [--sampler NAME] [--batch-size N] [--device D] [--threads N] [--json] [--docs DIR] [-q]
@@ -112,7 +113,10 @@ def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
     compose.add_argument("--screen", action="store_true",
                          help="every rule for several negatives under cfg and gated, at k = 4 only (writes "
                          "docs/eval/compose-screen.md)")
-    for q in (negatives, methods, concepts, img2img, compose):
+    paraphrases = what.add_parser("paraphrases", help="negatives in words no caption of the world uses: each "
+                                  "default pair's negative replaced by paraphrases, under cfg and the model's "
+                                  "default (writes docs/eval/paraphrases.md)")
+    for q in (negatives, methods, concepts, img2img, compose, paraphrases):
         q.add_argument("--model", default=None, help="a diffusers folder or an SD .safetensors file "
                        "(default: $AVERT_MODEL, else the embedded model)")
         later = ", or S..S+N-1 after --first-seed S" if q in (negatives, methods) else ""
@@ -186,7 +190,7 @@ def method_from_args(args, model_guidance: str = FALLBACK_GUIDANCE):
     return Method(label, options)
 
 
-def _options_given(args) -> bool:
+def options_given(args) -> bool:
     """Whether any flag besides --method changes the renders with the negative."""
     flags = METHOD_OPTIONS + ("negative_window", "method_cfg_scale")
     return any(getattr(args, n, None) is not None for n in flags)
@@ -208,14 +212,14 @@ def run_eval(args) -> int:
         return _run_methods(args)
     if args.eval_what == "pool":
         return _run_pool(args)
-    if args.eval_what == "img2img":
-        return _run_img2img(args)
-    if args.eval_what == "compose":
-        return _run_compose(args)
+    if args.eval_what in ("img2img", "compose", "paraphrases"):
+        from avert.evaluation import runs
+
+        return getattr(runs, f"run_{args.eval_what}")(args)
     return _run_concepts(args)
 
 
-def _common(args):
+def common(args):
     from avert.evaluation.common import RunInfo, Settings, load_components
     from avert.pipeline.runtime import Runtime
 
@@ -235,9 +239,9 @@ def _run_negatives(args) -> int:
     from avert.evaluation import negatives as neg
 
     pairs = neg.pairs_from_args(args.pair, args.absent)  # errors about --pair come before any loading
-    settings, runtime, components, info = _common(args)
+    settings, runtime, components, info = common(args)
     method = method_from_args(args, components.default_guidance)
-    _validate_method(settings, method)
+    validate_method(settings, method)
     warnings: list[str] = []
     results = neg.evaluate_pairs(pairs, components, seeds=args.seeds, cfg_scale=args.cfg_scale, steps=args.steps,
                                  sampler=args.sampler, batch_size=args.batch_size, progress=not args.quiet,
@@ -249,7 +253,7 @@ def _run_negatives(args) -> int:
         return 0
     print("\n".join(neg.summary_lines(results)) + "\n")
     print(neg.markdown_table(results))
-    if not args.pair and (_options_given(args) or settings.first_seed):
+    if not args.pair and (options_given(args) or settings.first_seed):
         print("\n(docs/ is written by a run from seed 0 with --method alone or no method flag, and by `avert eval "
               "methods`)")
     elif not args.pair:
@@ -262,68 +266,7 @@ def _run_negatives(args) -> int:
     return 0
 
 
-def _run_img2img(args) -> int:
-    import json
-    from dataclasses import asdict
-
-    from avert.evaluation import img2img as i2i
-    from avert.evaluation import inpainting as inp
-    from avert.evaluation import negatives as neg
-
-    pairs = neg.pairs_from_args(args.pair)
-    settings, runtime, components, info = _common(args)
-    method = method_from_args(args, components.default_guidance)
-    _validate_method(settings, method)
-    rows = i2i.evaluate_img2img(pairs, components, args.seeds, args.strength, settings, method, runtime=runtime,
-                                progress=not args.quiet)
-    inpainted = [] if args.no_inpainting else inp.evaluate_inpainting(
-        pairs, components, args.seeds, args.inpaint_strength, settings, method, runtime=runtime, progress=not args.quiet)
-    if args.json:
-        print(json.dumps({"img2img": [{**asdict(r.result), "rate_init": r.rate_init, "strength": r.strength}
-                                      for r in rows],
-                          "inpainting": [{**asdict(r), "suppression": r.suppression} for r in inpainted]},
-                         indent=2, ensure_ascii=False))
-        return 0
-    print("\n".join(i2i.summary(rows) + inp.summary(inpainted)) + "\n")
-    print(i2i.table(rows) + ("\n\n" + inp.table(inpainted) if inpainted else ""))
-    if not args.pair and not _options_given(args) and not args.no_inpainting:
-        picture = i2i.figure(rows, components, settings, method, runtime)
-        second = inp.figure(inpainted, components, settings, method, args.inpaint_strength, runtime=runtime)
-        section = inp.section(inpainted, args.inpaint_strength, method, "inpainting.png")
-        page = i2i.write_docs(rows, info, args.docs, picture, method, section, {"inpainting.png": second},
-                              f" --inpaint-strength {args.inpaint_strength:g}")
-        print(f"\nwritten to {page} and its pictures")
-    return 0
-
-
-def _run_compose(args) -> int:
-    import json
-    from dataclasses import asdict
-
-    from avert.evaluation import compose as com
-    from avert.evaluation import compose_report as report
-    from avert.schema import NEGATIVE_RULES
-
-    settings, runtime, components, info = _common(args)
-    default = components.default_guidance
-    methods = com.screen_methods(NEGATIVE_RULES) if args.screen else com.methods_for(default)
-    ks = (report.TARGET_K,) if args.screen else com.KS
-    rows = com.evaluate_compose(com.CASES, components, args.seeds, methods, ks, settings, runtime,
-                                progress=not args.quiet)
-    if args.json:
-        print(json.dumps([{**asdict(r), "ratios": r.ratios} for r in rows], indent=2, ensure_ascii=False))
-        return 0
-    label = methods[-1].label
-    print("\n".join(report.target_lines(rows, label)) + "\n" if not args.screen else "")
-    print(report.table(rows))
-    command = f"avert eval compose{' --screen' if args.screen else ''} --seeds {args.seeds}"
-    picture = None if args.screen else report.figure(rows, methods, components, settings, runtime)
-    page = report.write(rows, info, args.docs, label, command, args.screen, picture)
-    print(f"\nwritten to {page}")
-    return 0
-
-
-def _validate_method(settings, method) -> None:
+def validate_method(settings, method) -> None:
     from avert.validation import validate
 
     validate(settings.request("", "x", 0, 1, method.options))
@@ -334,9 +277,9 @@ def _run_methods(args) -> int:
     from avert.evaluation import negatives as neg
 
     methods = chosen_methods(args.only)
-    settings, runtime, components, info = _common(args)
+    settings, runtime, components, info = common(args)
     for method in methods:
-        _validate_method(settings, method)
+        validate_method(settings, method)
     table = met.evaluate_methods(methods, components, seeds=args.seeds, settings=settings,
                                  runtime=runtime, progress=not args.quiet)
     if args.json:
@@ -395,7 +338,7 @@ def _run_concepts(args) -> int:
     from avert.evaluation import concepts as con
 
     rows = con.prompt_concepts(args.prompt) if args.prompt else None  # errors about --prompt before loading
-    settings, runtime, components, info = _common(args)
+    settings, runtime, components, info = common(args)
     results = con.evaluate_positive_concepts(components, seeds=args.seeds, cfg_scale=args.cfg_scale,
                                              steps=args.steps, sampler=args.sampler, batch_size=args.batch_size,
                                              progress=not args.quiet, rows=rows, runtime=runtime)
