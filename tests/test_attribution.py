@@ -106,3 +106,16 @@ def test_overlay_and_difference_pictures():
     changed.putpixel((5, 6), (140, 100, 100))
     diff = np.asarray(m.difference(image, changed))
     assert diff[6, 5, 0] == round(40 / 3 * 2) and diff.sum() == 3 * diff[6, 5, 0]
+
+
+def test_a_step_at_infinite_sigma_counts_whole_and_one_at_sigma_0_not_at_all():
+    """Zero terminal SNR starts at sigma = inf (a v-prediction model): (sigma - sigma') / sigma is 1 there; a
+    last evaluation at sigma 0 moves nothing."""
+    recorder = a.NegativeMaps("v_prediction")
+    one = torch.ones(1, 1, 1, 1)
+    recorder.add(StepContext(0, 3, 999.0, sigma=float("inf")), {0: one})
+    recorder.add(StepContext(1, 3, 500.0, sigma=1.0), {0: one})
+    recorder.add(StepContext(2, 3, 0.0, sigma=0.0), {0: one})
+    b = {s: abs(f.denoised(torch.zeros(()), torch.ones(()), s, "v_prediction").item()) for s in (float("inf"), 1.0)}
+    assert b[float("inf")] == pytest.approx(1.0)
+    assert recorder.maps(1, 1, 1, 1).item() == pytest.approx(1.0 * b[float("inf")] + 1.0 * b[1.0])

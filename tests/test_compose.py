@@ -166,6 +166,21 @@ def test_the_and_parts_of_one_negative_add_up_before_the_rule():
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["cfg", "perp-neg", "dynamic"])
+def test_three_branch_methods_add_the_and_parts_of_one_negative_before_the_rule(method):
+    """The first negative has two AND parts, the second one: the rule sees two contributions, not three."""
+    terms = (Term(group=0), Term(group=0), Term(group=1))
+    g = Guidance(7.0, method=method, negative_scale=5.0, negatives=terms, rule="strongest")
+    got = g.combine(predictions(N1, N2, N1), CTX)
+    d_c = E_C - E_0
+    part = {"cfg": lambda n: n - E_0, "perp-neg": lambda n: f.perpendicular(n - E_0, d_c),
+            "dynamic": lambda n: f.presence(d_c, n - E_0) * (n - E_0)}[method]
+    expected = E_0 + 7.0 * d_c - 5.0 * c.strongest([part(N1) + part(N2), part(N1)])
+    assert torch.allclose(got, expected, atol=1e-5)
+    ungrouped = E_0 + 7.0 * d_c - 5.0 * c.strongest([part(N1), part(N2), part(N1)])
+    assert not torch.allclose(got, ungrouped, atol=1e-3)
+
+
 def test_one_negative_of_another_weight_is_the_sums_arithmetic_bit_for_bit_under_any_rule():
     sums = Guidance(7.0, negatives=(Term(0.5),)).combine(predictions(N1), CTX)
     for rule in c.RULES:

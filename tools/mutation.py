@@ -45,6 +45,22 @@ GROUPS = {  # group -> (paths to mutate, the tests that cover them)
 # Survivors examined and found equivalent: (mutant name prefix, text of its changed line, why no test can tell).
 # Matched on the changed line rather than mutmut's number, which shifts when a function changes.
 EQUIVALENT = [
+    ('avert.guidance.compose.x_compose', 'if groups is not None and rule != "XXsumXX":',
+     "under the sum, adding each negative's AND parts first and then the negatives is the same sum"),
+    ('avert.guidance.compose.x_compose', 'if groups is not None and rule != "SUM":',
+     "under the sum, adding each negative's AND parts first and then the negatives is the same sum"),
+    ('avert.guidance.compose.x_orthogonal', 'stable=None).indices',
+     "torch's CPU sort of a handful of lengths returns ties in input order whether or not it is asked to be "
+     "stable (the tie test passes either way here); stable=True keeps that promise on other devices"),
+    ('avert.guidance.compose.x_orthogonal', 'descending=True, ).indices',
+     "torch's CPU sort of a handful of lengths returns ties in input order whether or not it is asked to be "
+     "stable (the tie test passes either way here); stable=True keeps that promise on other devices"),
+    ('avert.guidance.compose.x_orthogonal', 'stable=False).indices',
+     "torch's CPU sort of a handful of lengths returns ties in input order whether or not it is asked to be "
+     "stable (the tie test passes either way here); stable=True keeps that promise on other devices"),
+    ('avert.guidance.attribution.xǁNegativeMapsǁmaps', 'if sigma > 0 else 1.0',
+     "at sigma 0 the denoised estimate has no output term (b = 0), so every change recorded there is 0 and any "
+     "finite weight adds nothing; the branch only avoids dividing by 0"),
     ('avert.guidance.compose.x_capped', 'torch.where(length >= longest, longest / length',
      "where the sum is exactly as long as the longest part the factor longest / length is 1, as in the other branch"),
     ('avert.sampling.eta.xǁKDPM2AncestralEtaǁset_timesteps', 't_interpol.to(self.timesteps.device, dtype=None)',
