@@ -94,6 +94,20 @@ def problems_of(request: GenerationRequest, limits: Limits = Limits(), **kwargs)
     return []
 
 
+@pytest.mark.parametrize("negative, shown", [
+    (Negative("sun", weight=2.0), "weight 2 from 0 to 1"),
+    (Negative("sun", start=0.5), "weight 1 from 0.5 to 1"),
+    (Negative("sun", end=0.5), "weight 1 from 0 to 0.5"),
+])
+def test_joined_negatives_take_no_weight_and_no_window(negative, shown):
+    joined = GenerationRequest("a house", negatives=(Negative("clouds"), negative), negatives_rule="joined")
+    assert problems_of(joined) == [
+        f"negatives_rule: 'joined' is not allowed; joins only negatives of weight 1 over the whole run; negatives[1] "
+        f"has {shown} (use another rule, or give it in the text as (words:weight) and [words:from])"]
+    assert problems_of(joined.replace(negatives_rule="strongest")) == []
+    assert problems_of(joined.replace(negatives=(Negative("clouds"), Negative("sun")))) == []
+
+
 def test_each_bad_negative_is_named_by_its_index_and_field():
     negatives = (Negative("fine"), Negative("x" * 8193), Negative("w", weight=10.5), Negative("s", start=-0.1),
                  Negative("e", end=1.5), Negative("order", start=0.5, end=0.5), Negative("nan", weight=float("nan")),
