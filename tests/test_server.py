@@ -11,6 +11,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -474,6 +476,28 @@ def test_page_openapi_and_fixed_static_files(client):
     assert {"/sdapi/v1/txt2img", "/v1/generate", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel"} <= set(paths)
     schema = client.get("/v1/schema").json()
     assert "negative_prompt" in schema["fields"] and schema["params"][3]["max"] == 150
+
+
+def _nesting(value) -> int:
+    if isinstance(value, list):
+        return 1 + max((_nesting(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_nesting(v) for v in value.values()), default=0)
+    return 0
+
+
+JSON_VALUES = st.recursive(st.none() | st.integers() | st.text(alphabet='[]{}"\\ab,:'),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                               st.text(alphabet='[]{}"\\ab', max_size=4), inner, max_size=3), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES)
+def test_the_body_depth_check_counts_brackets_outside_strings_only(value):
+    from avert.server.bodies import _depth
+
+    raw = json.dumps(value).encode()
+    assert _depth(raw) == _nesting(value)
 
 
 def test_strict_json_refuses_what_python_would_accept():

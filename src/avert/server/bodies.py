@@ -58,7 +58,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # unrolled (Friedl): 8 MB of text in 0.05 s, not 0.9 s
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # unrolled (Friedl): no alternation tried per character
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
