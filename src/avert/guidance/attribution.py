@@ -30,13 +30,9 @@ from avert.guidance.strategy import Branch, Guidance, StepContext
 
 def without(guidance: Guidance, group: int) -> Guidance:
     """The same guidance with every term of request negative `group` switched off (weight 0)."""
-    terms = tuple(dataclasses.replace(t, weight=0.0) if _group(t, i) == group else t
-                  for i, t in enumerate(guidance.negatives))
+    groups = guidance.groups(tuple(range(len(guidance.negatives))))
+    terms = tuple(dataclasses.replace(t, weight=0.0) if g == group else t for t, g in zip(guidance.negatives, groups))
     return dataclasses.replace(guidance, negatives=terms)
-
-
-def _group(term, index: int) -> int:
-    return index if term.group is None else term.group
 
 
 def changes(guidance: Guidance, predictions: Mapping[Branch, torch.Tensor], ctx: StepContext, x: torch.Tensor,

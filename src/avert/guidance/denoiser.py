@@ -61,9 +61,9 @@ class Denoiser:
         self.count.samples += out.shape[0]
         self.count.branches += len(names)
         predictions = dict(zip(names, out.to(x.dtype).chunk(len(names))))
-        before = dict(self._memory)
+        before = dict(self._memory) if self.maps is not None else None  # the memory the leave-one-out reads
         combined = self.guidance.combine(predictions, ctx, x, self._memory)
-        if self.maps is not None and self.guidance.guided(ctx):
+        if before is not None and self.guidance.guided(ctx):
             self.maps.add(ctx, attribution.changes(self.guidance, predictions, ctx, x, before, combined))
         if self.guidance.interval.reuse:
             return self._reuse(combined, predictions[prompt_branch(0)], ctx)

@@ -32,6 +32,12 @@ def resized(values: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(plane.resize((width, height), Image.Resampling.BILINEAR))
 
 
+def shared_range(maps) -> tuple[float, float]:
+    """(smallest, largest) value over the maps shown together (arrays), (0, 0) for none: `overlay`'s range."""
+    values = list(maps)
+    return (min((float(v.min()) for v in values), default=0.0), max((float(v.max()) for v in values), default=0.0))
+
+
 def overlay(image: Image.Image, values: np.ndarray, low: float, high: float) -> Image.Image:
     """The map `values` ([h, w], latent size) over `image`, from `low` (not shown) to `high` (full heat)."""
     span = high - low

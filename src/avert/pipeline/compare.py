@@ -11,7 +11,7 @@ from avert.conditioning.embeddings import EmbeddingLibrary
 from avert.errors import FieldProblem, ValidationError
 from avert.models.components import Components
 from avert.output.grid import compare_grid
-from avert.output.maps import difference, overlay
+from avert.output.maps import difference, overlay, shared_range
 from avert.pipeline.generate import check, generate, resolve
 from avert.pipeline.result import GenerationResult
 from avert.pipeline.runtime import Runtime
@@ -52,9 +52,7 @@ class Comparison:
         column without a negative; the maps of one seed share one range."""
         cells: list[list[Image.Image]] = [[] for _ in self.columns]
         for i, plain in enumerate(self.columns[0].images):
-            values = [r.images[i].maps[0].values for r in self.columns[1:] if r.images[i].maps]
-            low = min((float(v.min()) for v in values), default=0.0)
-            high = max((float(v.max()) for v in values), default=0.0)
+            low, high = shared_range(r.images[i].maps[0].values for r in self.columns[1:] if r.images[i].maps)
             for column, r in zip(cells, self.columns):
                 made = r.images[i]
                 shown = overlay(made.image, made.maps[0].values, low, high) if made.maps else \

@@ -6,7 +6,7 @@ import base64
 import io
 from typing import Any
 
-from avert.output.maps import difference, overlay
+from avert.output.maps import difference, overlay, shared_range
 from avert.output.pnginfo import png_bytes
 from avert.pipeline.metadata import negative_line
 from avert.pipeline.result import GeneratedImage
@@ -56,12 +56,9 @@ def map_json(made: list[tuple[str, GeneratedImage]]) -> list[dict[str, Any]]:
     a negative (the first of that seed), as base64 PNGs; the maps of one seed share one range
     (`avert.output.maps`). Images without a map get nothing."""
     plain: dict[int, GeneratedImage] = {}
-    ranges: dict[int, tuple[float, float]] = {}
     for _, g in made:
         plain.setdefault(g.seed, g)
-        for m in g.maps:
-            low, high = ranges.get(g.seed, (float("inf"), float("-inf")))
-            ranges[g.seed] = (min(low, float(m.values.min())), max(high, float(m.values.max())))
+    ranges = {seed: shared_range(m.values for _, g in made if g.seed == seed for m in g.maps) for seed in plain}
     extras: list[dict[str, Any]] = []
     for _, g in made:
         if not g.maps:
