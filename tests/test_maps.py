@@ -72,3 +72,18 @@ def test_the_cross_attention_view_leaves_the_image_and_puts_the_processors_back(
     assert attention.total.shape == (1, 32, 32) and attention.total.min() > 0
     # 4 evaluations x 7 cross-attention layers, each a share of 1 over the tokens: the words' share is below that
     assert attention.total.sum() < 4 * 7 * 32 * 32
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--scenes", "0", "scenes: '0' is not allowed; must be an integer from 1 to 64"),
+    ("--threads", "x", "threads: 'x' is not allowed; must be an integer from 1 to 256"),
+    ("--kinds", "mountain", "invalid choice: 'mountain'"),
+])
+def test_the_maps_tool_refuses_bad_options_by_name(flag, value, message):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).parents[1] / "tools" / "maps.py"
+    done = subprocess.run([sys.executable, str(tool), flag, value], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr

@@ -26,6 +26,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from avert.argtypes import bounded  # noqa: E402
 from avert.evaluation.common import machine  # noqa: E402
 from avert.evaluation.maps import STEPS, STRENGTH, cases, read  # noqa: E402
 from avert.models.default import EMBEDDED_MODEL  # noqa: E402
@@ -101,11 +102,13 @@ def page(table: list[dict], kinds, seconds: float, scenes: int) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenes", type=int, default=12)
+    parser.add_argument("--scenes", type=bounded("scenes", int, 1, 64), default=12,
+                        help="scenes per object, 1 to 64 (default 12)")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--methods", nargs="+", default=["cfg", "gated"], choices=["cfg", "gated", "posterior",
                                                                                     "dynamic", "perp-neg", "apg"])
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=bounded("threads", int, 1, 256), default=None,
+                        help="torch CPU threads (default: torch's)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "eval")
     args = parser.parse_args()
     if args.threads:
