@@ -74,20 +74,35 @@ def _both(tiny, kdiffusion, sampler: str, eta: float, seed: int = 7):
         ours = sample(lambda x, t, ctx: model(x, t), [scheduler], noise, [ours_g])
         theirs_g = torch.Generator().manual_seed(seed)
         start = torch.randn(shape, generator=theirs_g) * scheduler.init_noise_sigma  # the same start as avert's
+        if sampler.startswith("DPM++ 2M"):  # diffusers' multistep solvers start in VP space: x / alpha for k-diffusion
+            start = start * (1 + scheduler.sigmas[0].to(torch.float32) ** 2) ** 0.5
         denoiser = kdiffusion.external.DiscreteEpsDDPMDenoiser(model, scheduler.alphas_cumprod, quantize=False)
-        sigmas = scheduler.sigmas[::2] if sampler.startswith("DPM2") else scheduler.sigmas  # k-diffusion's own list
-        run = {"Euler a": kdiffusion.sampling.sample_euler_ancestral,
-               "DPM2 a": kdiffusion.sampling.sample_dpm_2_ancestral}[sampler]
-        theirs = run(denoiser, start, sigmas.to(torch.float32), eta=eta, disable=True,
-                     noise_sampler=lambda s, s_next: torch.randn(shape, generator=theirs_g))
+        run, sigmas, noise_sampler = _kdiffusion_sampler(kdiffusion, sampler, scheduler.sigmas.to(torch.float32),
+                                                         start, seed, lambda: torch.randn(shape, generator=theirs_g))
+        theirs = run(denoiser, start, sigmas, eta=eta, disable=True, noise_sampler=noise_sampler)
     return ours, theirs
 
 
-@pytest.mark.parametrize("sampler", ["Euler a", "DPM2 a"])
+def _kdiffusion_sampler(kdiffusion, sampler, sigmas, start, seed, draw):
+    """k-diffusion's sampler for an A1111 name, its sigma list (diffusers' two-stage schedulers repeat sigmas) and
+    the noise it gets: the draws of avert's generator, or for DPM++ SDE the Brownian tree A1111 gives it."""
+    samplers = kdiffusion.sampling
+    if sampler.startswith("DPM2"):
+        return samplers.sample_dpm_2_ancestral, sigmas[::2], lambda s, s_next: draw()
+    if sampler.startswith("DPM++ SDE"):  # s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0
+        sigmas = torch.cat([sigmas[:1], sigmas[1:-1:2], sigmas[-1:]])
+        tree = samplers.BrownianTreeNoiseSampler(start, sigmas[sigmas > 0].min(), sigmas.max(), seed=seed)
+        return samplers.sample_dpmpp_sde, sigmas, tree
+    run = {"Euler a": samplers.sample_euler_ancestral, "DPM++ 2M SDE": samplers.sample_dpmpp_2m_sde}[sampler]
+    return run, sigmas, lambda s, s_next: draw()
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM2 a", "DPM++ 2M SDE", "DPM++ SDE"])
 @pytest.mark.parametrize("eta", [0.0, 0.35, 1.0])
 def test_ancestral_samplers_equal_k_diffusions_at_every_eta(tiny, kdiffusion, sampler, eta):
-    """k-diffusion's `sample_euler_ancestral` / `sample_dpm_2_ancestral(eta=...)` with its own
-    `DiscreteEpsDDPMDenoiser` (its c_in and sigma -> t): the decoded images agree within 1/255."""
+    """k-diffusion's `sample_euler_ancestral` / `sample_dpm_2_ancestral` / `sample_dpmpp_2m_sde` /
+    `sample_dpmpp_sde(eta=...)` with its own `DiscreteEpsDDPMDenoiser` (its c_in and sigma -> t): the decoded
+    images agree within 1/255."""
     ours, theirs = _both(tiny, kdiffusion, sampler, eta)
     assert torch.allclose(ours, theirs, atol=2e-4, rtol=1e-4), (ours - theirs).abs().max()
     runtime = Runtime()
@@ -95,11 +110,12 @@ def test_ancestral_samplers_equal_k_diffusions_at_every_eta(tiny, kdiffusion, sa
     assert np.abs(ours_image - theirs_image).max() <= 1
 
 
-def test_eta_changes_the_ancestral_result_where_k_diffusion_says_it_does(tiny, kdiffusion):
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M SDE", "DPM++ SDE"])
+def test_eta_changes_the_ancestral_result_where_k_diffusion_says_it_does(tiny, kdiffusion, sampler):
     """Guards the parity above against an eta that does nothing: 0.35 and 1 differ, on both sides."""
-    low, _ = _both(tiny, kdiffusion, "Euler a", 0.35)
-    full, _ = _both(tiny, kdiffusion, "Euler a", 1.0)
-    assert (low - full).abs().max() > 0.05
+    low, low_theirs = _both(tiny, kdiffusion, sampler, 0.35)
+    full, full_theirs = _both(tiny, kdiffusion, sampler, 1.0)
+    assert (low - full).abs().max() > 0.05 and (low_theirs - full_theirs).abs().max() > 0.05
 
 
 @pytest.mark.parametrize("ancestral, plain", [("Euler a", "Euler"), ("DPM2 a", "DPM2"),
@@ -134,7 +150,7 @@ def test_ddim_eta_equals_diffusers_pipeline_with_the_same_eta(tiny, diffusers_pi
 
 @pytest.mark.parametrize("sampler, eta, allowed", [
     ("Euler", 0.0, "applies only with the samplers that take eta"),
-    ("DPM++ 2M SDE", 0.5, "must be 1 or unset for DPM++ 2M SDE"),
+    ("DPM++ 2M SDE", 1.5, "must be a number from 0 to 1"),
     ("Euler a", 1.5, "must be a number from 0 to 1"),
 ])
 def test_eta_is_refused_by_name_where_it_means_nothing_or_cannot_be_run(sampler, eta, allowed):

@@ -133,6 +133,30 @@ def test_latent_upscale_encodes_at_the_images_size_and_interpolates(tiny):
     assert "Resize mode: latent upscale" in result.images[0].infotext
 
 
+def test_the_noise_multiplier_scales_the_noise_that_re_draws_the_init_image(tiny):
+    """A1111's initial_noise_multiplier: x = latents + m z sigma (Euler's add_noise), the latents untouched."""
+    from avert.output.pnginfo import parse_parameters
+    from avert.pipeline.metadata import request_from_a1111
+    from avert.pipeline.runtime import Runtime
+    from avert.sampling.samplers import SAMPLERS
+
+    def start(multiplier):
+        scheduler = SAMPLERS["Euler"].build(tiny.scheduler_config, 3)
+        scheduler.set_timesteps(STEPS)
+        request = BASE.replace(sampler="Euler", width=64, height=64, initial_noise_multiplier=multiplier)
+        return img2img.start(request, tiny, Runtime(), [scheduler], [3], (4, 32, 32))
+
+    full, half, none = start(1.0), start(0.5), start(0.0)
+    assert torch.equal(full.latents, half.latents) and (full.x - full.latents).abs().max() > 1
+    assert torch.allclose(half.x - half.latents, 0.5 * (full.x - full.latents), atol=1e-5)
+    assert torch.allclose(none.x, none.latents)
+    made = generate(BASE.replace(steps=2, initial_noise_multiplier=0.5), tiny).images[0]
+    assert "Noise multiplier: 0.5" in made.infotext
+    assert not np.array_equal(pixels(made.image), pixels(generate(BASE.replace(steps=2), tiny).images[0].image))
+    assert request_from_a1111(parse_parameters(made.infotext), img2img=True).initial_noise_multiplier == 0.5
+    assert "Noise multiplier" not in generate(BASE.replace(steps=2), tiny).images[0].infotext
+
+
 def test_metadata_says_img2img_and_the_record_names_the_init_image(tiny):
     made = generate(BASE.replace(strength=0.6, steps=2), tiny).images[0]
     assert "Denoising strength: 0.6" in made.infotext
@@ -143,6 +167,9 @@ def test_metadata_says_img2img_and_the_record_names_the_init_image(tiny):
 @pytest.mark.parametrize("changes, field", [
     ({"init_image": None, "strength": 0.5}, "strength"),
     ({"init_image": None, "resize_mode": "crop and resize"}, "resize_mode"),
+    ({"init_image": None, "initial_noise_multiplier": 0.5}, "initial_noise_multiplier"),
+    ({"initial_noise_multiplier": 1.6}, "initial_noise_multiplier"),
+    ({"initial_noise_multiplier": -0.1}, "initial_noise_multiplier"),
     ({"strength": 1.5}, "strength"),
     ({"resize_mode": "stretch"}, "resize_mode"),
     ({"init_image": "picture.png"}, "init_image"),

@@ -153,6 +153,40 @@ def test_the_blur_is_opencvs_gaussian_with_a1111s_kernel_width():
     assert np.array_equal(np.asarray(inpaint.gaussian_blur(Image.fromarray(dot), 0)), dot)
 
 
+def test_the_blur_takes_its_own_sigma_vertically_as_a1111s_mask_blur_y():
+    dot = np.zeros((41, 41), np.uint8)
+    dot[20, 20] = 255
+    image = Image.fromarray(dot)
+    both = np.asarray(inpaint.gaussian_blur(image, 4))
+    assert np.array_equal(np.asarray(inpaint.gaussian_blur(image, 4, 4)), both)
+    across = np.asarray(inpaint.gaussian_blur(image, 4, 0)).astype(float)  # horizontal only: one row, the kernel
+    assert not across[:20].any() and not across[21:].any()
+    assert np.abs(across[20, 10:31] - 255 * inpaint.gaussian_kernel(4)).max() <= 0.5 + 1e-9
+    down = np.asarray(inpaint.gaussian_blur(image, 0, 2)).astype(float)  # vertical only: one column, 11 taps
+    assert not down[:, :20].any() and not down[:, 21:].any() and down[15:26, 20].all() and not down[:15, 20].any()
+    tall = np.asarray(inpaint.gaussian_blur(image, 1, 3))
+    assert np.flatnonzero(tall[20]).size < np.flatnonzero(tall[:, 20]).size  # wider vertically, as asked
+
+
+def test_mask_blur_y_is_written_read_back_and_applies_only_with_a_mask(tiny):
+    from avert.output.pnginfo import parse_parameters
+    from avert.pipeline.metadata import request_from_a1111
+
+    made = generate(BASE.replace(steps=2, mask_blur=2, mask_blur_y=6), tiny).images[0]
+    assert "Mask blur: 2" in made.infotext and "Mask blur y: 6" in made.infotext
+    read = request_from_a1111(parse_parameters(made.infotext), img2img=True, inpainting=True)
+    assert (read.mask_blur, read.mask_blur_y) == (2, 6)
+    same = generate(BASE.replace(steps=2, mask_blur=2, mask_blur_y=2), tiny).images[0]
+    assert "Mask blur y" not in same.infotext
+    assert np.array_equal(pixels(same.image), pixels(generate(BASE.replace(steps=2, mask_blur=2), tiny).images[0].image))
+    assert not np.array_equal(pixels(same.image), pixels(made.image))
+    for changes, field in (({"mask": None, "mask_blur_y": 3}, "mask_blur_y"), ({"mask_blur_y": 65}, "mask_blur_y"),
+                           ({"mask_blur_y": 2.5}, "mask_blur_y")):
+        with pytest.raises(ValidationError) as error:
+            validate(BASE.replace(**changes))
+        assert [p.field for p in error.value.problems] == [field]
+
+
 def test_the_only_masked_box_is_grown_by_the_padding_then_to_the_ratio_inside_the_image():
     mask = Image.new("L", (100, 60))
     mask.paste(255, (40, 20, 50, 30))

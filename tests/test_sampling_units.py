@@ -246,7 +246,8 @@ def test_a_sampler_is_built_at_its_eta():
     from avert.sampling.eta import DDIMEta, EulerAncestralEta
     from avert.sampling.samplers import ETA_SAMPLERS, SAMPLERS
 
-    assert ETA_SAMPLERS == ("Euler a", "DPM2 a", "DPM2 a Karras", "DDIM")
+    assert ETA_SAMPLERS == ("Euler a", "DPM2 a", "DPM2 a Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DPM++ SDE",
+                            "DPM++ SDE Karras", "DDIM")
     assert type(SAMPLERS["Euler a"].build(SCHEDULE, 0, None)) is EulerAncestralDiscreteScheduler
     assert type(SAMPLERS["Euler a"].build(SCHEDULE, 0, 1.0)) is EulerAncestralDiscreteScheduler
     built = SAMPLERS["Euler a"].build(SCHEDULE, 0, 0)
@@ -256,7 +257,12 @@ def test_a_sampler_is_built_at_its_eta():
     assert SAMPLERS["DDIM"].build(SCHEDULE, 0, 1.0).config.timestep_spacing == "leading"
     assert SAMPLERS["DPM2 a Karras"].build(SCHEDULE, 0, 0.5).config.use_karras_sigmas is True  # the options kept
     assert [SAMPLERS[n].default_eta for n in ("Euler a", "DDIM", "DPM++ SDE", "Euler")] == [1.0, 0.0, 1.0, None]
-    assert SAMPLERS["DPM++ 2M SDE Karras"].eta_option == "eta_ancestral" and not SAMPLERS["DPM++ SDE"].eta_settable
+    assert SAMPLERS["DPM++ 2M SDE Karras"].eta_option == SAMPLERS["DPM++ SDE"].eta_option == "eta_ancestral"
+    sde = SAMPLERS["DPM++ SDE Karras"].build(SCHEDULE, 5, 0.25)
+    assert (type(sde).__name__, sde.eta, sde.config.use_karras_sigmas, sde.noise_sampler_seed) == (
+        "DPMSolverSDEEta", 0.25, True, 5)
+    multistep = SAMPLERS["DPM++ 2M SDE"].build(SCHEDULE, 0, 0.5)
+    assert (type(multistep).__name__, multistep.config.algorithm_type) == ("DPMSolverMultistepEta", "sde-dpmsolver++")
 
 
 def test_the_loop_runs_from_begin_with_the_given_start():

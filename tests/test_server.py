@@ -152,7 +152,7 @@ def test_txt2img_n_iter_continues_the_seeds(client):
     ({"override_settings": {"sd_model_checkpoint": "/tmp"}}, "override_settings.sd_model_checkpoint"),
     ({"enable_hr": "yes"}, "enable_hr"),
     ({"styles": ["cinematic"]}, "styles"),
-    ({"eta": 0.5, "sampler_name": "DPM++ 2M SDE"}, "eta"),
+    ({"eta": 1.5, "sampler_name": "DPM++ 2M SDE"}, "eta"),
     ({"eta": 1.5, "sampler_name": "Euler a"}, "eta"),
     ({"n_iter": 0}, "n_iter"),
     ({"negative_prompt": ["a", "b"]}, "negative_prompt"),
@@ -658,6 +658,17 @@ def test_several_init_images_make_a_batch_each_image_from_its_own(tiny_folder):
                                                init_image=InitImage.from_pil(pictures[k % 2])), components)
             assert np.array_equal(pixels(made), np.asarray(alone.images[0].image, dtype=np.int16)), k
         assert_names(c.post("/sdapi/v1/img2img", json={**body, "batch_size": 1}), 422, "init_images")
+        # a negative per image (avert's extension) counts the images made: 2 init images x 2 rounds, not 3 x 2
+        negatives = ["blue", "", "red", "blue"]
+        answer = c.post("/sdapi/v1/img2img", json={**body, "negative_prompt": negatives}).json()
+        for k, made in enumerate(answer["images"]):
+            alone = generate(GenerationRequest("a car", negatives[k], seed=5 + k, steps=3, width=16, height=16,
+                                               guidance="cfg", init_image=InitImage.from_pil(pictures[k % 2])),
+                             components)
+            assert np.array_equal(pixels(made), np.asarray(alone.images[0].image, dtype=np.int16)), k
+        refused = c.post("/sdapi/v1/img2img", json={**body, "negative_prompt": negatives + ["a", "b"]})
+        assert_names(refused, 422, "negative_prompt")
+        assert "a list of 4 strings" in refused.text
 
 
 def test_img2img_renders_what_the_engine_renders_from_a1111s_and_the_native_body(tiny_folder):
@@ -690,8 +701,42 @@ def test_img2img_renders_what_the_engine_renders_from_a1111s_and_the_native_body
         inpainted = c.post("/sdapi/v1/img2img", json={**body, "mask": image})
         assert inpainted.status_code == 200 and inpainted.json()["parameters"]["mask"] is None  # not echoed
         assert "Inpaint area: Only masked" in json.loads(inpainted.json()["info"])["infotexts"][0]  # A1111's default
+        blurs = c.post("/sdapi/v1/img2img", json={**body, "mask": image, "mask_blur_x": 1, "mask_blur_y": 3}).json()
+        assert "Mask blur: 1, Mask blur y: 3" in json.loads(blurs["info"])["infotexts"][0]
+        assert_names(c.post("/sdapi/v1/img2img", json={**body, "mask": image, "mask_blur_y": 65}), 422, "mask_blur_y")
+        assert_names(c.post("/sdapi/v1/img2img", json={**body, "mask": image, "mask_blur": 65, "mask_blur_y": 65}),
+                     422, "mask_blur")  # mask_blur sets both: only it is named
         assert_names(c.post("/sdapi/v1/img2img", json={**body, "init_images": [image, image]}), 422, "init_images")
         assert_names(c.post("/sdapi/v1/img2img", json={**body, "denoising_strength": 2}), 422, "denoising_strength")
+
+
+def test_the_noise_multiplier_comes_from_the_request_else_override_settings_else_the_option(tiny_folder):
+    picture = Image.fromarray((np.random.default_rng(1).random((16, 16, 3)) * 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    body = {"init_images": [base64.b64encode(buffer.getvalue()).decode()], "prompt": "a car", "steps": 2, "width": 16,
+            "height": 16, "seed": 1}
+    small = {"prompt": "a car", "steps": 2, "width": 16, "height": 16}
+
+    def multiplier(answer):
+        assert answer.status_code == 200, answer.text
+        text = json.loads(answer.json()["info"])["infotexts"][0]
+        return float(text.split("Noise multiplier: ")[1].split(",")[0]) if "Noise multiplier" in text else 1.0
+
+    with TestClient(create_app(ServerConfig(model=str(tiny_folder))), base_url="http://127.0.0.1") as c:
+        assert multiplier(c.post("/sdapi/v1/img2img", json=body)) == 1.0
+        assert multiplier(c.post("/sdapi/v1/img2img", json={**body, "initial_noise_multiplier": 0.5})) == 0.5
+        assert c.post("/sdapi/v1/options", json={"initial_noise_multiplier": 0.8}).status_code == 200
+        assert c.get("/sdapi/v1/options").json()["initial_noise_multiplier"] == 0.8
+        assert multiplier(c.post("/sdapi/v1/img2img", json=body)) == 0.8
+        assert multiplier(c.post("/sdapi/v1/img2img", json={**body, "initial_noise_multiplier": None})) == 0.8
+        overridden = {**body, "override_settings": {"initial_noise_multiplier": 0.6}}
+        assert multiplier(c.post("/sdapi/v1/img2img", json=overridden)) == 0.6
+        assert multiplier(c.post("/sdapi/v1/img2img", json={**overridden, "initial_noise_multiplier": 0.7})) == 0.7
+        assert multiplier(c.post("/sdapi/v1/txt2img", json=small)) == 1.0  # an img2img option: txt2img unchanged
+        assert_names(c.post("/sdapi/v1/img2img", json={**body, "initial_noise_multiplier": 2}), 422,
+                     "initial_noise_multiplier")
+        assert_names(c.post("/sdapi/v1/options", json={"initial_noise_multiplier": -1}), 422, "initial_noise_multiplier")
 
 
 def test_an_infotext_fills_what_the_request_leaves_out_and_remakes_the_image(tiny_folder):

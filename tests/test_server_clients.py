@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 import requests
 import webuiapi
@@ -152,6 +153,20 @@ def test_page_in_headless_chromium(server, tmp_path):
             expect(images).to_have_count(3, timeout=60_000)
             made = page.locator("#gallery img").first.get_attribute("title")
             assert "Denoising strength: 0.5" in made and "Resize mode: crop and resize" in made and "Eta: 0.0" in made
+            hole = np.zeros((32, 32), np.uint8)
+            hole[8:24, 8:24] = 255
+            Image.fromarray(hole).save(tmp_path / "hole.png")
+            page.set_input_files("#mask", str(tmp_path / "hole.png"))  # inpainting the same image
+            expect(page.locator("#mask-settings")).to_be_visible()
+            page.fill("#mask_blur", "2")
+            page.select_option("#inpainting_fill", "latent noise")
+            page.fill("#initial_noise_multiplier", "0.8")
+            page.click("#generate")
+            expect(images).to_have_count(4, timeout=60_000)
+            made = page.locator("#gallery img").first.get_attribute("title")
+            assert all(key in made for key in ("Mask blur: 2", "Masked content: latent noise", "Noise multiplier: 0.8"))
+            page.click("#clear-mask")
+            expect(page.locator("#mask-settings")).to_be_hidden()
             page.click("#clear-init")
             page.fill("#eta", "")
             page.fill("#steps", "0")
@@ -160,9 +175,18 @@ def test_page_in_headless_chromium(server, tmp_path):
             page.fill("#steps", "6")
             page.select_option("#negatives_rule", "joined")  # the two negatives as A1111's one text
             page.click("#generate")
-            expect(images).to_have_count(4, timeout=60_000)
+            expect(images).to_have_count(5, timeout=60_000)
             made = page.locator("#gallery img").first.get_attribute("title")
             assert "Negative prompt: green tones, sun" in made and "Negatives rule: joined" in made
+            page.check("#enable_hr")  # the hires fix: 32 -> 48 pixels, its own second-pass negative
+            page.fill("#hr_scale", "1.5")
+            page.fill("#hr_negative_prompt", "sun")
+            page.fill("#strength", "0.5")
+            page.click("#generate")
+            expect(images).to_have_count(6, timeout=90_000)
+            made = page.locator("#gallery img").first.get_attribute("title")
+            assert "Hires upscale: 1.5" in made and "Hires negative prompt: sun" in made
+            assert page.locator("#gallery img").first.evaluate("img => img.naturalWidth") == 48
         finally:
             browser.close()
     assert Image.open(png).size == (32, 32)

@@ -255,10 +255,9 @@ def test_a_negative_window_edge_is_a_finite_number_in_range(value, ok):
 
 @pytest.mark.parametrize("changes, allowed", [
     ({"sampler": "Euler", "eta": 0.0}, "applies only with the samplers that take eta (Euler a, DPM2 a, DPM2 a Karras, "
-                                       "DDIM; A1111 also passes it to its SDE samplers); leave it unset for Euler"),
-    ({"sampler": "DPM++ SDE", "eta": 0.5}, "must be 1 or unset for DPM++ SDE: avert runs it as diffusers' "
-                                          "DPMSolverSDEScheduler, which has no eta (other values: Euler a, DPM2 a, "
-                                          "DPM2 a Karras, DDIM)"),
+                                       "DPM++ 2M SDE, DPM++ 2M SDE Karras, DPM++ SDE, DPM++ SDE Karras, DDIM); leave "
+                                       "it unset for Euler"),
+    ({"sampler": "DPM++ SDE", "eta": 1.5}, "must be a number from 0 to 1"),
     ({"sampler": "Euler a", "eta": -0.1}, "must be a number from 0 to 1"),
     ({"sampler": "Euler a", "eta": float("nan")}, "must be a number from 0 to 1"),
 ])
@@ -280,7 +279,8 @@ def test_a_bad_sampler_or_eta_is_named_once_by_its_own_rule(changes, field):
 
 @pytest.mark.parametrize("changes", [{"sampler": "Euler a", "eta": 0.0}, {"sampler": "DDIM", "eta": 1.0},
                                      {"sampler": "DPM2 a Karras", "eta": 0.3}, {"sampler": "DPM++ 2M SDE", "eta": 1.0},
-                                     {"sampler": "DPM++ 2M SDE", "eta": 1}, {"sampler": "Euler", "eta": None},
+                                     {"sampler": "DPM++ 2M SDE", "eta": 1}, {"sampler": "DPM++ SDE Karras", "eta": 0.0},
+                                     {"sampler": "DPM++ 2M SDE Karras", "eta": 0.4}, {"sampler": "Euler", "eta": None},
                                      {"sampler": "Nope", "eta": 0.5}])
 def test_eta_is_accepted_where_the_sampler_runs_it(changes):
     try:

@@ -159,6 +159,9 @@ def _serve_parser(sub) -> None:
                    help="folder of models clients may choose by name (diffusers folders, .safetensors files)")
     p.add_argument("--embeddings", type=Path, default=None, metavar="DIR",
                    help="textual-inversion .safetensors files, used by name in prompts (default: $AVERT_EMBEDDINGS)")
+    p.add_argument("--styles", dest="styles_file", type=Path, default=None, metavar="FILE",
+                   help="prompt styles clients may name (A1111's styles.csv; GET /sdapi/v1/prompt-styles lists them) "
+                   "(default: $AVERT_STYLES)")
     p.add_argument("--api-key-file", type=Path, default=None, metavar="FILE",
                    help="require a key from FILE (one per line; each key's jobs are its own) as a bearer token or "
                    "basic-auth password (default: $AVERT_API_KEY, one key)")
@@ -198,7 +201,7 @@ def _run_serve(args) -> int:
                           rate_limit=args.rate_limit, queue_size=args.queue_size,
                           max_body_bytes=int(args.max_body_mb * 1024 * 1024), cors_origins=tuple(args.cors_origin),
                           limits=dataclasses.replace(LIMITS, max_work=args.max_work), device=args.device,
-                          precision=args.precision)
+                          precision=args.precision, styles=_styles(args))
     config.check_bind()
     if args.api_key:
         print("avert serve: warning: --api-key is visible to every user of this machine (ps); prefer $AVERT_API_KEY "
@@ -287,6 +290,7 @@ def _generate_parser(sub) -> None:
                    help="re-make an image from the parameters stored in it (flags given override them; an img2img "
                    "image needs its --init-image again)")
     _add_init_image_flag(p)
+    _add_style_flags(p)
     p.add_argument("-o", "--output", type=Path, default=None, metavar="FILE_OR_DIR",
                    help="a .png file, or a folder (default: ./outputs)")
     p.add_argument("--upscale", type=bounded("upscale", int, 1, 16), default=None, metavar="N",
@@ -294,6 +298,37 @@ def _generate_parser(sub) -> None:
                    "makes 32x32 images), 1 for images of 256 px and more")
     _add_model_flags(p)
     p.set_defaults(handler=_run_generate)
+
+
+def _add_style_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--style", dest="styles", action="append", default=[], metavar="NAME",
+                        help="apply a saved style to the prompt and the negative (repeat; in order), as A1111 does")
+    parser.add_argument("--styles", dest="styles_file", type=Path, default=None, metavar="FILE",
+                        help="the styles, in A1111's styles.csv format (default: $AVERT_STYLES)")
+
+
+def _styles(args) -> tuple:
+    """The styles of --styles FILE, else of $AVERT_STYLES; none without either."""
+    import os
+
+    from avert.prompts.styles import read_styles
+
+    path = args.styles_file or (Path(os.environ["AVERT_STYLES"]) if os.environ.get("AVERT_STYLES") else None)
+    return read_styles(path) if path is not None else ()
+
+
+def _styled(args, request):
+    """The request with the --style styles applied to its prompt and first negative (`avert.prompts.styles`)."""
+    from avert.prompts.styles import apply
+
+    if not args.styles:
+        return request
+    styles = _styles(args)
+    if not styles:
+        raise ValidationError([FieldProblem("style", args.styles[0], "needs a styles file: --styles FILE (A1111's "
+                                            "styles.csv) or $AVERT_STYLES")])
+    prompt, negative = apply(styles, args.styles, request.prompt, request.negative_prompt, "style")
+    return request.replace(prompt=prompt, negative_prompt=negative)
 
 
 def _add_init_image_flag(parser: argparse.ArgumentParser) -> None:
@@ -476,8 +511,8 @@ def _run_generate(args) -> int:
     from avert.conditioning.embeddings import load_embeddings
     from avert.pipeline.generate import generate
 
-    request = _request_from_args(args, _request_from_image(args.from_image, args.init_image, args.mask)
-                                 if args.from_image else None)
+    request = _styled(args, _request_from_args(args, _request_from_image(args.from_image, args.init_image, args.mask)
+                                               if args.from_image else None))
     if not request.prompt and not args.from_image:
         raise ValidationError([FieldProblem("prompt", request.prompt, "give a prompt (or --from IMAGE)")])
     _check_before_loading(request)

@@ -78,7 +78,9 @@ class GenerationRequest:
     guidance_reuse: bool = False
     strength: float = 0.75
     resize_mode: str = "just resize"
+    initial_noise_multiplier: float = 1.0
     mask_blur: int = 4
+    mask_blur_y: int | None = None
     inpainting_fill: str = "original"
     inpainting_mask_invert: bool = False
     inpaint_full_res: bool = False

@@ -105,8 +105,8 @@ PARAMS: tuple[Param, ...] = (
     Param("sampler", str, "Euler a", "sampler, by its AUTOMATIC1111 name", "--sampler", choices=SAMPLER_NAMES),
     Param("eta", float, None, "noise of each step of the samplers that take eta, as A1111 (k-diffusion) runs them: "
           f"{', '.join(ETA_SAMPLERS)}; 0 adds none (deterministic), 1 is the full ancestral step", "--eta",
-          low=lambda l: 0.0, high=lambda l: 1.0, unset="the sampler's own: 1 for ancestral samplers (A1111's "
-          "eta_ancestral), 0 for DDIM (eta_ddim)"),
+          low=lambda l: 0.0, high=lambda l: 1.0, unset="the sampler's own: 1 for ancestral and SDE samplers "
+          "(A1111's eta_ancestral), 0 for DDIM (eta_ddim)"),
     Param("batch_size", int, 1, "number of images, seeds seed .. seed + n - 1", "--batch-size", "-b",
           low=lambda l: 1, high=lambda l: l.max_batch_size),
     Param("negative_scale", float, None, "strength of the negatives apart from the prompt's; when it differs "
@@ -167,8 +167,14 @@ PARAMS: tuple[Param, ...] = (
     Param("resize_mode", str, "just resize", "img2img: how the init image is brought to width x height: stretched, "
           "cropped to cover, fitted with its edges stretched into the bands, or encoded at its own size and the "
           "latent interpolated (A1111's resize modes 0..3)", "--resize-mode", choices=RESIZE_MODES),
+    Param("initial_noise_multiplier", float, 1.0, "img2img: the noise that re-draws the init image, scaled (A1111's "
+          "noise multiplier for img2img; below 1 keeps more of the image at the same strength)", "--noise-multiplier",
+          low=lambda l: 0.0, high=lambda l: 1.5),
     Param("mask_blur", int, 4, "inpainting: Gaussian blur sigma of the mask's edge, in pixels (A1111's mask blur; "
-          "0: a hard edge)", "--mask-blur", low=lambda l: 0, high=lambda l: 64),
+          "0: a hard edge); horizontally only when mask_blur_y is set", "--mask-blur", low=lambda l: 0, high=lambda l: 64),
+    Param("mask_blur_y", int, None, "inpainting: the blur's sigma vertically, when it differs from the horizontal "
+          "mask_blur (A1111's mask_blur_x and mask_blur_y)", "--mask-blur-y", low=lambda l: 0, high=lambda l: 64,
+          unset="mask_blur"),
     Param("inpainting_fill", str, "original", "inpainting: what the masked area starts from: the init image "
           "(original), its surroundings blurred into it (fill), noise (latent noise) or nothing (latent nothing), "
           "A1111's masked content", "--inpainting-fill", choices=INPAINTING_FILLS),

@@ -142,7 +142,7 @@ def _joined_problems(request: GenerationRequest) -> list[FieldProblem]:
     return []
 
 
-MASK_ONLY = ("mask_blur", "inpainting_fill", "inpainting_mask_invert", "inpaint_full_res", "inpaint_full_res_padding",
+MASK_ONLY = ("mask_blur", "mask_blur_y", "inpainting_fill", "inpainting_mask_invert", "inpaint_full_res", "inpaint_full_res_padding",
              "mask_round", "overlay_inpaint")
 
 
@@ -159,7 +159,7 @@ def _img2img_problems(request: GenerationRequest) -> list[FieldProblem]:
     if request.init_image is None:
         if request.enable_hr is not True:
             problems += _unused(request, ("strength",), "an init image (img2img) or enable_hr (the hires fix")
-        problems += _unused(request, ("resize_mode",), "an init image (img2img")
+        problems += _unused(request, ("resize_mode", "initial_noise_multiplier"), "an init image (img2img")
     if request.mask is None:
         return problems + _unused(request, MASK_ONLY, "a mask (inpainting")
     if request.init_image is None:
@@ -213,19 +213,12 @@ def _unused(request: GenerationRequest, names: tuple[str, ...], needs: str) -> l
 
 
 def _eta_problems(request: GenerationRequest) -> list[FieldProblem]:
-    """eta means something only to the samplers that take one (A1111 ignores it for the others; avert names it),
-    and avert runs other values than the default only where it implements them (`avert.sampling.eta`)."""
+    """eta means something only to the samplers that take one (A1111 ignores it for the others; avert names it)."""
     spec = SAMPLERS.get(request.sampler) if isinstance(request.sampler, str) else None
-    if request.eta is None or not _has_type(request.eta, float) or spec is None:
+    if request.eta is None or not _has_type(request.eta, float) or spec is None or spec.eta_option is not None:
         return []
-    if spec.eta_option is None:
-        return [FieldProblem("eta", request.eta, f"applies only with the samplers that take eta ({', '.join(ETA_SAMPLERS)}"
-                             f"; A1111 also passes it to its SDE samplers); leave it unset for {request.sampler}")]
-    if not spec.eta_settable and request.eta != spec.default_eta:
-        return [FieldProblem("eta", request.eta, f"must be {spec.default_eta:g} or unset for {request.sampler}: avert runs "
-                             f"it as diffusers' {spec.scheduler}, which has no eta (other values: "
-                             f"{', '.join(ETA_SAMPLERS)})")]
-    return []
+    return [FieldProblem("eta", request.eta, f"applies only with the samplers that take eta ({', '.join(ETA_SAMPLERS)}"
+                         f"); leave it unset for {request.sampler}")]
 
 
 METHOD_ONLY = {("apg",): ("apg_eta", "apg_norm_threshold", "apg_momentum"),

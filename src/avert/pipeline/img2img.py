@@ -119,6 +119,8 @@ def start(request: GenerationRequest, components: Components, runtime: Runtime, 
     if latents.shape[-2:] != shape[-2:]:
         latents = F.interpolate(latents, size=shape[-2:], mode="bilinear", align_corners=False)
     noise = torch.cat([torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in generators])
+    if request.initial_noise_multiplier != 1.0:  # A1111: x *= initial_noise_multiplier before noising
+        noise = noise * request.initial_noise_multiplier
     if plan is not None:
         latents, extra = plan.apply(latents, pixels, components, generators, runtime)
     else:

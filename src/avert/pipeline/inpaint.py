@@ -5,7 +5,8 @@ modules/masking.py), written here from their description:
 
 1. read: from transparency, binarized at 128 when mask_round is on; else its grey levels. A mask of another size
    than the init image is first stretched to it (Lanczos). `inpainting_mask_invert` inverts it.
-2. blur: a horizontal, then a vertical Gaussian of sigma `mask_blur` (OpenCV's kernel width 2 int(2.5 sigma + 0.5) + 1,
+2. blur: a horizontal Gaussian of sigma `mask_blur`, then a vertical one of `mask_blur_y` (unset: `mask_blur`), as
+   A1111's mask_blur_x and mask_blur_y (OpenCV's kernel width 2 int(2.5 sigma + 0.5) + 1,
    border reflected without repeating the edge pixel, as cv2.GaussianBlur's default).
 3. whole picture: the mask is resized as the image is (`resize_mode`); the paste-back alpha is the mask times 2
    (clipped), so pixels of mask level 128 and above are fully re-drawn.
@@ -162,7 +163,7 @@ def read_mask(mask: Mask, size: tuple[int, int], request: GenerationRequest) -> 
         image = image.resize(size, Image.LANCZOS)
     if request.inpainting_mask_invert:
         image = ImageOps.invert(image)
-    return gaussian_blur(image, request.mask_blur)
+    return gaussian_blur(image, request.mask_blur, request.mask_blur_y)
 
 
 def gaussian_kernel(sigma: float) -> np.ndarray:
@@ -184,14 +185,15 @@ def reflect_101(n: int, pad: int) -> np.ndarray:
     return np.where(index >= n, period - index, index)
 
 
-def gaussian_blur(image: Image.Image, sigma: float) -> Image.Image:
-    """Step 2 on an 8-bit grey image: horizontal, then vertical, each rounded back to 8 bits; sigma 0 is no blur."""
-    if sigma <= 0:
-        return image
-    kernel = gaussian_kernel(sigma)
-    pad = len(kernel) // 2
+def gaussian_blur(image: Image.Image, sigma: float, sigma_y: float | None = None) -> Image.Image:
+    """Step 2 on an 8-bit grey image: horizontal (sigma), then vertical (sigma_y, None: sigma), each rounded back to 8
+    bits; a sigma of 0 leaves that axis alone."""
     array = np.asarray(image, dtype=np.float64)
-    for axis in (1, 0):
+    for axis, s in ((1, sigma), (0, sigma if sigma_y is None else sigma_y)):
+        if s <= 0:
+            continue
+        kernel = gaussian_kernel(s)
+        pad = len(kernel) // 2
         index = reflect_101(array.shape[axis], pad)
         padded = np.take(array, index, axis=axis)
         windows = np.lib.stride_tricks.sliding_window_view(padded, len(kernel), axis=axis)

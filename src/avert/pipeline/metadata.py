@@ -73,12 +73,14 @@ def negative_line(request: GenerationRequest) -> str:
 
 
 def img2img_params(request: GenerationRequest) -> tuple[tuple[str, object], ...]:
-    """A1111's "Denoising strength" of an img2img image, and avert's "Resize mode" where it is not the default;
+    """A1111's "Denoising strength" (and "Noise multiplier" when not 1) of an img2img image, and avert's "Resize
+    mode" where it is not the default;
     the inpainting keys of an image with a mask."""
     if request.init_image is None:
         return ()
     mode = (("Resize mode", request.resize_mode),) if request.resize_mode != A1111_REQUEST.resize_mode else ()
-    return (("Denoising strength", request.strength), *mode, *mask_params(request))
+    noise = ((NOISE_MULTIPLIER, request.initial_noise_multiplier),) if request.initial_noise_multiplier != 1.0 else ()
+    return (("Denoising strength", request.strength), *noise, *mode, *mask_params(request))
 
 
 def hires_params(request: GenerationRequest) -> tuple[tuple[str, object], ...]:
@@ -124,15 +126,19 @@ def hires_fields(parsed: ParsedParameters) -> dict:
 
 FILL_KEYS = {"fill": "fill", "latent noise": "latent noise", "latent nothing": "latent nothing"}  # original: none
 INVERTED = "Inpaint not masked"
+NOISE_MULTIPLIER = "Noise multiplier"
+BLUR_Y = "Mask blur y"
 
 
 def mask_params(request: GenerationRequest) -> tuple[tuple[str, object], ...]:
     """The keys A1111 writes for inpainting ("Mask blur" above 0, "Inpaint area" and "Masked area padding" when only
     the masked area is rendered, "Masked content" but for original, "Mask mode" when inverted) and avert's
-    "Mask round" / "Overlay inpaint" when off."""
+    "Mask blur y" when the vertical blur differs, "Mask round" / "Overlay inpaint" when off."""
     if request.mask is None:
         return ()
     params: list[tuple[str, object]] = [("Mask blur", request.mask_blur)] if request.mask_blur > 0 else []
+    if request.mask_blur_y is not None and request.mask_blur_y != request.mask_blur:
+        params.append((BLUR_Y, request.mask_blur_y))  # avert's: A1111 writes no blur when x and y differ
     if request.inpaint_full_res:
         params += [("Inpaint area", "Only masked"), ("Masked area padding", request.inpaint_full_res_padding)]
     if request.inpainting_fill in FILL_KEYS:
@@ -148,6 +154,8 @@ def mask_fields(parsed: ParsedParameters) -> dict:
     """The inpainting fields of an infotext with A1111's keys (a record with "Mask blur" etc.). Without "Mask blur",
     A1111 wrote none (blur 0) only when there was a mask; the caller knows whether there is one."""
     changes: dict = {"mask_blur": convert_value(parsed.get("Mask blur") or "0", int)}
+    if parsed.get(BLUR_Y):
+        changes["mask_blur_y"] = convert_value(parsed.get(BLUR_Y), int)
     if parsed.get("Inpaint area") == "Only masked":
         changes["inpaint_full_res"] = True
         if parsed.get("Masked area padding"):
@@ -232,6 +240,8 @@ def request_from_a1111(parsed: ParsedParameters, img2img: bool = False, inpainti
         changes.update(hires_fields(parsed))
     if img2img and parsed.get("Denoising strength"):
         changes["strength"] = convert_value(parsed.get("Denoising strength"), float)
+    if img2img and parsed.get(NOISE_MULTIPLIER):
+        changes["initial_noise_multiplier"] = convert_value(parsed.get(NOISE_MULTIPLIER), float)
     if img2img and parsed.get("Resize mode"):
         changes["resize_mode"] = parsed.get("Resize mode")
     if img2img and inpainting:

@@ -21,7 +21,6 @@ class SamplerSpec:
     options: tuple[tuple[str, Any], ...] = field(default=())
     seeded_noise_sampler: bool = False  # draws its noise from a Brownian tree seeded by the image seed
     eta_option: str | None = None  # A1111's option its eta defaults to: "eta_ancestral" (1) or "eta_ddim" (0)
-    eta_settable: bool = False  # avert runs it at any eta (`avert.sampling.eta`), not only at the default
 
     @property
     def default_eta(self) -> float | None:
@@ -30,7 +29,7 @@ class SamplerSpec:
 
     def build(self, base_config: dict, seed: int, eta: float | None = None) -> Any:
         """A fresh scheduler for one image (schedulers hold per-run state, so one per image), at `eta` (None:
-        the default; a settable sampler only, validation has checked it)."""
+        the default; a sampler that takes eta only, validation has checked it)."""
         import diffusers  # here, not at the top: the CLI's parser reads SAMPLER_NAMES without loading diffusers
 
         cls = getattr(diffusers, self.scheduler)
@@ -48,8 +47,7 @@ class SamplerSpec:
 
 ETA_OPTIONS = {"eta_ancestral": 1.0, "eta_ddim": 0.0}  # A1111's defaults
 _KARRAS = (("use_karras_sigmas", True),)
-_ANCESTRAL = {"eta_option": "eta_ancestral", "eta_settable": True}
-_SDE = {"eta_option": "eta_ancestral"}  # A1111 passes eta to them; diffusers' SDE schedulers have none (1 only)
+_ANCESTRAL = {"eta_option": "eta_ancestral"}  # A1111 passes its eta_ancestral to the SDE samplers too
 _SPECS = (
     SamplerSpec("Euler a", "EulerAncestralDiscreteScheduler", **_ANCESTRAL),
     SamplerSpec("Euler", "EulerDiscreteScheduler"),
@@ -62,12 +60,12 @@ _SPECS = (
     SamplerSpec("DPM2 a Karras", "KDPM2AncestralDiscreteScheduler", _KARRAS, **_ANCESTRAL),
     SamplerSpec("DPM++ 2M", "DPMSolverMultistepScheduler"),
     SamplerSpec("DPM++ 2M Karras", "DPMSolverMultistepScheduler", _KARRAS),
-    SamplerSpec("DPM++ 2M SDE", "DPMSolverMultistepScheduler", (("algorithm_type", "sde-dpmsolver++"),), **_SDE),
+    SamplerSpec("DPM++ 2M SDE", "DPMSolverMultistepScheduler", (("algorithm_type", "sde-dpmsolver++"),), **_ANCESTRAL),
     SamplerSpec("DPM++ 2M SDE Karras", "DPMSolverMultistepScheduler",
-                (("algorithm_type", "sde-dpmsolver++"),) + _KARRAS, **_SDE),
-    SamplerSpec("DPM++ SDE", "DPMSolverSDEScheduler", seeded_noise_sampler=True, **_SDE),
-    SamplerSpec("DPM++ SDE Karras", "DPMSolverSDEScheduler", _KARRAS, seeded_noise_sampler=True, **_SDE),
-    SamplerSpec("DDIM", "DDIMScheduler", eta_option="eta_ddim", eta_settable=True),
+                (("algorithm_type", "sde-dpmsolver++"),) + _KARRAS, **_ANCESTRAL),
+    SamplerSpec("DPM++ SDE", "DPMSolverSDEScheduler", seeded_noise_sampler=True, **_ANCESTRAL),
+    SamplerSpec("DPM++ SDE Karras", "DPMSolverSDEScheduler", _KARRAS, seeded_noise_sampler=True, **_ANCESTRAL),
+    SamplerSpec("DDIM", "DDIMScheduler", eta_option="eta_ddim"),
     SamplerSpec("PLMS", "PNDMScheduler", (("skip_prk_steps", True),)),
     SamplerSpec("PNDM", "PNDMScheduler", (("skip_prk_steps", False),)),
     SamplerSpec("UniPC", "UniPCMultistepScheduler"),
@@ -77,7 +75,7 @@ SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in _SPECS}
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 
 
-ETA_SAMPLERS = tuple(s.name for s in _SPECS if s.eta_settable)
+ETA_SAMPLERS = tuple(s.name for s in _SPECS if s.eta_option)
 
 
 def sampler_spec(name: str) -> SamplerSpec:

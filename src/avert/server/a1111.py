@@ -74,7 +74,6 @@ _empty = _OneOf((None, "", [], {}))
 
 # Fields avert does not implement: accepted where they have no effect, else refused (never ignored).
 NO_EFFECT: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "styles": (_empty, "must be empty: no prompt styles are configured (GET /sdapi/v1/prompt-styles)"),
     "subseed": (lambda value: True, ""),
     "subseed_strength": (_one_of(None, 0, 0.0), "must be 0: variation seeds are not supported"),
     "seed_resize_from_h": (_one_of(None, 0, -1), "must be -1 or 0: seed resizing is not supported"),
@@ -166,11 +165,11 @@ def txt2img_job(state: ServerState, body: dict, client: str | None = None) -> Jo
 
 # avert request fields that an A1111 body does not pass through by name: A1111 has no such field (init_image), or
 # its own under another name or meaning (eta per sampler, denoising_strength, an integer resize_mode), or it is
-# read only with another field (the hires fields with enable_hr, the mask's with a mask)
+# read only with another field (the hires fields with enable_hr, the mask's with a mask), or its null means an option
 NOT_SHARED = ("init_image", "strength", "resize_mode", "eta", "enable_hr", "hr_scale", "hr_resize_x", "hr_resize_y",
               "hr_upscaler", "hr_second_pass_steps", "hr_prompt", "hr_negative_prompt", "mask", "mask_blur",
-              "mask_round", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
-              "inpainting_mask_invert", "overlay_inpaint")
+              "mask_blur_y", "mask_round", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
+              "initial_noise_multiplier", "inpainting_mask_invert", "overlay_inpaint")
 
 
 INIT_IMAGES = "init_images"  # the per-image init images an img2img body's fields may carry besides the request's
@@ -184,7 +183,7 @@ def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict
         raise ValidationError(_type_problems(body))
     problems += [FieldProblem(k, body[k], rule[1]) for k, rule in no_effect.items()
                  if k in body and k not in bodies.REQUEST_FIELDS and not rule[0](body[k])]
-    settings = {**defaults, **body}
+    settings = _styled(state, {**defaults, **body}, problems)
     model, overrides, override_problems = _override(state, settings.get("override_settings"))
     problems += override_problems
     sampler = _sampler(settings, problems)
@@ -193,15 +192,18 @@ def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict
     if not (type(rounds) is int and 1 <= rounds <= limits.max_batch_size):
         problems.append(FieldProblem("n_iter", rounds, f"must be an integer from 1 to {limits.max_batch_size}"))
     try:  # the request's own fields are validated too, so that every bad field is named at once
-        count = settings["batch_size"] * rounds if type(rounds) is int and type(settings["batch_size"]) is int else 0
-        negative, per_image = bodies.split_negatives(settings["negative_prompt"], count)
         fields = {k: settings[k] for k in ("prompt", "seed", "steps", "cfg_scale", "width", "height", "batch_size")}
         fields["seed"] = -1 if fields["seed"] is None else fields["seed"]  # A1111: a null seed is a random one
         fields["eta"] = _eta(settings.get("eta"), sampler, {**options(state), **overrides.pop("eta_options", {})})
-        fields.update(image_fields(settings) if image_fields is not None else {})
+        fields.update(image_fields(settings) if image_fields is not None else {})  # k init images: a batch of k
+        size = fields["batch_size"]
+        count = size * rounds if type(rounds) is int and type(size) is int else 0
+        negative, per_image = bodies.split_negatives(settings["negative_prompt"], count)
         inits = fields.pop(INIT_IMAGES, None)
         if fields.get("mask") is None:
             overrides.pop("overlay_inpaint", None)  # an option for inpainting only
+        if fields.get("init_image") is None:
+            overrides.pop("initial_noise_multiplier", None)  # an option for img2img only
         # avert's own fields under the same name (s_min_uncond, ...); A1111's null means the default
         shared = {k: v for k, v in body.items() if k in bodies.REQUEST_FIELDS and k not in fields
                   and k not in NOT_SHARED and v is not None}
@@ -219,6 +221,37 @@ def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict
     bodies.check_work(parts, components, limits)
     return Job(model, parts, kind=kind, owner=client)
 
+
+
+MAX_STYLES_NAMED = 32
+STYLED_FIELDS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "hr_prompt": "prompt",
+                 "hr_negative_prompt": "negative_prompt"}  # A1111 applies styles to the hires prompts too
+
+
+def _styled(state: ServerState, settings: dict, problems: list[FieldProblem]) -> dict:
+    """The body's fields with its `styles` applied (`avert.prompts.styles`) to the prompt and the negative (each of a
+    per-image list), and to the hires prompts where given (empty, they are the styled prompts); fields of other
+    types are left for validation to name."""
+    from avert.prompts.styles import styled
+
+    names = settings.get("styles")
+    if names in (None, []):
+        return settings
+    if not isinstance(names, list) or len(names) > MAX_STYLES_NAMED or not all(isinstance(n, str) for n in names):
+        problems.append(FieldProblem("styles", names, f"must be a list of at most {MAX_STYLES_NAMED} style names"))
+        return settings
+    result = dict(settings)
+    try:
+        for key, part in STYLED_FIELDS.items():
+            value = settings.get(key)
+            if isinstance(value, str) and (value or not key.startswith("hr_")):
+                result[key] = styled(state.config.styles, names, value, part)
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                result[key] = [styled(state.config.styles, names, v, part) for v in value]
+    except ValidationError as error:
+        problems += error.problems
+        return settings
+    return result
 
 
 A1111_NAMES = {"sampler": "sampler_name", "strength": "denoising_strength", "hr_sampler": "hr_sampler_name",
@@ -268,7 +301,7 @@ def _eta(eta: Any, sampler: Any, eta_options: dict[str, Any]) -> Any:
 # avert_guidance is avert's: null (the option's value) is the model's default method, so an A1111 client can
 # ask for plain "cfg" on a model that recommends another (the embedded model: gated).
 OVERRIDE_FIELDS = {"CLIP_stop_at_last_layers": "clip_skip", "avert_guidance": "guidance",
-                   "overlay_inpaint": "overlay_inpaint"}
+                   "overlay_inpaint": "overlay_inpaint", "initial_noise_multiplier": "initial_noise_multiplier"}
 
 
 def _override(state: ServerState, override: Any) -> tuple[str, dict[str, Any], list[FieldProblem]]:
@@ -332,7 +365,7 @@ def txt2img_response(job: Job, parameters: dict, ignored: list[str] = (), endpoi
         "sd_model_hash": components_source.get("hash"), "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": parameters.get("denoising_strength"),
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": [g.infotext for g in made],
-        "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.started or job.created)),
+        "styles": parameters.get("styles") or [], "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.started or job.created)),
         "clip_skip": first.clip_skip, "is_using_inpainting_conditioning": inpainting_model,
         "version": f"avert {__version__}",
         "warnings": job_warnings(job) + ([f"ignored fields A1111's {endpoint} does not have: {', '.join(ignored)}"]

@@ -5,8 +5,8 @@ repeats one image; `denoising_strength` (0.75) is avert's `strength` with A1111'
 is A1111's (just resize, crop and resize, resize and fill, latent upscale). `include_init_images` false (A1111's
 default) leaves `init_images` and `mask` out of the echoed parameters.
 
-Inpainting (`mask`, `avert.pipeline.inpaint`) takes A1111's fields: `mask_blur` (or `mask_blur_x` and `mask_blur_y`,
-which must then be equal: avert blurs both axes alike), `mask_round`, `inpainting_fill` 0..3 (fill, original, latent
+Inpainting (`mask`, `avert.pipeline.inpaint`) takes A1111's fields: `mask_blur` (or `mask_blur_x` and `mask_blur_y`:
+avert's mask_blur and mask_blur_y), `mask_round`, `inpainting_fill` 0..3 (fill, original, latent
 noise, latent nothing), `inpaint_full_res` (A1111's API default: true, only the masked area), its padding, and
 `inpainting_mask_invert` 0 or 1; the option `overlay_inpaint` (default true) pastes the init image back. Without a
 mask these fields are accepted and do nothing, as in A1111. `latent_mask` (never read by A1111) must be null.
@@ -44,7 +44,6 @@ IMG2IMG_DEFAULTS: dict[str, Any] = {
 IMG2IMG_NO_EFFECT = {
     **{k: rule for k, rule in NO_EFFECT.items() if k not in TXT2IMG_ONLY},
     "latent_mask": (_empty, "must be null: A1111 never reads it; the mask is `mask`"),
-    "initial_noise_multiplier": (_one_of(None, 1, 1.0), "must be 1 or null: the noise multiplier is not supported"),
 }
 # accepted whatever their value: image_cfg_scale (instruct-pix2pix only); the mask's settings are read with a mask
 # and, as in A1111, ignored without one
@@ -75,6 +74,8 @@ def image_fields(settings: dict) -> dict:
     inits = [InitImage.from_value(image, f"init_images[{i}]") for i, image in enumerate(images)]
     fields = {"init_image": inits[0], "resize_mode": RESIZE_MODES[mode],
               "strength": 0.75 if strength is None else strength}
+    if settings.get("initial_noise_multiplier") is not None:  # null: the option (override_settings, /options)
+        fields["initial_noise_multiplier"] = settings["initial_noise_multiplier"]
     if len(inits) > 1:
         fields.update({"batch_size": len(inits), INIT_IMAGES: inits})
     if mask is not None:
@@ -84,18 +85,19 @@ def image_fields(settings: dict) -> dict:
 
 def mask_fields(settings: dict, problems: list[FieldProblem]) -> dict:
     """A1111's inpainting fields as avert's request fields (problems name A1111's fields)."""
-    blur = settings.get("mask_blur")
-    blur_x, blur_y = (blur, blur) if blur is not None else (settings.get("mask_blur_x"), settings.get("mask_blur_y"))
-    if blur is None and blur_x != blur_y:
-        problems.append(FieldProblem("mask_blur_x", blur_x, f"must equal mask_blur_y ({blur_y}): avert blurs both "
-                                     "axes alike (or set mask_blur)"))
+    blur = settings.get("mask_blur")  # sets both when given (A1111's property)
+    given = {"mask_blur": blur} if blur is not None else {k: settings.get(k) for k in ("mask_blur_x", "mask_blur_y")}
+    problems += [FieldProblem(name, value, "must be an integer from 0 to 64") for name, value in given.items()
+                 if type(value) is not int or not 0 <= value <= 64]
+    blur_x, blur_y = (blur, blur) if blur is not None else tuple(given.values())
     fill, invert = settings.get("inpainting_fill"), settings.get("inpainting_mask_invert")
     if type(fill) is not int or not 0 <= fill < len(INPAINTING_FILLS):
         problems.append(FieldProblem("inpainting_fill", fill, f"must be {FILLS}"))
     if invert not in (0, 1) or type(invert) not in (int, bool):
         problems.append(FieldProblem("inpainting_mask_invert", invert, "must be 0 (inpaint masked) or 1 (inpaint "
                                      "not masked)"))
-    fields = {"mask_blur": blur_x, "mask_round": settings.get("mask_round"),
+    fields = {"mask_blur": blur_x, "mask_blur_y": None if blur_y == blur_x else blur_y,
+              "mask_round": settings.get("mask_round"),
               "inpaint_full_res": settings.get("inpaint_full_res"),
               "inpaint_full_res_padding": settings.get("inpaint_full_res_padding")}
     if not problems:

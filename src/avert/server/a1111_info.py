@@ -70,9 +70,9 @@ async def refresh_embeddings(request: Request) -> None:
     queue.embeddings = await run_in_threadpool(load_embeddings, get_state(request).config.embeddings_dir)
 
 
-@router.get("/prompt-styles")
-async def prompt_styles() -> list:
-    return []
+@router.get("/prompt-styles", summary="The styles of the server's --styles file (A1111's styles.csv), in its order")
+async def prompt_styles(request: Request) -> list:
+    return [style.as_a1111() for style in get_state(request).config.styles]
 
 
 @router.get("/scripts")
@@ -120,7 +120,8 @@ async def cmd_flags(request: Request) -> dict:
 # A1111 options avert acts on (besides sd_model_checkpoint): each sets a request field for every A1111 request that
 # does not set it itself (override_settings wins). avert_guidance is avert's: null is the model's default method.
 ACTING_OPTIONS = {"CLIP_stop_at_last_layers": ("clip_skip", 1), "avert_guidance": ("guidance", None),
-                  "overlay_inpaint": ("overlay_inpaint", True)}
+                  "overlay_inpaint": ("overlay_inpaint", True),
+                  "initial_noise_multiplier": ("initial_noise_multiplier", 1.0)}
 # Options whose value avert cannot change (it would act in A1111): they must keep the value shown.
 # eta's options: the eta of the samplers that take one when a request's `eta` is null (A1111's meaning)
 ETA_OPTIONS = {"eta_ancestral": ANCESTRAL_ETA, "eta_ddim": DDIM_ETA}

@@ -35,6 +35,7 @@ class ServerConfig:
     limits: Limits = Limits(max_work=DEFAULT_MAX_WORK)
     device: str = "cpu"
     precision: str = "fp32"
+    styles: tuple = ()  # avert.prompts.styles.Style values, from --styles FILE
 
     @property
     def loopback(self) -> bool:

@@ -115,22 +115,25 @@ def txt2img_body(defaults: dict[str, Any], fixed: dict[str, dict], ignored: tupl
 ETA_OPTION = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
 A1111_VALUED = ("prompt", "seed", "steps", "cfg_scale", "width", "height", "batch_size")  # null is not a value
 SAMPLER_CHOICE = {"anyOf": [{"enum": list(SAMPLER_NAMES)}, NULL]}
+NOISE_MULTIPLIER = {"type": "number", "minimum": 0, "maximum": 1.5}
 A1111_OWN: dict[str, Any] = {
+    "styles": {"anyOf": [{"type": "array", "maxItems": 32, "items": {"type": "string"}}, NULL], "description":
+               "names from GET /sdapi/v1/prompt-styles (the server's --styles file), applied in order to the prompt "
+               "and the negative as A1111 applies them"},
     "negative_prompt": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
                         "description": "a string, or (avert's extension) a list with one negative per image"},
     "sampler_name": SAMPLER_CHOICE, "sampler_index": SAMPLER_CHOICE,
     "scheduler": {"enum": ["automatic", "karras", "Automatic", "Karras", "", None]},
     "n_iter": {"type": "integer", "minimum": 1, "maximum": Limits().max_batch_size},
-    "eta": {"anyOf": [{"type": "number"}, NULL], "description": "0 to 1 for Euler a, DPM2 a (Karras) and DDIM; 1 (or "
-            "null) for the SDE samplers; any number for the others (they do not use it); null: eta_ancestral or "
-            "eta_ddim"},
+    "eta": {"anyOf": [{"type": "number"}, NULL], "description": "0 to 1 for the ancestral and SDE samplers and DDIM; "
+            "any number for the others (they do not use it); null: eta_ancestral or eta_ddim"},
     "infotext": {"anyOf": [{"type": "string", "maxLength": 32768}, NULL], "description": "an A1111 infotext whose "
                  "parameters fill the fields the request leaves out (the request's own fields win)"},
     "override_settings": {"anyOf": [NULL, {"type": "object", "additionalProperties": False, "properties": {
         "sd_model_checkpoint": {"type": "string"}, "CLIP_stop_at_last_layers": {"type": "integer", "minimum": 1,
                                                                                "maximum": 12},
         "avert_guidance": field_schema("guidance"), "eta_ancestral": ETA_OPTION, "eta_ddim": ETA_OPTION,
-        "overlay_inpaint": {"type": "boolean"}}}]},
+        "overlay_inpaint": {"type": "boolean"}, "initial_noise_multiplier": NOISE_MULTIPLIER}}]},
 }
 IMG2IMG_OWN: dict[str, Any] = {
     "init_images": {"type": "array", "minItems": 1, "maxItems": 16, "items": {"type": "string", "contentEncoding": "base64"},
@@ -144,13 +147,15 @@ IMG2IMG_OWN: dict[str, Any] = {
              "opaque) where the image is re-drawn"},
     "mask_blur": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 64}, NULL],
                   "description": "sets mask_blur_x and mask_blur_y"},
-    "mask_blur_x": {"type": "integer", "minimum": 0, "maximum": 64, "description": "must equal mask_blur_y"},
+    "mask_blur_x": {"type": "integer", "minimum": 0, "maximum": 64, "description": "the horizontal blur"},
     "mask_blur_y": {"type": "integer", "minimum": 0, "maximum": 64},
     "inpainting_fill": {"enum": [0, 1, 2, 3], "description": "0 fill, 1 original, 2 latent noise, 3 latent nothing"},
     "inpainting_mask_invert": {"enum": [0, 1], "description": "1: re-draw what the mask leaves black"},
     "inpaint_full_res": {"type": "boolean", "description": "only the masked area, at width x height, pasted back"},
     "inpaint_full_res_padding": {"type": "integer", "minimum": 0, "maximum": 1024},
     "mask_round": {"type": "boolean"},
+    "initial_noise_multiplier": {"anyOf": [NOISE_MULTIPLIER, NULL], "description": "the noise scaled (\"Noise "
+                                 "multiplier\"); null: the option initial_noise_multiplier (1)"},
 }
 
 

@@ -195,8 +195,8 @@ def a1111_cases() -> list[HttpCase]:
                            ("denoising_strength", 0), ("denoising_strength", "0.5"))]
     cases.append(HttpCase("A1111 txt2img: hires fix", "a valid hires fix of one step each", "POST", path, hires,
                           status=200))
-    cases.append(HttpCase(g, "eta 0.5 with DPM++ 2M SDE (runs with 1 only)", "POST", path,
-                          {**base, "sampler_name": "DPM++ 2M SDE", "eta": 0.5}))
+    cases.append(HttpCase(g, "eta 1.5 with DPM++ 2M SDE (0 to 1 only)", "POST", path,
+                          {**base, "sampler_name": "DPM++ 2M SDE", "eta": 1.5}))
     cases.append(HttpCase(g, "infotext of 32768 word characters (quadratic in A1111's pattern)", "POST", path,
                           {**base, "infotext": "a\n" + "0" * 32766}, status=200))
     return cases + [HttpCase("A1111 txt2img: fields", f"{k}: 1e309 (infinite)", "POST", path,
@@ -226,7 +226,8 @@ def img2img_cases() -> list[HttpCase]:
         ("mask", 5), ("mask", [image]), ("mask", "http://127.0.0.1:9/m.png"), ("mask", b64(bomb_png())),
         ("mask", b64(b"not an image")), ("mask", {"width": 1, "height": 1, "pixels": "AA"}),
     ]
-    inpainting = [("mask_blur", 65), ("mask_blur", -1), ("mask_blur", 2.5), ("mask_blur_x", 3),
+    inpainting = [("mask_blur", 65), ("mask_blur", -1), ("mask_blur", 2.5), ("mask_blur_x", 65),
+                  ("mask_blur_y", "3"),
                   ("inpainting_fill", 4), ("inpainting_fill", "fill"), ("inpainting_mask_invert", 2),
                   ("inpaint_full_res", "yes"), ("inpaint_full_res_padding", 10**6), ("mask_round", "no")]
     cases = [HttpCase(g, f"{k}: {json.dumps(v)[:40]}", "POST", path, {**base, k: v}) for k, v in values]

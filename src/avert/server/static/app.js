@@ -7,6 +7,11 @@ const SETTINGS = ["steps", "cfg_scale", "seed", "width", "height", "batch_size",
 let schema = null;
 let currentJob = null;
 let initImage = null;  // a data: URL, sent as init_image (img2img)
+let maskImage = null;  // a data: URL, sent as mask with an init image (inpainting)
+// fields set up from the schema by their element: sent with an init image, with a mask too, or with the hires fix
+const IMG2IMG_FIELDS = ["strength", "resize_mode", "initial_noise_multiplier"];
+const MASK_FIELDS = ["mask_blur", "inpainting_fill", "inpaint_full_res", "inpainting_mask_invert"];
+const HIRES_FIELDS = ["strength", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_negative_prompt"];
 
 async function api(method, path, body) {
   const response = await fetch(path, {
@@ -57,20 +62,38 @@ async function init() {
       for (const choice of param.choices) $("negatives_rule").add(new Option(choice, choice));
       $("negatives_rule").title = `${param.help}; ${param.allowed}`;
       $("rule-label").hidden = false;
-    } else if (param.name === "sampler" || param.name === "resize_mode") {
-      for (const choice of param.choices) $(param.name).add(new Option(choice, choice, false, choice === param.default));
-    } else if (SETTINGS.includes(param.name) || param.name === "strength") {
-      const input = $(param.name);
-      if (param.default !== null) input.value = param.default;
-      if (param.min !== null) input.min = param.min;
-      if (param.max !== null) input.max = param.max;
-      input.title = `${param.help}; ${param.allowed}`;
+    } else if ([...SETTINGS, "sampler", ...IMG2IMG_FIELDS, ...MASK_FIELDS, ...HIRES_FIELDS].includes(param.name)) {
+      setUp($(param.name), param);
     }
   }
   $("negatives-hint").textContent = supportsWeights()
     ? "Each negative has its own weight."
     : "Several negatives are joined with commas (this engine takes one negative text).";
   addNegative();
+}
+
+function setUp(element, param) {
+  // an input, checkbox or select from its declared parameter: choices, default, bounds and help
+  element.title = `${param.help}; ${param.allowed}`;
+  if (element.tagName === "SELECT") {
+    for (const choice of param.choices) element.add(new Option(choice, choice, false, choice === param.default));
+  } else if (element.type === "checkbox") {
+    element.checked = param.default === true;
+  } else {
+    if (param.default !== null) element.value = param.default;
+    if (param.min !== null) element.min = param.min;
+    if (param.max !== null) element.max = param.max;
+  }
+}
+
+function putFields(body, names) {
+  // the fields' values by their element (an empty number is left to the server's default)
+  for (const name of names) {
+    const element = $(name);
+    if (element.type === "checkbox") body[name] = element.checked;
+    else if (element.type === "number") { if (element.value.trim() !== "") body[name] = Number(element.value); }
+    else body[name] = element.value;
+  }
 }
 
 function requestBody() {
@@ -81,8 +104,14 @@ function requestBody() {
   }
   if (initImage) {
     body.init_image = initImage;
-    body.resize_mode = $("resize_mode").value;
-    if ($("strength").value.trim() !== "") body.strength = Number($("strength").value);
+    putFields(body, IMG2IMG_FIELDS);
+    if (maskImage) {
+      body.mask = maskImage;
+      putFields(body, MASK_FIELDS);
+    }
+  } else if ($("enable_hr").checked) {
+    body.enable_hr = true;
+    putFields(body, HIRES_FIELDS);
   }
   return body;
 }
@@ -101,6 +130,14 @@ async function chooseInit(file) {
   $("clear-init").hidden = !initImage;
   $("init-hint").textContent = initImage ? `img2img from ${file.name}` : "None: text to image.";
   if (!file) $("init-image").value = "";
+}
+
+async function chooseMask(file) {
+  maskImage = file ? await readDataUrl(file) : null;
+  $("clear-mask").hidden = $("mask-settings").hidden = !maskImage;
+  $("mask-hint").textContent = maskImage ? `inpainting: re-draw where ${file.name} is white (with an init image)`
+    : "No mask: the whole image is re-drawn (inpainting: white or opaque = re-draw).";
+  if (!file) $("mask").value = "";
 }
 
 function withNegatives(body) {
@@ -223,6 +260,8 @@ $("add-negative").onclick = () => addNegative();
 $("file").onchange = () => $("file").files[0] && readMetadata($("file").files[0]);
 $("init-image").onchange = () => chooseInit($("init-image").files[0] || null).catch((e) => showError(e.message));
 $("clear-init").onclick = () => chooseInit(null);
+$("mask").onchange = () => chooseMask($("mask").files[0] || null).catch((e) => showError(e.message));
+$("clear-mask").onclick = () => chooseMask(null);
 $("drop").addEventListener("dragover", (event) => { event.preventDefault(); $("drop").classList.add("over"); });
 $("drop").addEventListener("dragleave", () => $("drop").classList.remove("over"));
 $("drop").addEventListener("drop", (event) => {
