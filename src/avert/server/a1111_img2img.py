@@ -23,7 +23,7 @@ from avert.errors import FieldProblem, ValidationError
 from avert.init_image import InitImage, Mask
 from avert.schema import INPAINTING_FILLS, RESIZE_MODES
 from avert.server import openapi
-from avert.server.a1111 import (IGNORED, INIT_IMAGES, NO_EFFECT, TXT2IMG_DEFAULTS, _empty, _one_of, _OneOf, a1111_job,
+from avert.server.a1111 import (IGNORED, INIT_IMAGES, NO_EFFECT, TXT2IMG_DEFAULTS, _empty, _OneOf, a1111_job,
                                 run_a1111)
 from avert.server.jobs import Job
 from avert.server.state import ServerState
