@@ -27,6 +27,20 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_folder(tmp_path_factory) -> Path:
+    from avert.testing.tiny import build_tiny_sdxl_folder
+
+    return build_tiny_sdxl_folder(tmp_path_factory.mktemp("tiny-sdxl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tiny_sdxl_folder):
+    from avert.models.loader import load_model
+
+    return load_model(tiny_sdxl_folder)
+
+
+@pytest.fixture(scope="session")
 def tiny_v_folder(tmp_path_factory) -> Path:
     from avert.testing.tiny import build_tiny_sd_folder
 

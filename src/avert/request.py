@@ -99,6 +99,15 @@ class GenerationRequest:
     tiling: bool = False
     clip_skip: int = 1
     emphasis: str = "Original"
+    prompt_2: str = ""
+    negative_prompt_2: str = ""
+    empty_negative: str | None = None
+    original_size: str | None = None
+    crop_top_left: str | None = None
+    target_size: str | None = None
+    negative_original_size: str | None = None
+    negative_crop_top_left: str | None = None
+    negative_target_size: str | None = None
     negatives: tuple[Negative, ...] = ()
     init_image: InitImage | None = None
     mask: Mask | None = None

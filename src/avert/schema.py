@@ -46,11 +46,14 @@ class Param:
     multiple_of: int | None = None
     allow: tuple[object, ...] = field(default=())  # special values allowed outside the range (seed -1)
     unset: str = ""  # what a default of None stands for, in help texts
+    pattern: tuple[str, str] | None = None  # text: (regular expression it must match whole, how to say so)
 
     def describe_allowed(self, limits: Limits) -> str:
         """Human text for what this field accepts, used in every error about it."""
         if self.choices:
             return "must be one of: " + ", ".join(self.choices)
+        if self.pattern is not None:
+            return "must be " + self.pattern[1]
         parts = []
         if self.low is not None and self.high is not None:
             parts.append(f"from {_num(self.low(limits))} to {_num(self.high(limits))}")
@@ -90,6 +93,11 @@ HR_UPSCALERS = (*LATENT_UPSCALERS, "Lanczos", "Nearest")
 INPAINTING_FILLS = ("fill", "original", "latent noise", "latent nothing")  # A1111's inpainting_fill 0..3
 RESIZE_MODES = ("just resize", "crop and resize", "resize and fill", "latent upscale")  # A1111's 0..3
 SIGMA_MAX = 1000.0
+EMPTY_NEGATIVES = ("zeros", "encoded")  # avert.conditioning.sdxl
+SIZE_PATTERN = (r"[1-9][0-9]{0,4}x[1-9][0-9]{0,4}", "WIDTHxHEIGHT, e.g. 1024x1024 (1 to 99999 each)")
+CROP_PATTERN = (r"[0-9]{1,5},[0-9]{1,5}", "TOP,LEFT, e.g. 0,0 (0 to 99999 each)")
+SDXL_ONLY = ("prompt_2", "negative_prompt_2", "empty_negative", "original_size", "crop_top_left", "target_size",
+             "negative_original_size", "negative_crop_top_left", "negative_target_size")
 
 PARAMS: tuple[Param, ...] = (
     Param("prompt", str, "", "what the image should show", "prompt", high=lambda l: l.max_prompt_chars),
@@ -217,6 +225,23 @@ PARAMS: tuple[Param, ...] = (
           "clip skip; 1 = last layer)", "--clip-skip", low=lambda l: 1, high=lambda l: 12),
     Param("emphasis", str, "Original", "how (word:1.2) weights apply: Original (rescaled to the chunk's mean, "
           "A1111's default) or No norm", "--emphasis", choices=EMPHASIS_MODES),
+    Param("prompt_2", str, "", "SDXL: the prompt's text for the second text encoder (OpenCLIP bigG) in every part "
+          "and schedule of the prompt (empty: the prompt; diffusers' prompt_2)", "--prompt-2",
+          high=lambda l: l.max_prompt_chars),
+    Param("negative_prompt_2", str, "", "SDXL: negative_prompt's text for the second text encoder (empty: "
+          "negative_prompt; diffusers' negative_prompt_2)", "--negative-prompt-2", high=lambda l: l.max_prompt_chars),
+    Param("empty_negative", str, None, "SDXL: an empty negative is the zero tensor (zeros, as A1111 and the "
+          "model's force_zeros_for_empty_prompt) or the encoding of \"\" (encoded)", "--empty-negative",
+          choices=EMPTY_NEGATIVES, unset="the model's force_zeros_for_empty_prompt"),
+    *[Param(f"{side}{name}", str, None, f"SDXL: the {what} the {branch} is conditioned on ({kind})",
+            f"--{side.replace('_', '-')}{name.replace('_', '-')}", pattern=pattern, unset=unset)
+      for side, branch, unset_side in (("", "prompt", "width x height"), ("negative_", "negative", "the prompt's"))
+      for name, what, kind, pattern, unset in (
+          ("original_size", "original image size", "WIDTHxHEIGHT; SDXL's micro-conditioning", SIZE_PATTERN,
+           unset_side),
+          ("crop_top_left", "crop's top-left corner", "TOP,LEFT in pixels", CROP_PATTERN,
+           "0,0" if not side else "the prompt's"),
+          ("target_size", "target size", "WIDTHxHEIGHT", SIZE_PATTERN, unset_side))],
 )
 
 PARAMS_BY_NAME = {p.name: p for p in PARAMS}

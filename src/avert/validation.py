@@ -6,13 +6,14 @@ Every problem names the field, the value and what is allowed; all problems are r
 from __future__ import annotations
 
 import math
+import re
 
 from avert.errors import FieldProblem, ValidationError
 from avert.prompts.parse import count_parts, parse_prompt
 from avert.prompts.schedule import PromptTooComplex
 from avert.request import GenerationRequest, Negative
 from avert.sampling.samplers import ETA_SAMPLERS, SAMPLERS
-from avert.schema import FALLBACK_GUIDANCE, PARAMS, PARAMS_BY_NAME, RESIZE_MODES, Limits, Param
+from avert.schema import FALLBACK_GUIDANCE, PARAMS, PARAMS_BY_NAME, RESIZE_MODES, SDXL_ONLY, Limits, Param
 
 
 def validate(request: GenerationRequest, limits: Limits = Limits(),
@@ -44,6 +45,8 @@ def check_field(param: Param, value: object, limits: Limits) -> FieldProblem | N
         return None
     if param.choices:
         return None if value in param.choices else bad
+    if param.type is str and param.pattern is not None:
+        return None if re.fullmatch(param.pattern[0], value) else bad
     if param.type is str:
         return None if param.high is None or len(value) <= param.high(limits) else bad
     if isinstance(value, float) and not math.isfinite(value):
@@ -201,6 +204,17 @@ def _hires_size_problems(request: GenerationRequest, limits: Limits) -> list[Fie
     name = "hr_scale" if request.hr_resize_x == request.hr_resize_y == 0 else "hr_resize_x"
     return [FieldProblem(name, getattr(request, name), f"must keep the second pass within {limits.max_size} pixels a "
                          f"side ({request.width}x{request.height} enlarged to {size.cover_width}x{size.cover_height})")]
+
+
+def family_problems(request: GenerationRequest, sdxl: bool) -> list[FieldProblem]:
+    """SDXL's fields (a second prompt, the empty negative, the size values) mean something only on an SDXL model;
+    negative_prompt_2 is the second encoder's text of negative_prompt, so it needs one."""
+    if not sdxl:
+        return _unused(request, SDXL_ONLY, "an SDXL model (this model has one text encoder")
+    if isinstance(request.negative_prompt_2, str) and request.negative_prompt_2 and not request.negative_prompt:
+        return [FieldProblem("negative_prompt_2", request.negative_prompt_2, "applies only with negative_prompt (it "
+                             "is negative_prompt's text for the second text encoder): set negative_prompt too")]
+    return []
 
 
 def _unused(request: GenerationRequest, names: tuple[str, ...], needs: str) -> list[FieldProblem]:

@@ -7,6 +7,11 @@ rescales the chunk so its mean equals the unweighted mean; "No norm" only multip
 the hidden states n layers from the end and applies the final layer norm where the encoder has one (CLIP),
 as A1111 does (diffusers' `clip_skip` is n - 1).
 
+An SDXL encoder (`penultimate`) gives the hidden states one layer before the one clip skip names, without the
+final layer norm (SDXL's conditioning, diffusers' `hidden_states[-2]` and A1111's "penultimate" layer), and, with
+a projection (OpenCLIP bigG), the pooled projection of the first chunk (A1111 pools the first chunk of a long
+prompt; diffusers, which truncates at 77 tokens, its only one).
+
 All chunks of all texts a request needs are encoded in one batched forward; results are kept in a bounded
 cache per text encoder, so each distinct text is encoded once per request and repeated texts across requests
 are not encoded again.
@@ -38,18 +43,22 @@ class EncodeOptions:
 
 @dataclass(frozen=True)
 class EncodedText:
-    """Hidden states of one text, [chunks * window, dim], and how it was chunked."""
+    """Hidden states of one text, [chunks * window, dim], how it was chunked, and (SDXL's second encoder) the
+    pooled projection of its first chunk, [dim]."""
 
     states: torch.Tensor
     chunked: ChunkedText
+    pooled: torch.Tensor | None = None
 
 
 class TextEncoding:
     """Encodes texts in A1111's prompt syntax (attention, BREAK, embeddings) for one model."""
 
     def __init__(self, text_encoder, tokenizer, library: EmbeddingLibrary = EmbeddingLibrary(),
-                 options: EncodeOptions = EncodeOptions(), device: torch.device | str = "cpu"):
+                 options: EncodeOptions = EncodeOptions(), device: torch.device | str = "cpu",
+                 penultimate: bool = False):
         self.text_encoder, self.tokenizer, self.library, self.options = text_encoder, tokenizer, library, options
+        self.penultimate = penultimate
         self.device = torch.device(device)
         self.window = tokenizer.model_max_length
         self.finder = EmbeddingFinder.build(library, tokenizer)
@@ -67,20 +76,22 @@ class TextEncoding:
         missing = [t for t, hit in found.items() if hit is None]
         if missing:
             chunked = [self.chunk(t) for t in missing]
-            states = self._encode_chunks([c for ct in chunked for c in ct.chunks])
+            states, pooled = self._encode_chunks([c for ct in chunked for c in ct.chunks])
             offset = 0
             for text, ct in zip(missing, chunked):
                 n = len(ct.chunks)
-                found[text] = EncodedText(states[offset : offset + n].flatten(0, 1), ct)
+                first = None if pooled is None else pooled[offset]
+                found[text] = EncodedText(states[offset : offset + n].flatten(0, 1), ct, first)
                 cache.put(keys[text], found[text])
                 offset += n
         return found
 
     def _key(self, text: str) -> tuple:
-        return (text, self.options, self.fingerprint, str(self.device), self.window)
+        return (text, self.options, self.fingerprint, str(self.device), self.window, self.penultimate)
 
-    def _encode_chunks(self, chunks: list[Chunk]) -> torch.Tensor:
-        """Hidden states [len(chunks), window, dim], each chunk with its own BOS/EOS, weights applied."""
+    def _encode_chunks(self, chunks: list[Chunk]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Hidden states [len(chunks), window, dim], each chunk with its own BOS/EOS, weights applied; and the
+        pooled projections [len(chunks), dim] of an SDXL encoder that has one (else None)."""
         vocab = vocabulary(self.tokenizer)
         ids = torch.tensor([_chunk_ids(c, vocab, self.window) for c in chunks], device=self.device)
         weights = torch.tensor([[1.0, *c.weights, *[1.0] * (self.window - 1 - len(c.weights))] for c in chunks],
@@ -90,8 +101,12 @@ class TextEncoding:
             mask = torch.tensor([[1] * (len(c.tokens) + 2) + [0] * (self.window - len(c.tokens) - 2)
                                  for c in chunks], device=self.device)
         with _embeddings_placed(self.text_encoder, chunks):
-            states = self._forward(ids, mask)
-        return _emphasize(states, weights, self.options.emphasis)  # in the encoder's own dtype
+            if self.penultimate:
+                out = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True)
+                states, pooled = out.hidden_states[-(self.options.clip_skip + 1)], getattr(out, "text_embeds", None)
+            else:
+                states, pooled = self._forward(ids, mask), None
+        return _emphasize(states, weights, self.options.emphasis), pooled  # in the encoder's own dtype
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         skip = self.options.clip_skip

@@ -18,15 +18,23 @@ from avert.prompts.parse import ParsedPrompt
 
 @dataclass(frozen=True)
 class ScheduledStates:
-    """Hidden states [tokens, dim] in force up to and including each `end_step` (0-based sampling steps)."""
+    """Hidden states [tokens, dim] in force up to and including each `end_step` (0-based sampling steps), and for
+    SDXL the pooled projection [dim] of each entry's text."""
 
     entries: tuple[tuple[int, torch.Tensor], ...]
+    pooled: tuple[torch.Tensor, ...] = ()
 
     def at(self, step: int) -> torch.Tensor:
-        for end_step, states in self.entries:
+        return self.entries[self._index(step)][1]
+
+    def pooled_at(self, step: int) -> torch.Tensor:
+        return self.pooled[self._index(step)]
+
+    def _index(self, step: int) -> int:
+        for k, (end_step, _) in enumerate(self.entries):
             if step <= end_step:
-                return states
-        return self.entries[-1][1]
+                return k
+        return len(self.entries) - 1
 
 
 @dataclass(frozen=True)
@@ -39,11 +47,15 @@ class PartConditioning:
 
 def condition_prompt(parsed: ParsedPrompt, encoded: dict[str, EncodedText]) -> tuple[PartConditioning, ...]:
     """The conditioning of every AND part of `parsed`, from texts already encoded."""
-    return tuple(
-        PartConditioning(part.weight, ScheduledStates(tuple((e.end_step, encoded[e.text].states)
-                                                            for e in part.entries)))
-        for part in parsed.parts
-    )
+    return tuple(PartConditioning(part.weight, scheduled([(e.end_step, encoded[e.text]) for e in part.entries]))
+                 for part in parsed.parts)
+
+
+def scheduled(entries: Sequence[tuple[int, EncodedText]]) -> ScheduledStates:
+    """Encoded texts in force up to each end step, with their pooled projections where every one has one."""
+    pooled = tuple(e.pooled for _, e in entries)
+    return ScheduledStates(tuple((end, e.states) for end, e in entries),
+                           pooled if all(p is not None for p in pooled) else ())
 
 
 def encode_prompts(encoding: TextEncoding, parsed: Sequence[ParsedPrompt]) -> dict[str, EncodedText]:

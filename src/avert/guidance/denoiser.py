@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 import torch
 
@@ -35,7 +35,9 @@ class Denoiser:
     `conditioning` maps each branch to its states over the run; branches evaluated together are padded to
     the same number of tokens with chunks of `empty` (the encoded empty prompt), as A1111's `pad_cond` does.
     Every image of the batch x sees the same conditioning. A 9-channel (inpainting) UNet gets
-    `image_conditioning` concatenated to x along the channels (diffusers' `StableDiffusionInpaintPipeline`).
+    `image_conditioning` concatenated to x along the channels (diffusers' `StableDiffusionInpaintPipeline`). An
+    SDXL UNet gets each branch's pooled projection and its side's size values (`sizes`: the prompt's for prompt
+    branches, the negative's for the others) as `added_cond_kwargs`.
     """
 
     unet: torch.nn.Module
@@ -46,6 +48,7 @@ class Denoiser:
     image_conditioning: torch.Tensor | None = None  # an inpainting UNet's extra input channels, one row per image
     count: EvaluationCount = field(default_factory=EvaluationCount)
     maps: attribution.NegativeMaps | None = None  # when set, records where each negative acted
+    sizes: Any = None  # SDXL: avert.conditioning.sdxl.SizeConditioning
     _batched: dict = field(default_factory=dict, repr=False)  # (branches, states) -> batched hidden states
     _memory: dict = field(default_factory=dict, repr=False)  # per run: "correction" (reuse), "apg" (momentum)
 
@@ -55,8 +58,9 @@ class Denoiser:
         hidden = self.hidden_states(names, ctx.sampling_step, x.shape[0])
         unet_in = x if self.image_conditioning is None else torch.cat([x, self.image_conditioning.to(x)], dim=1)
         model_in = torch.cat([unet_in] * len(names)) if len(names) > 1 else unet_in
+        extra = {} if self.sizes is None else {"added_cond_kwargs": self.added(names, ctx.sampling_step, x.shape[0])}
         with self._autocast(x.device):
-            out = self.unet(model_in, timestep, encoder_hidden_states=hidden, return_dict=False)[0]
+            out = self.unet(model_in, timestep, encoder_hidden_states=hidden, return_dict=False, **extra)[0]
         self.count.forwards += 1
         self.count.samples += out.shape[0]
         self.count.branches += len(names)
@@ -87,6 +91,11 @@ class Denoiser:
         if key not in self._batched:
             self._batched[key] = self._batch(states, rows)
         return self._batched[key]
+
+    def added(self, names: tuple[Branch, ...], step: int, rows: int) -> dict[str, torch.Tensor]:
+        """SDXL's `text_embeds` [len(names) * rows, dim] and `time_ids` [len(names) * rows, 6], in branch order."""
+        pooled = torch.cat([self.conditioning[n].pooled_at(step)[None].expand(rows, -1) for n in names])
+        return {"text_embeds": pooled, "time_ids": self.sizes.rows(tuple(n.role != "prompt" for n in names), rows)}
 
     def _batch(self, states: list[torch.Tensor], rows: int) -> torch.Tensor:
         longest = max(s.shape[0] for s in states)

@@ -27,6 +27,8 @@ class Components:
     `scheduler_config` is the model's own scheduler config; samplers are built from it.
     `default_guidance` is the guidance method a request that names none gets: A1111's "cfg", unless the
     model's folder recommends another in its `avert.json` (`avert.models.defaults`).
+    An SDXL model has a second text encoder and tokenizer (OpenCLIP bigG, with its pooled projection) and says
+    whether an empty negative is the zero tensor (its pipeline's `force_zeros_for_empty_prompt`).
     """
 
     unet: Any  # diffusers.UNet2DConditionModel
@@ -36,6 +38,18 @@ class Components:
     scheduler_config: dict
     source: ModelSource
     default_guidance: str = FALLBACK_GUIDANCE
+    text_encoder_2: Any | None = None  # SDXL: transformers.CLIPTextModelWithProjection
+    tokenizer_2: Any | None = None
+    force_zeros_for_empty_prompt: bool = False
+
+    @property
+    def is_sdxl(self) -> bool:
+        """Two text encoders and a UNet that takes pooled text and size conditioning (`text_time`)."""
+        return self.text_encoder_2 is not None
+
+    @property
+    def family(self) -> str:
+        return "sdxl" if self.is_sdxl else "sd"
 
     @property
     def vae_scale_factor(self) -> int:

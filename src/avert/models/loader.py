@@ -26,6 +26,7 @@ from avert.models.hashing import model_hash  # noqa: E402
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 TEXT_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection", "BertModel")
+SDXL_SECOND_ENCODERS = ("CLIPTextModelWithProjection",)
 TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast", "BertTokenizer", "BertTokenizerFast", "AutoTokenizer")
 
 
@@ -69,11 +70,7 @@ def _load_any(path: Path, allow_pickle: bool, config_dir: Path | None, predictio
 
 def _load_folder(path: Path, allow_pickle: bool) -> Components:
     index = _read_index(path)
-    if "text_encoder_2" in index or "unet" not in index:
-        raise ModelLoadError(
-            f"model: {str(path)!r} is not a Stable Diffusion 1.x/2.x folder (SDXL and other pipelines are "
-            "not supported yet)"
-        )
+    _check_family(path, index)
     guidance = read_default_guidance(path)  # a bad avert.json is reported before any weights are read
     try:
         # with allow_pickle, safetensors are still preferred where present (None), pickles read where not
@@ -82,6 +79,26 @@ def _load_folder(path: Path, allow_pickle: bool) -> Components:
         hint = "" if allow_pickle else " (only .safetensors weights are read unless --allow-pickle is given)"
         raise ModelLoadError(f"model: cannot load {str(path)!r}: {exc}{hint}") from exc
     return dataclasses.replace(components, default_guidance=guidance)
+
+
+def _check_family(path: Path, index: dict) -> None:
+    """SD 1.x/2.x (one text encoder) or SDXL base type (two); a refiner, an SDXL inpainting UNet or another
+    pipeline is named and refused."""
+    name = index.get("_class_name", "a pipeline")
+    if "unet" not in index:
+        raise ModelLoadError(f"model: {str(path)!r} is {name} without a UNet; avert runs Stable Diffusion 1.x/2.x "
+                             "and SDXL models")
+    if "text_encoder_2" in index and (index.get("text_encoder") or [None])[0] is None:
+        raise ModelLoadError(f"model: {str(path)!r} is an SDXL refiner ({name}: only the second text encoder); "
+                             "load an SDXL base-type model")
+    if "text_encoder_2" in index:
+        try:
+            channels = json.loads((path / "unet" / "config.json").read_text()).get("in_channels", 4)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"model: cannot read {str(path / 'unet' / 'config.json')!r}: {exc}") from exc
+        if channels != 4:
+            raise ModelLoadError(f"model: {str(path)!r} is an SDXL UNet with {channels} input channels (an "
+                                 "inpainting or edit model); avert runs SDXL base-type models")
 
 
 def _read_index(path: Path) -> dict:
@@ -107,7 +124,15 @@ def _folder_components(path: Path, index: dict, use_safetensors: bool | None) ->
     text_encoder = _text_encoder(path / "text_encoder", text_cls, use_safetensors)
     tokenizer = getattr(transformers, tok_cls).from_pretrained(path / "tokenizer")
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
-    return _assemble(unet, vae, text_encoder, tokenizer, scheduler_config, path, "diffusers-folder")
+    components = _assemble(unet, vae, text_encoder, tokenizer, scheduler_config, path, "diffusers-folder")
+    if "text_encoder_2" not in index:
+        return components
+    second = _text_encoder(path / "text_encoder_2", _allowed_class(index, "text_encoder_2", SDXL_SECOND_ENCODERS),
+                           use_safetensors).eval().requires_grad_(False)
+    tokenizer_2 = getattr(transformers, _allowed_class(index, "tokenizer_2", TOKENIZERS)).from_pretrained(
+        path / "tokenizer_2")
+    return dataclasses.replace(components, text_encoder_2=second, tokenizer_2=tokenizer_2,
+                               force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)))
 
 
 def _text_encoder(folder: Path, class_name: str, use_safetensors: bool | None):

@@ -19,7 +19,7 @@ from avert.guidance.denoiser import Denoiser
 from avert.init_image import InitImage
 from avert.models.components import Components
 from avert.pipeline import hires, img2img, inpaint, metadata, tiling, work
-from avert.pipeline.conditioning import condition
+from avert.pipeline.conditioning import condition, empty_negative
 from avert.pipeline.result import GeneratedImage, GenerationResult, NegativeMap
 from avert.pipeline.runtime import Runtime
 from avert.request import GenerationRequest
@@ -27,7 +27,7 @@ from avert.sampling.loop import Cancelled, StepEvent, sample
 from avert.sampling.noise import image_seeds, initial_noise, resolve_seed
 from avert.sampling.samplers import sampler_spec
 from avert.schema import Limits
-from avert.validation import validate
+from avert.validation import family_problems, validate
 
 
 @torch.inference_mode()
@@ -58,7 +58,7 @@ def generate(
         begun = begin_run(request, components, runtime, schedulers, seeds, shape, plan)  # 4. where the run starts
         denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty,   # 5. guidance, denoiser
                             runtime.autocast_dtype, begun.image_conditioning,
-                            maps=NegativeMaps(text.guidance.prediction_type) if maps else None)
+                            maps=NegativeMaps(text.guidance.prediction_type) if maps else None, sizes=text.sizes)
         first = len(schedulers[0].timesteps) - begun.begin
         total = first + (hires_evaluations(request, components) if request.enable_hr else 0)
         latents = sample(denoiser, schedulers, begun.noise, begun.generators, progress(on_step, 0, total),
@@ -122,7 +122,8 @@ def hires_pass(request: GenerationRequest, latents: torch.Tensor, components: Co
                                     lambda small: decode(small, components, runtime))
     x, noise, index = hires.begin(second, passes, schedulers, big, generators)
     extra = inpaint.image_conditioning(None, None, components, generators, runtime, big.shape[-2:])
-    denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty, runtime.autocast_dtype, extra)
+    denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty, runtime.autocast_dtype, extra,
+                        sizes=text.sizes)
     return sample(denoiser, schedulers, noise, generators, on_step, should_stop, start=x, begin=index), denoiser
 
 
@@ -159,6 +160,9 @@ def check(request: GenerationRequest, limits: Limits, components: Components, ma
     if isinstance(request.init_image, InitImage):  # the size it gives is held to the limits as a size asked for
         request = request.replace(**dict(zip(("width", "height"), default_size(request, components))))
     validate(request, model_limits(limits, components), components.default_guidance)
+    problems = family_problems(request, components.is_sdxl)
+    if problems:
+        raise ValidationError(problems)
     if limits.max_work is not None:
         work.check([request_work(request, components, maps)], limits.max_work)
     return request
@@ -180,12 +184,14 @@ def request_work(request: GenerationRequest, components: Components, maps: bool 
 def resolve(request: GenerationRequest, components: Components) -> GenerationRequest:
     """Fill what the request leaves to the model or to chance: the seed, the model's native size, and the
     model's guidance method (`Components.default_guidance`: cfg unless the model's folder names another) and its
-    rule for several negatives (`avert.guidance.compose.default_rule`)."""
+    rule for several negatives (`avert.guidance.compose.default_rule`); an SDXL model's empty negative (zeros or
+    encoded: the model config's unless the request names one)."""
     guidance = request.guidance if request.guidance is not None else components.default_guidance
     width, height = default_size(request, components)
     rule = request.negatives_rule or default_rule(guidance)
+    empty = empty_negative(request, components) if components.is_sdxl else request.empty_negative
     return request.replace(seed=resolve_seed(request.seed), width=width, height=height, guidance=guidance,
-                           negatives_rule=rule)
+                           negatives_rule=rule, empty_negative=empty)
 
 
 def default_size(request: GenerationRequest, components: Components) -> tuple[int, int]:

@@ -59,6 +59,16 @@ EXTRA_KEYS = {
     "tiling": ("Tiling", bool),
     "clip_skip": ("Clip skip", int),
     "emphasis": ("Emphasis", str),
+    # SDXL (avert's keys; A1111 writes none of these)
+    "prompt_2": ("Prompt 2", str),
+    "negative_prompt_2": ("Negative prompt 2", str),
+    "empty_negative": ("Empty negative", str),
+    "original_size": ("Original size", str),
+    "crop_top_left": ("Crop top left", str),
+    "target_size": ("Target size", str),
+    "negative_original_size": ("Negative original size", str),
+    "negative_crop_top_left": ("Negative crop top left", str),
+    "negative_target_size": ("Negative target size", str),
 }
 NEGATIVES_KEY = "Negatives"
 A1111_REQUEST = GenerationRequest(guidance="cfg")  # what an infotext without avert's keys was made with

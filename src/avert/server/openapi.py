@@ -33,6 +33,8 @@ def field_schema(name: str, limits: Limits = Limits()) -> dict:
         schema["maxLength" if param.type is str else "maximum"] = param.high(limits)
     if param.multiple_of:
         schema["multipleOf"] = param.multiple_of
+    if param.pattern is not None:
+        schema["pattern"] = f"^{param.pattern[0]}$"
     if param.allow:
         schema = {"anyOf": [schema, {"enum": list(param.allow)}], "description": param.help}
     if param.default is None:

@@ -14,11 +14,11 @@ import torch
 TINY_WORDS = ["a", "photo", "of", "cat", "dog", "red", "blue", "car", "tree", "house"]
 
 
-def write_tiny_tokenizer_files(out_dir: Path) -> tuple[Path, Path]:
+def write_tiny_tokenizer_files(out_dir: Path, extra: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """Write a tiny CLIP BPE vocab.json + merges.txt (under 200 tokens) and return their paths.
 
     Tokens: single letters and digits (plain and with `</w>`), the merges spelling TINY_WORDS,
-    then `<|startoftext|>` and `<|endoftext|>` last, as in CLIP.
+    then `<|startoftext|>` and `<|endoftext|>`, as in CLIP, then `extra` (e.g. "!", OpenCLIP's padding).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     chars = list("abcdefghijklmnopqrstuvwxyz0123456789")
@@ -32,7 +32,7 @@ def write_tiny_tokenizer_files(out_dir: Path) -> tuple[Path, Path]:
             if pair not in merges:
                 merges.append(pair)
                 tokens.append("".join(pair))
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    tokens += ["<|startoftext|>", "<|endoftext|>", *extra]
     vocab_path, merges_path = out_dir / "vocab.json", out_dir / "merges.txt"
     vocab_path.write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
     merges_path.write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
@@ -101,5 +101,65 @@ def build_tiny_sd_folder(root: Path, *, prediction_type: str = "epsilon", in_cha
         requires_safety_checker=False,
     )
     folder = root / ("tiny-sd" if in_channels == 4 else "tiny-sd-inpainting")
+    pipe.save_pretrained(folder)
+    return folder
+
+
+# The tiny SDXL: diffusers' own test shapes (tests/pipelines/stable_diffusion_xl): two 32-wide text encoders, so
+# cross-attention 64 = 32 + 32, and 80 = 6 size values x 8 + the 32-wide pooled projection.
+SDXL_TIME_DIM = 8
+
+
+def tiny_sdxl_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=SDXL_TIME_DIM, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * SDXL_TIME_DIM + 32, cross_attention_dim=64,
+    )
+
+
+def tiny_sdxl_text_encoders(eos_2: int):
+    """A CLIPTextModel and a CLIPTextModelWithProjection (hidden 32, 3 layers, so the penultimate layer is not the
+    first); the second pools at its end token `eos_2` (its tokenizer pads with "!")."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    common = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4, vocab_size=1000,
+                  max_position_embeddings=77, hidden_act="gelu", layer_norm_eps=1e-5, projection_dim=32)
+    first = CLIPTextModel(CLIPTextConfig(**common, bos_token_id=0, eos_token_id=2, pad_token_id=1))
+    second = CLIPTextModelWithProjection(CLIPTextConfig(**common, bos_token_id=eos_2 - 1, eos_token_id=eos_2,
+                                                        pad_token_id=eos_2 + 1))
+    return first, second
+
+
+def tiny_sdxl_scheduler(prediction_type: str = "epsilon"):
+    """SDXL's scheduler settings (Euler, leading spacing)."""
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                                  timestep_spacing="leading", prediction_type=prediction_type)
+
+
+def build_tiny_sdxl_folder(root: Path, *, force_zeros_for_empty_prompt: bool = True) -> Path:
+    """Seeded tiny SDXL components saved as a diffusers folder ("tiny-sdxl") under `root`; returns it."""
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    root = Path(root)
+    vocab, merges = write_tiny_tokenizer_files(root / "tiny-bpe")
+    vocab_2, merges_2 = write_tiny_tokenizer_files(root / "tiny-bpe-2", extra=("!",))
+    tokenizer = CLIPTokenizer(vocab=str(vocab), merges=str(merges), model_max_length=77)
+    tokenizer_2 = CLIPTokenizer(vocab=str(vocab_2), merges=str(merges_2), model_max_length=77, pad_token="!")
+    torch.manual_seed(0)
+    text_encoder, text_encoder_2 = tiny_sdxl_text_encoders(tokenizer_2.convert_tokens_to_ids("<|endoftext|>"))
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=tiny_sdxl_unet(), scheduler=tiny_sdxl_scheduler(),
+        force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+    )
+    folder = root / "tiny-sdxl"
     pipe.save_pretrained(folder)
     return folder
