@@ -8,6 +8,9 @@ so tiny test models convert too. Output keys:
 - `first_stage_model.*`      VAE (encoder.down.i.block.j, decoder.up.i..., mid.attn_1 with 1x1 conv q/k/v)
 - `cond_stage_model.transformer.text_model.*`  CLIP text encoder, SD 1.x layout (default)
 - `cond_stage_model.model.*`                   OpenCLIP text encoder, SD 2.x layout (`text_layout="open_clip"`)
+- SDXL (`sdxl_to_ldm`): `conditioner.embedders.0.transformer.text_model.*` (CLIP-L) and
+  `conditioner.embedders.1.model.*` (OpenCLIP bigG, its `text_projection` as OpenCLIP stores it: transposed), the
+  UNet's size embedding as `label_emb.0.*`
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ UNET_TOP = {
     "conv_in.": "input_blocks.0.0.",
     "conv_norm_out.": "out.0.",
     "conv_out.": "out.2.",
+    "add_embedding.linear_1.": "label_emb.0.0.",  # SDXL
+    "add_embedding.linear_2.": "label_emb.0.2.",
 }
 UNET_RESNET = {
     "norm1.": "in_layers.0.",
@@ -161,13 +166,15 @@ OPEN_CLIP_TOP = {
 }
 
 
-def convert_open_clip_text(text_encoder) -> dict[str, torch.Tensor]:
+def convert_open_clip_text(text_encoder, prefix: str = "cond_stage_model.model.") -> dict[str, torch.Tensor]:
     """Return the SD 2.x (OpenCLIP) layout: `cond_stage_model.model.*`, q/k/v fused as `in_proj_*`.
 
-    An identity `text_projection` is added, as SD 2.x files carry one (diffusers ignores it).
+    An identity `text_projection` is added, as SD 2.x files carry one (diffusers ignores it); a
+    CLIPTextModelWithProjection's own projection is stored transposed, as OpenCLIP does.
     """
     state = _text_state(text_encoder)
     out, qkv = {}, {}
+    projection = state.pop("text_model.text_projection.weight", None)
     for key, value in state.items():
         if key in OPEN_CLIP_TOP:
             out[OPEN_CLIP_TOP[key]] = value
@@ -182,8 +189,16 @@ def convert_open_clip_text(text_encoder) -> dict[str, torch.Tensor]:
     for (head, kind), parts in qkv.items():
         out[f"{head}.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
     hidden = text_encoder.config.hidden_size
-    out["text_projection"] = torch.eye(hidden)
-    return {"cond_stage_model.model." + k: v for k, v in out.items()}
+    out["text_projection"] = torch.eye(hidden) if projection is None else projection.T
+    return {prefix + k: v for k, v in out.items()}
+
+
+def sdxl_to_ldm(unet, vae, text_encoder, text_encoder_2) -> dict[str, torch.Tensor]:
+    """Return one original-SDXL state dict holding the UNet, VAE and both text encoders."""
+    first = {"conditioner.embedders.0.transformer." + k: v for k, v in _text_state(text_encoder).items()}
+    second = convert_open_clip_text(text_encoder_2, "conditioner.embedders.1.model.")
+    merged = {**convert_unet(unet), **convert_vae(vae), **first, **second}
+    return {k: v.detach().contiguous() for k, v in merged.items()}
 
 
 def diffusers_to_ldm(unet, vae, text_encoder, text_layout: str = "clip") -> dict[str, torch.Tensor]:

@@ -81,10 +81,11 @@ def test_each_layout_gives_its_vectors_as_float_n_by_dim(tmp_path, tensors, expe
 
 @pytest.mark.parametrize("tensors, message", [
     ({"a": torch.ones(1, 4), "b": torch.ones(1, 4)}, "embedding e.safetensors: unknown layout with keys ['a', 'b']; "
-     "expected 'emb_params', one 'string_to_param.*' key, or a single tensor (diffusers)"),
+     "expected 'emb_params', one 'string_to_param.*' key, a single tensor (diffusers), or 'clip_l' and 'clip_g' "
+     "(SDXL)"),
     ({"string_to_param.a": torch.ones(1, 4), "string_to_param.b": torch.ones(1, 4)}, "embedding e.safetensors: "
      "unknown layout with keys ['string_to_param.a', 'string_to_param.b']; expected 'emb_params', one "
-     "'string_to_param.*' key, or a single tensor (diffusers)"),
+     "'string_to_param.*' key, a single tensor (diffusers), or 'clip_l' and 'clip_g' (SDXL)"),
     ({"x": torch.ones(0, 4)}, "embedding e.safetensors: expected float vectors of shape [n, dim], found (0, 4) "
      "torch.float32"),
     ({"x": torch.ones(2, 0)}, "embedding e.safetensors: expected float vectors of shape [n, dim], found (2, 0) "

@@ -89,10 +89,10 @@ def test_bad_paths_are_clear_errors(tmp_path, name, message):
         load_model(path)
 
 
-def test_sdxl_folder_is_refused_by_name(tmp_path):
+def test_a_folder_with_only_the_second_text_encoder_is_refused_as_an_sdxl_refiner(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"],
                                                             "text_encoder_2": ["transformers", "X"]}))
-    with pytest.raises(ModelLoadError, match="SDXL"):
+    with pytest.raises(ModelLoadError, match="is an SDXL refiner"):
         load_model(tmp_path)
 
 

@@ -106,7 +106,7 @@ def test_conditioning_is_both_encoders_side_by_side_with_the_second_ones_pooled_
     text = condition(BASE.replace(negative_prompt="blue"), tiny_sdxl, Runtime())
     prompt = text.branches[_branch("prompt")]
     states, pooled = prompt.at(0), prompt.pooled_at(0)
-    assert states.shape == (77, 64) and pooled.shape == (32,)
+    assert states.shape == (77, 72) and pooled.shape == (32,)
     ids = tiny_sdxl.tokenizer("a red car", padding="max_length", max_length=77, return_tensors="pt").input_ids
     ids_2 = tiny_sdxl.tokenizer_2("a red car", padding="max_length", max_length=77, return_tensors="pt").input_ids
     assert ids_2[0, -1] == tiny_sdxl.tokenizer_2.convert_tokens_to_ids("!")  # bigG pads with "!"
@@ -114,7 +114,7 @@ def test_conditioning_is_both_encoders_side_by_side_with_the_second_ones_pooled_
         first = tiny_sdxl.text_encoder(ids, output_hidden_states=True).hidden_states[-2][0]
         out = tiny_sdxl.text_encoder_2(ids_2, output_hidden_states=True)
     assert torch.allclose(states[:, :32], first, atol=1e-6)  # penultimate layer, no final norm
-    assert torch.allclose(states[:, 32:], out.hidden_states[-2][0], atol=1e-6)
+    assert torch.allclose(states[:, 32:], out.hidden_states[-2][0], atol=1e-6)  # 40 wide
     assert torch.allclose(pooled, out.text_embeds[0], atol=1e-6)
     empty = text.branches[_branch("empty")]
     assert not empty.at(0).any() and not empty.pooled_at(0).any()  # zeros: the model's config
@@ -134,15 +134,15 @@ def test_the_prompt_language_acts_on_both_encoders(tiny_sdxl):
         return branches[_branch("prompt")]
 
     plain, weighted = prompt("a red car").at(0), prompt("a (red:1.5) car").at(0)
-    for half in (slice(0, 32), slice(32, 64)):  # the weight reaches both encoders' states
+    for half in (slice(0, 32), slice(32, 72)):  # the weight reaches both encoders' states
         assert (plain[:, half] - weighted[:, half]).abs().max() > 1e-3
         assert torch.isclose(plain[:, half].mean(), weighted[:, half].mean(), atol=1e-5)  # "Original": mean kept
     long = "a red car " * 30  # 90 tokens: two chunks in both encoders; pooled from the first chunk, as A1111
     chunked = prompt(long)
-    assert chunked.at(0).shape == (154, 64)
+    assert chunked.at(0).shape == (154, 72)
     first_chunk = prompt("a red car " * 25)  # the first 75 tokens
     assert torch.allclose(chunked.pooled_at(0), first_chunk.pooled_at(0), atol=1e-6)
-    assert prompt("a red car BREAK blue").at(0).shape == (154, 64)
+    assert prompt("a red car BREAK blue").at(0).shape == (154, 72)
     scheduled = prompt("a [red:blue:0.5] car")
     assert (scheduled.pooled_at(0) - scheduled.pooled_at(STEPS - 1)).abs().max() > 1e-4
     parts = condition(BASE.replace(prompt="a red car AND a blue tree"), tiny_sdxl, Runtime()).branches
@@ -235,3 +235,146 @@ def test_the_command_line_and_both_apis_run_sdxl_with_no_special_flag(tiny_sdxl_
         assert native.status_code == 200, native.text
         png = base64.b64decode(native.json()["images"][0]["png"])
         assert np.array_equal(pixels(Image.open(io.BytesIO(png))), pixels(Image.open(made)))
+
+
+def test_an_sdxl_single_file_loads_the_folders_weights_and_makes_its_image(tiny_sdxl_folder, tiny_sdxl, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from avert.models.loader import load_model
+    from tiny_models import write_tiny_sdxl_single_file
+
+    path = write_tiny_sdxl_single_file(tiny_sdxl_folder, tmp_path / "tiny-sdxl.safetensors")
+    single = load_model(path, config_dir=tiny_sdxl_folder)
+    assert single.is_sdxl and single.source.kind == "single-file" and single.force_zeros_for_empty_prompt
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        ours, theirs = getattr(single, name).state_dict(), getattr(tiny_sdxl, name).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    request = BASE.replace(negative_prompt="blue", steps=2)
+    assert np.array_equal(pixels(generate(request, single).images[0].image),
+                          pixels(generate(request, tiny_sdxl).images[0].image))
+    marked = tmp_path / "tiny-sdxl-vpred.safetensors"  # NoobAI-style: an empty `v_pred` key says v-prediction
+    save_file({**load_file(path), "v_pred": torch.zeros(0)}, str(marked))
+    assert load_model(marked, config_dir=tiny_sdxl_folder).scheduler_config["prediction_type"] == "v_prediction"
+
+
+def test_the_shipped_sdxl_configs_are_sdxl_base_10s():
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from avert.models.single_file import shipped_config_dir
+
+    folder = shipped_config_dir("sdxl")
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline" and index["force_zeros_for_empty_prompt"] is True
+    cat = [49406, 320, 1125, 539, 320, 2368, 49407]
+    first, second = (CLIPTokenizer.from_pretrained(folder / name) for name in ("tokenizer", "tokenizer_2"))
+    assert first("a photo of a cat").input_ids == second("a photo of a cat").input_ids == cat
+    assert (first.pad_token, second.pad_token, second.pad_token_id) == ("<|endoftext|>", "!", 0)
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
+        big_g = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
+    # parameter counts of SDXL base 1.0's UNet, VAE and OpenCLIP bigG text encoder
+    assert [sum(p.numel() for p in m.parameters()) for m in (unet, vae, big_g)] == [2567463684, 83653863, 694659840]
+    assert vae.config.scaling_factor == 0.13025 and unet.config.cross_attention_dim == 2048
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert (scheduler["_class_name"], scheduler["timestep_spacing"]) == ("EulerDiscreteScheduler", "leading")
+
+
+def test_an_sdxl_embedding_gives_each_encoder_its_own_vectors(tiny_sdxl, tmp_path):
+    """A file whose clip_l / clip_g vectors are each encoder's own embedding of "cat" stands exactly for "cat"."""
+    from safetensors.torch import save_file
+
+    from avert.conditioning.embeddings import EmbeddingError, load_embeddings
+
+    vectors = {}
+    for key, encoder, tokenizer in (("clip_l", tiny_sdxl.text_encoder, tiny_sdxl.tokenizer),
+                                    ("clip_g", tiny_sdxl.text_encoder_2, tiny_sdxl.tokenizer_2)):
+        token = tokenizer("cat", add_special_tokens=False).input_ids
+        vectors[key] = encoder.get_input_embeddings().weight[token].detach().clone()
+    save_file(vectors, str(tmp_path / "kitty.safetensors"))
+    save_file({"emb_params": vectors["clip_l"]}, str(tmp_path / "only_l.safetensors"))
+    library = load_embeddings(tmp_path)
+
+    def states(text: str):
+        return condition(BASE.replace(prompt=text), tiny_sdxl, Runtime(), library).branches[_branch("prompt")]
+
+    same, word = states("a red kitty"), states("a red cat")
+    assert torch.allclose(same.at(0), word.at(0), atol=1e-5) and torch.allclose(same.pooled_at(0), word.pooled_at(0),
+                                                                              atol=1e-5)
+    with pytest.raises(EmbeddingError, match="only_l.safetensors: has no vectors for SDXL's second text encoder"):
+        states("a red only_l")
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
+def test_a_v_prediction_zero_terminal_snr_model_equals_diffusers_with_guidance_rescale(tiny_sdxl_folder, sdxl_pipe,
+                                                                                        sampler):
+    from avert.models.loader import load_model
+
+    model = load_model(tiny_sdxl_folder, prediction_type="v_prediction", zero_terminal_snr=True)
+    assert (model.scheduler_config["rescale_betas_zero_snr"], model.scheduler_config["timestep_spacing"]) == (
+        True, "trailing")
+    request = BASE.replace(sampler=sampler, negative_prompt="blue", guidance_rescale=0.7)
+    ours = pixels(generate(request, model).images[0].image)
+    theirs = diffusers_sdxl(sdxl_pipe, model, request, negative_prompt="blue", guidance_rescale=0.7)
+    assert np.abs(ours - theirs).max() <= 1
+    plain = load_model(tiny_sdxl_folder, prediction_type="v_prediction")
+    assert np.abs(ours - pixels(generate(request, plain).images[0].image)).max() > 2
+    with pytest.raises(ValidationError) as error:
+        generate(request.replace(sampler="Heun"), model)
+    assert [p.field for p in error.value.problems] == ["sampler"] and "zero-terminal-SNR" in str(error.value)
+
+
+def test_a_single_file_marked_ztsnr_loads_with_a_zero_terminal_snr_schedule(tiny_sdxl_folder, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from avert.models.loader import load_model
+    from tiny_models import write_tiny_sdxl_single_file
+
+    path = write_tiny_sdxl_single_file(tiny_sdxl_folder, tmp_path / "plain.safetensors")
+    marked = tmp_path / "ztsnr.safetensors"
+    save_file({**load_file(path), "ztsnr": torch.zeros(0), "v_pred": torch.zeros(0)}, str(marked))
+    config = load_model(marked, config_dir=tiny_sdxl_folder).scheduler_config
+    assert (config["rescale_betas_zero_snr"], config["prediction_type"]) == (True, "v_prediction")
+    assert not load_model(path, config_dir=tiny_sdxl_folder).scheduler_config.get("rescale_betas_zero_snr")
+
+
+def test_the_a1111_api_switches_between_an_sd_and_an_sdxl_model(tiny_folder, tiny_sdxl_folder, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from avert.server.app import create_app
+    from avert.server.config import ServerConfig
+
+    for folder in (tiny_folder, tiny_sdxl_folder):
+        (tmp_path / folder.name).symlink_to(folder, target_is_directory=True)
+    body = {"prompt": "a red car", "negative_prompt": "blue", "steps": 2, "width": 32, "height": 32, "seed": 4}
+    with TestClient(create_app(ServerConfig(models_dir=tmp_path, model="tiny-sd")), base_url="http://127.0.0.1") as c:
+        assert sorted(m["model_name"] for m in c.get("/sdapi/v1/sd-models").json()) == ["tiny-sd", "tiny-sdxl"]
+        for name in ("tiny-sdxl", "tiny-sd"):
+            assert c.post("/sdapi/v1/options", json={"sd_model_checkpoint": name}).status_code == 200
+            answer = c.post("/sdapi/v1/txt2img", json=body)
+            assert answer.status_code == 200, answer.text
+            assert f"Model: {name}," in json.loads(answer.json()["info"])["infotexts"][0]
+        refused = c.post("/v1/generate", json={**body, "negative_prompt_2": "tree"})  # the current model: SD
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "negative_prompt_2"
+        sdxl = c.post("/v1/generate", json={**body, "negative_prompt_2": "tree", "model": "tiny-sdxl"})
+        assert sdxl.status_code == 200, sdxl.text
+
+
+def test_the_shipped_sdxl_index_scheduler_and_tokenizers_work_through_from_single_file(tiny_sdxl_folder, tmp_path):
+    """The shipped folder, with only the model configs swapped for the tiny ones, loads the tiny SDXL file."""
+    from avert.models.loader import load_model
+    from avert.models.single_file import shipped_config_dir
+    from tiny_models import write_tiny_sdxl_single_file
+
+    config = shutil.copytree(shipped_config_dir("sdxl"), tmp_path / "sdxl")
+    for sub in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        shutil.copy(tiny_sdxl_folder / sub / "config.json", config / sub / "config.json")
+    path = write_tiny_sdxl_single_file(tiny_sdxl_folder, tmp_path / "tiny-sdxl.safetensors")
+    model = load_model(path, config_dir=config)
+    cat = [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert model.tokenizer("a photo of a cat").input_ids == model.tokenizer_2("a photo of a cat").input_ids == cat
+    assert model.tokenizer_2.pad_token == "!" and model.force_zeros_for_empty_prompt
+    assert (model.scheduler_config["_class_name"], model.scheduler_config["prediction_type"]) == (
+        "EulerDiscreteScheduler", "epsilon")

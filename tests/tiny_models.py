@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ldm_layout import diffusers_to_ldm
+from ldm_layout import diffusers_to_ldm, sdxl_to_ldm
 
 from avert.testing.tiny import build_tiny_sd_folder, write_tiny_tokenizer_files  # noqa: F401  (re-exported)
 
@@ -24,4 +24,20 @@ def write_tiny_single_file(folder: Path, out: Path, *, text_layout: str = "clip"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(diffusers_to_ldm(unet, vae, text_encoder, text_layout=text_layout), str(out))
+    return out
+
+
+def write_tiny_sdxl_single_file(folder: Path, out: Path) -> Path:
+    """The tiny SDXL folder's UNet, VAE and two text encoders as one original-SDXL-layout `.safetensors` file."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    parts = (UNet2DConditionModel.from_pretrained(folder, subfolder="unet"),
+             AutoencoderKL.from_pretrained(folder, subfolder="vae"),
+             CLIPTextModel.from_pretrained(folder, subfolder="text_encoder"),
+             CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2"))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sdxl_to_ldm(*parts), str(out))
     return out

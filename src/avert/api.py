@@ -31,12 +31,13 @@ def load(
     allow_pickle: bool = False,
     config_dir: Path | None = None,
     prediction_type: str | None = None,
+    zero_terminal_snr: bool = False,
 ) -> Components:
     """Components for `model`: already loaded, a path, or None for $AVERT_MODEL / the embedded default."""
     if isinstance(model, Components):
         return model
     return get_model(resolve_model_path(model), allow_pickle=allow_pickle, config_dir=config_dir,
-                     prediction_type=prediction_type)
+                     prediction_type=prediction_type, zero_terminal_snr=zero_terminal_snr)
 
 
 def generate(

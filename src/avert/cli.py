@@ -78,9 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _serve_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks that print a table and write it to docs/")
-    bench.add_argument("what", choices=("engine", "startup"), help="engine: avert vs diffusers on tiny components; "
-                       "startup: the README's main command on the embedded model, as fresh processes")
+    bench.add_argument("what", choices=("engine", "startup", "sdxl"), help="engine: avert vs diffusers on tiny "
+                       "components; startup: the README's main command on the embedded model, as fresh processes; "
+                       "sdxl: SDXL base's architecture at 1024x1024 (random weights, about 14 GB of memory)")
     bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--size", type=bounded("size", int, 64, 2048), default=1024, help="sdxl: image size")
     bench.add_argument("--docs", type=Path, default=Path("docs"), help="folder the table is written to")
     bench.set_defaults(handler=_run_bench)
     from avert.evaluation.cli import add_eval_parser
@@ -430,6 +432,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="diffusers config folder for a single-file checkpoint (default: chosen from its keys)")
     parser.add_argument("--prediction-type", default=None, choices=("epsilon", "v_prediction"),
                         help="override the model's prediction type (e.g. an SD 2.x 512 base single file: epsilon)")
+    parser.add_argument("--zero-terminal-snr", action="store_true",
+                        help="the model was trained with a zero-terminal-SNR noise schedule (some v-prediction "
+                        "fine-tunes): rescale the schedule to it, with trailing timesteps")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow .ckpt/.pt files, read with torch.load(weights_only=True)")
     parser.add_argument("--device", default="cpu", type=device_arg, help="torch device (default: cpu)")
@@ -497,7 +502,7 @@ def _load(args):
 
     _quiet_libraries()
     return api.load(args.model, allow_pickle=args.allow_pickle, config_dir=args.config_dir,
-                    prediction_type=args.prediction_type)
+                    prediction_type=args.prediction_type, zero_terminal_snr=args.zero_terminal_snr)
 
 
 def _load_plain(model):
@@ -634,6 +639,10 @@ def _run_bench(args) -> int:
     _quiet_libraries()
     if args.what == "startup":
         run_startup_benchmark(repeats=args.repeats, docs=args.docs)
+    elif args.what == "sdxl":
+        from avert.bench.sdxl import run_sdxl_benchmark
+
+        run_sdxl_benchmark(size=args.size, docs=args.docs)
     else:
         run_engine_benchmark(repeats=args.repeats, docs=args.docs)
     return 0

@@ -217,6 +217,20 @@ def family_problems(request: GenerationRequest, sdxl: bool) -> list[FieldProblem
     return []
 
 
+def schedule_problems(request: GenerationRequest, scheduler_config: dict) -> list[FieldProblem]:
+    """On a zero-terminal-SNR model, only the samplers whose scheduler rescales its schedule (the others would
+    run the model on a schedule it was not trained on)."""
+    if not scheduler_config.get("rescale_betas_zero_snr"):
+        return []
+    from avert.sampling.samplers import zero_snr_samplers
+
+    allowed = zero_snr_samplers()
+    return [FieldProblem(name, value, "must be one of the samplers that run a zero-terminal-SNR schedule: "
+                         + ", ".join(allowed)) for name, value in (("sampler", request.sampler),
+                                                                   ("hr_sampler", request.hr_sampler))
+            if isinstance(value, str) and value in SAMPLERS and value not in allowed]
+
+
 def _unused(request: GenerationRequest, names: tuple[str, ...], needs: str) -> list[FieldProblem]:
     """The fields among `names` that are set (and valid alone) although what they act on is missing."""
     defaults = GenerationRequest()

@@ -24,6 +24,7 @@ from avert.models.components import Components, ModelSource  # noqa: E402
 from avert.models.defaults import read_default_guidance  # noqa: E402
 from avert.models.hashing import model_hash  # noqa: E402
 
+ZERO_TERMINAL_SNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 TEXT_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection", "BertModel")
 SDXL_SECOND_ENCODERS = ("CLIPTextModelWithProjection",)
@@ -36,17 +37,23 @@ def load_model(
     allow_pickle: bool = False,
     config_dir: Path | None = None,
     prediction_type: str | None = None,
+    zero_terminal_snr: bool = False,
 ) -> Components:
     """Load a model from a diffusers folder or a single checkpoint file, offline.
 
     `prediction_type` ("epsilon" or "v_prediction") overrides the model's scheduler config; for an SD 2.x
-    single file it also picks the 512 base (epsilon) or 768-v configs.
+    single file it also picks the 512 base (epsilon) or 768-v configs. `zero_terminal_snr` rescales the noise
+    schedule to zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed":
+    diffusers' `rescale_betas_zero_snr`, with the "trailing" timesteps it recommends), as the fine-tunes trained
+    that way need; a single file that carries a `ztsnr` key asks for it itself.
     """
     components = _load_any(Path(path).expanduser(), allow_pickle, config_dir, prediction_type)
+    config = dict(components.scheduler_config)
     if prediction_type is not None:
-        config = {**components.scheduler_config, "prediction_type": prediction_type}
-        components = dataclasses.replace(components, scheduler_config=config)
-    return components
+        config["prediction_type"] = prediction_type
+    if zero_terminal_snr:
+        config.update(ZERO_TERMINAL_SNR)
+    return dataclasses.replace(components, scheduler_config=config)
 
 
 def _load_any(path: Path, allow_pickle: bool, config_dir: Path | None, prediction_type: str | None) -> Components:
@@ -157,8 +164,13 @@ def _load_single(path: Path, source: Path, config_dir: Path | None, prediction_t
     from avert.models.single_file import load_single_file
 
     pipe = load_single_file(path, config_dir=config_dir, prediction_type=prediction_type)
-    return _assemble(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config),
-                     source, "single-file")
+    components = _assemble(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config),
+                           source, "single-file")
+    if getattr(pipe, "text_encoder_2", None) is None:
+        return components
+    return dataclasses.replace(components, text_encoder_2=pipe.text_encoder_2.eval().requires_grad_(False),
+                               tokenizer_2=pipe.tokenizer_2,
+                               force_zeros_for_empty_prompt=bool(pipe.config.force_zeros_for_empty_prompt))
 
 
 def _load_pickle(path: Path, allow_pickle: bool, config_dir: Path | None, prediction_type: str | None) -> Components:

@@ -1,4 +1,4 @@
-"""Offline loading of single-file Stable Diffusion 1.x / 2.x checkpoints (original SD key layout).
+"""Offline loading of single-file Stable Diffusion 1.x / 2.x and SDXL checkpoints (original SD key layout).
 
 A `.safetensors` file in the original (LDM) layout holds the UNet (`model.diffusion_model.*`), the
 VAE (`first_stage_model.*`) and the text encoder (`cond_stage_model.*`), but no configs. The family
@@ -7,7 +7,11 @@ in `avert/models/configs/` is used, so nothing is fetched from a hub.
 
 Detection rule (`detect_family`):
 
-1. `conditioner.embedders.*` keys: SDXL, refused (not supported yet).
+1. `conditioner.embedders.*` keys: SDXL. A base-type model has CLIP-L at `conditioner.embedders.0.transformer.*` and
+   OpenCLIP bigG at `conditioner.embedders.1.model.*` ("sdxl", the shipped `configs/sdxl`, base 1.0's configs); a
+   refiner has only bigG, at `conditioner.embedders.0.model.*`, and an SDXL inpainting UNet 9 input channels: both
+   are refused by name. A v-prediction fine-tune that marks itself with a `v_pred` key (as NoobAI's v-pred files
+   do) is loaded as v-prediction, and one with a `ztsnr` key with a zero-terminal-SNR schedule.
 2. No `model.diffusion_model.*` keys, or no text encoder of a known layout: refused.
 3. SD 2.x when the UNet's cross-attention key
    `model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight` has a last
@@ -33,13 +37,18 @@ from pathlib import Path
 from ..errors import FieldProblem, ModelLoadError, ValidationError
 
 CONFIG_ROOT = Path(__file__).parent / "configs"
-FAMILIES = ("sd15", "sd2-base", "sd2-v")
+FAMILIES = ("sd15", "sd2-base", "sd2-v", "sdxl")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 UNET_PREFIX = "model.diffusion_model."
 SD1_TEXT_PREFIX = "cond_stage_model.transformer.text_model."
 SD2_TEXT_PREFIX = "cond_stage_model.model."
 SDXL_PREFIX = "conditioner.embedders."
+SDXL_CLIP_L = "conditioner.embedders.0.transformer."
+SDXL_BIG_G = "conditioner.embedders.1.model."
+SDXL_REFINER = "conditioner.embedders.0.model."
+V_PRED_KEY = "v_pred"
+ZTSNR_KEY = "ztsnr"
 CROSS_ATTN_KEY = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
 CONV_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 EXPECTED = (
@@ -73,8 +82,7 @@ def detect_family(keys: Iterable[str], tensors_shapes: Mapping[str, tuple] | Non
     """
     keys = set(keys)
     if any(k.startswith(SDXL_PREFIX) for k in keys):
-        raise ModelLoadError(f"{name}: this is an SDXL checkpoint ('{SDXL_PREFIX}*' keys); "
-                             "SDXL single files are not supported yet")
+        return _sdxl_family(keys, tensors_shapes, name)
     has_sd1_text = any(k.startswith(SD1_TEXT_PREFIX) for k in keys)
     has_sd2_text = any(k.startswith(SD2_TEXT_PREFIX + "transformer.resblocks.") for k in keys)
     if not any(k.startswith(UNET_PREFIX) for k in keys) or not (has_sd1_text or has_sd2_text):
@@ -84,6 +92,22 @@ def detect_family(keys: Iterable[str], tensors_shapes: Mapping[str, tuple] | Non
         raise ModelLoadError(f"{name}: the UNet takes {channels} input channels (an instruct-pix2pix or other "
                              "special model); supported: 4 (text to image) and 9 (inpainting)")
     return "sd2-v" if _is_sd2(has_sd2_text, tensors_shapes) else "sd15"
+
+
+def _sdxl_family(keys: set[str], shapes: Mapping[str, tuple] | None, name: str) -> str:
+    """"sdxl" for a base-type SDXL file; a refiner, an inpainting UNet or a partial file is named and refused."""
+    has = {prefix: any(k.startswith(prefix) for k in keys) for prefix in (SDXL_CLIP_L, SDXL_BIG_G, SDXL_REFINER)}
+    if has[SDXL_REFINER] and not has[SDXL_CLIP_L]:
+        raise ModelLoadError(f"{name}: this is an SDXL refiner (only OpenCLIP bigG, at '{SDXL_REFINER}*'); load an "
+                             "SDXL base-type model")
+    if not (has[SDXL_CLIP_L] and has[SDXL_BIG_G]) or not any(k.startswith(UNET_PREFIX) for k in keys):
+        raise ModelLoadError(f"{name}: an SDXL checkpoint needs '{UNET_PREFIX}*' (UNet), '{SDXL_CLIP_L}*' (CLIP-L) "
+                             f"and '{SDXL_BIG_G}*' (OpenCLIP bigG) keys; some are missing")
+    channels = unet_in_channels(shapes)
+    if channels != 4:
+        raise ModelLoadError(f"{name}: an SDXL UNet with {channels} input channels (an inpainting or edit model); "
+                             "avert runs SDXL base-type models")
+    return "sdxl"
 
 
 def unet_in_channels(shapes: Mapping[str, tuple] | None) -> int:
@@ -129,7 +153,8 @@ def _override_prediction(pipe, prediction_type: str) -> None:
 
 
 def load_single_file(path: Path, config_dir: Path | None = None, prediction_type: str | None = None):
-    """Load an original-layout SD 1.x/2.x `.safetensors` file as a `diffusers.StableDiffusionPipeline`.
+    """Load an original-layout SD 1.x/2.x `.safetensors` file as a `diffusers.StableDiffusionPipeline` (SDXL: a
+    `StableDiffusionXLPipeline`).
 
     Configs come from `config_dir` (a diffusers folder; only its configs and tokenizer are read) or
     from the shipped folder of the detected family. `prediction_type` ("epsilon" or "v_prediction")
@@ -141,22 +166,31 @@ def load_single_file(path: Path, config_dir: Path | None = None, prediction_type
     shapes = read_key_shapes(path)
     family = detect_family(shapes.keys(), shapes, name=path.name)
     family = _choose_family(family, prediction_type)
+    if prediction_type is None and V_PRED_KEY in shapes:
+        prediction_type = "v_prediction"  # the file says so (NoobAI's v-pred files carry an empty `v_pred` key)
     config = Path(config_dir) if config_dir is not None else shipped_config_dir(family)
     if not (config / "model_index.json").is_file():
         raise ModelLoadError(f"{path.name}: config folder {config} has no model_index.json")
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     try:
         with _configs_for(config, unet_in_channels(shapes)) as folder:
-            pipe = StableDiffusionPipeline.from_single_file(
-                str(path), config=str(folder), local_files_only=True,
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            )
+            if family == "sdxl":
+                pipe = StableDiffusionXLPipeline.from_single_file(str(path), config=str(folder),
+                                                                  local_files_only=True)
+            else:
+                pipe = StableDiffusionPipeline.from_single_file(
+                    str(path), config=str(folder), local_files_only=True,
+                    safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                )
     except Exception as exc:
         raise ModelLoadError(f"{path.name}: cannot load as {family} with configs from {config}: "
                              f"{type(exc).__name__}: {exc}") from exc
     if prediction_type is not None:
         _override_prediction(pipe, prediction_type)
+    if ZTSNR_KEY in shapes:  # the file says its schedule was trained to zero terminal SNR
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, rescale_betas_zero_snr=True,
+                                                          timestep_spacing="trailing")
     return pipe
 
 

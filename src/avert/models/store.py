@@ -13,15 +13,16 @@ MAX_MODELS = 2
 
 
 def get_model(
-    path: Path, *, allow_pickle: bool = False, config_dir: Path | None = None, prediction_type: str | None = None
+    path: Path, *, allow_pickle: bool = False, config_dir: Path | None = None, prediction_type: str | None = None,
+    zero_terminal_snr: bool = False,
 ) -> Components:
     """Load `path` (or return it from the cache, keyed by resolved path and modification time)."""
     path = Path(path).expanduser()
     stat_key = path.stat().st_mtime_ns if path.exists() else None
-    key = (str(path.resolve()), stat_key, allow_pickle, str(config_dir), prediction_type)
+    key = (str(path.resolve()), stat_key, allow_pickle, str(config_dir), prediction_type, zero_terminal_snr)
     if key not in _CACHE:
         _CACHE[key] = load_model(path, allow_pickle=allow_pickle, config_dir=config_dir,
-                                 prediction_type=prediction_type)
+                                 prediction_type=prediction_type, zero_terminal_snr=zero_terminal_snr)
         while len(_CACHE) > MAX_MODELS:
             _CACHE.popitem(last=False)
     _CACHE.move_to_end(key)

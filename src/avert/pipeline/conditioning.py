@@ -51,8 +51,8 @@ def condition(request: GenerationRequest, components: Components, runtime: Runti
     sides = [encoded] * (1 + len(negatives))  # the encodings the prompt and each negative read their texts from
     padding = empty_branch = encoded[""]
     if components.is_sdxl:
-        second = TextEncoding(components.text_encoder_2, components.tokenizer_2, embeddings, options, runtime.device,
-                              penultimate=True)
+        second = TextEncoding(components.text_encoder_2, components.tokenizer_2, embeddings.second(), options,
+                              runtime.device, penultimate=True)
         sides, padding, empty_branch = _sdxl_sides(request, components, encoded, second, (prompt,) + negatives)
     empty = padding.states
     branches: dict[Branch, ScheduledStates] = {EMPTY: scheduled([(request.steps, empty_branch)])}

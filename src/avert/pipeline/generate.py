@@ -27,7 +27,7 @@ from avert.sampling.loop import Cancelled, StepEvent, sample
 from avert.sampling.noise import image_seeds, initial_noise, resolve_seed
 from avert.sampling.samplers import sampler_spec
 from avert.schema import Limits
-from avert.validation import family_problems, validate
+from avert.validation import family_problems, schedule_problems, validate
 
 
 @torch.inference_mode()
@@ -160,7 +160,7 @@ def check(request: GenerationRequest, limits: Limits, components: Components, ma
     if isinstance(request.init_image, InitImage):  # the size it gives is held to the limits as a size asked for
         request = request.replace(**dict(zip(("width", "height"), default_size(request, components))))
     validate(request, model_limits(limits, components), components.default_guidance)
-    problems = family_problems(request, components.is_sdxl)
+    problems = family_problems(request, components.is_sdxl) + schedule_problems(request, components.scheduler_config)
     if problems:
         raise ValidationError(problems)
     if limits.max_work is not None:

@@ -70,11 +70,13 @@ def sample(
 
 def sigma_function(scheduler) -> Callable[[float], float]:
     """sigma(t) = sqrt((1 - alpha_bar_t) / alpha_bar_t), interpolated between integer timesteps as the
-    k-diffusion style schedulers do, so guidance intervals work the same for every sampler."""
+    k-diffusion style schedulers do, so guidance intervals work the same for every sampler (infinite at the end of
+    a zero-terminal-SNR schedule)."""
     import numpy as np
 
     alphas = scheduler.alphas_cumprod.double().cpu().numpy()
-    sigmas = ((1 - alphas) / alphas) ** 0.5
+    with np.errstate(divide="ignore"):  # zero terminal SNR: alpha_bar_T = 0, sigma_T = inf (as it should be)
+        sigmas = ((1 - alphas) / alphas) ** 0.5
     grid = np.arange(len(sigmas))
     return lambda t: float(np.interp(t, grid, sigmas))
 

@@ -78,6 +78,17 @@ SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 ETA_SAMPLERS = tuple(s.name for s in _SPECS if s.eta_option)
 
 
+def zero_snr_samplers() -> tuple[str, ...]:
+    """The samplers whose diffusers scheduler can rescale its betas to zero terminal SNR (`rescale_betas_zero_snr`);
+    the others would silently ignore it."""
+    import inspect
+
+    import diffusers
+
+    return tuple(s.name for s in _SPECS
+                 if "rescale_betas_zero_snr" in inspect.signature(getattr(diffusers, s.scheduler).__init__).parameters)
+
+
 def sampler_spec(name: str) -> SamplerSpec:
     """The spec for an A1111 sampler name (exact match; validation has already checked it)."""
     return SAMPLERS[name]

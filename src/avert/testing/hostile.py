@@ -87,7 +87,10 @@ def _range_cases(group: str, path: str, base: dict) -> list[HttpCase]:
     values = [("steps", 0), ("steps", 151), ("steps", -1), ("cfg_scale", -1), ("cfg_scale", 31), ("width", 100),
               ("width", 4096), ("height", 12), ("batch_size", 0), ("batch_size", 17), ("seed", -2), ("seed", 2**32),
               ("sampler", "Euler z"), ("guidance", "magic"), ("clip_skip", 13), ("emphasis", "loud"),
-              ("guidance_rescale", 1.5), ("guidance_start", 2), ("prompt", "x" * 8193)]
+              ("guidance_rescale", 1.5), ("guidance_start", 2), ("prompt", "x" * 8193),
+              ("original_size", "1024"), ("negative_original_size", "1024x1024x3"), ("crop_top_left", "a,b"),
+              ("negative_target_size", "0x0"), ("empty_negative", "zero"), ("prompt_2", "a dog (not SDXL)"),
+              ("mask_blur_y", 3), ("initial_noise_multiplier", 0.5)]
     return [HttpCase(group, f"{k}: {v if not isinstance(v, str) or len(v) < 20 else f'{len(v)} characters'}", "POST",
                      path, {**base, k: v}) for k, v in values]
 

@@ -105,9 +105,11 @@ def build_tiny_sd_folder(root: Path, *, prediction_type: str = "epsilon", in_cha
     return folder
 
 
-# The tiny SDXL: diffusers' own test shapes (tests/pipelines/stable_diffusion_xl): two 32-wide text encoders, so
-# cross-attention 64 = 32 + 32, and 80 = 6 size values x 8 + the 32-wide pooled projection.
+# The tiny SDXL, near diffusers' own test shapes (tests/pipelines/stable_diffusion_xl): text encoders 32 and 40
+# wide (unequal, as CLIP-L and bigG are, so that a single file's two encoders are told apart by width), so
+# cross-attention 72 = 32 + 40, and 80 = 6 size values x 8 + the 32-wide pooled projection.
 SDXL_TIME_DIM = 8
+SDXL_WIDTHS = (32, 40)
 
 
 def tiny_sdxl_unet():
@@ -118,20 +120,21 @@ def tiny_sdxl_unet():
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=SDXL_TIME_DIM, transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=6 * SDXL_TIME_DIM + 32, cross_attention_dim=64,
+        projection_class_embeddings_input_dim=6 * SDXL_TIME_DIM + 32, cross_attention_dim=sum(SDXL_WIDTHS),
     )
 
 
 def tiny_sdxl_text_encoders(eos_2: int):
-    """A CLIPTextModel and a CLIPTextModelWithProjection (hidden 32, 3 layers, so the penultimate layer is not the
-    first); the second pools at its end token `eos_2` (its tokenizer pads with "!")."""
+    """A CLIPTextModel and a CLIPTextModelWithProjection (`SDXL_WIDTHS` wide, 3 layers, so the penultimate layer is
+    not the first; a 32-wide projection); the second pools at its end token `eos_2` (its tokenizer pads with "!")."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    common = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4, vocab_size=1000,
+    common = dict(intermediate_size=37, num_hidden_layers=3, num_attention_heads=4, vocab_size=1000,
                   max_position_embeddings=77, hidden_act="gelu", layer_norm_eps=1e-5, projection_dim=32)
-    first = CLIPTextModel(CLIPTextConfig(**common, bos_token_id=0, eos_token_id=2, pad_token_id=1))
-    second = CLIPTextModelWithProjection(CLIPTextConfig(**common, bos_token_id=eos_2 - 1, eos_token_id=eos_2,
-                                                        pad_token_id=eos_2 + 1))
+    first = CLIPTextModel(CLIPTextConfig(**common, hidden_size=SDXL_WIDTHS[0], bos_token_id=0, eos_token_id=2,
+                                         pad_token_id=1))
+    second = CLIPTextModelWithProjection(CLIPTextConfig(**common, hidden_size=SDXL_WIDTHS[1], bos_token_id=eos_2 - 1,
+                                                        eos_token_id=eos_2, pad_token_id=eos_2 + 1))
     return first, second
 
 
