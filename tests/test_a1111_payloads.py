@@ -91,6 +91,9 @@ PAYLOADS = [  # (label, endpoint, body, status, field a 422 names)
     *[(f"txt2img: sampler {s} at eta 0", "txt2img", {**SIMPLE_TXT2IMG, "sampler_index": s}, 200, None)
       for s in ("DPM++ 2M SDE", "DPM++ SDE Karras")],
     ("txt2img: restore faces", "txt2img", {**SIMPLE_TXT2IMG, "restore_faces": True}, 422, "restore_faces"),
+    ("txt2img: avert's NAG at cfg 1 (extra fields)", "txt2img", {**SIMPLE_TXT2IMG, "negative_prompt": "blue",
+                                                                  "cfg_scale": 1, "nag_scale": 3, "nag_end": 0.8},
+     200, None),
     ("txt2img: hires fix", "txt2img", {**SIMPLE_TXT2IMG, "enable_hr": True, "denoising_strength": 0.7}, 200, None),
     ("txt2img: hires fix, every field at A1111's default", "txt2img", {**TXT2IMG_MODEL, **SMALL, "enable_hr": True,
                                                                        "denoising_strength": 0.5}, 200, None),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from avert.bench import engine, startup
+from avert.bench import engine, sdxl, startup
 from avert.evaluation.common import machine
 
 ROOT = Path(__file__).parents[1]
@@ -46,6 +46,8 @@ def pattern(rendered: str) -> list[re.Pattern]:
     ("engine.md", engine._table([engine.Row(s, b, 1.0, 1.0, 0) for s, b in engine.CASES], 5, 20, 64)),
     ("startup.md", startup.table([1.0] * 5)),
     ("serve.md", load_serve_page()),
+    ("sdxl.md", sdxl._table([sdxl.Run("avert", 1.0, 1.0, 1.0), sdxl.Run("diffusers", 1.0, 1.0, 1.0)], 1024, 1, 1.0,
+                            0, 2)),
 ])
 def test_each_benchmark_page_is_in_its_commands_current_format(page, rendered):
     written = (DOCS / page).read_text().strip().splitlines()

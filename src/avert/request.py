@@ -76,6 +76,10 @@ class GenerationRequest:
     s_min_uncond: float = 0.0
     s_min_uncond_all: bool = False
     guidance_reuse: bool = False
+    nag_scale: float = 1.0
+    nag_tau: float = 2.5
+    nag_alpha: float = 0.5
+    nag_end: float = 1.0
     strength: float = 0.75
     resize_mode: str = "just resize"
     initial_noise_multiplier: float = 1.0

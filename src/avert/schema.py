@@ -169,6 +169,15 @@ PARAMS: tuple[Param, ...] = (
     Param("guidance_reuse", bool, False, "on steps where the interval or s_min_uncond skips the negative, add the "
           "last guided step's correction (e - e_c) instead of none; the negative's forward is still skipped",
           "--guidance-reuse"),
+    Param("nag_scale", float, 1.0, "Normalized Attention Guidance: how far every cross-attention layer's output "
+          "moves away from the negatives' (1: off); acts at any cfg_scale, also 1, where CFG cannot",
+          "--nag-scale", low=lambda l: 1.0, high=lambda l: 20.0),
+    Param("nag_tau", float, 2.5, "NAG: the most the moved features' L1 norm may grow, as a ratio", "--nag-tau",
+          low=lambda l: 1.0, high=lambda l: 10.0),
+    Param("nag_alpha", float, 0.5, "NAG: the share of the guided features blended with the prompt's (1: guided "
+          "only)", "--nag-alpha", low=lambda l: 0.0, high=lambda l: 1.0),
+    Param("nag_end", float, 1.0, "NAG: the fraction of the run after which it stops", "--nag-end",
+          low=lambda l: 0.0, high=lambda l: 1.0),
     Param("strength", float, 0.75, "img2img (and the hires fix's second pass): how much of the init image is re-drawn (A1111's denoising strength: "
           "int(min(strength, 0.999) * steps) + 1 of the steps run, from the matching noise level)", "--strength",
           low=lambda l: 0.0, high=lambda l: 1.0),

@@ -130,7 +130,20 @@ def check_relations(request: GenerationRequest, model_guidance: str | None = FAL
     if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low >= high:
         problems.append(FieldProblem("guidance_sigma_min", low, f"must be below guidance_sigma_max ({high})"))
     return (problems + _method_problems(request, model_guidance) + _eta_problems(request) + _img2img_problems(request)
-            + _joined_problems(request))
+            + _joined_problems(request) + _nag_problems(request))
+
+
+NAG_OPTIONS = ("nag_tau", "nag_alpha", "nag_end")
+
+
+def _nag_problems(request: GenerationRequest) -> list[FieldProblem]:
+    """NAG steers away from the negatives: it needs one; its options mean something only with it on."""
+    if request.nag_scale == 1.0:
+        return _unused(request, NAG_OPTIONS, "nag_scale above 1 (NAG on")
+    if isinstance(request.nag_scale, (int, float)) and not request.all_negatives():
+        return [FieldProblem("nag_scale", request.nag_scale, "applies only with a negative (NAG steers away from "
+                             "the negatives in attention); give one, or leave nag_scale at 1")]
+    return []
 
 
 def _joined_problems(request: GenerationRequest) -> list[FieldProblem]:

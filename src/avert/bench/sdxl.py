@@ -4,6 +4,8 @@ The components are built from the shipped SDXL base 1.0 configs (`avert/models/c
 (seeded; no weights are downloaded): a 2.57B-parameter UNet, both text encoders and the VAE, in fp32. avert and
 diffusers' `StableDiffusionXLPipeline` share the very same modules, so neither holds a second copy. Each run
 renders one image at `size` x `size` with a negative (plain CFG: two branches per step) and `steps` Euler steps.
+Runs go in the order avert, diffusers, diffusers, avert (`repeats` 2; each library first once), and each figure is
+the mean of a library's runs, so neither gains from running second (the allocator's pools, the page cache).
 
 Reported per library: the UNet's time per step (a forward hook on the shared UNet times every evaluation: one
 batched forward of both branches), the whole run's time, and the peak resident memory above what the process held
@@ -62,8 +64,9 @@ def build_sdxl_components():
                       force_zeros_for_empty_prompt=True)
 
 
-def run_sdxl_benchmark(size: int = 1024, steps: int = 1, docs: Path = Path("docs")) -> list[Run]:
-    """Measure avert and diffusers once each on the same components, print the table, write docs/benchmarks/sdxl.md."""
+def run_sdxl_benchmark(size: int = 1024, steps: int = 1, docs: Path = Path("docs"), repeats: int = 2) -> list[Run]:
+    """Measure avert and diffusers on the same components (ABBA order, `repeats` runs each), print the table,
+    write docs/benchmarks/sdxl.md."""
     from diffusers import StableDiffusionXLPipeline
 
     from avert.pipeline.generate import generate
@@ -86,11 +89,23 @@ def run_sdxl_benchmark(size: int = 1024, steps: int = 1, docs: Path = Path("docs
         return pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.0, width=size,
                     height=size, generator=torch.Generator().manual_seed(1)).images[0]
 
-    ours_run, ours_image = _measure("avert", components.unet, lambda: generate(request, components).images[0].image)
-    theirs_run, theirs_image = _measure("diffusers", components.unet, theirs)
-    difference = int(np.abs(np.asarray(ours_image, dtype=int) - np.asarray(theirs_image, dtype=int)).max())
-    publish(_table([ours_run, theirs_run], size, steps, built, difference), docs / "benchmarks" / "sdxl.md")
-    return [ours_run, theirs_run]
+    ours = lambda: generate(request, components).images[0].image  # noqa: E731
+    runs: dict[str, list[Run]] = {"avert": [], "diffusers": []}
+    images = {}
+    for k in range(repeats):
+        order = (("avert", ours), ("diffusers", theirs)) if k % 2 == 0 else (("diffusers", theirs), ("avert", ours))
+        for library, run in order:
+            measured, images[library] = _measure(library, components.unet, run)
+            runs[library].append(measured)
+    difference = int(np.abs(np.asarray(images["avert"], dtype=int) - np.asarray(images["diffusers"], dtype=int)).max())
+    means = [_mean(library, measured) for library, measured in runs.items()]
+    publish(_table(means, size, steps, built, difference, repeats), docs / "benchmarks" / "sdxl.md")
+    return means
+
+
+def _mean(library: str, runs: list[Run]) -> Run:
+    return Run(library, statistics.mean(r.step_s for r in runs), statistics.mean(r.total_s for r in runs),
+               statistics.mean(r.peak_gib for r in runs))
 
 
 def _measure(library: str, unet, run) -> tuple[Run, object]:
@@ -136,14 +151,15 @@ class _PeakMemory:
         return (self.peak - self.base) / 2**30
 
 
-def _table(runs: list[Run], size: int, steps: int, built: float, difference: int) -> str:
+def _table(runs: list[Run], size: int, steps: int, built: float, difference: int, repeats: int) -> str:
     ours, theirs = runs
     head = [
         "# SDXL at its real size: avert vs diffusers on the same components",
         "",
         f"Measured {date.today().isoformat()} by `avert bench sdxl` on {machine()}; SDXL base 1.0's architecture from "
         f"the shipped configs with random weights (fp32; built in {built:.0f} s), {size}x{size}, {steps} Euler "
-        f"step(s), cfg 7, a prompt and a negative (two branches per step, batched), one run each, avert first.",
+        f"step(s), cfg 7, a prompt and a negative (two branches per step, batched), {repeats} runs each in the order "
+        "avert, diffusers, diffusers, avert; means.",
         "Step: the UNet's evaluation of both branches (median). Peak memory: resident memory above the level before "
         f"the run. Largest pixel difference between the two images: {difference}/255.",
         "",

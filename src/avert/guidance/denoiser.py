@@ -8,9 +8,9 @@ from typing import Any, Mapping, Protocol
 
 import torch
 
-from avert.guidance import attribution
+from avert.guidance import attention, attribution
 from avert.guidance import cfg as f
-from avert.guidance.strategy import Branch, Guidance, StepContext, prompt_branch
+from avert.guidance.strategy import Branch, Guidance, StepContext, negative_branch, prompt_branch
 
 
 class StatesOverRun(Protocol):
@@ -49,6 +49,7 @@ class Denoiser:
     count: EvaluationCount = field(default_factory=EvaluationCount)
     maps: attribution.NegativeMaps | None = None  # when set, records where each negative acted
     sizes: Any = None  # SDXL: avert.conditioning.sdxl.SizeConditioning
+    nag: attention.NagState | None = None  # NAG's processors are installed for the run (`avert.guidance.attention`)
     _batched: dict = field(default_factory=dict, repr=False)  # (branches, states) -> batched hidden states
     _memory: dict = field(default_factory=dict, repr=False)  # per run: "correction" (reuse), "apg" (momentum)
 
@@ -59,8 +60,14 @@ class Denoiser:
         unet_in = x if self.image_conditioning is None else torch.cat([x, self.image_conditioning.to(x)], dim=1)
         model_in = torch.cat([unet_in] * len(names)) if len(names) > 1 else unet_in
         extra = {} if self.sizes is None else {"added_cond_kwargs": self.added(names, ctx.sampling_step, x.shape[0])}
-        with self._autocast(x.device):
-            out = self.unet(model_in, timestep, encoder_hidden_states=hidden, return_dict=False, **extra)[0]
+        if self.nag is not None:
+            self.nag.call = self._nag_call(names, ctx, x.shape[0])
+        try:
+            with self._autocast(x.device):
+                out = self.unet(model_in, timestep, encoder_hidden_states=hidden, return_dict=False, **extra)[0]
+        finally:
+            if self.nag is not None:
+                self.nag.call = None
         self.count.forwards += 1
         self.count.samples += out.shape[0]
         self.count.branches += len(names)
@@ -96,6 +103,17 @@ class Denoiser:
         """SDXL's `text_embeds` [len(names) * rows, dim] and `time_ids` [len(names) * rows, 6], in branch order."""
         pooled = torch.cat([self.conditioning[n].pooled_at(step)[None].expand(rows, -1) for n in names])
         return {"text_embeds": pooled, "time_ids": self.sizes.rows(tuple(n.role != "prompt" for n in names), rows)}
+
+    def _nag_call(self, names: tuple[Branch, ...], ctx: StepContext, rows: int) -> attention.NagCall | None:
+        """NAG's view of this evaluation: the prompt branches' rows and the negatives active at this step (each in
+        its window, with its weight), until the settings' end."""
+        active = self.guidance.active_negatives(ctx)
+        if not active or ctx.fraction >= self.nag.settings.end:
+            return None
+        mask = torch.tensor([n.role == "prompt" for n in names for _ in range(rows)])
+        negatives = tuple((self.guidance.negatives[i].weight, self.conditioning[negative_branch(i)].at(ctx.sampling_step))
+                          for i in active)
+        return attention.NagCall(mask, negatives)
 
     def _batch(self, states: list[torch.Tensor], rows: int) -> torch.Tensor:
         longest = max(s.shape[0] for s in states)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from avert.conditioning.embeddings import EmbeddingLibrary
 from avert.errors import FieldProblem, ValidationError
+from avert.guidance import attention
 from avert.guidance.attribution import NegativeMaps
 from avert.guidance.compose import default_rule
 from avert.guidance.denoiser import Denoiser
@@ -54,11 +55,13 @@ def generate(
     schedulers = make_schedulers(request, components, seeds, runtime)               # 3. one scheduler per image
     shape = latent_shape(request, components)
     plan = inpaint.plan(request) if request.mask is not None else None
-    with tiling.circular(components, request.tiling):                                #    seamless: circular convs
+    nag = nag_state(request)
+    with tiling.circular(components, request.tiling), attention.installed(components.unet, nag):  # seamless; NAG
         begun = begin_run(request, components, runtime, schedulers, seeds, shape, plan)  # 4. where the run starts
         denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty,   # 5. guidance, denoiser
                             runtime.autocast_dtype, begun.image_conditioning,
-                            maps=NegativeMaps(text.guidance.prediction_type) if maps else None, sizes=text.sizes)
+                            maps=NegativeMaps(text.guidance.prediction_type) if maps else None, sizes=text.sizes,
+                            nag=nag)
         first = len(schedulers[0].timesteps) - begun.begin
         total = first + (hires_evaluations(request, components) if request.enable_hr else 0)
         latents = sample(denoiser, schedulers, begun.noise, begun.generators, progress(on_step, 0, total),
@@ -66,7 +69,7 @@ def generate(
                          blend=blending(plan, components, begun, schedulers))
         if request.enable_hr:                                                        #    hires fix: 2nd pass
             latents, second = hires_pass(request, latents, components, runtime, embeddings, seeds,
-                                         progress(on_step, first, total), should_stop)
+                                         progress(on_step, first, total), should_stop, nag)
             denoiser.count.forwards += second.count.forwards
             denoiser.count.branches += second.count.branches
         if should_stop is not None and should_stop():
@@ -82,6 +85,12 @@ def generate(
     )                                                                                # 8. metadata
     return GenerationResult(request, images, negative_warnings(request, components), denoiser.count.forwards,
                             time.perf_counter() - started, denoiser.count.branches)
+
+
+def nag_state(request: GenerationRequest) -> attention.NagState | None:
+    """The run's NAG (`avert.guidance.attention`), when nag_scale asks for it."""
+    settings = attention.NagSettings(request.nag_scale, request.nag_tau, request.nag_alpha, request.nag_end)
+    return attention.NagState(settings) if settings.on else None
 
 
 def check_maps(request: GenerationRequest) -> None:
@@ -111,7 +120,8 @@ def begin_run(request: GenerationRequest, components: Components, runtime: Runti
 
 
 def hires_pass(request: GenerationRequest, latents: torch.Tensor, components: Components, runtime: Runtime,
-               embeddings: EmbeddingLibrary, seeds, on_step, should_stop) -> tuple[torch.Tensor, Denoiser]:
+               embeddings: EmbeddingLibrary, seeds, on_step, should_stop,
+               nag: attention.NagState | None = None) -> tuple[torch.Tensor, Denoiser]:
     """The hires fix's second pass (`avert.pipeline.hires`) on the first pass's latents; its latents and denoiser."""
     size = hires.target(request, components.vae_scale_factor)
     second = hires.second_request(request, size)
@@ -123,7 +133,7 @@ def hires_pass(request: GenerationRequest, latents: torch.Tensor, components: Co
     x, noise, index = hires.begin(second, passes, schedulers, big, generators)
     extra = inpaint.image_conditioning(None, None, components, generators, runtime, big.shape[-2:])
     denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty, runtime.autocast_dtype, extra,
-                        sizes=text.sizes)
+                        sizes=text.sizes, nag=nag)
     return sample(denoiser, schedulers, noise, generators, on_step, should_stop, start=x, begin=index), denoiser
 
 
@@ -222,10 +232,13 @@ def negative_warnings(request: GenerationRequest, components: Components | None 
             or request.negative_scale not in (None, request.cfg_scale):
         return ()
     scale = "negative_scale" if request.guidance == "cfg" else "guidance cfg with negative_scale"
+    if request.cfg_scale == 1.0 and request.nag_scale != 1.0:
+        return ()  # NAG carries the negatives in attention
     if request.cfg_scale == 1.0:
         return (f"negative_prompt has no effect at cfg_scale {request.cfg_scale:g}: guidance e_n + w (e_c - e_n) "
-                f"is the prompt's prediction alone at w = 1; use a cfg_scale above 1, or set {scale} "
-                "(e = e_0 + w (e_c - e_0) - w_n (e_n - e_0) works at any cfg_scale)",)
+                f"is the prompt's prediction alone at w = 1; use a cfg_scale above 1, set {scale} "
+                "(e = e_0 + w (e_c - e_0) - w_n (e_n - e_0) works at any cfg_scale), or steer in attention with "
+                "nag_scale (e.g. --nag-scale 3: no second UNet pass)",)
     return (f"negative_prompt does not steer away at cfg_scale {request.cfg_scale:g}: below 1, guidance "
             f"e_n + w (e_c - e_n) pulls the image toward the negative; use a cfg_scale above 1, or set {scale}",)
 

@@ -48,6 +48,7 @@ TXT2IMG_DEFAULTS: dict[str, Any] = {
     "hr_scheduler": None, "hr_prompt": "", "hr_negative_prompt": "", "force_task_id": None,
     "sampler_index": "Euler", "script_name": None, "script_args": [], "send_images": True,
     "save_images": False, "alwayson_scripts": {}, "infotext": None,
+    **{name: None for name in ("nag_scale", "nag_tau", "nag_alpha", "nag_end")},  # avert's NAG (null: its defaults)
 }
 
 
