@@ -144,7 +144,7 @@ def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
 METHOD_OPTIONS = ("negative_scale", "apg_eta", "apg_norm_threshold", "apg_momentum", "posterior_prior",
                   "posterior_temperature", "posterior_p_max", "guidance_rescale",
                   "guidance_start", "guidance_end", "guidance_sigma_min", "guidance_sigma_max", "s_min_uncond",
-                  "s_min_uncond_all", "guidance_reuse")
+                  "s_min_uncond_all", "guidance_reuse", "nag_scale", "nag_tau", "nag_alpha", "nag_end")
 
 
 def _method_flags(parser) -> None:
