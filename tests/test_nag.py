@@ -137,3 +137,18 @@ def test_nag_works_on_sdxl(tiny_sdxl):
                                 guidance="cfg")
     plain = pixels(generate(request, tiny_sdxl).images[0].image)
     assert np.abs(pixels(generate(request.replace(**NAG), tiny_sdxl).images[0].image) - plain).max() > 0
+
+
+def test_the_nag_screen_page_has_one_row_per_setting_and_names_its_command():
+    """docs/eval/nag.md in the format `python tools/nag_screen.py` writes today."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("nag_screen", root / "tools" / "nag_screen.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    text = (root / "docs" / "eval" / "nag.md").read_text()
+    assert "by `python tools/nag_screen.py" in text and "CPU flags" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| setting")]
+    assert [r.split(" | ")[0][2:] for r in rows] == [label for label, _ in tool.SETTINGS]

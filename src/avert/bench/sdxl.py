@@ -167,7 +167,7 @@ def _table(runs: list[Run], size: int, steps: int, built: float, difference: int
         "|---|---|---|---|",
     ]
     body = [f"| {r.library} | {r.step_s:.1f} | {r.total_s:.1f} | {r.peak_gib:.2f} |" for r in runs]
-    ratio = [f"", f"avert / diffusers: {ours.step_s / theirs.step_s:.2f} per step, "
+    ratio = ["", f"avert / diffusers: {ours.step_s / theirs.step_s:.2f} per step, "
              f"{ours.total_s / theirs.total_s:.2f} for the image, peak memory {ours.peak_gib:.2f} vs "
              f"{theirs.peak_gib:.2f} GiB."]
     return "\n".join(head + body + ratio)

@@ -31,7 +31,7 @@ from avert.schema import Limits
 from avert.validation import family_problems, schedule_problems, validate
 
 
-@torch.inference_mode()
+@torch.no_grad()  # as diffusers' pipelines run (inference_mode was slower on SDXL: docs/benchmarks/sdxl.md)
 def generate(
     request: GenerationRequest,
     components: Components,

@@ -24,6 +24,7 @@ from avert.errors import FieldProblem, ValidationError
 from avert.sampling.samplers import SAMPLER_NAMES, SAMPLERS
 from avert.server import bodies, openapi
 from avert.server.a1111_info import ETA_OPTIONS, SCHEDULERS, eta_option_problems, model_name, options
+from avert.server.a1111_styles import styled_fields
 from avert.server.http import error_response, failure_response, wait_for
 from avert.server.infotext import apply_infotext
 from avert.server.jobs import CANCELLED, FAILED, Job
@@ -184,7 +185,7 @@ def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict
         raise ValidationError(_type_problems(body))
     problems += [FieldProblem(k, body[k], rule[1]) for k, rule in no_effect.items()
                  if k in body and k not in bodies.REQUEST_FIELDS and not rule[0](body[k])]
-    settings = _styled(state, {**defaults, **body}, problems)
+    settings = styled_fields(state.config.styles, {**defaults, **body}, problems)
     model, overrides, override_problems = _override(state, settings.get("override_settings"))
     problems += override_problems
     sampler = _sampler(settings, problems)
@@ -222,37 +223,6 @@ def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict
     bodies.check_work(parts, components, limits)
     return Job(model, parts, kind=kind, owner=client)
 
-
-
-MAX_STYLES_NAMED = 32
-STYLED_FIELDS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "hr_prompt": "prompt",
-                 "hr_negative_prompt": "negative_prompt"}  # A1111 applies styles to the hires prompts too
-
-
-def _styled(state: ServerState, settings: dict, problems: list[FieldProblem]) -> dict:
-    """The body's fields with its `styles` applied (`avert.prompts.styles`) to the prompt and the negative (each of a
-    per-image list), and to the hires prompts where given (empty, they are the styled prompts); fields of other
-    types are left for validation to name."""
-    from avert.prompts.styles import styled
-
-    names = settings.get("styles")
-    if names in (None, []):
-        return settings
-    if not isinstance(names, list) or len(names) > MAX_STYLES_NAMED or not all(isinstance(n, str) for n in names):
-        problems.append(FieldProblem("styles", names, f"must be a list of at most {MAX_STYLES_NAMED} style names"))
-        return settings
-    result = dict(settings)
-    try:
-        for key, part in STYLED_FIELDS.items():
-            value = settings.get(key)
-            if isinstance(value, str) and (value or not key.startswith("hr_")):
-                result[key] = styled(state.config.styles, names, value, part)
-            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-                result[key] = [styled(state.config.styles, names, v, part) for v in value]
-    except ValidationError as error:
-        problems += error.problems
-        return settings
-    return result
 
 
 A1111_NAMES = {"sampler": "sampler_name", "strength": "denoising_strength", "hr_sampler": "hr_sampler_name",
