@@ -158,8 +158,8 @@ def _joined_problems(request: GenerationRequest) -> list[FieldProblem]:
     return []
 
 
-MASK_ONLY = ("mask_blur", "mask_blur_y", "inpainting_fill", "inpainting_mask_invert", "inpaint_full_res", "inpaint_full_res_padding",
-             "mask_round", "overlay_inpaint")
+MASK_ONLY = ("mask_blur", "mask_blur_y", "inpainting_fill", "inpainting_mask_invert", "inpaint_full_res",
+             "inpaint_full_res_padding", "mask_round", "overlay_inpaint")
 
 
 def _img2img_problems(request: GenerationRequest) -> list[FieldProblem]:

@@ -31,7 +31,7 @@ from avert.schema import Limits
 from avert.validation import family_problems, schedule_problems, validate
 
 
-@torch.no_grad()  # as diffusers' pipelines run (inference_mode was slower on SDXL: docs/benchmarks/sdxl.md)
+@torch.no_grad()  # as diffusers' pipelines run
 def generate(
     request: GenerationRequest,
     components: Components,
