@@ -223,3 +223,14 @@ def test_a_bad_avert_json_is_a_clear_error(tiny_folder, tmp_path, text, message)
     with pytest.raises(ModelLoadError, match="avert.json") as info:
         load_model(copy)
     assert message in str(info.value)
+
+
+def test_the_embedded_model_is_named_in_results_as_the_server_lists_it(tmp_path):
+    from avert.models.default import EMBEDDED_MODEL
+    from avert.models.loader import model_name
+    from avert.server.registry import EMBEDDED_NAME
+
+    assert model_name(EMBEDDED_MODEL) == EMBEDDED_NAME == "embedded"  # the infotext's "Model: embedded"
+    (tmp_path / "model").mkdir()
+    (tmp_path / "v1-5.safetensors").write_bytes(b"")
+    assert (model_name(tmp_path / "model"), model_name(tmp_path / "v1-5.safetensors")) == ("model", "v1-5")

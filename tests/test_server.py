@@ -637,6 +637,14 @@ def test_eta_is_a1111s_request_field_then_option_and_ignored_where_the_sampler_t
                             "Eta: 1.0", eta=None, override_settings=None)[0] == full
 
 
+def test_the_page_has_an_icon_and_favicon_ico_answers(client):
+    assert 'rel="icon" href="/static/favicon.svg"' in client.get("/").text
+    for path in ("/favicon.ico", "/static/favicon.svg"):
+        answer = client.get(path)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("image/svg+xml")
+        assert answer.text.startswith("<svg")
+
+
 def test_several_init_images_make_a_batch_each_image_from_its_own(tiny_folder):
     from avert.init_image import InitImage
     from avert.models.loader import load_model

@@ -192,10 +192,19 @@ def _load_pickle(path: Path, allow_pickle: bool, config_dir: Path | None, predic
         return _load_single(converted, path, config_dir, prediction_type)
 
 
+def model_name(path: Path) -> str:
+    """The name results and infotexts show: A1111's (the file stem, or the folder's name); "embedded" for the
+    shipped default model, as the server lists it."""
+    from avert.models.default import EMBEDDED_MODEL
+
+    if path.resolve() == EMBEDDED_MODEL:
+        return "embedded"
+    return path.stem if path.is_file() else path.name
+
+
 def _assemble(unet, vae, text_encoder, tokenizer, scheduler_config, path: Path, kind: str) -> Components:
     for module in (unet, vae, text_encoder):
         if module is not None:
             module.eval().requires_grad_(False)
-    source = ModelSource(path=path, name=path.stem if path.is_file() else path.name, hash=model_hash(path),
-                         kind=kind)
+    source = ModelSource(path=path, name=model_name(path), hash=model_hash(path), kind=kind)
     return Components(unet, vae, text_encoder, tokenizer, dict(scheduler_config), source)

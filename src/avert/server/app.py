@@ -29,7 +29,7 @@ from avert.server.state import ServerState
 
 log = logging.getLogger("avert.server")
 STATIC = Path(__file__).parent / "static"
-PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}  # a fixed list: no path from the request
+PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}  # a fixed list: no path from the request
 
 
 def create_app(config: ServerConfig = ServerConfig(), *, render: Render = generate) -> FastAPI:
@@ -96,6 +96,10 @@ def _add_page(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/favicon.ico", include_in_schema=False)  # what browsers and other clients ask for by default
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
     @app.get("/static/{name}", include_in_schema=False)
     async def page_file(name: str):
