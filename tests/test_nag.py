@@ -152,3 +152,15 @@ def test_the_nag_screen_page_has_one_row_per_setting_and_names_its_command():
     assert "by `python tools/nag_screen.py" in text and "CPU flags" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| setting")]
     assert [r.split(" | ")[0][2:] for r in rows] == [label for label, _ in tool.SETTINGS]
+
+
+def test_the_record_says_what_carried_each_negative(tiny):
+    request = BASE.replace(steps=2, negative_prompt="", negatives=(Negative("blue"), Negative("tree")), guidance="cfg")
+
+    def carried(cfg, **nag):
+        return generate(request.replace(cfg_scale=cfg, **nag), tiny).images[0].record["negatives_carried_by"]
+
+    assert carried(7.0) == ["cfg", "cfg"] and carried(1.0) == ["none", "none"]
+    assert carried(1.0, **NAG) == ["nag", "nag"] and carried(7.0, **NAG) == ["cfg+nag", "cfg+nag"]
+    assert carried(1.0, negative_scale=5.0) == ["cfg", "cfg"]  # a negative scale of its own acts at cfg 1
+    assert "negatives_carried_by" not in generate(BASE.replace(steps=2, negative_prompt=""), tiny).images[0].record

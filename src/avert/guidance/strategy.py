@@ -179,11 +179,13 @@ class Guidance:
         """The negative each active term belongs to (a term without a group is its own)."""
         return [i if self.negatives[i].group is None else self.negatives[i].group for i in active]
 
-    def guided(self, ctx: StepContext) -> bool:
+    def can_act(self) -> bool:
+        """Whether the negatives' branches can change the prediction at all at these scales."""
         unit = self.scale * sum(self.prompt_weights) == 1.0 and len(self.prompt_weights) == 1
-        if unit and (self.cfg_branches or self.w_n == 0.0):
-            return False  # e = e_c exactly (e_u + (e_c - e_u), or e_0 + d_c - 0): the negative cannot matter
-        return self.interval.applies(ctx)
+        return not (unit and (self.cfg_branches or self.w_n == 0.0))  # else e = e_c exactly: the negative is dead
+
+    def guided(self, ctx: StepContext) -> bool:
+        return self.can_act() and self.interval.applies(ctx)
 
     def branches(self, ctx: StepContext, empty: bool = False) -> tuple[Branch, ...]:
         """The predictions a step needs; with `empty`, the empty prompt's too wherever guidance applies (a map

@@ -80,11 +80,19 @@ def generate(
     found = negative_maps(request, denoiser, shape) if maps else [()] * len(seeds)
     images = tuple(
         GeneratedImage(img, s, metadata.infotext(request, s, components.source),
-                       metadata.record(request, s, i, components.source, found[i]), found[i])
+                       metadata.record(request, s, i, components.source, found[i], carriers(request, text.guidance)),
+                       found[i])
         for i, (img, s) in enumerate(zip(pictures, seeds))
     )                                                                                # 8. metadata
     return GenerationResult(request, images, negative_warnings(request, components), denoiser.count.forwards,
                             time.perf_counter() - started, denoiser.count.branches)
+
+
+def carriers(request: GenerationRequest, guidance) -> tuple[str, ...]:
+    """What carries each negative the guidance sees: its method's UNet branch (where the scales let it act), NAG in
+    attention, both ("cfg+nag"), or nothing ("none", which `negative_warnings` names)."""
+    ways = ([request.guidance] if guidance.can_act() else []) + (["nag"] if request.nag_scale != 1.0 else [])
+    return tuple("+".join(ways) or "none" for _ in request.guided_negatives())
 
 
 def nag_state(request: GenerationRequest) -> attention.NagState | None:

@@ -208,10 +208,12 @@ def guidance_params(request: GenerationRequest) -> tuple[tuple[str, object], ...
     return tuple(params)
 
 
-def record(request: GenerationRequest, seed: int, index: int, model: ModelSource, maps: Sequence = ()) -> dict:
+def record(request: GenerationRequest, seed: int, index: int, model: ModelSource, maps: Sequence = (),
+           carried_by: Sequence[str] = ()) -> dict:
     """The structured record: the full request, this image's index and seed, and the model's name and hash;
     with maps (`avert.pipeline.result.NegativeMap`), a small version of each under "negative_maps"
-    (`avert.output.maps.small_map`, with the negative's text).
+    (`avert.output.maps.small_map`, with the negative's text); per negative, what carried it ("negatives_carried_by":
+    the guidance method's UNet branch, "nag" in attention, both, or "none").
 
     `request.replace(seed=seed, batch_size=1)` re-makes exactly this image (see `request_from_record`).
     """
@@ -225,6 +227,8 @@ def record(request: GenerationRequest, seed: int, index: int, model: ModelSource
     }
     if maps:
         made["negative_maps"] = [{"negative": m.negative, **small_map(m.values)} for m in maps]
+    if carried_by:
+        made["negatives_carried_by"] = list(carried_by)
     return made
 
 
