@@ -50,7 +50,7 @@ class Denoiser:
     maps: attribution.NegativeMaps | None = None  # when set, records where each negative acted
     sizes: Any = None  # SDXL: avert.conditioning.sdxl.SizeConditioning
     nag: attention.NagState | None = None  # NAG's processors are installed for the run (`avert.guidance.attention`)
-    _batched: dict = field(default_factory=dict, repr=False)  # (branches, states) -> batched hidden states
+    _batched: dict = field(default_factory=dict, repr=False)  # per combination of branches: batched inputs
     _memory: dict = field(default_factory=dict, repr=False)  # per run: "correction" (reuse), "apg" (momentum)
 
     @torch.no_grad()
@@ -100,9 +100,14 @@ class Denoiser:
         return self._batched[key]
 
     def added(self, names: tuple[Branch, ...], step: int, rows: int) -> dict[str, torch.Tensor]:
-        """SDXL's `text_embeds` [len(names) * rows, dim] and `time_ids` [len(names) * rows, 6], in branch order."""
-        pooled = torch.cat([self.conditioning[n].pooled_at(step)[None].expand(rows, -1) for n in names])
-        return {"text_embeds": pooled, "time_ids": self.sizes.rows(tuple(n.role != "prompt" for n in names), rows)}
+        """SDXL's `text_embeds` [len(names) * rows, dim] and `time_ids` [len(names) * rows, 6], in branch order;
+        built once per distinct combination, as `hidden_states` is."""
+        pooled = [self.conditioning[n].pooled_at(step) for n in names]
+        key = ("added", names, rows, tuple(id(p) for p in pooled))
+        if key not in self._batched:
+            self._batched[key] = {"text_embeds": torch.cat([p[None].expand(rows, -1) for p in pooled]),
+                                  "time_ids": self.sizes.rows(tuple(n.role != "prompt" for n in names), rows)}
+        return self._batched[key]
 
     def _nag_call(self, names: tuple[Branch, ...], ctx: StepContext, rows: int) -> attention.NagCall | None:
         """NAG's view of this evaluation: the prompt branches' rows and the negatives active at this step (each in
@@ -110,7 +115,10 @@ class Denoiser:
         active = self.guidance.active_negatives(ctx)
         if not active or ctx.fraction >= self.nag.settings.end:
             return None
-        mask = torch.tensor([n.role == "prompt" for n in names for _ in range(rows)])
+        key = ("nag rows", names, rows)
+        if key not in self._batched:
+            self._batched[key] = torch.tensor([n.role == "prompt" for n in names for _ in range(rows)])
+        mask = self._batched[key]
         negatives = tuple((self.guidance.negatives[i].weight, self.conditioning[negative_branch(i)].at(ctx.sampling_step))
                           for i in active)
         return attention.NagCall(mask, negatives)
