@@ -270,3 +270,15 @@ def test_every_flag_a_help_text_names_is_a_flag_of_that_command():
         for action in parser._actions:
             named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", action.help or "")) - {"--"}
             assert named <= flags, f"{' '.join(path)} {action.option_strings}: {named - flags}"
+
+
+@pytest.mark.parametrize("argv, named", [(["bench", "sdxl", "--size", "10"], "size"),
+                                         (["bench", "sdxl", "--repeats", "0"], "repeats"),
+                                         (["bench", "engine", "--repeats", "x"], "repeats")])
+def test_bench_options_are_refused_by_name_before_any_work(argv, named, capsys):
+    from avert.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and named in err and "Traceback" not in err
