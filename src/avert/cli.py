@@ -1,4 +1,4 @@
-"""The `avert` command: generate, compare, prompt, info, samplers, train, eval and bench.
+"""The `avert` command: generate, compare, prompt, info, samplers, train, eval, bench, serve and batch.
 
 Flags for request fields are built from `avert.schema.PARAMS`, so defaults, bounds and help text are
 declared once. Errors print as one clear message (field, value, what is allowed), never a traceback.
@@ -86,9 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=bounded("size", int, 64, 2048), default=1024, help="sdxl: image size")
     bench.add_argument("--docs", type=Path, default=Path("docs"), help="folder the table is written to")
     bench.set_defaults(handler=_run_bench)
+    from avert.batch.cli import add_batch_parser
     from avert.evaluation.cli import add_eval_parser
 
     add_eval_parser(sub, handler=_run_eval)
+    add_batch_parser(sub, handler=_run_batch)
     return parser
 
 
@@ -188,6 +190,14 @@ def _serve_parser(sub) -> None:
                    help="allow cross-origin requests from ORIGIN (repeat; default: none)")
     p.add_argument("--device", default="cpu", type=device_arg, help="torch device (default: cpu)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="fp32 (exact) or bf16 autocast")
+    p.add_argument("--ray", action="store_true", help="serve through Ray Serve, one model per replica (needs pip "
+                   "install 'avert[ray]'; docs/scale-out.md)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR", help="with --ray: the cluster to join (default: "
+                   "a Ray instance of this machine's own, on loopback)")
+    p.add_argument("--replicas", type=bounded("replicas", int, 1, 1000), default=None,
+                   help="with --ray: replicas, each holding the model (default: 2)")
+    p.add_argument("--cpus-per-replica", type=bounded("cpus-per-replica", float, 0.25, 512), default=None,
+                   metavar="N", help="with --ray: CPUs each replica reserves (default: 1)")
     p.set_defaults(handler=_run_serve)
 
 
@@ -209,7 +219,16 @@ def _run_serve(args) -> int:
     if args.api_key:
         print("avert serve: warning: --api-key is visible to every user of this machine (ps); prefer $AVERT_API_KEY "
               "or --api-key-file", file=sys.stderr)
-    serve(config)
+    ray_only = [(f, v) for f, v in (("--ray-address", args.ray_address), ("--replicas", args.replicas),
+                                    ("--cpus-per-replica", args.cpus_per_replica)) if v is not None]
+    if ray_only and not args.ray:
+        raise ValidationError([FieldProblem(ray_only[0][0], ray_only[0][1], "applies only with --ray")])
+    if args.ray:
+        from avert.server.on_ray import serve_on_ray
+
+        serve_on_ray(config, address=args.ray_address, replicas=args.replicas or 2, cpus=args.cpus_per_replica or 1.0)
+    else:
+        serve(config)
     return 0
 
 
@@ -631,6 +650,13 @@ def _run_eval(args) -> int:
 
     _quiet_libraries()
     return run_eval(args)
+
+
+def _run_batch(args) -> int:
+    from avert.batch.cli import run_batch
+
+    _quiet_libraries()
+    return run_batch(args, LIMITS)
 
 
 def _run_bench(args) -> int:

@@ -19,6 +19,16 @@ class StatesOverRun(Protocol):
     def at(self, step: int) -> torch.Tensor: ...
 
 
+@dataclass(frozen=True)
+class Forward:
+    """One step's UNet inputs for a denoiser: its branches, and per branch one row per image."""
+
+    names: tuple[Branch, ...]
+    model_in: torch.Tensor
+    hidden: torch.Tensor
+    extra: dict
+
+
 @dataclass
 class EvaluationCount:
     """How many UNet forwards ran and how many conditioned samples they carried (for benchmarks/tests)."""
@@ -55,19 +65,34 @@ class Denoiser:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, timestep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        forward = self.prepare(x, ctx)
+        if self.nag is not None:
+            self.nag.call = self._nag_call(forward.names, ctx, x.shape[0])
+        try:
+            out = self.evaluate(forward.model_in, timestep, forward.hidden, forward.extra, x.device)
+        finally:
+            if self.nag is not None:
+                self.nag.call = None
+        return self.finish(forward, out, x, ctx)
+
+    def prepare(self, x: torch.Tensor, ctx: StepContext) -> Forward:
+        """This step's branches and the UNet's inputs for them, one row per image and branch."""
         names = self.guidance.branches(ctx, empty=self.maps is not None)
         hidden = self.hidden_states(names, ctx.sampling_step, x.shape[0])
         unet_in = x if self.image_conditioning is None else torch.cat([x, self.image_conditioning.to(x)], dim=1)
         model_in = torch.cat([unet_in] * len(names)) if len(names) > 1 else unet_in
         extra = {} if self.sizes is None else {"added_cond_kwargs": self.added(names, ctx.sampling_step, x.shape[0])}
-        if self.nag is not None:
-            self.nag.call = self._nag_call(names, ctx, x.shape[0])
-        try:
-            with self._autocast(x.device):
-                out = self.unet(model_in, timestep, encoder_hidden_states=hidden, return_dict=False, **extra)[0]
-        finally:
-            if self.nag is not None:
-                self.nag.call = None
+        return Forward(names, model_in, hidden, extra)
+
+    def evaluate(self, model_in: torch.Tensor, timestep: torch.Tensor, hidden: torch.Tensor, extra: dict,
+                 device: torch.device) -> torch.Tensor:
+        """One UNet forward (under the runtime's autocast)."""
+        with self._autocast(device):
+            return self.unet(model_in, timestep, encoder_hidden_states=hidden, return_dict=False, **extra)[0]
+
+    def finish(self, forward: Forward, out: torch.Tensor, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """The guided prediction from the UNet's output for `forward` (counted; maps and reuse as configured)."""
+        names = forward.names
         self.count.forwards += 1
         self.count.samples += out.shape[0]
         self.count.branches += len(names)

@@ -78,14 +78,22 @@ def generate(
     if plan is not None:
         pictures = [plan.paste(p) for p in pictures]                                 #    paste the rest back
     found = negative_maps(request, denoiser, shape) if maps else [()] * len(seeds)
+    return result(request, components, pictures, seeds, text.guidance, denoiser.count, time.perf_counter() - started,
+                  found)                                                             # 8. metadata
+
+
+def result(request: GenerationRequest, components: Components, pictures: list[Image.Image], seeds, guidance,
+           count, seconds: float, found=None) -> GenerationResult:
+    """The images of a run with their infotexts and records (and maps, where `found` holds them)."""
+    found = found or [()] * len(seeds)
     images = tuple(
         GeneratedImage(img, s, metadata.infotext(request, s, components.source),
-                       metadata.record(request, s, i, components.source, found[i], carriers(request, text.guidance)),
+                       metadata.record(request, s, i, components.source, found[i], carriers(request, guidance)),
                        found[i])
         for i, (img, s) in enumerate(zip(pictures, seeds))
-    )                                                                                # 8. metadata
-    return GenerationResult(request, images, negative_warnings(request, components), denoiser.count.forwards,
-                            time.perf_counter() - started, denoiser.count.branches)
+    )
+    return GenerationResult(request, images, negative_warnings(request, components), count.forwards, seconds,
+                            count.branches)
 
 
 def carriers(request: GenerationRequest, guidance) -> tuple[str, ...]:

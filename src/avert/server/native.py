@@ -195,7 +195,8 @@ async def schema(request: Request) -> dict:
 async def status(request: Request) -> dict:
     queue = get_state(request).queue
     return {"waiting": queue.waiting(), "running": [j.id for j in queue.running()],
-            "queue_size": queue.size, "workers": queue.workers_alive(), "rss_bytes": _rss_bytes()}
+            "queue_size": queue.size, "workers": queue.workers_alive(), "rss_bytes": _rss_bytes(),
+            "process": os.getpid()}  # which process answered (replicas of `avert serve --ray` differ)
 
 
 def _rss_bytes() -> int | None:
