@@ -60,6 +60,23 @@ def settings_of(args) -> Settings:
 
 def run_batch(args, limits) -> int:
     """Run the job; exit status 0 when every request is done, 1 when some failed (each recorded with its error)."""
+    from avert.batch.jobs import BatchFileError
+
+    try:
+        summary = _run(args, limits)
+    except BatchFileError as error:  # a line per bad line (the CLI's one-line errors would run them together)
+        print(f"avert: error: {error}", file=sys.stderr)
+        return 2
+    print(f"avert batch: {summary.line()}; manifest: {args.out.rstrip('/')}/manifest.jsonl")
+    if summary.failed:
+        print(f"avert batch: {summary.failed} request{'s' if summary.failed != 1 else ''} failed; their errors are "
+              "in the manifest (status \"failed\"); run again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(args, limits):
+    """The job's summary, from this process or from the Ray cluster."""
     from avert.errors import AvertError
 
     settings = settings_of(args)
@@ -67,22 +84,15 @@ def run_batch(args, limits) -> int:
     if args.ray_address:
         from avert.batch.on_ray import run_on_ray
 
-        summary = run_on_ray(args.jobs, args.out, settings, address=args.ray_address, workers=args.workers,
-                             cpus=args.cpus_per_worker, gpus=args.gpus_per_worker, limits=limits,
-                             progress=not args.quiet)
-    else:
-        from avert.batch.local import run_local
+        return run_on_ray(args.jobs, args.out, settings, address=args.ray_address, workers=args.workers,
+                          cpus=args.cpus_per_worker, gpus=args.gpus_per_worker, limits=limits,
+                          progress=not args.quiet)
+    from avert.batch.local import run_local
 
-        if "://" in args.out:
-            raise AvertError(f"out: {args.out!r} is a URI; a local run writes to a folder (URIs are for "
-                             "--ray-address runs, whose actors write to shared storage)")
-        summary = run_local(args.jobs, args.out, settings, limits=limits, progress=not args.quiet)
-    print(f"avert batch: {summary.line()}; manifest: {args.out.rstrip('/')}/manifest.jsonl")
-    if summary.failed:
-        print(f"avert batch: {summary.failed} request{'s' if summary.failed != 1 else ''} failed; their errors are "
-              "in the manifest (status \"failed\"); run again to retry them", file=sys.stderr)
-        return 1
-    return 0
+    if "://" in args.out:
+        raise AvertError(f"out: {args.out!r} is a URI; a local run writes to a folder (URIs are for "
+                         "--ray-address runs, whose actors write to shared storage)")
+    return run_local(args.jobs, args.out, settings, limits=limits, progress=not args.quiet)
 
 
 def _check_flags(args) -> None:

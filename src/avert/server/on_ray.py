@@ -68,7 +68,9 @@ def serve_on_ray(config: ServerConfig, *, address: str | None = None, replicas: 
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise AvertError(f"ray-address: {address!r}: no Ray cluster could be reached ({str(error)[:200]})") from None
     try:
-        serve.start(http_options={"host": config.host, "port": config.port})
+        # one proxy, on the head node (the one entry point; it spreads requests over the replicas on every node;
+        # Ray's default of a proxy per node would bind the same port twice where nodes share a machine)
+        serve.start(http_options={"host": config.host, "port": config.port}, proxy_location="HeadOnly")
         serve.run(deployment(config, replicas, cpus, gpus), name="avert", route_prefix="/")
         print(f"avert serve: http://{config.host}:{config.port}/  on Ray Serve, {replicas} replicas of "
               f"{config.model or 'the default model'}; Ctrl+C stops", flush=True)
