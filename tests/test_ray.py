@@ -42,7 +42,7 @@ def cluster():
             cluster.shutdown()
 
 
-def _jobs(path: Path, count: int, steps: int = 3) -> Path:
+def _jobs(path: Path, count: int, steps: int = 1) -> Path:
     path.write_text("".join(json.dumps({"prompt": "a red house on a hill", "negative_prompt": "clouds", "seed": i,
                                         "steps": steps}) + "\n" for i in range(count)))
     return path
@@ -98,7 +98,7 @@ def test_a_job_runs_over_both_workers_and_survives_losing_one(cluster, tmp_path)
 
 
 def test_a_resumed_run_after_the_driver_is_killed_finishes_the_rest_on_a_filesystem_uri(cluster, tmp_path):
-    jobs, out = _jobs(tmp_path / "jobs.jsonl", 100), tmp_path / "out"
+    jobs, out = _jobs(tmp_path / "jobs.jsonl", 60), tmp_path / "out"
     uri = f"file://{out}"  # through pyarrow's filesystem, as s3:// or gs:// would be
     driver = _driver(jobs, uri, cluster.address)
     try:
@@ -108,14 +108,14 @@ def test_a_resumed_run_after_the_driver_is_killed_finishes_the_rest_on_a_filesys
         driver.send_signal(signal.SIGKILL)
         driver.wait()
     first = len(_rows(out))
-    assert 16 <= first < 100
+    assert 16 <= first < 60
     done = subprocess.run([sys.executable, "-m", "avert.cli", "batch", str(jobs), "--out", uri, "--ray-address",
                            cluster.address, "-q"], capture_output=True, text=True, timeout=400,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"already done (of 100 requests)" in done.stdout
-    assert int(done.stdout.split(" done,")[0].split()[-1]) == 100 - first
-    _exactly_once(out, 100)
+    assert f"already done (of 60 requests)" in done.stdout
+    assert int(done.stdout.split(" done,")[0].split()[-1]) == 60 - first
+    _exactly_once(out, 60)
 
 
 def test_avert_serve_on_ray_spreads_requests_over_two_replicas(cluster, tmp_path):
@@ -130,7 +130,7 @@ def test_avert_serve_on_ray_spreads_requests_over_two_replicas(cluster, tmp_path
         processes = set()
         wait_until(lambda: processes.add(requests.get(f"{base}/v1/status", timeout=10).json()["process"])
                    or len(processes) == 2, timeout=60, every=0.05)
-        body = {"prompt": "a red house on a hill", "negative_prompt": "clouds", "steps": 3, "seed": 5}
+        body = {"prompt": "a red house on a hill", "negative_prompt": "clouds", "steps": 1, "seed": 5}
         answer = requests.post(f"{base}/v1/generate", json=body, timeout=120)
         assert answer.status_code == 200 and answer.json()["seeds"] == [5]
         a1111 = requests.post(f"{base}/sdapi/v1/txt2img", json={**body, "width": 32, "height": 32}, timeout=120)
@@ -143,7 +143,7 @@ def test_avert_serve_on_ray_spreads_requests_over_two_replicas(cluster, tmp_path
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
-    assert server.returncode == 0
+    assert server.returncode == 0, server.communicate()[0][-3000:]
 
 
 def _answers(base: str) -> bool:

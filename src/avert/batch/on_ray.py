@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -58,8 +59,10 @@ class RayRenderer:
 
 
 def run_on_ray(jobs: Path, out: str, settings: Settings, *, address: str, workers: int | None = None,
-               cpus: float = 1.0, gpus: float = 0.0, limits: Limits = Limits(), progress: bool = True) -> Summary:
-    """Render every request of `jobs` not yet done under `out` on the Ray cluster at `address`."""
+               cpus: float = 1.0, gpus: float = 0.0, limits: Limits = Limits(), progress: bool = True,
+               on_rows: Callable[[list[dict]], None] | None = None) -> Summary:
+    """Render every request of `jobs` not yet done under `out` on the Ray cluster at `address`; `on_rows` sees
+    the manifest rows as they arrive (the scale-out benchmark times them)."""
     ray = import_ray()
     validator = Renderer(settings, limits)  # validates every line before the cluster is asked for anything
     job = open_job(jobs, out, validator.registry.default_name, validator.registry.names(), validator.validate)
@@ -79,6 +82,8 @@ def run_on_ray(jobs: Path, out: str, settings: Settings, *, address: str, worker
                     job.manifest.append(rows)
                     count(summary, rows)
                     bar.update(len(rows))
+                    if on_rows is not None:
+                        on_rows(rows)
     finally:
         job.manifest.close()
         summary.seconds = time.perf_counter() - started
