@@ -35,14 +35,15 @@ def _request(i: int, **extra) -> dict:
 
 def test_every_bad_line_is_reported_with_its_number_and_nothing_is_made(tmp_path, capsys):
     jobs = _write(tmp_path / "jobs.jsonl", [_request(0), {"prompt": "x", "steps": 0}, "", {"prompt": "y", "colour": 1},
-                                            "not json", {"prompt": "z", "model": "../etc"}, _request(1)])
+                                            "not json", {"prompt": "z", "model": "../etc"}, _request(1),
+                                            {"prompt": "w", "model": ["embedded"]}])
     assert main(["batch", str(jobs), "--out", str(tmp_path / "out"), "-q"]) == 2
     err = capsys.readouterr().err
-    assert "4 bad lines, nothing was rendered" in err
-    for line, text in ((2, "steps: 0"), (4, "colour: 1"), (5, "body: 'not json' is not allowed; must be a JSON object"), (6, "model: '../etc'")):
+    assert "5 bad lines, nothing was rendered" in err
+    for line, text in ((2, "steps: 0"), (4, "colour: 1"), (5, "body: 'not json' is not allowed; must be a JSON object"), (6, "model: '../etc'"), (8, "model: ['embedded']")):
         assert f"jobs.jsonl:{line}: {text}" in err
     assert "jobs.jsonl:1:" not in err and "jobs.jsonl:7:" not in err
-    assert len(err.strip().splitlines()) == 5  # one line each
+    assert len(err.strip().splitlines()) == 6  # one line each
     assert not (tmp_path / "out").exists()
 
 

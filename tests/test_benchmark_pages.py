@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from avert.bench import engine, sdxl, startup
+from avert.bench import engine, scale, sdxl, startup
 from avert.evaluation.common import machine
 
 ROOT = Path(__file__).parents[1]
@@ -37,7 +37,7 @@ def pattern(rendered: str) -> list[re.Pattern]:
     for line in rendered.splitlines():
         text = re.escape(line.replace(machine(), "\0"))
         text = text.replace("\0", ".+CPU flags: .+")
-        text = re.sub(r"\d+(?:\\\.\d+)?", r"[\\d.]+", text).replace(re.escape("\1"), ".*")
+        text = re.sub(r"(?:\\-)?\d+(?:\\\.\d+)?", r"-?[\\d.]+", text).replace(re.escape("\1"), ".*")
         lines.append(re.compile(text + "$"))
     return lines
 
@@ -48,6 +48,8 @@ def pattern(rendered: str) -> list[re.Pattern]:
     ("serve.md", load_serve_page()),
     ("sdxl.md", sdxl._table([sdxl.Run("avert", 1.0, 1.0, 1.0), sdxl.Run("diffusers", 1.0, 1.0, 1.0)], 1024, 1, 1.0,
                             0, 2)),
+    ("scale-out.md", scale.table([scale.Run(name, 1, 1, 1.0, 1.0, 1.0, 1.0) for name in
+                                  ("one process (no Ray)", "Ray, 1 worker node", "Ray, 2 worker nodes")], 96, 8)),
 ])
 def test_each_benchmark_page_is_in_its_commands_current_format(page, rendered):
     written = (DOCS / page).read_text().strip().splitlines()
@@ -55,3 +57,11 @@ def test_each_benchmark_page_is_in_its_commands_current_format(page, rendered):
     assert len(written) == len(expected), f"{page}: {len(written)} lines, the command writes {len(expected)}"
     for line, regex in zip(written, expected):
         assert regex.match(line), f"{page}: {line!r} does not match the command's {regex.pattern!r}"
+
+
+def test_the_scale_benchmarks_steady_rate_counts_images_after_every_workers_first_chunk():
+    rows = [{"chunk": c, "finished": 10.0 * c + 0.001 * i, "files": ["a.png"], "worker": w}
+            for w in ("a", "b") for c in range(3) for i in range(4)]
+    rows.append({"chunk": 0, "finished": 15.0, "files": ["c.png"], "worker": "c"})  # a worker that started late
+    # from 15.0 (the last first chunk) to 20.003: the chunks written after it (b's and a's third: 8 images)
+    assert scale.steady_rate(rows) == pytest.approx(8 / 5.003)

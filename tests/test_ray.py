@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from ray import cluster_utils as ray_cluster_utils  # in the test extras: these tests never skip
 
-ray_cluster_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is an extra: pip install 'avert[ray]'")
-
-from serving import free_port, wait_until  # noqa: E402
+from serving import free_port, wait_until
 
 MANIFEST = "manifest.jsonl"
 
@@ -113,7 +112,7 @@ def test_a_resumed_run_after_the_driver_is_killed_finishes_the_rest_on_a_filesys
                            cluster.address, "-q"], capture_output=True, text=True, timeout=400,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"already done (of 60 requests)" in done.stdout
+    assert "already done (of 60 requests)" in done.stdout
     assert int(done.stdout.split(" done,")[0].split()[-1]) == 60 - first
     _exactly_once(out, 60)
 

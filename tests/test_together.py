@@ -66,3 +66,15 @@ def test_requests_that_cannot_share_a_loop_are_refused(tiny):
     assert not shareable(REQUESTS[0].replace(enable_hr=True))
     assert loop_key(REQUESTS[0], tiny) == loop_key(REQUESTS[2], tiny)
     assert loop_key(REQUESTS[0], tiny) != loop_key(REQUESTS[0].replace(sampler="DDIM"), tiny)
+
+
+def test_sdxl_requests_share_a_loop_with_their_own_pooled_and_size_conditioning(tiny_sdxl):
+    requests = [GenerationRequest("a cat", negative_prompt="blurry", seed=2, steps=3, width=64, height=64),
+                GenerationRequest("a dog", seed=5, steps=3, width=64, height=64, negative_original_size="32x32",
+                                  prompt_2="a painting")]
+    alone = [generate(r, tiny_sdxl) for r in requests]
+    together = generate_together(requests, tiny_sdxl)
+    for a, b in zip(alone, together):
+        assert [i.infotext for i in a.images] == [i.infotext for i in b.images]
+        for x, y in zip(_pixels(a), _pixels(b)):
+            assert np.abs(x - y).max() <= 1

@@ -117,7 +117,7 @@ def _request(number: int, raw: bytes, default_model: str, names: set[str],
         return None  # blank lines are allowed (and skipped)
     body = parse_json(raw.strip())
     model = body.get("model", default_model)
-    if model not in names:
+    if not isinstance(model, str) or model not in names:
         raise ValidationError([FieldProblem("model", model, "must be one of the models: " + ", ".join(sorted(names)))])
     body = {**body, "model": model}
     if body.get("seed") in (None, -1):

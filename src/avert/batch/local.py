@@ -39,12 +39,13 @@ class Summary:
                 f"{'s' if self.workers != 1 else ''})")
 
 
-def write_rendered(rendered: Rendered, storage: Storage, worker: str) -> dict:
-    """Write a request's PNGs (named by its hash, so a retry overwrites rather than adds) and return its row."""
+def write_rendered(rendered: Rendered, storage: Storage, worker: str, chunk: int) -> dict:
+    """Write a request's PNGs (named by its hash, so a retry overwrites rather than adds) and return its row;
+    `chunk` numbers the worker's chunks (the requests rendered together)."""
     from avert.output.pnginfo import png_bytes
 
     request = rendered.request
-    row = {"hash": request.hash, "line": request.line, "model": request.model, "worker": worker,
+    row = {"hash": request.hash, "line": request.line, "model": request.model, "worker": worker, "chunk": chunk,
            "seconds": round(rendered.seconds, 4)}
     if len(request.lines) > 1:
         row["lines"] = list(request.lines)
@@ -55,7 +56,8 @@ def write_rendered(rendered: Rendered, storage: Storage, worker: str) -> dict:
         name = f"{IMAGES}/{request.hash[:24]}-{k:03d}.png"
         storage.write(name, png_bytes(generated.image, generated.infotext, generated.record))
         files.append(name)
-    return {**row, "status": "done", "files": files, "seeds": [g.seed for g in rendered.images]}
+    return {**row, "status": "done", "files": files, "seeds": [g.seed for g in rendered.images],
+            "finished": round(time.time(), 3)}  # wall clock when its files were written
 
 
 def worker_name() -> str:
@@ -114,8 +116,8 @@ def run_local(jobs: Path, out: str, settings: Settings, *, limits: Limits = Limi
     worker = worker_name()
     try:
         with _bar(len(job.pending), progress) as bar:
-            for chunk in chunks(job.pending, settings.batch_images):
-                rows = [write_rendered(r, job.storage, worker) for r in renderer.render(chunk)]
+            for number, chunk in enumerate(chunks(job.pending, settings.batch_images)):
+                rows = [write_rendered(r, job.storage, worker, number) for r in renderer.render(chunk)]
                 job.manifest.append(rows)
                 count(summary, rows)
                 bar.update(len(chunk))

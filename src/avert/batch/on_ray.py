@@ -50,11 +50,13 @@ class RayRenderer:
         self.renderer = Renderer(settings, limits)
         self.storage = Storage(out)
         self.worker = worker_name()
+        self.chunks = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         requests = [BatchRequest(h, tuple(json.loads(lines)), m, b) for h, lines, m, b in
                     zip(batch["hash"], batch["lines"], batch["model"], batch["body"])]
-        rows = [write_rendered(r, self.storage, self.worker) for r in self.renderer.render(requests)]
+        rows = [write_rendered(r, self.storage, self.worker, self.chunks) for r in self.renderer.render(requests)]
+        self.chunks += 1
         return {"row": np.array([json.dumps(r) for r in rows], dtype=object)}
 
 

@@ -74,23 +74,24 @@ class Storage:
             return None
 
     def remove_temporaries(self) -> int:
-        """Delete what killed writers left behind in a local folder (none can be running: the driver holds the
-        lock); their requests are not in the manifest, so they are made again."""
-        if self.fs is not None:
-            return 0
-        left = list(Path(self.root, IMAGES).glob(f"*{TEMPORARY}*"))
-        for path in left:
-            path.unlink(missing_ok=True)
-        return len(left)
+        """Delete what killed writers left behind (none can be running: a job's driver starts its writers after
+        this); their requests are not in the manifest, so they are made again."""
+        names = [n for n in self._names() if TEMPORARY in n]
+        for name in names:
+            if self.fs is None:
+                Path(self.path(name)).unlink(missing_ok=True)
+            else:
+                self.fs.delete_file(self.path(name))
+        return len(names)
 
-    def images(self) -> list[str]:
-        """The names of the image files (relative to `out`), for checks."""
+    def _names(self) -> list[str]:
+        """Every file name under the images folder (relative to `out`)."""
         if self.fs is None:
-            return sorted(f"{IMAGES}/{p.name}" for p in Path(self.root, IMAGES).iterdir() if TEMPORARY not in p.name)
+            return sorted(f"{IMAGES}/{p.name}" for p in Path(self.root, IMAGES).iterdir())
         from pyarrow import fs
 
         infos = self.fs.get_file_info(fs.FileSelector(self.path(IMAGES)))
-        return sorted(f"{IMAGES}/{i.base_name}" for i in infos if TEMPORARY not in i.base_name)
+        return sorted(f"{IMAGES}/{i.base_name}" for i in infos)
 
 
 class Manifest:

@@ -3,8 +3,8 @@
 The same job (the embedded model at its defaults: 32x32, 20 steps, a prompt and a negative) runs three ways: in
 this process with one torch thread (`avert batch` without Ray), then on a local Ray cluster (a head without CPUs and
 one, then two, worker nodes of 1 CPU, each actor with 1 torch thread; loopback only). The steady rate counts the
-images that arrive after every actor has delivered its first batch (actor start-up, which loads torch and the
-model, is reported apart). Overhead per request, on one worker: the steady wall time per request minus the model
+images that arrive after every actor has written its first chunk, by the actors' own clocks
+(actor start-up, which loads torch and the model, is reported apart). Overhead per request, on one worker: the steady wall time per request minus the model
 time per request that the actors measure (conditioning, sampling, decoding): what Ray scheduling, serialization,
 PNG encoding and writing, and the manifest add.
 """
@@ -12,10 +12,12 @@ PNG encoding and writing, and the manifest add.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -46,8 +48,9 @@ def run_scale_benchmark(requests: int = 96, docs: Path = Path("docs"), batch_ima
         jobs = Path(tmp) / "jobs.jsonl"
         jobs.write_text("".join(json.dumps({**PROMPT, "seed": i}) + "\n" for i in range(requests)))
         runs = [_local(jobs, Path(tmp) / "local", batch_images)]
-        for workers in (1, 2):
-            runs.append(_on_ray(jobs, Path(tmp) / f"ray{workers}", workers, batch_images))
+        for workers in (1, 2):  # each cluster from a fresh process: Ray keeps a stopped cluster's state in-process
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                runs.append(pool.submit(_on_ray, jobs, Path(tmp) / f"ray{workers}", workers, batch_images).result())
     publish(table(runs, requests, batch_images), docs / "benchmarks" / "scale-out.md")
     return runs
 
@@ -59,7 +62,7 @@ def _local(jobs: Path, out: Path, batch_images: int) -> Run:
     summary = run_local(jobs, str(out), Settings(batch_images=batch_images, threads=1), progress=False)
     rows = _manifest(out)
     model = sum(r["seconds"] for r in rows) / len(rows)
-    return Run("one process (no Ray)", 1, summary.images, summary.seconds, summary.images / summary.seconds, model, 0.0)
+    return Run("one process (no Ray)", 1, summary.images, summary.seconds, steady_rate(rows), model, 0.0)
 
 
 def _on_ray(jobs: Path, out: Path, workers: int, batch_images: int) -> Run:
@@ -69,6 +72,11 @@ def _on_ray(jobs: Path, out: Path, workers: int, batch_images: int) -> Run:
     from avert.batch.on_ray import run_on_ray
     from avert.batch.render import Settings
 
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["OMP_NUM_THREADS"] = "1"
+    from avert.cli import _quiet_libraries
+
+    _quiet_libraries()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1",
                                                             "include_dashboard": False})
     arrivals: list[tuple[float, dict]] = []
@@ -80,18 +88,27 @@ def _on_ray(jobs: Path, out: Path, workers: int, batch_images: int) -> Run:
         summary = run_on_ray(jobs, str(out), Settings(batch_images=batch_images, threads=1), address=cluster.address,
                              workers=workers, progress=False,
                              on_rows=lambda rows: arrivals.extend((time.perf_counter(), r) for r in rows))
+        ended = time.perf_counter()
     finally:
         ray.shutdown()
         cluster.shutdown()
-    first = {}
-    for at, row in arrivals:
-        first.setdefault(row["worker"], at)
-    begin = max(first.values())
-    steady = [at for at, _ in arrivals if at > begin]
-    rate = len(steady) / (steady[-1] - begin) if len(steady) > 1 else float("nan")
-    model = sum(r["seconds"] for _, r in arrivals) / len(arrivals)
+    rows = [r for _, r in arrivals]
+    rate = steady_rate(rows)
+    model = sum(r["seconds"] for r in rows) / len(rows)
+    first_arrival = min(at for at, _ in arrivals)
     return Run(f"Ray, {workers} worker node{'s' if workers > 1 else ''}", workers, summary.images,
-               time.perf_counter() - started, rate, model, min(first.values()) - started)
+               ended - started, rate, model, first_arrival - started)
+
+
+def steady_rate(rows: list[dict]) -> float:
+    """Images per second after every worker's first chunk: from the last write of the last first chunk to the last
+    write, counting the images of the later chunks written in that span (the workers' own clocks, the rows'
+    `finished`; on one machine they share a clock)."""
+    firsts = [r for r in rows if r["chunk"] == 0]
+    begin = max(r["finished"] for r in firsts)
+    after = [r for r in rows if r["chunk"] > 0 and r["finished"] > begin]
+    span = max(r["finished"] for r in rows) - begin
+    return sum(len(r["files"]) for r in after) / span if span > 0 else float("nan")
 
 
 def _manifest(out: Path) -> list[dict]:
@@ -108,9 +125,10 @@ def table(runs: list[Run], requests: int, batch_images: int) -> str:
         f"Python {platform.python_version()}: {requests} requests of the embedded model at its defaults (32x32, 20 "
         f"steps, Euler a, a prompt and a negative), up to {batch_images} images per UNet batch; every worker has "
         "1 CPU and 1 torch thread. On Ray the head node has no CPUs and the worker nodes run on this machine "
-        "(loopback), so the driver, Ray's daemons and the workers share its cores. Steady: images/s after every "
-        "actor has delivered its first batch; first result: seconds from the start of the run (validation, "
-        "scheduling, actor start-up with the model load) to the first manifest row.",
+        "(loopback), so the driver, Ray's daemons and the workers share its cores. Steady: images/s from the moment "
+        "every worker had written its first chunk to the last write (the workers' clocks, the rows' `finished` and "
+        "`chunk`); first result: seconds from the start of the run (validation, scheduling, actor start-up with the "
+        "model load) until the driver had the first manifest row.",
         "",
         "| run | images | seconds end to end | steady images/s | model s / request | first result (s) |",
         "|---|---|---|---|---|---|",
