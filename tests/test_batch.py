@@ -172,6 +172,16 @@ def test_an_output_in_use_by_another_run_is_refused(tmp_path):
     Manifest(storage).close()  # free again once the first run has ended
 
 
+def test_past_the_first_bad_lines_the_rest_are_listed_by_number(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(batch_jobs, "MAX_REPORTED", 2)
+    bad = {"prompt": "x", "steps": 0}
+    jobs = _write(tmp_path / "jobs.jsonl", [bad, _request(0), bad, bad, bad, bad, _request(1), bad])
+    assert main(["batch", str(jobs), "--out", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "6 bad lines" in err and "jobs.jsonl:1: steps" in err and "jobs.jsonl:3: steps" in err
+    assert err.strip().endswith("and 4 more bad lines: 4-6, 8")
+
+
 def test_the_file_is_bounded(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(batch_jobs, "MAX_LINE_BYTES", 64)
     jobs = _write(tmp_path / "jobs.jsonl", [_request(0, prompt="x" * 100)])

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from avert.argtypes import bounded, device_arg
-from avert.batch.render import DEFAULT_BATCH_IMAGES, Settings
+from avert.batch import DEFAULT_BATCH_IMAGES
 
 
 def add_batch_parser(sub, handler) -> None:
@@ -48,8 +48,11 @@ def add_batch_parser(sub, handler) -> None:
     p.set_defaults(handler=handler)
 
 
-def settings_of(args) -> Settings:
+def settings_of(args):
+    """The job's `avert.batch.render.Settings` from the flags."""
     import os
+
+    from avert.batch.render import Settings
 
     embeddings = args.embeddings or os.environ.get("AVERT_EMBEDDINGS")
     threads = args.threads or (max(1, int(args.cpus_per_worker)) if args.ray_address else None)

@@ -21,18 +21,30 @@ from avert.schema import Limits
 
 MAX_LINES = 1_000_000
 MAX_LINE_BYTES = 16 * 1024 * 1024  # the server's body limit: an init image fits
-MAX_REPORTED = 50  # bad lines listed in full; the rest are counted
+MAX_REPORTED = 50  # bad lines listed with their problems; the rest by number
 
 
 class BatchFileError(AvertError):
-    """The batch file cannot be used as given: every bad line, with its number."""
+    """The batch file cannot be used as given: every bad line by number, the first `MAX_REPORTED` with their
+    problems (a file of a million bad lines must not print a gigabyte)."""
 
-    def __init__(self, path: Path, problems: list[tuple[int, str]], total_bad: int | None = None):
-        self.path, self.problems = path, problems
-        bad = total_bad if total_bad is not None else len(problems)
-        shown = "\n".join(f"  {path.name}:{line}: {text}" for line, text in problems[:MAX_REPORTED])
-        more = f"\n  ... and {bad - MAX_REPORTED} more" if bad > MAX_REPORTED else ""
+    def __init__(self, path: Path, problems: list[tuple[int, str]], others: list[int] = ()):
+        self.path, self.problems, self.others = path, problems, list(others)
+        bad = len(problems) + len(self.others)
+        shown = "\n".join(f"  {path.name}:{line}: {text}" for line, text in problems)
+        more = f"\n  and {len(self.others)} more bad lines: {_ranges(self.others)}" if self.others else ""
         super().__init__(f"{path}: {bad} bad line{'s' if bad != 1 else ''}, nothing was rendered:\n{shown}{more}")
+
+
+def _ranges(numbers: list[int]) -> str:
+    """1, 2, 3, 7 -> "1-3, 7"."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
 
 
 @dataclass(frozen=True)
@@ -63,15 +75,17 @@ def read_batch_file(path: Path, default_model: str, model_names: Iterable[str],
     refuses. Raises BatchFileError with every bad line, or AvertError when the file itself cannot be read."""
     names = set(model_names)
     problems: list[tuple[int, str]] = []
-    bad = 0
+    others: list[int] = []
     found: dict[str, BatchRequest] = {}
     duplicates = 0
     for number, raw in _lines(path):
         try:
             request = _request(number, raw, default_model, names, validate)
         except ValidationError as error:
-            bad += 1
-            problems.append((number, "; ".join(str(p) for p in error.problems)))
+            if len(problems) < MAX_REPORTED:
+                problems.append((number, "; ".join(str(p) for p in error.problems)))
+            else:
+                others.append(number)
             continue
         if request is None:
             continue
@@ -81,8 +95,8 @@ def read_batch_file(path: Path, default_model: str, model_names: Iterable[str],
             found[request.hash] = BatchRequest(first.hash, first.lines + (number,), first.model, first.body)
         else:
             found[request.hash] = request
-    if bad:
-        raise BatchFileError(path, problems[:MAX_REPORTED], bad)
+    if problems:
+        raise BatchFileError(path, problems, others)
     if not found:
         raise AvertError(f"{path}: holds no request (one JSON object per line, as the body of POST /v1/generate)")
     return BatchFile(list(found.values()), duplicates)

@@ -93,13 +93,13 @@ def run_on_ray(jobs: Path, out: str, settings: Settings, *, address: str, worker
 
 
 def _connect(ray, address: str) -> None:
-    if ray.is_initialized():
-        return
-    try:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        raise AvertError(f"ray-address: {address!r}: no Ray cluster could be reached ({str(error)[:200]}); start "
-                         "one with `ray start --head` or give its address") from None
+    """Join the cluster (unless this process already has), quietly: avert's bar reports progress."""
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise AvertError(f"ray-address: {address!r}: no Ray cluster could be reached ({str(error)[:200]}); "
+                             "start one with `ray start --head` or give its address") from None
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # avert's own bar counts requests
@@ -110,9 +110,9 @@ def _connect(ray, address: str) -> None:
 def _slots(ray, cpus: float, gpus: float) -> int:
     """Actors that fit the cluster: its CPUs (and GPUs) over each actor's share; at least one."""
     resources = ray.cluster_resources()
-    slots = int(resources.get("CPU", 0) // cpus) if cpus else 0
+    slots = int(resources.get("CPU", 0) // cpus)
     if gpus:
-        slots = min(slots, int(resources.get("GPU", 0) // gpus)) if cpus else int(resources.get("GPU", 0) // gpus)
+        slots = min(slots, int(resources.get("GPU", 0) // gpus))
     if slots < 1:
         raise AvertError(f"workers: the cluster has {resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} "
                          f"GPUs, not enough for one worker of {cpus:g} CPUs and {gpus:g} GPUs")

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from avert.batch import DEFAULT_BATCH_IMAGES
 from avert.batch.jobs import BatchRequest, body_of, body_request
 from avert.pipeline.generate import generate
 from avert.pipeline.result import GeneratedImage
 from avert.pipeline.runtime import Runtime
 from avert.pipeline.together import generate_together, loop_key, shareable
 from avert.schema import Limits
-
-DEFAULT_BATCH_IMAGES = 8
 
 
 @dataclass(frozen=True)
@@ -81,8 +80,8 @@ class Renderer:
             return _failure(error)
 
     def _units(self, requests: Sequence[BatchRequest], parts: dict) -> list[list[tuple]]:
-        """Lists of (model, key, request hash, part index, part): shareable parts grouped by model and loop key,
-        cut at `batch_images` images; every other part alone."""
+        """Lists of (model, request hash, part index, part): shareable parts grouped by model and loop key, cut at
+        `batch_images` images; every other part alone."""
         groups: dict[tuple, list[tuple]] = {}
         alone = []
         for request in requests:
