@@ -76,6 +76,39 @@ def _exactly_once(out: Path, count: int) -> list[dict]:
     return rows
 
 
+def _ray_listeners() -> list[str]:
+    """The addresses every listening TCP socket of this machine's Ray processes is bound to (from /proc)."""
+    listening = {}
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                listening[fields[9]] = fields[1].split(":")[0]
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes()
+            if not any(k in command for k in (b"gcs_server", b"raylet", b"ray::", b"site-packages/ray/")):
+                continue
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in listening:
+                    found.append(listening[target[8:-1]])
+        except OSError:
+            continue  # a process that ended meanwhile
+    return found
+
+
+# 127.0.0.1, ::ffff:127.0.0.1 and ::1 as /proc/net writes them (never 0.0.0.0, :: or the machine's address)
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+
+
+def test_every_node_of_the_test_cluster_listens_on_loopback_only(cluster):
+    addresses = _ray_listeners()
+    assert addresses, "no listening socket of Ray's was found: the check would pass on nothing"
+    assert set(addresses) <= LOOPBACK, addresses
+
+
 def test_a_job_runs_over_both_workers_and_survives_losing_one(cluster, tmp_path):
     jobs, out = _jobs(tmp_path / "jobs.jsonl", 200), tmp_path / "out"
     driver = _driver(jobs, str(out), cluster.address)
