@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from avert.bench import engine, scale, sdxl, startup
+from avert.bench import engine, nag, scale, sdxl, startup
 from avert.evaluation.common import machine
 
 ROOT = Path(__file__).parents[1]
@@ -48,6 +48,7 @@ def pattern(rendered: str) -> list[re.Pattern]:
     ("serve.md", load_serve_page()),
     ("sdxl.md", sdxl._table([sdxl.Run("avert", 1.0, 1.0, 1.0), sdxl.Run("diffusers", 1.0, 1.0, 1.0)], 1024, 1, 1.0,
                             0, 2)),
+    ("nag.md", nag.table([nag.Row(name, 1.0, 20, 20) for name, _ in nag.CASES], 5, 20)),
     ("scale-out.md", scale.table([scale.Run(name, 1, 1, 1.0, 1.0, 1.0, 1.0) for name in
                                   ("one process (no Ray)", "Ray, 1 worker node", "Ray, 2 worker nodes")], 96, 8)),
 ])

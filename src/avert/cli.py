@@ -78,11 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _serve_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks that print a table and write it to docs/")
-    bench.add_argument("what", choices=("engine", "startup", "sdxl", "scale"), help="engine: avert vs diffusers on "
+    bench.add_argument("what", choices=("engine", "startup", "sdxl", "scale", "nag"), help="engine: avert vs diffusers on "
                        "tiny components; startup: the README's main command on the embedded model, as fresh "
                        "processes; sdxl: SDXL base's architecture at 1024x1024 (random weights, about 14 GB of "
                        "memory); scale: avert batch in one process and on a local Ray cluster of 1 and 2 workers "
-                       "(needs avert[ray]; about 6 minutes)")
+                       "(needs avert[ray]; about 8 minutes); nag: a negative through NAG at CFG 1 against CFG's second "
+                       "branch, on the embedded model")
     bench.add_argument("--requests", type=bounded("requests", int, 16, 10000), default=96,
                        help="scale: requests in the job (default: %(default)s)")
     bench.add_argument("--repeats", type=bounded("repeats", int, 1, 100), default=None,
@@ -674,6 +675,10 @@ def _run_bench(args) -> int:
         from avert.bench.sdxl import run_sdxl_benchmark
 
         run_sdxl_benchmark(size=args.size, docs=args.docs, repeats=args.repeats or 2)
+    elif args.what == "nag":
+        from avert.bench.nag import run_nag_benchmark
+
+        run_nag_benchmark(repeats=args.repeats or 5, docs=args.docs)
     elif args.what == "scale":
         from avert.batch.on_ray import import_ray
         from avert.bench.scale import run_scale_benchmark
