@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +182,12 @@ def _answers(base: str) -> bool:
         return requests.get(f"{base}/v1/status", timeout=2).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_the_ray_serve_cli_builder_makes_the_deployment_without_starting_anything():
+    from ray import serve
+
+    from avert.server.on_ray import app_builder
+
+    app = app_builder({"replicas": "3", "cpus": "2"})
+    assert isinstance(app, serve.Application)

@@ -10,6 +10,7 @@ as within one request's batch: tested).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -22,6 +23,7 @@ from avert.pipeline import tiling
 from avert.pipeline.conditioning import condition
 from avert.pipeline.generate import (begin_run, check, decode, default_size, latent_shape, make_schedulers, progress,
                                      resolve, result)
+from avert.pipeline.img2img import Start
 from avert.pipeline.result import GenerationResult
 from avert.pipeline.runtime import Runtime
 from avert.request import GenerationRequest
@@ -78,16 +80,19 @@ def generate_together(
     return out
 
 
+@dataclass(frozen=True)
 class _Run:
-    """One request's part of the shared loop."""
+    """One request's part of the shared loop: its seeds, schedulers (one per image), start and denoiser."""
 
-    def __init__(self, seeds, schedulers, begun, denoiser):
-        self.seeds, self.schedulers, self.begun, self.denoiser = seeds, schedulers, begun, denoiser
+    seeds: tuple[int, ...]
+    schedulers: list
+    begun: Start
+    denoiser: Denoiser
 
 
 def _prepare(request: GenerationRequest, components: Components, runtime: Runtime, embeddings: EmbeddingLibrary,
              shape: tuple[int, int, int]) -> _Run:
-    seeds = image_seeds(request.seed, request.batch_size)
+    seeds = tuple(image_seeds(request.seed, request.batch_size))
     text = condition(request, components, runtime, embeddings)
     schedulers = make_schedulers(request, components, seeds, runtime)
     begun = begin_run(request, components, runtime, schedulers, seeds, shape, None)
