@@ -33,7 +33,7 @@ def add_batch_parser(sub, handler) -> None:
     p.add_argument("--threads", type=bounded("threads", int, 1, 512), default=None, metavar="N",
                    help="torch threads per worker (default: torch's; on Ray: --cpus-per-worker)")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="run on a Ray cluster: its address (host:port, ray://host:10001) or 'auto' (needs "
+                   help="run on a Ray cluster: its address (host:port) or 'auto' (needs "
                    "pip install 'avert[ray]')")
     p.add_argument("--workers", type=bounded("workers", int, 1, 10000), default=None, metavar="N",
                    help="with --ray-address: model-holding actors (default: the cluster's CPUs / --cpus-per-worker)")
