@@ -39,7 +39,8 @@ def test_every_bad_line_is_reported_with_its_number_and_nothing_is_made(tmp_path
     assert main(["batch", str(jobs), "--out", str(tmp_path / "out"), "-q"]) == 2
     err = capsys.readouterr().err
     assert "5 bad lines, nothing was rendered" in err
-    for line, text in ((2, "steps: 0"), (4, "colour: 1"), (5, "body: 'not json' is not allowed; must be a JSON object"), (6, "model: '../etc'"), (8, "model: ['embedded']")):
+    for line, text in ((2, "steps: 0"), (4, "colour: 1"), (5, "body: 'not json' is not allowed; must be a JSON object"),
+                       (6, "model: '../etc'"), (8, "model: ['embedded']")):
         assert f"jobs.jsonl:{line}: {text}" in err
     assert "jobs.jsonl:1:" not in err and "jobs.jsonl:7:" not in err
     assert len(err.strip().splitlines()) == 6  # one line each
@@ -225,3 +226,8 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_serve_refuses_its_ray_flags_without_ray(capsys):
+    assert main(["serve", "--replicas", "2"]) == 2
+    assert "--replicas: 2 is not allowed; applies only with --ray" in capsys.readouterr().err

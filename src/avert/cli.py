@@ -78,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _serve_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks that print a table and write it to docs/")
-    bench.add_argument("what", choices=("engine", "startup", "sdxl", "scale", "nag"), help="engine: avert vs diffusers on "
-                       "tiny components; startup: the README's main command on the embedded model, as fresh "
+    bench.add_argument("what", choices=("engine", "startup", "sdxl", "scale", "nag"),
+                       help="engine: avert vs diffusers on tiny components; startup: the README's main command on the embedded model, as fresh "
                        "processes; sdxl: SDXL base's architecture at 1024x1024 (random weights, about 14 GB of "
                        "memory); scale: avert batch in one process and on a local Ray cluster of 1 and 2 workers "
                        "(needs avert[ray]; about 8 minutes); nag: a negative through NAG at CFG 1 against CFG's second "

@@ -3,9 +3,9 @@
 The same job (the embedded model at its defaults: 32x32, 20 steps, a prompt and a negative) runs three ways: in
 this process with one torch thread (`avert batch` without Ray), then on a local Ray cluster (a head without CPUs and
 one, then two, worker nodes of 1 CPU, each actor with 1 torch thread; loopback only). The steady rate counts the
-images that arrive after every actor has written its first chunk, by the actors' own clocks
-(actor start-up, which loads torch and the model, is reported apart). Overhead per request, on one worker: the steady wall time per request minus the model
-time per request that the actors measure (conditioning, sampling, decoding): what Ray scheduling, serialization,
+images written after every actor has written its first chunk, by the actors' own clocks (actor start-up,
+which loads torch and the model, is reported apart). Overhead per request, on one worker: the steady wall time per
+request minus the model time per request that the actors measure (conditioning, sampling, decoding): what Ray scheduling, serialization,
 PNG encoding and writing, and the manifest add.
 """
 
