@@ -5,8 +5,8 @@ this process with one torch thread (`avert batch` without Ray), then on a local 
 one, then two, worker nodes of 1 CPU, each actor with 1 torch thread; loopback only). The steady rate counts the
 images written after every actor has written its first chunk, by the actors' own clocks (actor start-up,
 which loads torch and the model, is reported apart). Overhead per request, on one worker: the steady wall time per
-request minus the model time per request that the actors measure (conditioning, sampling, decoding): what Ray scheduling, serialization,
-PNG encoding and writing, and the manifest add.
+request minus the model time per request that the actors measure (conditioning, sampling, decoding): what Ray
+scheduling, serialization, PNG encoding and writing, and the manifest add.
 """
 
 from __future__ import annotations
