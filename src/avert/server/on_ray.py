@@ -13,7 +13,10 @@ avert.server.on_ray:app_builder model=PATH replicas=2`), see docs/scale-out.md.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
 
 from avert.errors import AvertError
 from avert.server.config import ServerConfig
@@ -55,8 +58,8 @@ def deployment(config: ServerConfig, replicas: int = 2, cpus: float = 1.0, gpus:
 
 def serve_on_ray(config: ServerConfig, *, address: str | None = None, replicas: int = 2, cpus: float = 1.0,
                  gpus: float = 0.0) -> None:
-    """Start (or join, with `address`) a Ray instance, deploy, and serve until interrupted; a Ray instance this
-    call started is stopped on the way out."""
+    """Start (or join, with `address`) a Ray instance, deploy, and serve until SIGTERM or Ctrl+C; then shut Serve
+    down and leave Ray (a Ray instance this call started is stopped)."""
     ray, serve = import_serve()
     config.check_bind()
     try:
@@ -67,6 +70,9 @@ def serve_on_ray(config: ServerConfig, *, address: str | None = None, replicas: 
                      _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise AvertError(f"ray-address: {address!r}: no Ray cluster could be reached ({str(error)[:200]})") from None
+    # After ray.init, which installs Ray's own SIGTERM handler (it aborts the process): a SIGTERM at any point from
+    # here, also while the deployment is still starting, stops the server cleanly.
+    signal.signal(signal.SIGTERM, _stop)
     try:
         # one proxy, on the head node (the one entry point; it spreads requests over the replicas on every node;
         # Ray's default of a proxy per node would bind the same port twice where nodes share a machine)
@@ -74,34 +80,31 @@ def serve_on_ray(config: ServerConfig, *, address: str | None = None, replicas: 
         serve.run(deployment(config, replicas, cpus, gpus), name="avert", route_prefix="/")
         print(f"avert serve: http://{config.host}:{config.port}/  on Ray Serve, {replicas} replicas of "
               f"{config.model or 'the default model'}; Ctrl+C stops", flush=True)
-        _wait()
+        while True:
+            time.sleep(3600)
+    except (_Stopped, KeyboardInterrupt):
+        print("avert serve: stopping", file=sys.stderr, flush=True)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop is enough; shutting down takes seconds
         serve.shutdown()
         ray.shutdown()
     _leave()
 
 
-def _leave() -> None:
-    """End the process once Serve and Ray are shut down: in one of four test runs on a local cluster whose nodes had
-    changed, Ray's own exit handlers aborted the process (SIGABRT) after a clean shutdown; nothing is left to do."""
-    import os
+class _Stopped(Exception):
+    """SIGTERM arrived."""
 
+
+def _stop(*_) -> None:
+    raise _Stopped()
+
+
+def _leave() -> None:
+    """End the process once Serve and Ray are shut down, without the interpreter's exit handlers (Ray's among them),
+    which have nothing left to do."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
-
-
-def _wait() -> None:
-    import signal
-    import threading
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        print("avert serve: stopping", file=sys.stderr)
 
 
 def app_builder(args: dict):
