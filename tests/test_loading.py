@@ -228,7 +228,7 @@ def test_a_bad_avert_json_is_a_clear_error(tiny_folder, tmp_path, text, message)
 def test_the_embedded_model_is_named_in_results_as_the_server_lists_it(tmp_path):
     from avert.models.default import EMBEDDED_MODEL
     from avert.models.loader import model_name
-    from avert.server.registry import EMBEDDED_NAME
+    from avert.models.loader import EMBEDDED_NAME
 
     assert model_name(EMBEDDED_MODEL) == EMBEDDED_NAME == "embedded"  # the infotext's "Model: embedded"
     (tmp_path / "model").mkdir()

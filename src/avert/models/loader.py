@@ -192,13 +192,16 @@ def _load_pickle(path: Path, allow_pickle: bool, config_dir: Path | None, predic
         return _load_single(converted, path, config_dir, prediction_type)
 
 
+EMBEDDED_NAME = "embedded"
+
+
 def model_name(path: Path) -> str:
-    """The name results and infotexts show: A1111's (the file stem, or the folder's name); "embedded" for the
-    shipped default model, as the server lists it."""
+    """The name results, infotexts and the server's model list show: A1111's (the file stem, or the folder's
+    name); "embedded" for the shipped default model."""
     from avert.models.default import EMBEDDED_MODEL
 
-    if path.resolve() == EMBEDDED_MODEL:
-        return "embedded"
+    if path.resolve() == EMBEDDED_MODEL.resolve():
+        return EMBEDDED_NAME
     return path.stem if path.is_file() else path.name
 
 

@@ -29,7 +29,8 @@ from avert.server.state import ServerState
 
 log = logging.getLogger("avert.server")
 STATIC = Path(__file__).parent / "static"
-PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}  # a fixed list: no path from the request
+# a fixed list: no path from the request
+PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
 
 
 def create_app(config: ServerConfig = ServerConfig(), *, render: Render = generate) -> FastAPI:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from avert.errors import FieldProblem, ModelLoadError, ValidationError
 from avert.models.components import Components
-from avert.models.default import EMBEDDED_MODEL, resolve_model_path
+from avert.models.default import resolve_model_path
+from avert.models.loader import model_name
 from avert.models.store import get_model
 
-EMBEDDED_NAME = "embedded"
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class ModelRegistry:
         if spec and spec in self._entries:
             return self._entries[spec]
         path = resolve_model_path(spec)
-        name = EMBEDDED_NAME if path.resolve() == EMBEDDED_MODEL.resolve() else _name_of(path)
+        name = model_name(path)
         if not path.exists():
             raise ModelLoadError(f"model: {spec!r} is neither a model in --models-dir nor an existing path")
         entry = ModelEntry(name, path)
@@ -85,18 +85,13 @@ class ModelRegistry:
             return get_model(entry.path)
 
 
-def _name_of(path: Path) -> str:
-    return path.stem if path.is_file() else path.name
-
-
 def _scan(folder: Path) -> list[ModelEntry]:
     """Diffusers folders and single .safetensors files directly inside `folder` (pickles are not served)."""
     if not folder.is_dir():
         return []
     found = []
     for child in sorted(folder.iterdir()):
-        if child.is_dir() and (child / "model_index.json").is_file():
-            found.append(ModelEntry(child.name, child))
-        elif child.is_file() and child.suffix == ".safetensors":
-            found.append(ModelEntry(child.stem, child))
+        folder_model = child.is_dir() and (child / "model_index.json").is_file()
+        if folder_model or (child.is_file() and child.suffix == ".safetensors"):
+            found.append(ModelEntry(model_name(child), child))
     return found
