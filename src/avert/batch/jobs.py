@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from avert.errors import AvertError, FieldProblem, ValidationError
-from avert.schema import Limits
 
 MAX_LINES = 1_000_000
 MAX_LINE_BYTES = 16 * 1024 * 1024  # the server's body limit: an init image fits
@@ -136,7 +135,7 @@ def _request(number: int, raw: bytes, default_model: str, names: set[str],
     body = {**body, "model": model}
     if body.get("seed") in (None, -1):
         body["seed"] = derived_seed(body)
-    validate(model, {k: v for k, v in body.items() if k != "model"})
+    validate(model, body)
     text = canonical(body)
     return BatchRequest(hashlib.sha256(text.encode()).hexdigest(), (number,), model, text)
 
@@ -149,27 +148,6 @@ def derived_seed(body: dict) -> int:
     """A seed from the request's text (without its seed), the same on every run and every worker."""
     text = canonical({k: v for k, v in body.items() if k != "seed"})
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
-
-
-def body_request(body: dict, limits: Limits, components) -> list:
-    """The engine calls (`avert.server.jobs.Part`) of a body without `model`, validated against `components`."""
-    from avert.server import bodies
-
-    problems = bodies.unknown_fields(body, tuple(bodies.REQUEST_FIELDS))
-    if problems:
-        raise ValidationError(problems)
-    values = dict(body)
-    negative = values.pop("negative_prompt", "")
-    request = bodies.request_from_fields(values)
-    count = request.batch_size if isinstance(request.batch_size, int) else 0
-    first, per_image = bodies.split_negatives(negative, count)
-    request = bodies.check(request.replace(negative_prompt=first), limits, components, per_image)
-    return bodies.batch_parts(request, per_image)
-
-
-def body_of(request: BatchRequest) -> dict:
-    """The request's body without `model` (what `body_request` takes)."""
-    return {k: v for k, v in json.loads(request.body).items() if k != "model"}
 
 
 def sort_key(request: BatchRequest) -> tuple:

@@ -7,18 +7,20 @@ failure: a loop that fails is re-run one request at a time so that only the fail
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from avert.batch import DEFAULT_BATCH_IMAGES
-from avert.batch.jobs import BatchRequest, body_of, body_request
+from avert.batch.jobs import BatchRequest
 from avert.pipeline.generate import generate
 from avert.pipeline.result import GeneratedImage
 from avert.pipeline.runtime import Runtime
 from avert.pipeline.together import generate_together, loop_key, shareable
 from avert.schema import Limits
+from avert.server.bodies import generate_parts
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class Renderer:
 
     def validate(self, model: str, body: dict) -> None:
         """Raise ValidationError where `model` refuses `body` (what `read_batch_file` calls per line)."""
-        body_request(body, self.limits, self.registry.components(model))
+        generate_parts(body, self.limits, lambda: self.registry.components(model))
 
     def render(self, requests: Sequence[BatchRequest]) -> list[Rendered]:
         """Every request of the chunk, in order; shareable parts of one model and loop run together, at most
@@ -75,7 +77,8 @@ class Renderer:
 
     def _parts(self, request: BatchRequest):
         try:
-            return body_request(body_of(request), self.limits, self.registry.components(request.model))
+            return generate_parts(json.loads(request.body), self.limits,
+                                  lambda: self.registry.components(request.model))
         except Exception as error:  # noqa: BLE001 - recorded as the request's failure
             return _failure(error)
 

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import re
 import typing
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -174,6 +174,21 @@ def check(request: GenerationRequest, limits: Limits, components, per_image: Seq
             raise ValidationError([dataclasses.replace(p, field=f"{field}[{i}]") if p.field == "negative_prompt"
                                    else p for p in error.problems]) from None
     return request
+
+
+def generate_parts(body: dict, limits: Limits, components: Callable[[], Any]) -> list[Part]:
+    """The engine calls of a native generate body (`POST /v1/generate`, or a line of `avert batch`): every field of
+    `GenerationRequest` by name (plus `model`, which the caller resolves), `negative_prompt` one string or one per
+    image, validated against the model `components()` loads; one call per run of images sharing a negative."""
+    problems = unknown_fields(body, (*REQUEST_FIELDS, "model"))
+    if problems:
+        raise ValidationError(problems)
+    values = {k: v for k, v in body.items() if k in REQUEST_FIELDS}
+    negative = values.pop("negative_prompt", "")
+    request = request_from_fields(values)
+    first, per_image = split_negatives(negative, request.batch_size if isinstance(request.batch_size, int) else 0)
+    request = check(request.replace(negative_prompt=first), limits, components(), per_image)
+    return batch_parts(request, per_image)
 
 
 def check_work(parts: Sequence[Part], components, limits: Limits) -> None:

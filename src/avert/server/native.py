@@ -79,13 +79,9 @@ def _request(state: ServerState, body: dict, extra: tuple[str, ...]) -> tuple[st
 
 
 def generate_job(state: ServerState, body: dict) -> Job:
-    model, request, negative = _request(state, body, ())
-    first, per_image = bodies.split_negatives(negative, request.batch_size if isinstance(request.batch_size, int) else 0)
-    request = request.replace(negative_prompt=first)
-    components = state.registry.components(model)
-    bodies.check(request, state.config.limits, components, per_image)
-    parts = bodies.batch_parts(request, per_image)
-    bodies.check_work(parts, components, state.config.limits)
+    model = state.registry.entry(body["model"]).name if "model" in body else state.current_model
+    parts = bodies.generate_parts(body, state.config.limits, lambda: state.registry.components(model))
+    bodies.check_work(parts, state.registry.components(model), state.config.limits)
     return Job(model, parts, kind="generate")
 
 
