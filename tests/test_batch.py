@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -208,7 +209,7 @@ def test_the_file_is_bounded(tmp_path, monkeypatch, capsys):
 def test_flags_that_do_not_apply_are_refused_by_name(tmp_path, capsys, flags, message):
     jobs = _write(tmp_path / "jobs.jsonl", [_request(0)])
     args = ["batch", str(jobs), "--out", str(tmp_path / "out"), "-q", *flags]
-    with pytest.raises(SystemExit) if flags[0] == "--batch-images" else _nothing():
+    with pytest.raises(SystemExit) if flags[0] == "--batch-images" else contextlib.nullcontext():
         assert main(args) == 2
     assert message in capsys.readouterr().err
 
@@ -218,14 +219,6 @@ def test_without_ray_the_ray_address_flag_says_how_to_install_it(tmp_path, monke
     jobs = _write(tmp_path / "jobs.jsonl", [_request(0)])
     assert main(["batch", str(jobs), "--out", str(tmp_path / "out"), "--ray-address", "auto", "-q"]) == 2
     assert "pip install 'avert[ray]'" in capsys.readouterr().err
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_serve_refuses_its_ray_flags_without_ray(capsys):

@@ -274,7 +274,8 @@ def test_every_flag_a_help_text_names_is_a_flag_of_that_command():
 
 @pytest.mark.parametrize("argv, named", [(["bench", "sdxl", "--size", "10"], "size"),
                                          (["bench", "sdxl", "--repeats", "0"], "repeats"),
-                                         (["bench", "engine", "--repeats", "x"], "repeats")])
+                                         (["bench", "engine", "--repeats", "x"], "repeats"),
+                                         (["bench", "scale", "--requests", "5"], "requests")])
 def test_bench_options_are_refused_by_name_before_any_work(argv, named, capsys):
     from avert.cli import main
 

@@ -70,7 +70,7 @@ class Storage:
                 return Path(self.path(name)).read_bytes()
             with self.fs.open_input_stream(self.path(name)) as f:
                 return f.read()
-        except (FileNotFoundError, OSError):
+        except OSError:  # none there (or unreadable: the run then starts as if none were done)
             return None
 
     def remove_temporaries(self) -> int:

@@ -8,7 +8,7 @@ forward per count, never padded to each other: padding adds keys to cross-attent
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +22,7 @@ class Together:
 
     members: tuple[Denoiser, ...]
     rows: tuple[int, ...]
+    _cache: dict = field(default_factory=dict, repr=False)  # stacked inputs per combination of members' tensors
 
     def __post_init__(self):
         if len(self.members) != len(self.rows) or not self.members:
@@ -35,13 +36,21 @@ class Together:
         forwards = [m.prepare(p, ctx) for m, p in zip(self.members, parts)]
         outputs: list[torch.Tensor | None] = [None] * len(forwards)
         for group in _same_shape(forwards):
-            out = self.members[group[0]].evaluate(
-                torch.cat([forwards[k].model_in for k in group]), timestep,
-                torch.cat([forwards[k].hidden for k in group]), _joined([forwards[k].extra for k in group]),
-                x.device)
+            hidden, extra = self._stacked([forwards[k] for k in group])
+            out = self.members[group[0]].evaluate(torch.cat([forwards[k].model_in for k in group]), timestep, hidden,
+                                                  extra, x.device)
             for k, piece in zip(group, out.split([forwards[k].model_in.shape[0] for k in group])):
                 outputs[k] = piece
         return torch.cat([m.finish(f, o, p, ctx) for m, f, o, p in zip(self.members, forwards, outputs, parts)])
+
+    def _stacked(self, forwards: list[Forward]) -> tuple[torch.Tensor, dict]:
+        """The members' hidden states (and SDXL's added conditioning) stacked, once per combination: each member
+        hands out the same tensors for as long as its branches and schedule entries stay (`Denoiser.hidden_states`),
+        so their ids are stable keys."""
+        key = tuple((id(f.hidden), *(id(v) for a in f.extra.values() for v in a.values())) for f in forwards)
+        if key not in self._cache:
+            self._cache[key] = (torch.cat([f.hidden for f in forwards]), _joined([f.extra for f in forwards]))
+        return self._cache[key]
 
 
 def _same_shape(forwards: list[Forward]) -> list[list[int]]:
