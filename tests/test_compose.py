@@ -228,8 +228,9 @@ def test_the_record_keeps_the_rule_and_every_negative(tiny):
 
 def test_a_request_without_a_rule_gets_its_methods_default_and_records_it(tiny):
     from avert.guidance.compose import DEFAULT_RULES
+    from avert.schema import GUIDANCE_METHODS
 
-    assert set(DEFAULT_RULES) == {"cfg", "apg", "perp-neg", "dynamic", "posterior", "gated"}
+    assert set(DEFAULT_RULES) == set(GUIDANCE_METHODS)
     result = generate(TWO, tiny)
     assert result.images[0].record["request"]["negatives_rule"] == DEFAULT_RULES["cfg"] == "strongest-protect"
     named = generate(TWO.replace(negatives_rule="strongest-protect"), tiny)

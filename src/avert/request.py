@@ -65,6 +65,11 @@ class GenerationRequest:
     apg_eta: float = 0.0
     apg_norm_threshold: float = 0.0
     apg_momentum: float = 0.0
+    apg_formulation: str = "paper"
+    zero_init_steps: int = 1
+    fdg_guidance_scales: str | None = None
+    fdg_parallel_weights: float = 1.0
+    mambo_alpha: float = 8.0
     posterior_prior: float = 0.8
     posterior_temperature: float = 1.0
     posterior_p_max: float = 0.8

@@ -81,7 +81,13 @@ def _size_param(name: str, short: str) -> Param:
     )
 
 
-GUIDANCE_METHODS = ("cfg", "apg", "perp-neg", "dynamic", "posterior", "gated")
+# avert's methods, then diffusers' guiders (`avert.guidance.guiders.GUIDERS`)
+GUIDANCE_METHODS = ("cfg", "apg", "perp-neg", "dynamic", "posterior", "gated", "cfg-zero-star", "tangential",
+                    "frequency-decoupled", "magnitude-aware")
+APG_FORMULATIONS = ("paper", "diffusers")
+FDG_SCALES_PATTERN = (r"[0-9]{1,2}(\.[0-9]{1,4})?(,[0-9]{1,2}(\.[0-9]{1,4})?){1,3}",
+                      "2 to 4 scales, one per frequency level, highest frequencies first, e.g. 10,5 (each at most "
+                      "the cfg_scale limit)")
 # `avert.guidance.compose.RULES` and joined
 NEGATIVE_RULES = ("sum", "mean", "cap", "orthogonal", "strongest", "protect", "strongest-protect", "joined")
 FALLBACK_GUIDANCE = "cfg"  # A1111's: the method of a model whose folder names none (`avert.models.defaults`)
@@ -126,7 +132,10 @@ PARAMS: tuple[Param, ...] = (
           "estimated presence of each negative concept), posterior (strength follows the posterior of each negative "
           "concept tracked along the run, Koulischer et al. 2025: a negative whose concept the image lacks switches "
           "itself off), gated (plain cfg where the prompt's own image holds each negative's concept, the posterior "
-          "tracked along the prompt's branch; off where it does not: a standing negative leaves the image alone)",
+          "tracked along the prompt's branch; off where it does not: a standing negative leaves the image alone), "
+          "or one of diffusers' guiders, with the negatives as the unconditional branch: cfg-zero-star (CFG-Zero*, "
+          "Fan et al. 2025), tangential (TCFG, Kwon et al. 2025), frequency-decoupled (FDG, Sadat et al. 2025), "
+          "magnitude-aware (MAMBO-G, 2025)",
           "--guidance", choices=GUIDANCE_METHODS, unset="the model's own: cfg, unless its folder's avert.json "
           "names another; the embedded model names gated"),
     Param("negatives_rule", str, None, "how several negatives add up: sum (A1111's and diffusers' arithmetic: the "
@@ -142,6 +151,21 @@ PARAMS: tuple[Param, ...] = (
           "latent units (0: no cap)", "--apg-norm-threshold", low=lambda l: 0.0, high=lambda l: 1000.0),
     Param("apg_momentum", float, 0.0, "apg: momentum beta of the running update m <- d + beta m (0: off; the "
           "paper uses negative values)", "--apg-momentum", low=lambda l: -5.0, high=lambda l: 1.0),
+    Param("apg_formulation", str, "paper", "apg: paper (Sadat et al.'s Algorithm 1 on denoised predictions: D_c + "
+          "(w - 1) u) or diffusers (diffusers' AdaptiveProjectedGuidance on the model's outputs: e_u + w u); they "
+          "agree at apg_eta 1 without a norm threshold", "--apg-formulation", choices=APG_FORMULATIONS),
+    Param("zero_init_steps", int, 1, "cfg-zero-star: the first steps whose prediction is zero (diffusers' "
+          "zero_init_steps; 0: none)", "--zero-init-steps", low=lambda l: 0, high=lambda l: l.max_steps),
+    Param("fdg_guidance_scales", str, None, "frequency-decoupled: the guidance scale of each level of the Laplacian "
+          "pyramid, highest frequencies first (diffusers' guidance_scales)", "--fdg-guidance-scales",
+          pattern=FDG_SCALES_PATTERN, unset="cfg_scale for the high frequencies, cfg_scale / 2 (at least 1) for the "
+          "low ones"),
+    Param("fdg_parallel_weights", float, 1.0, "frequency-decoupled: weight of the update's part parallel to the "
+          "prompt's prediction at every level (diffusers' parallel_weights; 1: plain CFG's update)",
+          "--fdg-parallel-weights", low=lambda l: 0.0, high=lambda l: 2.0),
+    Param("mambo_alpha", float, 8.0, "magnitude-aware: how fast the scale falls as the update grows against the "
+          "unconditional prediction, w' = 1 + (w - 1) exp(-alpha |e_c - e_u| / |e_u|) (diffusers' alpha)",
+          "--mambo-alpha", low=lambda l: 0.0, high=lambda l: 100.0),
     Param("posterior_prior", float, 0.8, "posterior, gated: prior p(c) of each negative's concept; the negative "
           "acts at min(prior, p_max) / p_max of its strength at the first guided step", "--posterior-prior",
           low=lambda l: 0.001, high=lambda l: 0.999),

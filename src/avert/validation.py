@@ -27,6 +27,7 @@ def validate(request: GenerationRequest, limits: Limits = Limits(),
     problems = [p for param in PARAMS if (p := check_field(param, getattr(request, param.name), limits))]
     problems += check_negatives(request.negatives, limits)
     problems += check_relations(request, model_guidance)
+    problems += _fdg_scale_problems(request, limits)
     problems = problems or _hires_size_problems(request, limits)
     problems = problems or check_prompt_work(request, limits)  # the parser sees only otherwise valid requests
     if problems:
@@ -262,10 +263,16 @@ def _eta_problems(request: GenerationRequest) -> list[FieldProblem]:
                          f"); leave it unset for {request.sampler}")]
 
 
-METHOD_ONLY = {("apg",): ("apg_eta", "apg_norm_threshold", "apg_momentum"),
-               ("posterior", "gated"): ("posterior_prior", "posterior_temperature", "posterior_p_max")}
+METHOD_ONLY = {("apg",): ("apg_eta", "apg_norm_threshold", "apg_momentum", "apg_formulation"),
+               ("posterior", "gated"): ("posterior_prior", "posterior_temperature", "posterior_p_max"),
+               ("cfg-zero-star",): ("zero_init_steps",),
+               ("frequency-decoupled",): ("fdg_guidance_scales", "fdg_parallel_weights"),
+               ("magnitude-aware",): ("mambo_alpha",)}
+GUIDER_SCALE = "guides prompt and negatives with cfg_scale alone (diffusers' guidance_scale)"
 ONE_SCALE = {"apg": "guides prompt and negatives with cfg_scale alone",
-             "gated": "weighs each negative as plain cfg does, by cfg_scale - 1 times its gate"}
+             "gated": "weighs each negative as plain cfg does, by cfg_scale - 1 times its gate",
+             "cfg-zero-star": GUIDER_SCALE, "tangential": GUIDER_SCALE, "magnitude-aware": GUIDER_SCALE,
+             "frequency-decoupled": "guides with fdg_guidance_scales (or cfg_scale) alone"}
 
 
 def _method_problems(request: GenerationRequest, model_guidance: str | None) -> list[FieldProblem]:
@@ -280,12 +287,25 @@ def _method_problems(request: GenerationRequest, model_guidance: str | None) -> 
     problems = [FieldProblem(name, getattr(request, name), f"applies only with guidance {' or '.join(methods)} "
                              f"(leave it at {getattr(defaults, name)} for guidance {shown})")
                 for methods, names in METHOD_ONLY.items() if method not in methods for name in names
-                if _has_type(getattr(request, name), float) and getattr(request, name) != getattr(defaults, name)]
+                if _has_type(getattr(request, name), PARAMS_BY_NAME[name].type)
+                and getattr(request, name) != getattr(defaults, name)]
     own_scale = request.negative_scale is not None and request.negative_scale != request.cfg_scale
     if method in ONE_SCALE and own_scale:
         problems.append(FieldProblem("negative_scale", request.negative_scale, "must be left unset with guidance "
                                      f"{shown}, which {ONE_SCALE[method]}"))
     return problems
+
+
+def _fdg_scale_problems(request: GenerationRequest, limits: Limits) -> list[FieldProblem]:
+    """Each of fdg_guidance_scales (its text already well formed) at most the deployment's cfg_scale limit."""
+    scales = request.fdg_guidance_scales
+    param = PARAMS_BY_NAME["fdg_guidance_scales"]
+    if not isinstance(scales, str) or check_field(param, scales, limits) is not None:
+        return []
+    high = limits.max_cfg_scale
+    if all(float(v) <= high for v in scales.split(",")):
+        return []
+    return [FieldProblem("fdg_guidance_scales", scales, f"each scale must be at most {high:g} (the cfg_scale limit)")]
 
 
 def _has_type(value: object, kind: type) -> bool:

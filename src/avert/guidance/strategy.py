@@ -19,6 +19,7 @@ from typing import Callable, Mapping
 import torch
 
 from avert.guidance import cfg as f
+from avert.guidance import guiders
 
 
 @dataclass(frozen=True, order=True)
@@ -101,11 +102,14 @@ class Interval:
 @dataclass(frozen=True)
 class Projection:
     """Options of adaptive projected guidance (`avert.guidance.cfg.apg`): eta, the weight of the update's part
-    parallel to the prompt's denoised prediction; the norm threshold r (0: off); the momentum beta (0: off)."""
+    parallel to the prompt's denoised prediction; the norm threshold r (0: off); the momentum beta (0: off); the
+    formulation: "paper" (Sadat et al.'s Algorithm 1 on denoised predictions, D_c + (w - 1) u) or "diffusers"
+    (diffusers' `AdaptiveProjectedGuidance` on the raw outputs, e_u + w u; `guiders.apg_diffusers`)."""
 
     eta: float = 0.0
     norm_threshold: float = 0.0
     momentum: float = 0.0
+    formulation: str = "paper"
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,7 @@ class Guidance:
     prediction_type: str = "epsilon"
     posterior: Posterior = Posterior()
     rule: str = "sum"  # how several active negatives add up (`avert.guidance.compose.RULES`)
+    guider: guiders.GuiderOptions = guiders.GuiderOptions()  # the diffusers guiders' own options
 
     @property
     def w_n(self) -> float:
@@ -169,8 +174,8 @@ class Guidance:
     @property
     def cfg_branches(self) -> bool:
         """Guided by e_u and the prompt alone (e_0 only where the negatives' weights leave a share for it):
-        plain cfg, and apg (which always guides with the one scale w)."""
-        return self.plain_cfg or self.method == "apg"
+        plain cfg, apg and diffusers' guiders (which always guide with the one scale w)."""
+        return self.plain_cfg or self.method == "apg" or self.method in guiders.GUIDERS
 
     def active_negatives(self, ctx: StepContext) -> tuple[int, ...]:
         return tuple(i for i, t in enumerate(self.negatives) if t.active(ctx.fraction) and t.weight != 0.0)
@@ -181,7 +186,9 @@ class Guidance:
 
     def can_act(self) -> bool:
         """Whether the negatives' branches can change the prediction at all at these scales."""
-        unit = self.scale * sum(self.prompt_weights) == 1.0 and len(self.prompt_weights) == 1
+        scales = (guiders.fdg_scales(self.guider, self.scale) if self.method == "frequency-decoupled"
+                  else (self.scale,))
+        unit = all(w * sum(self.prompt_weights) == 1.0 for w in scales) and len(self.prompt_weights) == 1
         return not (unit and (self.cfg_branches or self.w_n == 0.0))  # else e = e_c exactly: the negative is dead
 
     def guided(self, ctx: StepContext) -> bool:
@@ -214,8 +221,12 @@ class Guidance:
             protects = self.rule.endswith("protect") and empty is not None  # only those rules read d_c
             direction = f.prompt_direction(prompts, self.prompt_weights, empty) if protects else None
             uncond = f.unconditional(empty, negatives, weights, self.rule, direction, self.groups(active))
-            guided = (self._apg(prompts, uncond, ctx, x, memory) if self.method == "apg"
-                      else f.composable_cfg(prompts, self.prompt_weights, uncond, self.scale))
+            if self.method == "apg":
+                guided = self._apg(prompts, uncond, ctx, x, memory)
+            elif self.method in guiders.GUIDERS:
+                guided = self._guider(prompts, uncond, ctx, memory)
+            else:
+                guided = f.composable_cfg(prompts, self.prompt_weights, uncond, self.scale)
         else:  # three branches: cfg at its own negative scale, posterior and gated (per-sample weights), perp-neg,
             # dynamic
             direction = f.prompt_direction(prompts, self.prompt_weights, empty)
@@ -265,16 +276,36 @@ class Guidance:
 
     def _apg(self, prompts: list[torch.Tensor], uncond: torch.Tensor, ctx: StepContext, x: torch.Tensor | None,
              memory: dict | None) -> torch.Tensor:
-        """APG on D = denoised(output); the prompt side is e_u + sum_k a_k (e_ck - e_u) (e_c for one part)."""
+        """APG on D = denoised(output) (formulation "paper"), or on the outputs as diffusers' guider (formulation
+        "diffusers"); the prompt side is e_u + sum_k a_k (e_ck - e_u) (e_c for one part)."""
         if x is None or memory is None:
             raise ValueError("apg needs the model input x and a per-run memory")
-        single = len(prompts) == 1 and self.prompt_weights[0] == 1.0
-        cond = prompts[0] if single else f.composable_cfg(prompts, self.prompt_weights, uncond, 1.0)
-        d_c, d_u = (f.denoised(x, e, ctx.sigma, self.prediction_type) for e in (cond, uncond))
+        cond = self._cond(prompts, uncond)
         p = self.projection
+        if p.formulation == "diffusers":
+            guided, memory["apg"] = guiders.apg_diffusers(cond, uncond, self.scale, p.eta, p.norm_threshold,
+                                                          p.momentum, memory.get("apg"))
+            return guided
+        d_c, d_u = (f.denoised(x, e, ctx.sigma, self.prediction_type) for e in (cond, uncond))
         guided, memory["apg"] = f.apg(d_c, d_u, self.scale, p.eta, p.norm_threshold, p.momentum, memory.get("apg"))
         return f.from_denoised(x, guided, ctx.sigma, self.prediction_type)
 
 
+    def _cond(self, prompts: list[torch.Tensor], uncond: torch.Tensor) -> torch.Tensor:
+        """The prompt side against e_u: e_c for one part of weight 1, else e_u + sum_k a_k (e_ck - e_u)."""
+        single = len(prompts) == 1 and self.prompt_weights[0] == 1.0
+        return prompts[0] if single else f.composable_cfg(prompts, self.prompt_weights, uncond, 1.0)
+
+    def _guider(self, prompts: list[torch.Tensor], uncond: torch.Tensor, ctx: StepContext,
+                memory: dict | None) -> torch.Tensor:
+        """A diffusers guider on (e_c, e_u) (`avert.guidance.guiders`), built once per run in `memory`."""
+        if memory is None:
+            raise ValueError(f"{self.method} needs a per-run memory")
+        if "guider" not in memory:
+            memory["guider"] = guiders.build(self.method, self.scale, self.guider)
+        return guiders.combine(memory["guider"], self._cond(prompts, uncond), uncond, ctx.sampling_step,
+                               ctx.timestep)
+
+
 def method_names() -> tuple[str, ...]:
-    return ("cfg", "apg") + tuple(METHODS) + TRACKED
+    return ("cfg", "apg") + tuple(METHODS) + TRACKED + guiders.GUIDERS

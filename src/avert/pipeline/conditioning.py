@@ -18,6 +18,7 @@ from avert.conditioning import sdxl
 from avert.conditioning.encode import EncodedText, EncodeOptions, TextEncoding
 from avert.conditioning.prompt import ScheduledStates, condition_prompt, encode_prompts, scheduled
 from avert.guidance.compose import default_rule
+from avert.guidance.guiders import GuiderOptions
 from avert.guidance.strategy import (EMPTY, Branch, Guidance, Interval, Posterior, Projection, Term,
                                      negative_branch, prompt_branch)
 from avert.models.components import Components
@@ -68,12 +69,21 @@ def condition(request: GenerationRequest, components: Components, runtime: Runti
         scale=request.cfg_scale, method=request.guidance, negative_scale=request.negative_scale,
         prompt_weights=tuple(p.weight for p in prompt_parts), negatives=tuple(terms),
         rescale=request.guidance_rescale, interval=interval(request),
-        projection=Projection(request.apg_eta, request.apg_norm_threshold, request.apg_momentum),
+        projection=Projection(request.apg_eta, request.apg_norm_threshold, request.apg_momentum,
+                              request.apg_formulation),
+        guider=guider_options(request),
         posterior=Posterior(request.posterior_prior, request.posterior_temperature, request.posterior_p_max),
         prediction_type=components.scheduler_config.get("prediction_type", "epsilon"), rule=rule(request),
     )
     sizes = sdxl_sizes(request) if components.is_sdxl else None
     return RequestConditioning(branches, empty, guidance, prompt, negatives, sizes)
+
+
+def guider_options(request: GenerationRequest) -> GuiderOptions:
+    """The diffusers guiders' options of a request (`fdg_guidance_scales` is validated text "10,5")."""
+    scales = request.fdg_guidance_scales
+    return GuiderOptions(request.zero_init_steps, tuple(float(v) for v in scales.split(",")) if scales else None,
+                         request.fdg_parallel_weights, request.mambo_alpha)
 
 
 def _sdxl_sides(request: GenerationRequest, components: Components, encoded: dict[str, EncodedText],
