@@ -82,6 +82,9 @@ def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
     methods.add_argument("--only", action="append", metavar="LABEL",
                          help="measure only this method of the table, by its label, e.g. \"cfg, rescale 0.2\" "
                          "(repeatable; default: all)")
+    methods.add_argument("--set", dest="method_set", choices=("avert", "guiders"), default="avert",
+                         help="which table: avert's methods (docs/eval/methods.md) or diffusers' guiders and the two "
+                         "APG formulations (docs/eval/methods-guiders.md); default: avert")
     for q in (negatives, methods):
         q.add_argument("--first-seed", type=first_seed_type, default=0, metavar="S",
                        help="seeds S..S+N-1 instead of 0..N-1, to extend an earlier run with new images "
@@ -276,7 +279,7 @@ def _run_methods(args) -> int:
     from avert.evaluation import methods as met
     from avert.evaluation import negatives as neg
 
-    methods = chosen_methods(args.only)
+    methods = chosen_methods(args.only, args.method_set)
     settings, runtime, components, info = common(args)
     for method in methods:
         validate_method(settings, method)
@@ -289,7 +292,7 @@ def _run_methods(args) -> int:
     if args.only or settings.first_seed:
         print("\n(docs/ is written by the run of every method from seed 0)")
         return 0
-    page = met.write_methods_docs(table, info, args.docs)
+    page = met.write_methods_docs(table, info, args.docs, args.method_set)
     print(f"\nwritten to {page}")
     return 0
 
@@ -321,17 +324,18 @@ def _run_pool(args) -> int:
     return 0
 
 
-def chosen_methods(only):
-    """The methods of the table named by `--only` (all when none), or an error naming the labels allowed."""
+def chosen_methods(only, which: str = "avert"):
+    """The methods of the table `which` named by `--only` (all when none), or an error naming the labels allowed."""
     from avert.errors import AvertError
-    from avert.evaluation.negatives import DEFAULT_METHODS
+    from avert.evaluation.methods import METHOD_SETS
 
-    labels = [m.label for m in DEFAULT_METHODS]
+    table = METHOD_SETS[which]
+    labels = [m.label for m in table]
     unknown = [label for label in only or () if label not in labels]
     if unknown:
         raise AvertError(f"only: {', '.join(map(repr, unknown))} is not a method of the table; allowed: "
                          + "; ".join(labels))
-    return [m for m in DEFAULT_METHODS if not only or m.label in only]
+    return [m for m in table if not only or m.label in only]
 
 
 def _run_concepts(args) -> int:

@@ -14,10 +14,29 @@ from pathlib import Path
 import numpy as np
 
 from avert.evaluation.common import Renderer, RunInfo, Settings, fmt, load_detector
-from avert.evaluation.negatives import DEFAULT_PAIRS, Method, Pair, PairResult, evaluate_pairs, mean_suppression
+from avert.evaluation.negatives import (DEFAULT_METHODS, DEFAULT_PAIRS, Method, Pair, PairResult, evaluate_pairs,
+                                        mean_suppression)
 
 SUPPRESSION_TOLERANCE = 0.05  # "within 5 points of plain CFG"
 SAVING_TARGET = 0.25
+
+# `avert eval methods --set guiders`: diffusers' guiders (`avert.guidance.guiders`) and the two APG formulations,
+# each with the negative as the unconditional branch, against plain CFG; all at the run's cfg scale.
+GUIDER_METHODS: tuple[Method, ...] = (
+    Method("cfg"),
+    Method("apg", (("guidance", "apg"),)),  # the paper's Algorithm 1 on denoised predictions, avert's eta 0
+    Method("apg, diffusers formulation", (("guidance", "apg"), ("apg_formulation", "diffusers"))),  # eta 0 too
+    Method("apg, diffusers formulation and defaults", (("guidance", "apg"), ("apg_formulation", "diffusers"),
+                                                        ("apg_eta", 1.0), ("apg_norm_threshold", 15.0))),
+    Method("cfg-zero-star", (("guidance", "cfg-zero-star"),)),  # diffusers' zero_init_steps 1
+    Method("cfg-zero-star, no zero init", (("guidance", "cfg-zero-star"), ("zero_init_steps", 0))),
+    Method("tangential", (("guidance", "tangential"),)),
+    Method("frequency-decoupled", (("guidance", "frequency-decoupled"),)),  # scales cfg, cfg / 2
+    Method("frequency-decoupled 10,5", (("guidance", "frequency-decoupled"), ("fdg_guidance_scales", "10,5"))),
+    Method("magnitude-aware", (("guidance", "magnitude-aware"),)),  # alpha 8
+)
+METHOD_SETS: dict[str, tuple[Method, ...]] = {"avert": DEFAULT_METHODS, "guiders": GUIDER_METHODS}
+PAGES = {"avert": "methods.md", "guiders": "methods-guiders.md"}
 
 
 def evaluate_methods(methods: Sequence[Method], components, *, seeds: int, settings: Settings, runtime=None,
@@ -125,7 +144,9 @@ def paired_lines(table: dict[str, list[PairResult]]) -> list[str]:
     return lines
 
 
-def methods_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
+def methods_page(table: dict[str, list[PairResult]], info: RunInfo, which: str = "avert") -> str:
+    if which == "guiders":
+        return guiders_page(table, info)
     return "\n".join([
         "# Negative-guidance methods compared",
         "",
@@ -191,9 +212,58 @@ def methods_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
     ])
 
 
-def write_methods_docs(table: dict[str, list[PairResult]], info: RunInfo, docs: Path) -> Path:
+def guiders_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
+    return "\n".join([
+        "# diffusers' guiders with negatives, and the two APG formulations",
+        "",
+        info.line("avert eval methods --set guiders"),
+        "",
+        "Each method renders the default pairs of `avert eval negatives` with the same seeds, the negative as the "
+        "unconditional branch; the images without the negative are plain CFG for every method (one shared "
+        "baseline). Suppression and fidelity as in [negatives.md](negatives.md); the guiders are diffusers' own "
+        "classes called by avert (`avert.guidance.guiders`), equal within 1/255 to a loop calling them as "
+        "diffusers' modular pipelines do (`tests/test_guiders.py`). avert's own methods: [methods.md](methods.md).",
+        "",
+        "## Targets",
+        "",
+        *target_lines(table)[:1],
+        "",
+        "Against plain CFG on the same images (a p above 0.05: no difference in suppression shown):",
+        "",
+        *paired_lines(table),
+        "",
+        methods_table(table),
+        "",
+        "## Per pair (suppression / fidelity with the negative)",
+        "",
+        per_pair_table(table),
+        "",
+        "## The methods",
+        "",
+        "- **cfg**: e = e_n + w (e_c - e_n).",
+        "- **apg** (avert's, the paper's Algorithm 1, Sadat et al. 2025): on denoised predictions, d = D_c - D_n, "
+        "D = D_c + (w - 1)(d_perp + eta d_par), eta 0.",
+        "- **apg, diffusers formulation**: diffusers' `AdaptiveProjectedGuidance` on the model's outputs, "
+        "e = e_n + w (d_perp + eta d_par), d = e_c - e_n, at the same eta 0 (`apg_formulation diffusers`); "
+        "**and defaults**: with diffusers' eta 1 and norm threshold 15. At eta 1 without a cap both formulations "
+        "are CFG; below 1 the paper's drops the parallel part of (w - 1) d, diffusers' of w d, and diffusers' "
+        "projects the raw outputs, not the denoised images.",
+        "- **cfg-zero-star** (CFG-Zero*, arXiv:2503.18886): e = s* e_n + w (e_c - s* e_n), s* = <e_c, e_n> / "
+        "|e_n|^2 per sample; the first step's prediction is zero (diffusers' zero_init_steps 1; **no zero init**: 0).",
+        "- **tangential** (TCFG, arXiv:2503.18137): e_n replaced by its projection on the first right singular "
+        "vector of [e_c; e_n], then CFG.",
+        "- **frequency-decoupled** (FDG, arXiv:2506.19713): CFG per level of a two-level Laplacian pyramid, the "
+        "high frequencies at the cfg scale, the low ones at half of it (avert's default); **10,5**: diffusers' "
+        "default scales 10 and 5.",
+        "- **magnitude-aware** (MAMBO-G, arXiv:2508.03442): CFG at w' = 1 + (w - 1) exp(-8 |e_c - e_n| / |e_n|) "
+        "per sample.",
+        "",
+    ])
+
+
+def write_methods_docs(table: dict[str, list[PairResult]], info: RunInfo, docs: Path, which: str = "avert") -> Path:
     folder = Path(docs) / "eval"
     folder.mkdir(parents=True, exist_ok=True)
-    page = folder / "methods.md"
-    page.write_text(methods_page(table, info), encoding="utf-8")
+    page = folder / PAGES[which]
+    page.write_text(methods_page(table, info, which), encoding="utf-8")
     return page
