@@ -275,3 +275,180 @@ def test_the_native_api_and_the_page_offer_the_guiders():
         assert client.post("/v1/generate", json=body).status_code == 200
         refused = client.post("/v1/generate", json={**body, "fdg_guidance_scales": "5,2,1,1,1"})
         assert refused.status_code == 422 and "fdg_guidance_scales" in refused.text
+
+
+# --- pag, seg, slg: a perturbed branch (avert.guidance.perturb) ----------------------------------------------------
+
+# The tiny UNet's transformer blocks per layer name, as diffusers' hooks address them: (fqn of the block stack,
+# indices). Written from the tiny model's module names, not from avert's mapping.
+TINY_LAYERS = {"mid": [("mid_block.attentions.0.transformer_blocks", [0])],
+               "down.0": [("down_blocks.0.attentions.0.transformer_blocks", [0])],
+               "up.1": [("up_blocks.1.attentions.0.transformer_blocks", [0]),
+                        ("up_blocks.1.attentions.1.transformer_blocks", [0])]}
+
+
+def perturbed_guider(kind: str, scale: float, layers: str, start: float, stop: float, sigma: float = 9999999.0):
+    """diffusers' PAG, SEG or SLG guider on the tiny UNet's named layers."""
+    import diffusers.guiders
+    from diffusers.hooks import LayerSkipConfig, SmoothedEnergyGuidanceConfig
+
+    stacks = [s for name in layers.split(",") for s in TINY_LAYERS[name]]
+    if kind == "seg":
+        return diffusers.guiders.SmoothedEnergyGuidance(
+            guidance_scale=BASE.cfg_scale, seg_guidance_scale=scale, seg_blur_sigma=sigma, seg_guidance_start=start,
+            seg_guidance_stop=stop, seg_guidance_config=[SmoothedEnergyGuidanceConfig(i, fqn=f) for f, i in stacks])
+    if kind == "pag":
+        return diffusers.guiders.PerturbedAttentionGuidance(
+            guidance_scale=BASE.cfg_scale, perturbed_guidance_scale=scale, perturbed_guidance_start=start,
+            perturbed_guidance_stop=stop, perturbed_guidance_config=[
+                LayerSkipConfig(i, fqn=f, skip_attention=False, skip_attention_scores=True, skip_ff=False)
+                for f, i in stacks])
+    return diffusers.guiders.SkipLayerGuidance(
+        guidance_scale=BASE.cfg_scale, skip_layer_guidance_scale=scale, skip_layer_guidance_start=start,
+        skip_layer_guidance_stop=stop, skip_layer_config=[LayerSkipConfig(i, fqn=f) for f, i in stacks])
+
+
+@pytest.fixture
+def seg_as_the_paper(monkeypatch):
+    """diffusers 0.42's `_gaussian_blur_2d` takes the mean for a finite sigma and blurs for an infinite one, the
+    reverse of SEG's paper and its authors' code; the reference calls it with the cases put right."""
+    from diffusers.hooks import smoothed_energy_guidance_utils as seg
+
+    original = seg._gaussian_blur_2d
+
+    def paper(query, kernel_size, sigma, threshold):
+        return original(query, kernel_size, 0.0, threshold) if sigma > threshold else \
+            original(query, kernel_size, sigma, -1.0)
+
+    monkeypatch.setattr(seg, "_gaussian_blur_2d", paper)
+
+
+PERTURBED_CASES = [
+    ("pag", {"perturbed_guidance_stop": 0.5}, (2.8, "mid", 0.01, 0.5)),  # defaults but the stop: 0.2 of 6 steps
+                                                                       # is no step
+    ("pag", {"perturbed_guidance_scale": 2.0, "perturbed_guidance_layers": "down.0,mid",
+             "perturbed_guidance_start": 0.0, "perturbed_guidance_stop": 1.0}, (2.0, "down.0,mid", 0.0, 1.0)),
+    ("slg", {"perturbed_guidance_layers": "up.1", "perturbed_guidance_start": 0.0, "perturbed_guidance_stop": 0.5},
+     (2.8, "up.1", 0.0, 0.5)),
+    ("seg", {"perturbed_guidance_layers": "down.0"}, (2.8, "down.0", 0.0, 1.0)),  # infinite sigma: the mean
+    ("seg", {"seg_blur_sigma": 1.5, "perturbed_guidance_layers": "down.0,mid"}, (2.8, "down.0,mid", 0.0, 1.0)),
+]
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M Karras"])
+@pytest.mark.parametrize("kind,fields,settings", PERTURBED_CASES)
+def test_pag_seg_slg_render_diffusers_guiders_within_one_level(tiny, diffusers_pipe, seg_as_the_paper, sampler, kind,
+                                                               fields, settings):
+    request = BASE.replace(sampler=sampler, guidance=kind, **fields)
+    guider = perturbed_guider(kind, *settings, sigma=request.seg_blur_sigma)
+    ours = pixels(generate(request, tiny).images[0].image)
+    assert np.abs(ours - pixels(reference_image(diffusers_pipe, tiny, request, guider))).max() <= 1
+    plain = pixels(generate(BASE.replace(sampler=sampler, guidance="cfg"), tiny).images[0].image)
+    # the perturbed branch acts on this model (SEG by a level only: the tiny UNet's self-attention is nearly uniform
+    # already, so smoothing its queries changes little; SEG's processor is checked on tensors below)
+    assert np.abs(ours - plain).max() > (0 if kind == "seg" else 1)
+
+
+def test_diffusers_seg_blur_still_swaps_the_mean_and_the_blur():
+    """Why avert's SEG is not diffusers' call for call: with a finite sigma diffusers takes the mean. When this fails,
+    diffusers follows the paper and the reference above can call it as it is."""
+    from diffusers.hooks.smoothed_energy_guidance_utils import _gaussian_blur_2d
+
+    query = torch.randn(1, 16, 3, generator=torch.Generator().manual_seed(0))
+    out = _gaussian_blur_2d(query.clone(), 3, 1.0, 9999.0)
+    assert torch.allclose(out, query.mean(dim=1, keepdim=True).expand_as(query), atol=1e-6)
+
+
+def test_the_perturbed_branch_is_evaluated_in_its_step_range_only_and_batched_with_the_others(tiny, monkeypatch):
+    from avert.guidance.denoiser import Denoiser
+
+    seen = []
+    original = Denoiser.evaluate
+
+    def spy(self, model_in, timestep, hidden, extra, device):
+        seen.append((model_in.shape[0], None if self.perturb.rows is None else int(self.perturb.rows.sum())))
+        return original(self, model_in, timestep, hidden, extra, device)
+
+    monkeypatch.setattr(Denoiser, "evaluate", spy)
+    generate(BASE.replace(guidance="pag", steps=10, perturbed_guidance_start=0.2, perturbed_guidance_stop=0.5), tiny)
+    # diffusers' range int(0.2 * 10) < i < int(0.5 * 10): steps 3 and 4 evaluate negative, prompt and perturbed
+    assert seen == [(2, None)] * 3 + [(3, 1)] * 2 + [(2, None)] * 5
+
+
+def test_perturbation_processors_and_hooks_are_removed_after_a_run_even_on_an_error(tiny):
+    from avert.guidance import perturb
+
+    before = {n: type(m.processor) for n, m in tiny.unet.named_modules() if n.endswith("attn1")}
+    hooks = sum(len(m._forward_hooks) for m in tiny.unet.modules())
+    for kind in ("pag", "slg"):
+        state = perturb.PerturbState(perturb.Perturbation(kind, layers=("mid", "up.1")))
+        with pytest.raises(RuntimeError), perturb.installed(tiny.unet, state):
+            assert sum(len(m._forward_hooks) for m in tiny.unet.modules()) > hooks or kind == "pag"
+            raise RuntimeError("stop")
+    assert {n: type(m.processor) for n, m in tiny.unet.named_modules() if n.endswith("attn1")} == before
+    assert sum(len(m._forward_hooks) for m in tiny.unet.modules()) == hooks
+
+
+def test_a_layer_the_model_lacks_is_refused_by_name_before_any_work(tiny):
+    from avert.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="perturbed_guidance_layers: 'up.0' is not allowed; up.0: this model "
+                                              "has no transformer blocks there; it has down.0, mid, up.1"):
+        generate(BASE.replace(guidance="slg", perturbed_guidance_layers="up.0"), tiny)
+
+
+def test_seg_blur_is_the_mean_at_infinite_sigma_and_a_normalised_gaussian_otherwise():
+    from avert.guidance.perturb import blur_queries
+
+    query = torch.randn(2, 6 * 4, 5, generator=torch.Generator().manual_seed(1))
+    mean = blur_queries(query, 6, 4, 1e7)
+    assert torch.allclose(mean, query.mean(dim=1, keepdim=True).expand_as(query), atol=1e-6)
+    blurred = blur_queries(query, 6, 4, 1.0)
+    assert blurred.shape == query.shape and not torch.allclose(blurred, query)
+    assert torch.allclose(blur_queries(torch.ones(1, 24, 2), 6, 4, 1.0), torch.ones(1, 24, 2), atol=1e-6)
+
+
+@pytest.mark.parametrize("fields", [
+    {"guidance": "pag", "perturbed_guidance_scale": 1.5, "perturbed_guidance_layers": "down.0,mid"},
+    {"guidance": "seg", "seg_blur_sigma": 2.0, "perturbed_guidance_stop": 0.5},
+    {"guidance": "slg", "perturbed_guidance_start": 0.0, "perturbed_guidance_layers": "up.1"},
+])
+def test_a_perturbed_guidance_is_recorded_and_remade_from_the_png(tiny, tmp_path, fields):
+    test_a_guider_is_recorded_and_remade_from_the_png(tiny, tmp_path, fields)
+
+
+@pytest.mark.parametrize("kind,sigma", [("pag", 1e7), ("seg", 1e7), ("seg", 0.8)])
+def test_the_processor_perturbs_the_marked_rows_only_as_the_method_says(kind, sigma):
+    from diffusers.models.attention_processor import Attention
+
+    from avert.guidance import perturb
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=8, heads=2, dim_head=4)
+    for p in attn.parameters():
+        p.data.mul_(4.0)  # sharp attention, far from uniform
+    hidden = torch.randn(3, 12, 8)
+    state = perturb.PerturbState(perturb.Perturbation(kind, blur_sigma=sigma), size=(6, 4))
+    plain = attn.processor(attn, hidden)
+    attn.processor = perturb.PerturbedSelfAttention(attn.processor, state)
+    state.rows = torch.tensor([False, True, False])
+    out = attn(hidden)
+    assert torch.equal(out[[0, 2]], plain[[0, 2]]) and (out[1] - plain[1]).abs().max() > 0.1
+    h = hidden[1:2]
+    if kind == "pag":
+        z = attn.to_v(h)
+    else:
+        grid = attn.to_q(h).transpose(1, 2).reshape(1, 8, 4, 3)  # 12 tokens of a 6x4 latent: a 4x3 layer
+        if sigma > 9999:
+            grid = grid.mean(dim=(-2, -1), keepdim=True).expand_as(grid)
+        else:  # a Gaussian of sigma over 3x3 (6 sigma rounds to 5, capped at 3, the largest odd size a 3-wide layer
+            x = torch.tensor([-1.0, 0.0, 1.0])  # takes), edges reflected
+            k = torch.exp(-0.5 * (x / sigma) ** 2)
+            k = (k[:, None] * k[None, :]) / k.sum() ** 2
+            padded = torch.nn.functional.pad(grid, [1, 1, 1, 1], mode="reflect")
+            grid = torch.nn.functional.conv2d(padded, k.expand(8, 1, 3, 3), groups=8)
+        q = grid.reshape(1, 8, 12).transpose(1, 2)
+        split = lambda t: t.view(1, 12, 2, 4).transpose(1, 2)  # noqa: E731
+        z = torch.nn.functional.scaled_dot_product_attention(split(q), split(attn.to_k(h)), split(attn.to_v(h)))
+        z = z.transpose(1, 2).reshape(1, 12, 8)
+    assert torch.allclose(out[1:2], attn.to_out[1](attn.to_out[0](z)), atol=1e-5)

@@ -70,6 +70,11 @@ class GenerationRequest:
     fdg_guidance_scales: str | None = None
     fdg_parallel_weights: float = 1.0
     mambo_alpha: float = 8.0
+    perturbed_guidance_scale: float | None = None
+    perturbed_guidance_layers: str | None = None
+    perturbed_guidance_start: float | None = None
+    perturbed_guidance_stop: float | None = None
+    seg_blur_sigma: float = 9999999.0
     posterior_prior: float = 0.8
     posterior_temperature: float = 1.0
     posterior_p_max: float = 0.8

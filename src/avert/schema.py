@@ -83,7 +83,9 @@ def _size_param(name: str, short: str) -> Param:
 
 # avert's methods, then diffusers' guiders (`avert.guidance.guiders.GUIDERS`)
 GUIDANCE_METHODS = ("cfg", "apg", "perp-neg", "dynamic", "posterior", "gated", "cfg-zero-star", "tangential",
-                    "frequency-decoupled", "magnitude-aware")
+                    "frequency-decoupled", "magnitude-aware", "pag", "seg", "slg")
+LAYERS_PATTERN = (r"(mid|down\.[0-9]|up\.[0-9])(,(mid|down\.[0-9]|up\.[0-9])){0,15}",
+                  "UNet blocks by name, comma-separated: mid, down.N, up.N, e.g. mid or up.0,mid")
 APG_FORMULATIONS = ("paper", "diffusers")
 FDG_SCALES_PATTERN = (r"[0-9]{1,2}(\.[0-9]{1,4})?(,[0-9]{1,2}(\.[0-9]{1,4})?){1,3}",
                       "2 to 4 scales, one per frequency level, highest frequencies first, e.g. 10,5 (each at most "
@@ -135,7 +137,8 @@ PARAMS: tuple[Param, ...] = (
           "tracked along the prompt's branch; off where it does not: a standing negative leaves the image alone), "
           "or one of diffusers' guiders, with the negatives as the unconditional branch: cfg-zero-star (CFG-Zero*, "
           "Fan et al. 2025), tangential (TCFG, Kwon et al. 2025), frequency-decoupled (FDG, Sadat et al. 2025), "
-          "magnitude-aware (MAMBO-G, 2025)",
+          "magnitude-aware (MAMBO-G, 2025); or cfg plus a perturbed copy of the prompt's branch to guide away from: "
+          "pag (perturbed attention, Ahn et al. 2024), seg (smoothed energy, Hong 2024), slg (skip layer)",
           "--guidance", choices=GUIDANCE_METHODS, unset="the model's own: cfg, unless its folder's avert.json "
           "names another; the embedded model names gated"),
     Param("negatives_rule", str, None, "how several negatives add up: sum (A1111's and diffusers' arithmetic: the "
@@ -166,6 +169,22 @@ PARAMS: tuple[Param, ...] = (
     Param("mambo_alpha", float, 8.0, "magnitude-aware: how fast the scale falls as the update grows against the "
           "unconditional prediction, w' = 1 + (w - 1) exp(-alpha |e_c - e_u| / |e_u|) (diffusers' alpha)",
           "--mambo-alpha", low=lambda l: 0.0, high=lambda l: 100.0),
+    Param("perturbed_guidance_scale", float, None, "pag, seg, slg: scale s of the guidance away from the perturbed "
+          "branch, e + s (e_c - e_p) (diffusers' perturbed_guidance_scale, seg_guidance_scale, "
+          "skip_layer_guidance_scale)", "--perturbed-guidance-scale", low=lambda l: 0.0, high=lambda l: 30.0,
+          unset="diffusers' 2.8"),
+    Param("perturbed_guidance_layers", str, None, "pag, seg, slg: the UNet blocks whose transformer blocks are "
+          "perturbed", "--perturbed-guidance-layers", pattern=LAYERS_PATTERN, unset="mid"),
+    Param("perturbed_guidance_start", float, None, "pag, seg, slg: the perturbed branch acts on the steps after "
+          "step int(start * steps) (diffusers' range, which leaves out that step itself, also at 0)",
+          "--perturbed-guidance-start", low=lambda l: 0.0, high=lambda l: 1.0,
+          unset="diffusers' 0.01 for pag and slg, 0 for seg"),
+    Param("perturbed_guidance_stop", float, None, "pag, seg, slg: ... and before step int(stop * steps)",
+          "--perturbed-guidance-stop", low=lambda l: 0.0, high=lambda l: 1.0,
+          unset="diffusers' 0.2 for pag and slg, 1 for seg"),
+    Param("seg_blur_sigma", float, 9999999.0, "seg: sigma of the Gaussian blur of self-attention's queries, in "
+          "tokens; above 9999 infinite: every query their mean", "--seg-blur-sigma", low=lambda l: 0.1,
+          high=lambda l: 1e7),
     Param("posterior_prior", float, 0.8, "posterior, gated: prior p(c) of each negative's concept; the negative "
           "acts at min(prior, p_max) / p_max of its strength at the first guided step", "--posterior-prior",
           low=lambda l: 0.001, high=lambda l: 0.999),

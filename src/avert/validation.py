@@ -130,6 +130,10 @@ def check_relations(request: GenerationRequest, model_guidance: str | None = FAL
     low, high = request.guidance_sigma_min, request.guidance_sigma_max
     if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low >= high:
         problems.append(FieldProblem("guidance_sigma_min", low, f"must be below guidance_sigma_max ({high})"))
+    start, stop = request.perturbed_guidance_start, request.perturbed_guidance_stop
+    if _in_range(start, 0, 1) and _in_range(stop, 0, 1) and start > stop:
+        problems.append(FieldProblem("perturbed_guidance_start", start,
+                                     f"must be at most perturbed_guidance_stop ({stop})"))
     return (problems + _method_problems(request, model_guidance) + _eta_problems(request) + _img2img_problems(request)
             + _joined_problems(request) + _nag_problems(request))
 
@@ -267,12 +271,16 @@ METHOD_ONLY = {("apg",): ("apg_eta", "apg_norm_threshold", "apg_momentum", "apg_
                ("posterior", "gated"): ("posterior_prior", "posterior_temperature", "posterior_p_max"),
                ("cfg-zero-star",): ("zero_init_steps",),
                ("frequency-decoupled",): ("fdg_guidance_scales", "fdg_parallel_weights"),
-               ("magnitude-aware",): ("mambo_alpha",)}
+               ("magnitude-aware",): ("mambo_alpha",),
+               ("pag", "seg", "slg"): ("perturbed_guidance_scale", "perturbed_guidance_layers",
+                                       "perturbed_guidance_start", "perturbed_guidance_stop"),
+               ("seg",): ("seg_blur_sigma",)}
 GUIDER_SCALE = "guides prompt and negatives with cfg_scale alone (diffusers' guidance_scale)"
 ONE_SCALE = {"apg": "guides prompt and negatives with cfg_scale alone",
              "gated": "weighs each negative as plain cfg does, by cfg_scale - 1 times its gate",
              "cfg-zero-star": GUIDER_SCALE, "tangential": GUIDER_SCALE, "magnitude-aware": GUIDER_SCALE,
-             "frequency-decoupled": "guides with fdg_guidance_scales (or cfg_scale) alone"}
+             "frequency-decoupled": "guides with fdg_guidance_scales (or cfg_scale) alone",
+             **{kind: "guides the negatives as plain cfg does" for kind in ("pag", "seg", "slg")}}
 
 
 def _method_problems(request: GenerationRequest, model_guidance: str | None) -> list[FieldProblem]:

@@ -92,7 +92,8 @@ def protected(push: torch.Tensor, contributions: Sequence[torch.Tensor], directi
 # The rule a request without `negatives_rule` gets, per guidance method (screened in docs/eval/compose-screen.md).
 DEFAULT_RULES: dict[str, str] = {m: "strongest-protect" for m in ("cfg", "apg", "perp-neg", "dynamic", "posterior",
                                                                    "gated", "cfg-zero-star", "tangential",
-                                                                   "frequency-decoupled", "magnitude-aware")}
+                                                                   "frequency-decoupled", "magnitude-aware", "pag",
+                                                                   "seg", "slg")}
 
 
 def default_rule(method: str) -> str:

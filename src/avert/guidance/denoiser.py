@@ -8,9 +8,9 @@ from typing import Any, Mapping, Protocol
 
 import torch
 
-from avert.guidance import attention, attribution
+from avert.guidance import attention, attribution, perturb
 from avert.guidance import cfg as f
-from avert.guidance.strategy import Branch, Guidance, StepContext, negative_branch, prompt_branch
+from avert.guidance.strategy import PERTURBED, Branch, Guidance, StepContext, negative_branch, prompt_branch
 
 
 class StatesOverRun(Protocol):
@@ -60,6 +60,7 @@ class Denoiser:
     maps: attribution.NegativeMaps | None = None  # when set, records where each negative acted
     sizes: Any = None  # SDXL: avert.conditioning.sdxl.SizeConditioning
     nag: attention.NagState | None = None  # NAG's processors are installed for the run (`avert.guidance.attention`)
+    perturb: perturb.PerturbState | None = None  # pag, seg, slg: installed for the run (`avert.guidance.perturb`)
     _batched: dict = field(default_factory=dict, repr=False)  # per combination of branches: batched inputs
     _memory: dict = field(default_factory=dict, repr=False)  # per run: "correction" (reuse), "apg" (momentum)
 
@@ -68,11 +69,16 @@ class Denoiser:
         forward = self.prepare(x, ctx)
         if self.nag is not None:
             self.nag.call = self._nag_call(forward.names, ctx, x.shape[0])
+        if self.perturb is not None:
+            self.perturb.size = tuple(x.shape[-2:])
+            self.perturb.rows = self._perturbed_rows(forward.names, x.shape[0])
         try:
             out = self.evaluate(forward.model_in, timestep, forward.hidden, forward.extra, x.device)
         finally:
             if self.nag is not None:
                 self.nag.call = None
+            if self.perturb is not None:
+                self.perturb.rows = None
         return self.finish(forward, out, x, ctx)
 
     def prepare(self, x: torch.Tensor, ctx: StepContext) -> Forward:
@@ -118,7 +124,7 @@ class Denoiser:
 
         Built once per distinct combination of branches and schedule entries, not once per step (the states
         are held by `conditioning` for the denoiser's life, so their ids are stable keys)."""
-        states = [self.conditioning[n].at(step) for n in names]
+        states = [self._source(n).at(step) for n in names]
         key = (names, rows, tuple(id(s) for s in states))
         if key not in self._batched:
             self._batched[key] = self._batch(states, rows)
@@ -127,11 +133,25 @@ class Denoiser:
     def added(self, names: tuple[Branch, ...], step: int, rows: int) -> dict[str, torch.Tensor]:
         """SDXL's `text_embeds` [len(names) * rows, dim] and `time_ids` [len(names) * rows, 6], in branch order;
         built once per distinct combination, as `hidden_states` is."""
-        pooled = [self.conditioning[n].pooled_at(step) for n in names]
+        pooled = [self._source(n).pooled_at(step) for n in names]
         key = ("added", names, rows, tuple(id(p) for p in pooled))
         if key not in self._batched:
             self._batched[key] = {"text_embeds": torch.cat([p[None].expand(rows, -1) for p in pooled]),
-                                  "time_ids": self.sizes.rows(tuple(n.role != "prompt" for n in names), rows)}
+                                  "time_ids": self.sizes.rows(tuple(n.role in ("negative", "empty") for n in names),
+                                                              rows)}
+        return self._batched[key]
+
+    def _source(self, branch: Branch) -> StatesOverRun:
+        """A branch's conditioning; the perturbed branch is the prompt's (its first part)."""
+        return self.conditioning[prompt_branch(0) if branch == PERTURBED else branch]
+
+    def _perturbed_rows(self, names: tuple[Branch, ...], rows: int) -> torch.Tensor | None:
+        """The batch rows of the perturbed branch, or None when this step has none."""
+        if PERTURBED not in names:
+            return None
+        key = ("perturbed rows", names, rows)
+        if key not in self._batched:
+            self._batched[key] = torch.tensor([n == PERTURBED for n in names for _ in range(rows)])
         return self._batched[key]
 
     def _nag_call(self, names: tuple[Branch, ...], ctx: StepContext, rows: int) -> attention.NagCall | None:

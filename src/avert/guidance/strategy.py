@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 import torch
 
 from avert.guidance import cfg as f
-from avert.guidance import guiders
+from avert.guidance import guiders, perturb
 
 
 @dataclass(frozen=True, order=True)
@@ -37,6 +37,9 @@ def prompt_branch(k: int) -> Branch:
 
 def negative_branch(i: int) -> Branch:
     return Branch("negative", i)
+
+
+PERTURBED = Branch("perturbed")  # the prompt's conditioning through a perturbed UNet (`avert.guidance.perturb`)
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ class Guidance:
     posterior: Posterior = Posterior()
     rule: str = "sum"  # how several active negatives add up (`avert.guidance.compose.RULES`)
     guider: guiders.GuiderOptions = guiders.GuiderOptions()  # the diffusers guiders' own options
+    perturbation: perturb.Perturbation | None = None  # pag, seg, slg: a perturbed branch on top (`perturb`)
 
     @property
     def w_n(self) -> float:
@@ -174,8 +178,8 @@ class Guidance:
     @property
     def cfg_branches(self) -> bool:
         """Guided by e_u and the prompt alone (e_0 only where the negatives' weights leave a share for it):
-        plain cfg, apg and diffusers' guiders (which always guide with the one scale w)."""
-        return self.plain_cfg or self.method == "apg" or self.method in guiders.GUIDERS
+        plain cfg, apg, diffusers' guiders (which always guide with the one scale w), and cfg under pag, seg, slg."""
+        return self.plain_cfg or self.method in ("apg",) + guiders.GUIDERS + perturb.KINDS
 
     def active_negatives(self, ctx: StepContext) -> tuple[int, ...]:
         return tuple(i for i, t in enumerate(self.negatives) if t.active(ctx.fraction) and t.weight != 0.0)
@@ -194,9 +198,16 @@ class Guidance:
     def guided(self, ctx: StepContext) -> bool:
         return self.can_act() and self.interval.applies(ctx)
 
+    def perturbed(self, ctx: StepContext) -> bool:
+        """Whether this evaluation needs the perturbed branch (pag, seg, slg in their step range)."""
+        return self.perturbation is not None and self.perturbation.active(ctx.index, ctx.total)
+
     def branches(self, ctx: StepContext, empty: bool = False) -> tuple[Branch, ...]:
         """The predictions a step needs; with `empty`, the empty prompt's too wherever guidance applies (a map
-        of the negatives, `avert.guidance.attribution`, compares against it)."""
+        of the negatives, `avert.guidance.attribution`, compares against it); the perturbed branch last."""
+        return self._branches(ctx, empty) + ((PERTURBED,) if self.perturbed(ctx) else ())
+
+    def _branches(self, ctx: StepContext, empty: bool) -> tuple[Branch, ...]:
         prompts = tuple(prompt_branch(k) for k in range(len(self.prompt_weights)))
         if not self.guided(ctx):
             return prompts
@@ -210,6 +221,15 @@ class Guidance:
                 memory: dict | None = None) -> torch.Tensor:
         """The guided prediction of one evaluation; `x` (the model input) and `memory` (a dict kept for the
         run, one per denoiser) are needed by apg and posterior only."""
+        if not self.perturbed(ctx):
+            return self._combine(predictions, ctx, x, memory)
+        p = self.perturbation
+        guided = self._combine(predictions, ctx, x, memory, rescaled=False)
+        out = perturb.combine(guided, predictions[prompt_branch(0)], predictions[PERTURBED], p.scale, self.guided(ctx))
+        return f.rescale(out, predictions[prompt_branch(0)], self.rescale)
+
+    def _combine(self, predictions: Mapping[Branch, torch.Tensor], ctx: StepContext, x: torch.Tensor | None,
+                 memory: dict | None, rescaled: bool = True) -> torch.Tensor:
         prompts = [predictions[prompt_branch(k)] for k in range(len(self.prompt_weights))]
         if not self.guided(ctx):  # the prompt alone: e_c, or A1111's AND sum around the first part
             return prompts[0] if len(prompts) == 1 else f.composable_cfg(prompts, self.prompt_weights, prompts[0], 1.0)
@@ -236,7 +256,7 @@ class Guidance:
                 weights = [l * presence[i] for l, i in zip(weights, active)]
             combine = f.separate_scales if self.method in ("cfg",) + TRACKED else METHODS[self.method]
             guided = combine(empty, direction, negatives, weights, self.scale, self.w_n, self.rule, self.groups(active))
-        return f.rescale(guided, prompts[0], self.rescale)
+        return f.rescale(guided, prompts[0], self.rescale) if rescaled else guided
 
     def _posterior(self, empty: torch.Tensor, negatives: dict[int, torch.Tensor], ctx: StepContext,
                    x: torch.Tensor | None, memory: dict | None,
@@ -308,4 +328,4 @@ class Guidance:
 
 
 def method_names() -> tuple[str, ...]:
-    return ("cfg", "apg") + tuple(METHODS) + TRACKED + guiders.GUIDERS
+    return ("cfg", "apg") + tuple(METHODS) + TRACKED + guiders.GUIDERS + perturb.KINDS

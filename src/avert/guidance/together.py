@@ -27,8 +27,9 @@ class Together:
     def __post_init__(self):
         if len(self.members) != len(self.rows) or not self.members:
             raise ValueError("Together needs one row count per member, and at least one member")
-        if any(m.nag is not None or m.maps is not None for m in self.members):
-            raise ValueError("NAG and maps act on one run's UNet call; such runs are evaluated alone")
+        if any(m.nag is not None or m.maps is not None or m.perturb is not None for m in self.members):
+            raise ValueError("NAG, maps and perturbed branches act on one run's UNet call; such runs are evaluated "
+                             "alone")
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, timestep: torch.Tensor, ctx: StepContext) -> torch.Tensor:

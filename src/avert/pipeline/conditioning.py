@@ -19,6 +19,7 @@ from avert.conditioning.encode import EncodedText, EncodeOptions, TextEncoding
 from avert.conditioning.prompt import ScheduledStates, condition_prompt, encode_prompts, scheduled
 from avert.guidance.compose import default_rule
 from avert.guidance.guiders import GuiderOptions
+from avert.guidance.perturb import DEFAULTS, KINDS as PERTURBATIONS, Perturbation
 from avert.guidance.strategy import (EMPTY, Branch, Guidance, Interval, Posterior, Projection, Term,
                                      negative_branch, prompt_branch)
 from avert.models.components import Components
@@ -71,7 +72,7 @@ def condition(request: GenerationRequest, components: Components, runtime: Runti
         rescale=request.guidance_rescale, interval=interval(request),
         projection=Projection(request.apg_eta, request.apg_norm_threshold, request.apg_momentum,
                               request.apg_formulation),
-        guider=guider_options(request),
+        guider=guider_options(request), perturbation=perturbation(request),
         posterior=Posterior(request.posterior_prior, request.posterior_temperature, request.posterior_p_max),
         prediction_type=components.scheduler_config.get("prediction_type", "epsilon"), rule=rule(request),
     )
@@ -84,6 +85,18 @@ def guider_options(request: GenerationRequest) -> GuiderOptions:
     scales = request.fdg_guidance_scales
     return GuiderOptions(request.zero_init_steps, tuple(float(v) for v in scales.split(",")) if scales else None,
                          request.fdg_parallel_weights, request.mambo_alpha)
+
+
+def perturbation(request: GenerationRequest) -> Perturbation | None:
+    """pag, seg, slg's perturbed branch, unset fields at diffusers' defaults (`avert.guidance.perturb.DEFAULTS`)."""
+    if request.guidance not in PERTURBATIONS:
+        return None
+    scale, start, stop = DEFAULTS[request.guidance]
+    value = lambda given, default: default if given is None else given  # noqa: E731
+    layers = tuple((request.perturbed_guidance_layers or "mid").split(","))
+    return Perturbation(request.guidance, value(request.perturbed_guidance_scale, scale), layers,
+                        value(request.perturbed_guidance_start, start), value(request.perturbed_guidance_stop, stop),
+                        request.seg_blur_sigma)
 
 
 def _sdxl_sides(request: GenerationRequest, components: Components, encoded: dict[str, EncodedText],

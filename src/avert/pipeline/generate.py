@@ -13,7 +13,7 @@ from PIL import Image
 
 from avert.conditioning.embeddings import EmbeddingLibrary
 from avert.errors import FieldProblem, ValidationError
-from avert.guidance import attention
+from avert.guidance import attention, perturb
 from avert.guidance.attribution import NegativeMaps
 from avert.guidance.compose import default_rule
 from avert.guidance.denoiser import Denoiser
@@ -55,13 +55,14 @@ def generate(
     schedulers = make_schedulers(request, components, seeds, runtime)               # 3. one scheduler per image
     shape = latent_shape(request, components)
     plan = inpaint.plan(request) if request.mask is not None else None
-    nag = nag_state(request)
-    with tiling.circular(components, request.tiling), attention.installed(components.unet, nag):  # seamless; NAG
+    nag, perturbed = nag_state(request), perturb_state(text.guidance, components)
+    with tiling.circular(components, request.tiling), attention.installed(components.unet, nag), \
+            perturb.installed(components.unet, perturbed):                         # seamless; NAG; pag, seg, slg
         begun = begin_run(request, components, runtime, schedulers, seeds, shape, plan)  # 4. where the run starts
         denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty,   # 5. guidance, denoiser
                             runtime.autocast_dtype, begun.image_conditioning,
                             maps=NegativeMaps(text.guidance.prediction_type) if maps else None, sizes=text.sizes,
-                            nag=nag)
+                            nag=nag, perturb=perturbed)
         first = len(schedulers[0].timesteps) - begun.begin
         total = first + (hires_evaluations(request, components) if request.enable_hr else 0)
         latents = sample(denoiser, schedulers, begun.noise, begun.generators, progress(on_step, 0, total),
@@ -69,7 +70,7 @@ def generate(
                          blend=blending(plan, components, begun, schedulers))
         if request.enable_hr:                                                        #    hires fix: 2nd pass
             latents, second = hires_pass(request, latents, components, runtime, embeddings, seeds,
-                                         progress(on_step, first, total), should_stop, nag)
+                                         progress(on_step, first, total), should_stop, nag, perturbed)
             denoiser.count.forwards += second.count.forwards
             denoiser.count.branches += second.count.branches
         if should_stop is not None and should_stop():
@@ -109,6 +110,19 @@ def nag_state(request: GenerationRequest) -> attention.NagState | None:
     return attention.NagState(settings) if settings.on else None
 
 
+def perturb_state(guidance, components: Components) -> perturb.PerturbState | None:
+    """The run's perturbed branch (pag, seg, slg: `avert.guidance.perturb`); layers the model lacks are refused by
+    name before any work."""
+    p = guidance.perturbation
+    if p is None:
+        return None
+    try:
+        perturb.blocks(components.unet, p.layers)
+    except ValueError as error:
+        raise ValidationError([FieldProblem("perturbed_guidance_layers", ",".join(p.layers), str(error))]) from None
+    return perturb.PerturbState(p)
+
+
 def check_maps(request: GenerationRequest) -> None:
     """Maps cover the whole run; inpainting at full resolution runs on a crop of the image: refused by name."""
     if request.mask is not None and request.inpaint_full_res:
@@ -137,7 +151,8 @@ def begin_run(request: GenerationRequest, components: Components, runtime: Runti
 
 def hires_pass(request: GenerationRequest, latents: torch.Tensor, components: Components, runtime: Runtime,
                embeddings: EmbeddingLibrary, seeds, on_step, should_stop,
-               nag: attention.NagState | None = None) -> tuple[torch.Tensor, Denoiser]:
+               nag: attention.NagState | None = None,
+               perturbed: perturb.PerturbState | None = None) -> tuple[torch.Tensor, Denoiser]:
     """The hires fix's second pass (`avert.pipeline.hires`) on the first pass's latents; its latents and denoiser."""
     size = hires.target(request, components.vae_scale_factor)
     second = hires.second_request(request, size)
@@ -149,7 +164,7 @@ def hires_pass(request: GenerationRequest, latents: torch.Tensor, components: Co
     x, noise, index = hires.begin(second, passes, schedulers, big, generators)
     extra = inpaint.image_conditioning(None, None, components, generators, runtime, big.shape[-2:])
     denoiser = Denoiser(components.unet, text.branches, text.guidance, text.empty, runtime.autocast_dtype, extra,
-                        sizes=text.sizes, nag=nag)
+                        sizes=text.sizes, nag=nag, perturb=perturbed)
     return sample(denoiser, schedulers, noise, generators, on_step, should_stop, start=x, begin=index), denoiser
 
 

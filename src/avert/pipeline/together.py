@@ -17,6 +17,7 @@ import torch
 
 from avert.conditioning.embeddings import EmbeddingLibrary
 from avert.guidance.denoiser import Denoiser, EvaluationCount
+from avert.guidance.perturb import KINDS as PERTURBATIONS
 from avert.guidance.together import Together
 from avert.models.components import Components
 from avert.pipeline import tiling
@@ -33,9 +34,10 @@ from avert.schema import Limits
 
 
 def shareable(request: GenerationRequest) -> bool:
-    """A txt2img request without hires fix and without NAG (NAG acts inside one run's UNet call)."""
+    """A txt2img request without hires fix, without NAG and without a perturbed branch (pag, seg, slg): those act
+    inside one run's UNet call."""
     return (request.init_image is None and request.mask is None and not request.enable_hr
-            and request.nag_scale == 1.0)
+            and request.nag_scale == 1.0 and request.guidance not in PERTURBATIONS)
 
 
 def loop_key(request: GenerationRequest, components: Components) -> tuple:
