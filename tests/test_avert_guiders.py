@@ -65,7 +65,8 @@ def test_each_avert_guider_in_the_modular_sdxl_pipeline_makes_avert_image(modula
     request = BASE.replace(guidance=method)
     config = {}
     if several:
-        request = request.replace(negatives=(Negative("green grass", weight=0.6, start=0.2),), negatives_rule="orthogonal")
+        request = request.replace(negatives=(Negative("green grass", weight=0.6, start=0.2),),
+                                  negatives_rule="orthogonal")
         config = {"negative_weights": [1.0, 0.6], "negative_windows": [[0.0, 1.0], [0.2, 1.0]], "rule": "orthogonal"}
     guider = getattr(avert.guiders, CLASSES[method]).from_scheduler(modular.scheduler, guidance_scale=7.0, **config)
     ours = pixels(generate(request, tiny_sdxl).images[0].image)

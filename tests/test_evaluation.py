@@ -470,6 +470,34 @@ def test_methods_targets_are_checked_against_plain_cfg():
     assert "| interval |" in methods_table(table) and "25%" in methods_table(table)
 
 
+def test_the_guiders_table_is_its_own_set_page_and_labels(capsys):
+    """`avert eval methods --set guiders`: diffusers' guiders and the two APG formulations, each a valid request,
+    against plain CFG, written to its own page."""
+    from avert.evaluation.cli import chosen_methods
+    from avert.evaluation.methods import GUIDER_METHODS, PAGES, methods_page
+    from avert.guidance.guiders import GUIDERS
+    from avert.request import GenerationRequest
+    from avert.validation import validate
+
+    chosen = chosen_methods(None, "guiders")
+    assert chosen[0].label == "cfg" and len(chosen) == len(GUIDER_METHODS)
+    methods = {dict(m.options).get("guidance") for m in chosen}
+    assert set(GUIDERS) | {"pag", "seg", "slg", "apg"} <= methods
+    for m in chosen:
+        validate(GenerationRequest("a house", "trees", **dict(m.options)))
+    assert PAGES["guiders"] == "methods-guiders.md" and PAGES["avert"] == "methods.md"
+
+    class Info:
+        def line(self, command):
+            return f"Measured by `{command}`"
+
+    table = {m.label: [row()] for m in chosen}
+    page = methods_page(table, Info(), "guiders")
+    assert "`avert eval methods --set guiders`" in page and "| tangential |" in page
+    assert main(["eval", "methods", "--set", "guiders", "--only", "gated", "--seeds", "2"]) == 2
+    assert "only: 'gated' is not a method of the table; allowed: cfg; apg" in capsys.readouterr().err
+
+
 # --- seed ranges and pooling -----------------------------------------------------------------------------------
 
 

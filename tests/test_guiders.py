@@ -16,8 +16,8 @@ from sampler_reference import reference_scheduler
 
 BASE = GenerationRequest("a red house", "blue tree", seed=1234, steps=6, cfg_scale=7.5, width=64, height=64,
                          sampler="Euler")
-DIFFUSERS_CLASSES = {"cfg-zero-star": "ClassifierFreeZeroStarGuidance", "tangential": "TangentialClassifierFreeGuidance",
-                     "frequency-decoupled": "FrequencyDecoupledGuidance", "magnitude-aware": "MagnitudeAwareGuidance",
+DIFFUSERS_CLASSES = {"cfg-zero-star": "ClassifierFreeZeroStarGuidance",
+                     "tangential": "TangentialClassifierFreeGuidance", "frequency-decoupled": "FrequencyDecoupledGuidance", "magnitude-aware": "MagnitudeAwareGuidance",
                      "apg": "AdaptiveProjectedGuidance"}
 
 

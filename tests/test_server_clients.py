@@ -178,12 +178,18 @@ def test_page_in_headless_chromium(server, tmp_path):
             expect(images).to_have_count(5, timeout=60_000)
             made = page.locator("#gallery img").first.get_attribute("title")
             assert "Negative prompt: green tones, sun" in made and "Negatives rule: joined" in made
+            page.select_option("#negatives_rule", "")
+            page.select_option("#guidance", "tangential")  # a diffusers guider, from the schema's choices
+            page.click("#generate")
+            expect(images).to_have_count(6, timeout=60_000)
+            assert "Guidance: tangential" in page.locator("#gallery img").first.get_attribute("title")
+            page.select_option("#guidance", "")
             page.check("#enable_hr")  # the hires fix: 32 -> 48 pixels, its own second-pass negative
             page.fill("#hr_scale", "1.5")
             page.fill("#hr_negative_prompt", "sun")
             page.fill("#strength", "0.5")
             page.click("#generate")
-            expect(images).to_have_count(6, timeout=90_000)
+            expect(images).to_have_count(7, timeout=90_000)
             made = page.locator("#gallery img").first.get_attribute("title")
             assert "Hires upscale: 1.5" in made and "Hires negative prompt: sun" in made
             assert page.locator("#gallery img").first.evaluate("img => img.naturalWidth") == 48

@@ -144,7 +144,10 @@ def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
     return p
 
 
-METHOD_OPTIONS = ("negative_scale", "apg_eta", "apg_norm_threshold", "apg_momentum", "posterior_prior",
+METHOD_OPTIONS = ("negative_scale", "apg_eta", "apg_norm_threshold", "apg_momentum", "apg_formulation",
+                  "zero_init_steps", "fdg_guidance_scales", "fdg_parallel_weights", "mambo_alpha",
+                  "perturbed_guidance_scale", "perturbed_guidance_layers", "perturbed_guidance_start",
+                  "perturbed_guidance_stop", "seg_blur_sigma", "posterior_prior",
                   "posterior_temperature", "posterior_p_max", "guidance_rescale",
                   "guidance_start", "guidance_end", "guidance_sigma_min", "guidance_sigma_max", "s_min_uncond",
                   "s_min_uncond_all", "guidance_reuse", "nag_scale", "nag_tau", "nag_alpha", "nag_end")
@@ -204,6 +207,8 @@ def _option_label(name: str, value) -> str:
         return name
     if isinstance(value, tuple):
         return f"{name} {value[0]:g}-{value[1]:g}"
+    if isinstance(value, str):
+        return f"{name} {value}"
     return f"{name} {value:g}"
 
 

@@ -34,6 +34,9 @@ GUIDER_METHODS: tuple[Method, ...] = (
     Method("frequency-decoupled", (("guidance", "frequency-decoupled"),)),  # scales cfg, cfg / 2
     Method("frequency-decoupled 10,5", (("guidance", "frequency-decoupled"), ("fdg_guidance_scales", "10,5"))),
     Method("magnitude-aware", (("guidance", "magnitude-aware"),)),  # alpha 8
+    Method("pag", (("guidance", "pag"),)),  # diffusers' defaults: scale 2.8, mid block, steps 1..3 of 20
+    Method("seg", (("guidance", "seg"),)),  # scale 2.8, mid block, infinite sigma, steps 1..19 of 20
+    Method("slg", (("guidance", "slg"),)),  # scale 2.8, mid block skipped, steps 1..3 of 20
 )
 METHOD_SETS: dict[str, tuple[Method, ...]] = {"avert": DEFAULT_METHODS, "guiders": GUIDER_METHODS}
 PAGES = {"avert": "methods.md", "guiders": "methods-guiders.md"}
@@ -257,6 +260,11 @@ def guiders_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
         "default scales 10 and 5.",
         "- **magnitude-aware** (MAMBO-G, arXiv:2508.03442): CFG at w' = 1 + (w - 1) exp(-8 |e_c - e_n| / |e_n|) "
         "per sample.",
+        "- **pag**, **seg**, **slg**: CFG plus s (e_c - e_p), e_p the prompt's prediction through a UNet perturbed "
+        "in its mid block (pag: self-attention returns its values, Ahn et al. 2024; seg: self-attention's queries "
+        "replaced by their mean, Hong 2024, infinite sigma; slg: the block skipped), s 2.8, at diffusers' default "
+        "steps (pag, slg: int(0.01 n) < i < int(0.2 n), steps 1 to 3 of 20; seg: steps 1 to 19). A third branch "
+        "where it acts.",
         "",
     ])
 

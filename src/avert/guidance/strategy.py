@@ -148,7 +148,10 @@ class Guidance:
     takes the same e_u as cfg and guides on denoised predictions (`projection` holds its options;
     `prediction_type` says what the model outputs, as in the scheduler config); it needs the sample x and a
     per-run memory for its momentum. Several active negatives add up by `rule` (`avert.guidance.compose`): every
-    sum above becomes the rule's push of the same contributions (e_u = e_0 + P for cfg and apg).
+    sum above becomes the rule's push of the same contributions (e_u = e_0 + P for cfg and apg). diffusers' guiders
+    (cfg-zero-star, tangential, frequency-decoupled, magnitude-aware; `guider` holds their options) take the same e_u
+    and the prompt's prediction (`avert.guidance.guiders`); pag, seg and slg are cfg with a perturbed branch added
+    (`perturbation`; `avert.guidance.perturb`).
     """
 
     scale: float
@@ -309,7 +312,6 @@ class Guidance:
         d_c, d_u = (f.denoised(x, e, ctx.sigma, self.prediction_type) for e in (cond, uncond))
         guided, memory["apg"] = f.apg(d_c, d_u, self.scale, p.eta, p.norm_threshold, p.momentum, memory.get("apg"))
         return f.from_denoised(x, guided, ctx.sigma, self.prediction_type)
-
 
     def _cond(self, prompts: list[torch.Tensor], uncond: torch.Tensor) -> torch.Tensor:
         """The prompt side against e_u: e_c for one part of weight 1, else e_u + sum_k a_k (e_ck - e_u)."""

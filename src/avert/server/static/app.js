@@ -62,6 +62,11 @@ async function init() {
       for (const choice of param.choices) $("negatives_rule").add(new Option(choice, choice));
       $("negatives_rule").title = `${param.help}; ${param.allowed}`;
       $("rule-label").hidden = false;
+    } else if (param.name === "guidance") {  // avert's methods and diffusers' guiders, by the schema's choices
+      $("guidance").add(new Option("the model's default", "", false, true));
+      for (const choice of param.choices) $("guidance").add(new Option(choice, choice));
+      $("guidance").title = `${param.help}; ${param.allowed}`;
+      $("guidance-label").hidden = false;
     } else if ([...SETTINGS, "sampler", ...IMG2IMG_FIELDS, ...MASK_FIELDS, ...HIRES_FIELDS].includes(param.name)) {
       setUp($(param.name), param);
     }
@@ -145,6 +150,7 @@ function withNegatives(body) {
   if (supportsWeights()) body.negatives = list.map((n) => ({text: n.text, weight: n.weight}));
   else body.negative_prompt = list.map((n) => n.text).join(", ");
   if (supportsWeights() && list.length > 1 && $("negatives_rule").value) body.negatives_rule = $("negatives_rule").value;
+  if (supportsWeights() && $("guidance").value) body.guidance = $("guidance").value;
   return body;
 }
 
