@@ -78,3 +78,15 @@ def test_sdxl_requests_share_a_loop_with_their_own_pooled_and_size_conditioning(
         assert [i.infotext for i in a.images] == [i.infotext for i in b.images]
         for x, y in zip(_pixels(a), _pixels(b)):
             assert np.abs(x - y).max() <= 1
+
+
+def test_diffusers_guiders_share_a_loop_each_with_its_own_state_and_pag_runs_alone(tiny):
+    """Each request keeps its own guider (CFG-Zero*'s zero step, APG-diffusers' momentum) in its denoiser's memory;
+    a perturbed branch (pag, seg, slg) acts inside one run's UNet call, so such a request is not shared."""
+    requests = [GenerationRequest("a cat", negative_prompt="blurry", seed=1, steps=4, width=64, height=64,
+                                  guidance=g, **options)
+                for g, options in (("cfg-zero-star", {}), ("tangential", {}), ("magnitude-aware", {}),
+                                   ("apg", {"apg_formulation": "diffusers", "apg_momentum": -0.5}))]
+    for a, b in zip((generate(r, tiny) for r in requests), generate_together(requests, tiny)):
+        assert np.abs(_pixels(a)[0] - _pixels(b)[0]).max() <= 1
+    assert not shareable(requests[0].replace(guidance="pag"))

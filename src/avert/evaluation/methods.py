@@ -69,19 +69,33 @@ def summary(rows: Sequence[PairResult]) -> dict:
         "worst_drop": float(np.max(drops)),
         "evals": float(np.mean([r.unet_evals_per_image for r in rows])),
         "seconds": float(np.mean([r.seconds_per_image for r in rows])),
+        "collateral": _mean([r.collateral_rates for r in rows]),
+        "delta_e_outside": _weighted([(r.delta_e_outside, r.n_outside) for r in rows]),
     }
+
+
+def _mean(values) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def _weighted(pairs) -> float | None:
+    """The mean of per-pair means weighted by their image counts (None where no pair has any)."""
+    kept = [(v, n) for v, n in pairs if v is not None and n]
+    return sum(v * n for v, n in kept) / sum(n for _, n in kept) if kept else None
 
 
 def methods_table(table: dict[str, list[PairResult]]) -> str:
     base = summary(next(iter(table.values())))
     lines = ["| method | mean suppression | mean fidelity with | mean fidelity drop | worst fidelity drop "
-             "| UNet evals / image | saved vs first | s / image |", "|---|---|---|---|---|---|---|---|"]
+             "| UNet evals / image | saved vs first | s / image | collateral (a) | Delta E outside |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for label, rows in table.items():
         s = summary(rows)
         saved = f"{1 - s['evals'] / base['evals']:.0%}" if base["evals"] else "n/a"  # rows without counts
         lines.append(f"| {label} | {fmt(s['suppression'])} | {s['fidelity_with']:.3f} | {s['mean_drop']:+.3f} "
                      f"| {s['worst_drop']:+.2f} | {s['evals']:.1f} | {saved} "
-                     f"| {s['seconds']:.3f} |")
+                     f"| {s['seconds']:.3f} | {fmt(s['collateral'], 3)} | {fmt(s['delta_e_outside'], 1)} |")
     return "\n".join(lines)
 
 
@@ -225,7 +239,10 @@ def guiders_page(table: dict[str, list[PairResult]], info: RunInfo) -> str:
         "unconditional branch; the images without the negative are plain CFG for every method (one shared "
         "baseline). Suppression and fidelity as in [negatives.md](negatives.md); the guiders are diffusers' own "
         "classes called by avert (`avert.guidance.guiders`), equal within 1/255 to a loop calling them as "
-        "diffusers' modular pipelines do (`tests/test_guiders.py`). avert's own methods: [methods.md](methods.md).",
+        "diffusers' modular pipelines do (`tests/test_guiders.py`). avert's own methods: [methods.md](methods.md). "
+        "*collateral (a)* is the mean absolute change of the rate of every concept neither the negative's nor "
+        "implied by it, *Delta E outside* the mean CIE76 colour change outside the negative's concept's region in "
+        "images that hold it (both as in [negatives.md](negatives.md)); lower is less collateral change.",
         "",
         "## Targets",
         "",
