@@ -3,6 +3,8 @@ make avert's own image, with one negative and with several."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -104,6 +106,19 @@ def test_the_guider_config_round_trips_and_mismatched_negatives_are_refused_by_n
     again.set_state(0, 4, torch.tensor(900))
     with pytest.raises(ValueError, match="1 negatives set, but 2 negative_weights"):
         again.num_conditions
+
+
+@pytest.mark.parametrize("arguments,message", [
+    ({"rule": "loudest"}, "rule: 'loudest' is not allowed; must be one of: sum"),
+    ({"negative_weights": [1.0, "x"]}, "negative_weights: [1.0, 'x'] is not allowed"),
+    ({"negative_windows": [[0.5, 0.2]]}, "negative_windows: [[0.5, 0.2]] is not allowed"),
+    ({"posterior_prior": 1.0}, "posterior_prior 1.0"),
+])
+def test_bad_guider_arguments_are_refused_by_name(arguments, message):
+    import avert.guiders
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        avert.guiders.PosteriorGuidance(**arguments)
 
 
 def test_the_diffusers_release_is_the_tested_contract():

@@ -58,6 +58,7 @@ class AvertGuidance(BaseGuidance):
                  num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
                  beta_schedule: str = "scaled_linear", start: float = 0.0, stop: float = 1.0, enabled: bool = True):
         super().__init__(start, stop, enabled)
+        _check(rule, negative_weights, negative_windows, posterior_prior, posterior_p_max)
         self._negatives: list[dict] = []
         self._memory: dict = {}
         self._x: torch.Tensor | None = None
@@ -174,6 +175,21 @@ class PerpNegGuidance(AvertGuidance):
     """Perp-Neg: e = e_0 + w d_c - w_n sum_i l_i d_i_perp, d_i_perp the part of e_ni - e_0 orthogonal to d_c."""
 
     method = "perp-neg"
+
+
+def _check(rule: str, weights, windows, prior: float, p_max: float) -> None:
+    """Arguments refused by name, with what is allowed (as avert's request validation words it)."""
+    from avert.guidance.compose import RULES
+
+    if rule not in RULES:
+        raise ValueError(f"rule: {rule!r} is not allowed; must be one of: {', '.join(RULES)}")
+    if weights is not None and not all(isinstance(w, (int, float)) and -10 <= w <= 10 for w in weights):
+        raise ValueError(f"negative_weights: {weights!r} is not allowed; must be numbers from -10 to 10")
+    if windows is not None and not all(len(w) == 2 and 0 <= w[0] < w[1] <= 1 for w in windows):
+        raise ValueError(f"negative_windows: {windows!r} is not allowed; must be [start, end] pairs with "
+                         "0 <= start < end <= 1")
+    if not 0 < prior < 1 or not 0 < p_max <= 1:
+        raise ValueError(f"posterior_prior {prior!r}, posterior_p_max {p_max!r}: must be in (0, 1) and (0, 1]")
 
 
 def _sigma_function(num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str):

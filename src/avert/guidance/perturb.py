@@ -23,6 +23,11 @@ Layers are named as diffusers' PAG pipelines name them: "mid", "down.N", "up.N" 
 UNet block). The processors (pag, seg, on `attn1`) and block hooks (slg) act only on the rows the denoiser marks
 in `PerturbState.rows`; `installed` puts them on for a run and takes them off after, even on an error.
 
+Why processors and not diffusers' hooks (`diffusers.hooks.layer_skip`, `smoothed_energy_guidance_utils`): those
+perturb a whole UNet call, so diffusers' guiders run the perturbed branch as a UNet call of its own; avert evaluates
+every branch a step needs in one batched forward (the denoiser's contract), so the perturbation must act on that
+branch's rows only. The formulas are diffusers' (tested equal within 1/255 against its guiders and hooks).
+
 Where avert differs from diffusers 0.42: its `_gaussian_blur_2d` takes the mean of the queries when sigma is *below*
 the infinity threshold and blurs when above (SEG's authors' code: the mean for infinite sigma, the blur otherwise);
 avert follows the paper and the authors. diffusers also lays the queries out as the largest square; avert uses the
