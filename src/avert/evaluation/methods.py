@@ -38,6 +38,9 @@ GUIDER_METHODS: tuple[Method, ...] = (
     Method("seg", (("guidance", "seg"),)),  # scale 2.8, mid block, infinite sigma, steps 1..19 of 20
     Method("slg", (("guidance", "slg"),)),  # scale 2.8, mid block skipped, steps 1..3 of 20
 )
+GUIDERS_LINK = ("diffusers' guiders (CFG-Zero*, TCFG, FDG, MAMBO-G, PAG, SEG, SLG) and the two APG formulations, "
+                "with the same pairs and baseline: [methods-guiders.md](methods-guiders.md) (`avert eval methods "
+                "--set guiders`).")
 METHOD_SETS: dict[str, tuple[Method, ...]] = {"avert": DEFAULT_METHODS, "guiders": GUIDER_METHODS}
 PAGES = {"avert": "methods.md", "guiders": "methods-guiders.md"}
 
@@ -173,6 +176,8 @@ def methods_page(table: dict[str, list[PairResult]], info: RunInfo, which: str =
         "the negative are plain CFG for every method (one shared baseline). Suppression and fidelity are "
         "defined as in [negatives.md](negatives.md); *UNet evals / image* counts branch evaluations (a batched "
         "forward over negative and prompt counts two) over the run, *s / image* is wall time with the negative.",
+        "",
+        GUIDERS_LINK,
         "",
         "## Targets",
         "",
