@@ -132,6 +132,8 @@ Combine = Callable[..., torch.Tensor]
 # three-branch formulas besides `f.separate_scales` (cfg at its own negative scale, posterior, gated); apg: `_apg`
 METHODS: dict[str, Combine] = {"perp-neg": f.perp_neg, "dynamic": f.dynamic_negative}
 TRACKED = ("posterior", "gated")  # methods that scale each negative by its concept's posterior
+# guided by e_u and the prompt alone, as plain cfg (the one scale w): `Guidance.cfg_branches`
+CFG_BRANCH_METHODS = ("apg",) + guiders.GUIDERS + perturb.KINDS
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,7 @@ class Guidance:
     def cfg_branches(self) -> bool:
         """Guided by e_u and the prompt alone (e_0 only where the negatives' weights leave a share for it):
         plain cfg, apg, diffusers' guiders (which always guide with the one scale w), and cfg under pag, seg, slg."""
-        return self.plain_cfg or self.method in ("apg",) + guiders.GUIDERS + perturb.KINDS
+        return self.plain_cfg or self.method in CFG_BRANCH_METHODS
 
     def active_negatives(self, ctx: StepContext) -> tuple[int, ...]:
         return tuple(i for i, t in enumerate(self.negatives) if t.active(ctx.fraction) and t.weight != 0.0)

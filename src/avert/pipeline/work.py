@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from avert.errors import FieldProblem, ValidationError
-from avert.guidance.guiders import GUIDERS
 from avert.guidance.perturb import KINDS as PERTURBATIONS
+from avert.guidance.strategy import CFG_BRANCH_METHODS
 from avert.models.components import Components
 from avert.prompts.composable import split_and
 from avert.request import GenerationRequest
@@ -65,15 +65,14 @@ def evaluations(request: GenerationRequest, components: Components) -> int:
 def branches(request: GenerationRequest, method: str, maps: bool = False) -> int:
     """Conditioned samples per evaluation per image, at most (see `avert.guidance.strategy.Guidance.branches`):
     the prompt's AND parts, plus the empty prompt alone without negatives; with negatives, each negative's AND
-    parts, plus the empty prompt unless plain cfg (or apg) has one negative of weight 1 in one part and no map
-    is made (`avert.guidance.attribution`); pag, seg and slg add their perturbed branch."""
+    parts, plus the empty prompt unless plain cfg (or a method of `CFG_BRANCH_METHODS`) has one negative of weight 1
+    in one part and no map is made (`avert.guidance.attribution`); pag, seg and slg add their perturbed branch."""
     prompt = len(split_and(request.prompt)) + (method in PERTURBATIONS)
     negatives = request.guided_negatives()
     if not negatives:
         return prompt + 1
     weights = [n.weight * part.weight for n in negatives for part in split_and(n.text)]
-    two = ("apg",) + GUIDERS + PERTURBATIONS  # guided by e_u and the prompt, as plain cfg
-    plain = method in two or (method == "cfg" and request.negative_scale in (None, request.cfg_scale))
+    plain = method in CFG_BRANCH_METHODS or (method == "cfg" and request.negative_scale in (None, request.cfg_scale))
     return prompt + len(weights) + (0 if plain and weights == [1.0] and not maps else 1)
 
 
