@@ -108,29 +108,31 @@ class PerturbState:
 
 
 class PerturbedSelfAttention:
-    """A self-attention (`attn1`) processor: the previous processor for every row, then PAG's or SEG's output for
-    the marked rows."""
+    """A self-attention (`attn1`) processor: the previous processor for the rows not marked, PAG's or SEG's output for
+    the marked rows (each row computed once)."""
 
     def __init__(self, previous, state: PerturbState):
         self.previous, self.state = previous, state
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        out = self.previous(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         rows = self.state.rows
-        if rows is None or hidden_states.ndim != 3:
-            return out
+        if rows is None or hidden_states.ndim != 3 or encoder_hidden_states is not None or attention_mask is not None:
+            return self.previous(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         rows = rows.to(hidden_states.device)
-        mine = hidden_states[rows]
-        if self.state.perturbation.kind == "pag":
-            z = attn.to_v(mine)  # identity attention: each token's own value
-        else:
-            z = _seg_attention(attn, mine, self.state)
+        perturbed = self._perturbed(attn, hidden_states[rows])
+        out = perturbed.new_empty((hidden_states.shape[0], *perturbed.shape[1:]))
+        out[rows] = perturbed
+        if not rows.all():
+            out[~rows] = self.previous(attn, hidden_states[~rows], None, None, temb, **kwargs).to(out.dtype)
+        return out
+
+    def _perturbed(self, attn, mine: torch.Tensor) -> torch.Tensor:
+        """PAG's identity attention (each token's own value) or SEG's smoothed one, through the output projection."""
+        z = attn.to_v(mine) if self.state.perturbation.kind == "pag" else _seg_attention(attn, mine, self.state)
         z = attn.to_out[1](attn.to_out[0](z))
         if attn.residual_connection:
             z = z + mine
-        out = out.clone()
-        out[rows] = (z / attn.rescale_output_factor).to(out.dtype)
-        return out
+        return z / attn.rescale_output_factor
 
 
 def _seg_attention(attn, hidden: torch.Tensor, state: PerturbState) -> torch.Tensor:
