@@ -60,6 +60,7 @@ class AvertGuidance(BaseGuidance):
         super().__init__(start, stop, enabled)
         _check(rule, negative_weights, negative_windows, posterior_prior, posterior_p_max)
         self._negatives: list[dict] = []
+        self._guidance: Guidance | None = None  # built from the config and the negatives on first use
         self._memory: dict = {}
         self._x: torch.Tensor | None = None
         self._hook = None
@@ -76,9 +77,16 @@ class AvertGuidance(BaseGuidance):
     def set_negatives(self, negatives: list[dict]) -> None:
         """The negatives' encoded inputs, one dict per negative keyed as the pipeline's guider inputs."""
         self._negatives = [dict(n) for n in negatives]
+        self._guidance = None
 
     def guidance(self) -> Guidance:
-        """avert's guidance value for this config and the negatives set."""
+        """avert's guidance value for this config and the negatives set (built once per set of negatives: the
+        pipeline asks for it several times a step)."""
+        if self._guidance is None:
+            self._guidance = self._build()
+        return self._guidance
+
+    def _build(self) -> Guidance:
         c = self.config
         weights = c.negative_weights or [1.0] * len(self._negatives)
         windows = c.negative_windows or [[0.0, 1.0]] * len(self._negatives)
