@@ -17,7 +17,8 @@ from sampler_reference import reference_scheduler
 BASE = GenerationRequest("a red house", "blue tree", seed=1234, steps=6, cfg_scale=7.5, width=64, height=64,
                          sampler="Euler")
 DIFFUSERS_CLASSES = {"cfg-zero-star": "ClassifierFreeZeroStarGuidance",
-                     "tangential": "TangentialClassifierFreeGuidance", "frequency-decoupled": "FrequencyDecoupledGuidance", "magnitude-aware": "MagnitudeAwareGuidance",
+                     "tangential": "TangentialClassifierFreeGuidance",
+                     "frequency-decoupled": "FrequencyDecoupledGuidance", "magnitude-aware": "MagnitudeAwareGuidance",
                      "apg": "AdaptiveProjectedGuidance"}
 
 
@@ -78,9 +79,9 @@ def test_each_guider_renders_diffusers_reference_loop_within_one_level(tiny, dif
     ours = pixels(generate(request, tiny).images[0].image)
     theirs = pixels(reference_image(diffusers_pipe, tiny, request, guider, flatten=method == "magnitude-aware"))
     assert np.abs(ours - theirs).max() <= 1
-    plain = pixels(generate(request.replace(guidance="cfg", **{k: None if k == "fdg_guidance_scales" else
-                                                                 GenerationRequest().__getattribute__(k)
-                                                                 for k in fields}), tiny).images[0].image)
+    defaults = GenerationRequest()
+    plain = pixels(generate(request.replace(guidance="cfg", **{k: getattr(defaults, k) for k in fields}),
+                            tiny).images[0].image)
     # the guider is not plain CFG on this model (CFG-Zero* without its zero step is within a level of it here: the
     # tiny UNet's s* is near 1; its scaling is checked on tensors below)
     assert np.abs(ours - plain).max() > (0 if fields == {"zero_init_steps": 0} else 1)
@@ -452,3 +453,28 @@ def test_the_processor_perturbs_the_marked_rows_only_as_the_method_says(kind, si
         z = torch.nn.functional.scaled_dot_product_attention(split(q), split(attn.to_k(h)), split(attn.to_v(h)))
         z = z.transpose(1, 2).reshape(1, 12, 8)
     assert torch.allclose(out[1:2], attn.to_out[1](attn.to_out[0](z)), atol=1e-5)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--guidance", "cfg-zero-star", "--zero-init-steps", "-1"],
+     "zero_init_steps: -1 is not allowed; must be an integer from 0 to 150"),
+    (["--guidance", "frequency-decoupled", "--fdg-parallel-weights", "3"],
+     "fdg_parallel_weights: 3.0 is not allowed; must be a number from 0 to 2"),
+    (["--guidance", "magnitude-aware", "--mambo-alpha", "-1"],
+     "mambo_alpha: -1.0 is not allowed; must be a number from 0 to 100"),
+    (["--guidance", "pag", "--perturbed-guidance-scale", "31"],
+     "perturbed_guidance_scale: 31.0 is not allowed; must be a number from 0 to 30"),
+    (["--guidance", "pag", "--perturbed-guidance-layers", "middle"],
+     "perturbed_guidance_layers: 'middle' is not allowed; must be UNet blocks by name"),
+    (["--guidance", "slg", "--perturbed-guidance-start", "1.5"],
+     "perturbed_guidance_start: 1.5 is not allowed; must be a number from 0 to 1"),
+    (["--guidance", "slg", "--perturbed-guidance-start", "0.6", "--perturbed-guidance-stop", "0.4"],
+     "perturbed_guidance_start: 0.6 is not allowed; must be at most perturbed_guidance_stop (0.4)"),
+    (["--guidance", "seg", "--seg-blur-sigma", "0"], "seg_blur_sigma: 0.0 is not allowed; must be a number from 0.1"),
+    (["--guidance", "pag", "--seg-blur-sigma", "2"],
+     "seg_blur_sigma: 2.0 is not allowed; applies only with guidance seg"),
+    (["--guidance", "cfg", "--perturbed-guidance-scale", "2"],
+     "perturbed_guidance_scale: 2.0 is not allowed; applies only with guidance pag or seg or slg"),
+])
+def test_cli_refuses_bad_values_of_each_new_option_by_name(flags, message, capsys, tmp_path):
+    test_cli_refuses_guider_options_by_name(flags, message, capsys, tmp_path)

@@ -17,7 +17,6 @@ from avert.models.loader import model_name
 from avert.models.store import get_model
 
 
-
 @dataclass(frozen=True)
 class ModelEntry:
     """A servable model: the name clients use and the path the operator configured."""
