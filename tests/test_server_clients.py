@@ -4,6 +4,7 @@ Debian's chromium (headless, driven by Playwright)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import threading
@@ -141,9 +142,10 @@ def test_page_in_headless_chromium(server, tmp_path):
             assert page.locator("#compare-view tr.difference img").count() == 2
             data = page.locator("#gallery img").first.get_attribute("src").split(",", 1)[1]
             png.write_bytes(__import__("base64").b64decode(data))
-            page.set_input_files("#file", str(png))
-            expect(page.locator("#meta")).to_contain_text("Negative prompt: green tones", timeout=30_000)
-            expect(page.locator("#meta")).to_contain_text("Seed: 33")
+            page.set_input_files("#file", str(png))  # its parameters, read back into the text box
+            expect(page.locator("#infotext")).to_have_value(re.compile("Negative prompt: green tones"), timeout=30_000)
+            expect(page.locator("#infotext")).to_have_value(re.compile("Seed: 33"))
+            page.click("#img2img summary")
             page.set_input_files("#init-image", str(png))  # img2img from the image just made
             expect(page.locator("#init-hint")).to_contain_text("img2img from made.png")
             page.fill("#strength", "0.5")
@@ -184,6 +186,7 @@ def test_page_in_headless_chromium(server, tmp_path):
             expect(images).to_have_count(6, timeout=60_000)
             assert "Guidance: tangential" in page.locator("#gallery img").first.get_attribute("title")
             page.select_option("#guidance", "")
+            page.click("#hires summary")
             page.check("#enable_hr")  # the hires fix: 32 -> 48 pixels, its own second-pass negative
             page.fill("#hr_scale", "1.5")
             page.fill("#hr_negative_prompt", "sun")
@@ -196,3 +199,159 @@ def test_page_in_headless_chromium(server, tmp_path):
         finally:
             browser.close()
     assert Image.open(png).size == (32, 32)
+
+
+def _sent(page, click: str) -> dict:
+    """Click `click` and return the JSON body of the job request the page sends."""
+    with page.expect_request(re.compile(r"/v1/(generate|compare)\?wait=false")) as sent:
+        page.click(click)
+    return sent.value.post_data_json
+
+
+def _unnamed_controls(page) -> list[str]:
+    """Lines of the page's accessibility tree that are controls without an accessible name."""
+    roles = ("textbox", "spinbutton", "combobox", "checkbox", "button", "link")
+    tree = page.locator("body").aria_snapshot()
+    return [line for line in tree.splitlines() if re.match(rf"\s*- ({'|'.join(roles)})\s*(\[.*\])?:?\s*$", line)]
+
+
+@pytest.mark.slow
+def test_page_is_a_workbench_for_negatives(server, tmp_path):
+    """Every control of the native API, each sent as the request field it names; negatives with weights and windows;
+    presets on the server; history across reloads; an infotext pasted into the form; an error beside its field;
+    Ctrl+Enter; a live preview and cancel; a download with metadata; 1280x800 and a phone's width; accessible names."""
+    from playwright.sync_api import expect, sync_playwright
+
+    schema = requests.get(server + "/v1/schema").json()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(server + "/")
+            expect(page.locator("#sampler option")).not_to_have_count(0)
+            for box in page.locator("details.group").all():
+                box.evaluate("d => d.open = true")
+            page.check("#enable_hr")  # the hires fields show with it
+            page.select_option("#guidance", "pag")  # so do a method's own options
+            # every declared field has a control of that id with an accessible name, and none is nameless
+            unnamed = page.evaluate("""names => names.filter(n => { const e = document.getElementById(n);
+                return !e || !(e.labels && e.labels.length && e.labels[0].textContent.trim()) })""",
+                                    [q["name"] for q in schema["params"] if q["name"] != "negative_prompt"])
+            assert unnamed == []
+            assert _unnamed_controls(page) == []
+            page.uncheck("#enable_hr")
+            page.select_option("#guidance", "")
+            assert "32x32 model of a small procedural world" in page.locator("#model-hint").inner_text()  # before an image
+
+            # several negatives, each with its weight and window; a method and its option; NAG; the request as sent
+            page.fill("#prompt", "a red house on a hill")
+            page.fill("#negatives .neg-text", "green tones")
+            page.click("#add-negative")
+            row = page.locator("#negatives .negative").nth(1)
+            row.locator(".neg-text").fill("sun")
+            row.locator(".neg-weight").fill("0.5")
+            row.locator(".neg-start").fill("0.25")
+            for field, value in (("#steps", "4"), ("#seed", "7"), ("#cfg_scale", "6")):
+                page.fill(field, value)
+            page.select_option("#sampler", "DDIM")
+            page.select_option("#guidance", "apg")
+            expect(page.locator("#apg_eta")).to_be_visible()
+            expect(page.locator("#negative_scale")).to_be_hidden()  # apg guides with cfg_scale alone
+            expect(page.locator("#posterior_prior")).to_be_hidden()
+            page.fill("#apg_eta", "0.5")
+            page.select_option("#negatives_rule", "mean")
+            page.fill("#nag_scale", "2")
+            page.fill("#clip_skip", "2")
+            body = _sent(page, "#generate")
+            assert body["negatives"] == ["green tones", {"text": "sun", "weight": 0.5, "start": 0.25, "end": 1}]
+            assert {k: body[k] for k in ("guidance", "apg_eta", "negatives_rule", "nag_scale", "clip_skip", "steps",
+                                         "seed", "cfg_scale", "sampler")} == {
+                "guidance": "apg", "apg_eta": 0.5, "negatives_rule": "mean", "nag_scale": 2, "clip_skip": 2,
+                "steps": 4, "seed": 7, "cfg_scale": 6, "sampler": "DDIM"}
+            assert not set(body) & {"posterior_prior", "enable_hr", "strength", "mask_blur", "prompt_2", "nag_tau"}
+            images = page.locator("#gallery figure")
+            expect(images).to_have_count(1, timeout=60_000)
+            made = images.first.locator("img").get_attribute("title")
+            assert all(k in made for k in ("Guidance: apg", "APG eta: 0.5", "NAG scale: 2", "Negatives rule: mean"))
+            assert images.first.locator("pre").text_content() == made  # the full infotext, beside the image
+            assert images.first.locator("img").evaluate("i => i.getBoundingClientRect().width") >= 192  # 32 px, shown big
+            assert images.first.locator("img").evaluate("i => getComputedStyle(i).imageRendering") == "pixelated"
+            link = images.first.locator("a[download]")
+            assert link.get_attribute("download") == "avert-7.png"
+            with page.expect_download() as download:
+                link.click()
+            saved = tmp_path / "downloaded.png"
+            download.value.save_as(saved)
+            assert "APG eta: 0.5" in Image.open(saved).text["parameters"]  # the PNG carries its metadata
+
+            # presets of negatives, kept by the server; applied after a reload
+            page.fill("#preset-name", "sky and green")
+            page.click("#save-preset")
+            expect(page.locator("#preset option")).to_have_count(2)
+            page.fill("#preset-name", "../etc/passwd")
+            page.click("#save-preset")
+            expect(page.locator("#error")).to_contain_text("name:")
+            assert page.locator("#preset-name").get_attribute("aria-invalid") == "true"
+            page.reload()
+            expect(page.locator("#gallery figure")).to_have_count(1)  # this browser's history
+            page.select_option("#preset", "sky and green")
+            expect(page.locator("#negatives .neg-text")).to_have_count(2)
+            assert page.locator("#negatives .neg-weight").nth(1).input_value() == "0.5"
+            assert page.locator("#negatives .neg-start").nth(1).input_value() == "0.25"
+            assert page.locator("#negatives_rule").input_value() == "mean"
+            assert page.locator("#guidance").input_value() == "apg"
+            page.click("#delete-preset")
+            expect(page.locator("#preset option")).to_have_count(1)
+
+            # an error beside the field it names, and Ctrl+Enter
+            page.locator("#negatives .neg-weight").first.fill("99")
+            page.fill("#steps", "3")
+            page.locator("#prompt").press("Control+Enter")
+            note = page.locator("#negatives .negative").first.locator(".field-error")
+            expect(note).to_contain_text("negatives[0].weight: 99", timeout=30_000)
+            assert page.locator("#negatives .neg-weight").first.get_attribute("aria-invalid") == "true"
+            page.locator("#negatives .neg-weight").first.fill("1")
+            page.locator("#prompt").press("Control+Enter")
+            expect(page.locator("#gallery figure")).to_have_count(2, timeout=60_000)
+            expect(page.locator(".field-error")).to_have_count(0)
+
+            # an infotext pasted into the form
+            page.fill("#infotext", "a boat at sea\nNegative prompt: clouds\nSteps: 9, Sampler: Euler, CFG scale: 5, "
+                      "Seed: 12, Size: 32x32, Guidance: perp-neg")
+            page.click("#fill")
+            expect(page.locator("#prompt")).to_have_value("a boat at sea")
+            assert [page.locator("#negatives .neg-text").nth(i).input_value()
+                    for i in range(page.locator("#negatives .neg-text").count())] == ["clouds"]
+            assert page.locator("#steps").input_value() == "9" and page.locator("#seed").input_value() == "12"
+            assert page.locator("#sampler").input_value() == "Euler"
+            assert page.locator("#guidance").input_value() == "perp-neg"
+            assert page.locator("#nag_scale").input_value() == "1"  # what the infotext does not set: the default
+
+            # a live preview while a job runs, and cancel
+            page.fill("#steps", "150")
+            page.click("#generate")
+            expect(page.locator("#preview")).to_be_visible(timeout=30_000)
+            assert page.locator("#preview").get_attribute("src").startswith("data:image/png;base64,")
+            page.click("#cancel")
+            expect(page.locator("#error")).to_contain_text("cancelled", timeout=30_000)
+            expect(page.locator("#preview")).to_be_hidden()
+
+            # another model from the list
+            page.select_option("#model", "tiny-sd")
+            page.fill("#steps", "2")
+            page.select_option("#guidance", "")
+            assert _sent(page, "#generate")["model"] == "tiny-sd"
+            expect(page.locator("#gallery figure")).to_have_count(3, timeout=60_000)
+            page.click("#clear-history")
+            page.reload()
+            expect(page.locator("#sampler option")).not_to_have_count(0)
+            assert page.locator("#gallery figure").count() == 0
+
+            # a phone's width: one column, nothing wider than the screen, the controls within reach
+            for width, height in ((1280, 800), (390, 844)):
+                page.set_viewport_size({"width": width, "height": height})
+                assert page.evaluate("document.documentElement.scrollWidth") <= width
+                page.locator("#generate").scroll_into_view_if_needed()
+                expect(page.locator("#generate")).to_be_in_viewport()
+        finally:
+            browser.close()

@@ -10,6 +10,7 @@ import argparse
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -73,17 +74,23 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the structured record as JSON")
     info.set_defaults(handler=_run_info)
     _prompt_parser(sub)
+    concepts = sub.add_parser("concepts", help="what a model knows: its concepts and the words of its captions (for "
+                              "models that say so, as the embedded one does)")
+    concepts.add_argument("--model", default=None, help="a diffusers folder (default: $AVERT_MODEL, else the embedded "
+                          "model)")
+    concepts.add_argument("--words", action="store_true", help="also list every word of its captions")
+    concepts.set_defaults(handler=_run_concepts)
     samplers = sub.add_parser("samplers", help="list the samplers by their AUTOMATIC1111 names")
     samplers.set_defaults(handler=_run_samplers)
     _train_parser(sub)
     _serve_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks that print a table and write it to docs/")
-    bench.add_argument("what", choices=("engine", "startup", "sdxl", "scale", "nag"),
+    bench.add_argument("what", choices=("engine", "startup", "sdxl", "scale", "nag", "readme"),
                        help="engine: avert vs diffusers on tiny components; startup: the README's main command on the embedded model, as fresh "
                        "processes; sdxl: SDXL base's architecture at 1024x1024 (random weights, about 14 GB of "
                        "memory); scale: avert batch in one process and on a local Ray cluster of 1 and 2 workers "
                        "(needs avert[ray]; about 8 minutes); nag: a negative through NAG at CFG 1 against CFG's second "
-                       "branch, on the embedded model")
+                       "branch, on the embedded model; readme: every usage command of the README, timed")
     bench.add_argument("--requests", type=bounded("requests", int, 16, 10000), default=96,
                        help="scale: requests in the job (default: %(default)s)")
     bench.add_argument("--repeats", type=bounded("repeats", int, 1, 100), default=None,
@@ -172,6 +179,9 @@ def _serve_parser(sub) -> None:
     p.add_argument("--styles", dest="styles_file", type=Path, default=None, metavar="FILE",
                    help="prompt styles clients may name (A1111's styles.csv; GET /sdapi/v1/prompt-styles lists them) "
                    "(default: $AVERT_STYLES)")
+    p.add_argument("--presets", dest="presets_file", type=Path, default=None, metavar="FILE",
+                   help="keep the clients' saved presets of negatives in FILE, one JSON file (each API key its own "
+                   "presets) (default: $AVERT_PRESETS, else in memory until the server stops)")
     p.add_argument("--api-key-file", type=Path, default=None, metavar="FILE",
                    help="require a key from FILE (one per line; each key's jobs are its own) as a bearer token or "
                    "basic-auth password (default: $AVERT_API_KEY, one key)")
@@ -219,7 +229,7 @@ def _run_serve(args) -> int:
                           rate_limit=args.rate_limit, queue_size=args.queue_size,
                           max_body_bytes=int(args.max_body_mb * 1024 * 1024), cors_origins=tuple(args.cors_origin),
                           limits=dataclasses.replace(LIMITS, max_work=args.max_work), device=args.device,
-                          precision=args.precision, styles=_styles(args))
+                          precision=args.precision, styles=_styles(args), presets_file=_presets_file(args))
     config.check_bind()
     if args.api_key:
         print("avert serve: warning: --api-key is visible to every user of this machine (ps); prefer $AVERT_API_KEY "
@@ -235,6 +245,17 @@ def _run_serve(args) -> int:
     else:
         serve(config)
     return 0
+
+
+def _presets_file(args) -> Path | None:
+    """--presets, else $AVERT_PRESETS; a folder is refused by name (the file is written whole on every save)."""
+    import os
+
+    path = args.presets_file or (Path(os.environ["AVERT_PRESETS"]) if os.environ.get("AVERT_PRESETS") else None)
+    if path is not None and path.is_dir():
+        raise ValidationError([FieldProblem("--presets", str(path), "must be a file (it need not exist yet), not a "
+                                            "folder")])
+    return path
 
 
 def _api_keys(args) -> tuple[str, ...]:
@@ -547,10 +568,11 @@ def _run_generate(args) -> int:
         raise ValidationError([FieldProblem("prompt", request.prompt, "give a prompt (or --from IMAGE)")])
     _check_before_loading(request)
     components = _load(args)
-    with _progress(args, "Sampling") as on_step:
+    told = _advise(request, components)
+    with _progress(args, "Sampling", told) as on_step:
         result = generate(request, components, runtime=_runtime(args), limits=LIMITS, on_step=on_step,
                           embeddings=load_embeddings(_embeddings_dir(args)))
-    _print_warnings(result.warnings)
+    _print_warnings([w for w in result.warnings if w not in told])
     for generated, path in zip(result.images, _output_paths(args.output, result.seeds)):
         _save(generated, path, args.upscale)
         print(f"{path}  seed {generated.seed}")
@@ -592,11 +614,12 @@ def _run_compare(args) -> int:
     request = _request_from_args(args, GenerationRequest())
     _check_before_loading(request)
     components = _load(args)
-    with _progress(args, "Comparing") as on_step:
+    told = _advise(request.replace(negative_prompt=", ".join(args.negatives)), components)
+    with _progress(args, "Comparing", told) as on_step:
         comparison = compare(request, args.negatives, components, runtime=_runtime(args), limits=LIMITS,
                              on_step=on_step, embeddings=load_embeddings(_embeddings_dir(args)), maps=args.map)
     first = comparison.columns[0]
-    _print_warnings(sorted({w for c in comparison.columns for w in c.warnings}))
+    _print_warnings(sorted({w for c in comparison.columns for w in c.warnings if w not in told}))
     path = _output_paths(args.output, first.seeds[:1], prefix="compare-")[0]
     record = {"compare": [c.images[0].record for c in comparison.columns], "labels": comparison.labels()}
     save_png(comparison.grid(), path, first.images[0].infotext, record)
@@ -625,6 +648,26 @@ def _request_from_image(path: Path, init_image: Path | None = None, mask: Path |
         return request_from_a1111(parse_parameters(meta.parameters), img2img=init_image is not None,
                                   inpainting=mask is not None)
     raise AvertError(f"--from: {str(path)!r} holds no generation parameters")
+
+
+def _run_concepts(args) -> int:
+    """The model's scope (`scope.json`), read without loading any weights."""
+    from avert.models.default import resolve_model_path
+    from avert.models.scope import read_scope
+
+    path = resolve_model_path(args.model)
+    scope = read_scope(path) if path.is_dir() else None
+    if scope is None:
+        print(f"{path}: no list of what it knows (a Stable Diffusion checkpoint knows what its captions, the web's, "
+              "held); every word is passed to it as given")
+        return 0
+    print(f"{path.name if path.name != 'model' else 'embedded'}: {scope.about}.")
+    print(f"\nconcepts ({len(scope.concepts)}): {', '.join(scope.concepts)}")
+    print(f"\nwords: {len(scope.vocabulary)} content words in its captions" + (
+        f": {', '.join(scope.vocabulary)}" if args.words else " (--words lists them)") + "; a word of a prompt or "
+          f"negative far from all of them (similarity below {scope.far_below:g}) is named in a warning")
+    print("\nfor a real model: avert generate PROMPT --model FILE.safetensors (SD 1.x/2.x, SDXL), or set $AVERT_MODEL")
+    return 0
 
 
 def _run_info(args) -> int:
@@ -675,6 +718,10 @@ def _run_bench(args) -> int:
         from avert.bench.sdxl import run_sdxl_benchmark
 
         run_sdxl_benchmark(size=args.size, docs=args.docs, repeats=args.repeats or 2)
+    elif args.what == "readme":
+        from avert.bench.readme import run_readme_benchmark
+
+        run_readme_benchmark(docs=args.docs)
     elif args.what == "nag":
         from avert.bench.nag import run_nag_benchmark
 
@@ -717,18 +764,40 @@ def _print_warnings(warnings) -> None:
         print(f"avert: warning: {w}", file=sys.stderr)
 
 
-class _progress:
-    """A tqdm progress bar fed by the sampling loop's step events (one bar per generation)."""
+def _advise(request, components) -> tuple[str, ...]:
+    """Print, before the run, the words the model does not know and a size far from its native one; return them
+    (the result repeats them, and they are not printed twice)."""
+    from avert.pipeline.advice import advice
 
-    def __init__(self, args, label: str):
+    told = advice(request, components)
+    _print_warnings(told)
+    return told
+
+
+class _progress:
+    """A tqdm progress bar fed by the sampling loop's step events (one bar per generation); where a warning
+    said a run is large (`advice.size_warning`), the time of the first step and the estimate of the run's follow it."""
+
+    def __init__(self, args, label: str, told: tuple[str, ...] = ()):
+        from avert.pipeline.advice import SIZE_WARNING_START
+
         self.enabled = not args.quiet
         self.label = label
         self.bar = None
+        self.estimate = any(w.startswith(SIZE_WARNING_START) or SIZE_WARNING_START in w for w in told)
+        self.started = time.perf_counter()
 
     def __enter__(self):
-        return self.update if self.enabled else None
+        return self.update if self.enabled or self.estimate else None
 
     def update(self, event) -> None:
+        if self.estimate:
+            self.estimate = False
+            took = time.perf_counter() - self.started
+            print(f"avert: the first of {event.total} steps took {took:.1f} s: about {took * event.total:.0f} s for "
+                  "the run (Ctrl+C stops it)", file=sys.stderr)
+        if not self.enabled:
+            return
         from tqdm import tqdm
 
         if self.bar is None or self.bar.total != event.total or event.done == 1:

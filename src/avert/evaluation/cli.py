@@ -119,6 +119,13 @@ def add_eval_parser(sub, handler) -> argparse.ArgumentParser:
     paraphrases = what.add_parser("paraphrases", help="negatives in words no caption of the world uses: each "
                                   "default pair's negative replaced by paraphrases, under cfg and the model's "
                                   "default (writes docs/eval/paraphrases.md)")
+    words = what.add_parser("words", help="which words of a prompt or negative the embedded model's warning names: "
+                            "everyday words outside its world and the paraphrases (writes docs/eval/words.md)")
+    words.add_argument("--model", default=None, help="a diffusers folder with a scope.json (default: $AVERT_MODEL, "
+                       "else the embedded model)")
+    words.add_argument("--docs", type=Path, default=Path("docs"), metavar="DIR",
+                       help="docs folder: the page is written to DIR/eval/ (default: docs)")
+    words.set_defaults(handler=handler)
     for q in (negatives, methods, concepts, img2img, compose, paraphrases):
         q.add_argument("--model", default=None, help="a diffusers folder or an SD .safetensors file "
                        "(default: $AVERT_MODEL, else the embedded model)")
@@ -220,6 +227,10 @@ def run_eval(args) -> int:
         return _run_methods(args)
     if args.eval_what == "pool":
         return _run_pool(args)
+    if args.eval_what == "words":
+        from avert.evaluation.words import run_words
+
+        return run_words(args)
     if args.eval_what in ("img2img", "compose", "paraphrases"):
         from avert.evaluation import runs
 

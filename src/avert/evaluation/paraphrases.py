@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avert.evaluation.negatives import DEFAULT_PAIRS, Method, Pair, PairResult
+from avert.world.vocabulary import caption_words
 
 PARAPHRASES: dict[str, tuple[str, ...]] = {
     "sun": ("solar disc", "blazing orb", "daystar"),
@@ -53,27 +54,6 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
     "black and white": ("achromatic", "colourless", "desaturated"),
     "sepia": ("antique brownish cast", "vintage brown", "daguerreotype"),
 }
-
-
-def caption_words(scenes: int = 3000, seed: int = 0) -> frozenset[str]:
-    """Every word (a run of letters, lower case) in the captions of `scenes` world scenes, two captions each, plus
-    every word of the caption module's phrase tables (so a rare phrase the sample missed still counts)."""
-    import importlib
-
-    from avert.world.sample import sample_scene
-
-    c = importlib.import_module("avert.world.captions")  # the package exports a function of that name
-
-    words: set[str] = set()
-    tables = (c.TONE_WORDS, c.TONE_SUFFIX, c.TONE_PREFIX, c.SKY_NOUN, c.SKY_PREP, c.GROUND_NOUN, c.GROUND_PREP)
-    texts = [t for table in tables for options in table.values() for t in options]
-    texts += [*c.GENERIC, *c.FRAMES, *c.SEA_PREP_FLOATING]
-    rng = np.random.default_rng(seed)
-    for _ in range(scenes):
-        texts += c.captions(sample_scene(rng), rng, 2)
-    for text in texts:
-        words.update(re.findall(r"[a-z]+", text.lower()))
-    return frozenset(words)
 
 
 def familiar_words(paraphrases: dict[str, tuple[str, ...]] = PARAPHRASES,

@@ -38,6 +38,7 @@ class Components:
     scheduler_config: dict
     source: ModelSource
     default_guidance: str = FALLBACK_GUIDANCE
+    scope: Any | None = None  # avert.models.scope.ModelScope: what the model knows, where its folder says (scope.json)
     text_encoder_2: Any | None = None  # SDXL: transformers.CLIPTextModelWithProjection
     tokenizer_2: Any | None = None
     force_zeros_for_empty_prompt: bool = False

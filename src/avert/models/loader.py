@@ -23,6 +23,7 @@ from avert.errors import ModelLoadError  # noqa: E402
 from avert.models.components import Components, ModelSource  # noqa: E402
 from avert.models.defaults import read_default_guidance  # noqa: E402
 from avert.models.hashing import model_hash  # noqa: E402
+from avert.models.scope import read_scope  # noqa: E402
 
 ZERO_TERMINAL_SNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -79,13 +80,14 @@ def _load_folder(path: Path, allow_pickle: bool) -> Components:
     index = _read_index(path)
     _check_family(path, index)
     guidance = read_default_guidance(path)  # a bad avert.json is reported before any weights are read
+    scope = read_scope(path)
     try:
         # with allow_pickle, safetensors are still preferred where present (None), pickles read where not
         components = _folder_components(path, index, use_safetensors=None if allow_pickle else True)
     except (OSError, ValueError, KeyError, TypeError, EnvironmentError) as exc:
         hint = "" if allow_pickle else " (only .safetensors weights are read unless --allow-pickle is given)"
         raise ModelLoadError(f"model: cannot load {str(path)!r}: {exc}{hint}") from exc
-    return dataclasses.replace(components, default_guidance=guidance)
+    return dataclasses.replace(components, default_guidance=guidance, scope=scope)
 
 
 def _check_family(path: Path, index: dict) -> None:

@@ -20,6 +20,7 @@ from avert.guidance.denoiser import Denoiser
 from avert.init_image import InitImage
 from avert.models.components import Components
 from avert.pipeline import hires, img2img, inpaint, metadata, tiling, work
+from avert.pipeline.advice import advice, native_size
 from avert.pipeline.conditioning import condition, empty_negative
 from avert.pipeline.result import GeneratedImage, GenerationResult, NegativeMap
 from avert.pipeline.runtime import Runtime
@@ -93,8 +94,8 @@ def result(request: GenerationRequest, components: Components, pictures: list[Im
                        found[i])
         for i, (img, s) in enumerate(zip(pictures, seeds))
     )
-    return GenerationResult(request, images, negative_warnings(request, components), count.forwards, seconds,
-                            count.branches)
+    return GenerationResult(request, images, advice(request, components) + negative_warnings(request, components),
+                            count.forwards, seconds, count.branches)
 
 
 def carriers(request: GenerationRequest, guidance) -> tuple[str, ...]:
@@ -177,7 +178,7 @@ def progress(on_step, done: int, total: int):
     """`on_step` for a pass that starts after `done` of `total` evaluations (the hires fix has two passes)."""
     if on_step is None:
         return None
-    return lambda event: on_step(StepEvent(done + event.done, total))
+    return lambda event: on_step(StepEvent(done + event.done, total, event.denoised))
 
 
 def blending(plan: inpaint.Plan | None, components: Components, begun: img2img.Start, schedulers):
@@ -243,13 +244,6 @@ def default_size(request: GenerationRequest, components: Components) -> tuple[in
     if image is None:
         return request.width or native, request.height or native
     return request.width or max(8, image.width // 8 * 8), request.height or max(8, image.height // 8 * 8)
-
-
-def native_size(components: Components) -> int:
-    """The image size the model was trained at, as diffusers computes its default height and width."""
-    sample_size = components.unet.config.sample_size
-    sample_size = sample_size if isinstance(sample_size, int) else sample_size[0]
-    return int(sample_size) * components.vae_scale_factor
 
 
 def negative_warnings(request: GenerationRequest, components: Components | None = None) -> tuple[str, ...]:

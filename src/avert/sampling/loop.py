@@ -7,7 +7,8 @@ per-image noise and image i of a batch equals the same seed rendered alone.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -22,10 +23,12 @@ class Cancelled(AvertError):
 
 @dataclass(frozen=True)
 class StepEvent:
-    """Reported after every model evaluation: `done` of `total`."""
+    """Reported after every model evaluation: `done` of `total`; `denoised()` computes, only when called, the
+    step's estimate of the clean latents of the batch (None where it has none), for live previews."""
 
     done: int
     total: int
+    denoised: Callable[[], torch.Tensor | None] | None = field(default=None, compare=False, repr=False)
 
 
 def sample(
@@ -50,6 +53,7 @@ def sample(
     steps = (getattr(schedulers[0], "num_inference_steps", None) or len(schedulers[0].timesteps)) - begin // order
     sigma_at = sigma_function(schedulers[0])
     x = noise * schedulers[0].init_noise_sigma if start is None else start
+    prediction_type = getattr(getattr(schedulers[0], "config", None), "prediction_type", "epsilon")
     step_kwargs = [_step_kwargs(s, g) for s, g in zip(schedulers, generators)]
     for i, t in enumerate(timesteps):
         if should_stop is not None and should_stop():
@@ -64,8 +68,27 @@ def sample(
         if blend is not None:
             x = blend(i, x)
         if on_step is not None:
-            on_step(StepEvent(i + 1, len(timesteps)))
+            on_step(StepEvent(i + 1, len(timesteps), _denoised(model_in, prediction, ctx.sigma, prediction_type)))
     return x
+
+
+def _denoised(x_t: torch.Tensor, output: torch.Tensor, sigma: float, prediction_type: str):
+    """The clean latents a model output implies, computed when called: x_t is the scaled model input (DDPM scale,
+    x_t = a x_0 + b e with a = 1 / sqrt(1 + sigma^2), b = sigma a, for every scheduler: k-style ones scale it down
+    in `scale_model_input`), so x_0 = x_t / a - sigma e (epsilon), a x_t - b v (v_prediction), or the output itself
+    (sample); None at an infinite sigma (the first step of a zero-terminal-SNR schedule)."""
+
+    def compute() -> torch.Tensor | None:
+        if not math.isfinite(sigma):
+            return None
+        a = 1.0 / math.sqrt(1.0 + sigma * sigma)
+        if prediction_type == "v_prediction":
+            return a * x_t - sigma * a * output
+        if prediction_type == "sample":
+            return output
+        return x_t / a - sigma * output
+
+    return compute
 
 
 def sigma_function(scheduler) -> Callable[[float], float]:

@@ -29,7 +29,7 @@ from avert.server.http import error_response, failure_response, wait_for
 from avert.server.infotext import apply_infotext
 from avert.server.jobs import CANCELLED, FAILED, Job
 from avert.server.security import client_of
-from avert.server.results import job_images, job_warnings, negative_text, png_base64
+from avert.server.results import job_images, job_warnings, negative_text, png_base64, preview_base64
 from avert.server.state import ServerState, get_state, owner
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"])
@@ -350,8 +350,9 @@ def txt2img_response(job: Job, parameters: dict, ignored: list[str] = (), endpoi
 # ---------------------------------------------------------------- progress, interrupt, skip
 
 
-@router.get("/progress", summary="Progress of the running job (A1111 shape)")
-async def progress(request: Request) -> dict:
+@router.get("/progress", summary="Progress of the running job (A1111 shape; current_image: a live preview, unless "
+            "skip_current_image)")
+async def progress(request: Request, skip_current_image: bool = False) -> dict:
     state = get_state(request)
     running = state.queue.running()
     own = _own_running(request)
@@ -365,7 +366,8 @@ async def progress(request: Request) -> dict:
     eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
     done, total = job.step
     stamp = time.strftime("%Y%m%d%H%M%S", time.localtime(job.started))
-    return {"progress": fraction, "eta_relative": eta, "current_image": None, "textinfo": None,
+    image = None if skip_current_image else await run_in_threadpool(preview_base64, job)
+    return {"progress": fraction, "eta_relative": eta, "current_image": image, "textinfo": None,
             "state": _state(False, job.interrupted, job.id, waiting + len(running), len(job.results), done, total,
                             stamp)}
 

@@ -16,10 +16,11 @@ from avert.conditioning.embeddings import load_embeddings
 from avert.errors import AvertError, ValidationError
 from avert.pipeline.generate import generate
 from avert.pipeline.runtime import Runtime
-from avert.server import a1111, a1111_img2img, a1111_info, native, openapi
+from avert.server import a1111, a1111_img2img, a1111_info, native, openapi, presets
 from avert.server.config import ServerConfig
 from avert.server.http import error_response, problems_response, queue_full_response
 from avert.server.jobs import JobQueue, QueueFull, Render, is_out_of_memory
+from avert.server.presets_store import PresetStore
 from avert.server.registry import ModelRegistry
 from avert.server.docs import add_docs
 from avert.server.guards import (HostGuardMiddleware, OriginGuardMiddleware, RateLimitMiddleware,
@@ -51,11 +52,13 @@ def create_app(config: ServerConfig = ServerConfig(), *, render: Render = genera
     app = FastAPI(title="avert", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Text-to-image with the negative prompt as a first-class control: an "
                   "AUTOMATIC1111-compatible API under /sdapi/v1 and avert's own API under /v1.")
-    app.state.avert = ServerState(config, registry, queue, registry.default_name)
+    app.state.avert = ServerState(config, registry, queue, registry.default_name,
+                                  presets=PresetStore(config.presets_file))
     app.include_router(a1111.router)
     app.include_router(a1111_img2img.router)
     app.include_router(a1111_info.router)
     app.include_router(native.router)
+    app.include_router(presets.router)
     _add_page(app)
     policies = add_docs(app)
     _live_openapi(app)

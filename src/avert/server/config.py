@@ -36,6 +36,7 @@ class ServerConfig:
     device: str = "cpu"
     precision: str = "fp32"
     styles: tuple = ()  # avert.prompts.styles.Style values, from --styles FILE
+    presets_file: Path | None = None  # the clients' presets of negatives (`avert.server.presets`); None: in memory
 
     @property
     def loopback(self) -> bool:

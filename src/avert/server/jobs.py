@@ -91,6 +91,8 @@ class Job:
         self.results: list[GenerationResult | None] = []  # one per part; None for a skipped part
         self.failure: JobFailure | None = None
         self.step = (0, 0)  # (done, total) of the part being sampled
+        self.denoised = None  # the last step's `StepEvent.denoised` (computed only for a preview)
+        self.vae = None  # the model's VAE while a part runs (None: a pixel-space model), for previews
         self.finished = threading.Event()
         self._cancel = threading.Event()
         self._skip = threading.Event()
@@ -114,6 +116,16 @@ class Job:
 
     def on_step(self, event: StepEvent) -> None:
         self.step = (event.done, event.total)
+        self.denoised = event.denoised
+
+    def preview(self):
+        """A picture of the running part's last denoised estimate (its first image), or None: nothing sampled yet,
+        or the job has ended (its images are the result)."""
+        from avert.output.preview import preview_image
+
+        denoised = self.denoised
+        latents = denoised() if denoised is not None and self.status not in FINISHED else None
+        return preview_image(latents, self.vae) if latents is not None else None
 
     def cancel(self) -> None:
         """Ask the job to stop at its next step (or not to start)."""
@@ -144,6 +156,7 @@ class Job:
                 return
             self.status, self.failure, self.ended = status, failure, time.time()
             callbacks, self._callbacks = self._callbacks, []
+            self.denoised = self.vae = None
         self.finished.set()
         for callback in callbacks:
             callback()
@@ -286,6 +299,7 @@ class JobQueue:
         if job.interrupted:
             return False
         job.step = (0, part.request.steps)
+        job.vae = components.vae
         try:
             extra = {"maps": True} if part.maps else {}
             result = self.render(part.request, components, runtime=self.runtime, limits=self.limits,
@@ -296,5 +310,5 @@ class JobQueue:
                 return True
             return False
         job.results.append(result)
-        job.step = (0, 0)
+        job.step, job.denoised = (0, 0), None
         return True

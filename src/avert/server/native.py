@@ -16,18 +16,23 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
-from avert.errors import FieldProblem, ValidationError
+from avert.errors import AvertError, FieldProblem, ValidationError
+from avert.output.pnginfo import parse_parameters
 from avert.pipeline.compare import NO_NEGATIVE
+from avert.models.scope import read_scope
 from avert.pipeline.generate import check_maps
+from avert.pipeline.metadata import request_from_a1111
 from avert.request import GenerationRequest, Negative
 from avert.sampling.noise import resolve_seed
-from avert.schema import PARAMS
+from avert.schema import GUIDANCE_METHODS, PARAMS, SDXL_ONLY
 from avert.server import bodies, openapi
 from avert.server.http import error_response, failure_response, wait_for
+from avert.server.infotext import MAX_INFOTEXT_CHARS
 from avert.server.jobs import CANCELLED, FAILED, Job, Part
 from avert.server.results import job_json
 from avert.server.security import client_of
 from avert.server.state import ServerState, get_state, owner
+from avert.validation import HIRES_ONLY, MASK_ONLY, METHOD_ONLY, NAG_OPTIONS, ONE_SCALE
 
 router = APIRouter(prefix="/v1", tags=["avert API"])
 
@@ -135,12 +140,13 @@ def _label(negative: Negative) -> str:
     return f"Negative prompt: {negative.text}" + (f" ({', '.join(extras)})" if extras else "")
 
 
-@router.get("/jobs/{job_id}", summary="A job's status and progress; images, seeds and metadata once done")
-async def get_job(job_id: str, request: Request, images: bool = True) -> JSONResponse:
+@router.get("/jobs/{job_id}", summary="A job's status and progress (with ?preview=true, a live preview of the image "
+            "being sampled); images, seeds and metadata once done")
+async def get_job(job_id: str, request: Request, images: bool = True, preview: bool = False) -> JSONResponse:
     job = get_state(request).queue.get(job_id, client_of(request.scope))
     if job is None:
         return _no_job(job_id)
-    return JSONResponse(job_json(job, images=images))
+    return JSONResponse(await run_in_threadpool(job_json, job, images, preview))
 
 
 @router.delete("/jobs/{job_id}", summary="Cancel a job (it stops at its next step)")
@@ -169,10 +175,42 @@ def _no_job(job_id: str) -> JSONResponse:
                                      "message": str(problem)}]}, status_code=404)
 
 
-@router.get("/models", summary="The served models, by name, and the default")
+@router.post("/infotext", summary="The request an infotext (A1111's parameters text, or avert's) describes: the "
+             "fields it sets that differ from the defaults (paste an infotext to fill a form)")
+async def read_infotext(request: Request) -> dict:
+    body = bodies.parse_json(await request.body())
+    problems = bodies.unknown_fields(body, ("infotext",))
+    text = body.get("infotext")
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_INFOTEXT_CHARS:
+        shown = text[:100] + "..." if isinstance(text, str) and len(text) > 100 else text
+        problems.append(FieldProblem("infotext", shown, f"must be the text of an infotext, 1 to {MAX_INFOTEXT_CHARS} "
+                                     "characters (prompt, a Negative prompt: line, then Steps: ..., Seed: ...)"))
+    if problems:
+        raise ValidationError(problems)
+    try:
+        made = request_from_a1111(parse_parameters(text))
+    except AvertError as error:
+        raise ValidationError([FieldProblem("infotext", text[:100], str(error))]) from None
+    defaults, fields = GenerationRequest().to_dict(), made.to_dict()
+    return {"fields": {k: v for k, v in fields.items() if v != defaults[k]}}
+
+
+@router.get("/models", summary="The served models, by name, and the default; `about`: what each model is, where "
+            "its folder says (scope.json: the embedded model), else null")
 async def models(request: Request) -> dict:
     state = get_state(request)
-    return {"models": list(state.registry.names()), "default": state.current_model}
+    names = list(state.registry.names())
+    return {"models": names, "default": state.current_model,
+            "about": {name: _about(state.registry.entry(name).path) for name in names}}
+
+
+def _about(path) -> dict | None:
+    """A model's scope, read from its folder without loading it (None: it says nothing, or it is a file)."""
+    try:
+        scope = read_scope(path) if path.is_dir() else None
+    except AvertError:
+        return None
+    return None if scope is None else {"about": scope.about, "concepts": list(scope.concepts)}
 
 
 @router.get("/schema", summary="Every request field: type, default, bounds, choices and help (drives the page)")
@@ -184,7 +222,24 @@ async def schema(request: Request) -> dict:
                "min": p.low(limits) if p.low else None, "max": p.high(limits) if p.high else None,
                "multiple_of": p.multiple_of} for p in PARAMS]
     return {"params": params, "fields": list(bodies.REQUEST_FIELDS), "limits": dataclasses.asdict(limits),
-            "max_columns": MAX_COLUMNS}
+            "max_columns": MAX_COLUMNS, "groups": GROUPS,
+            "method_options": {m: [n for methods, names in METHOD_ONLY.items() if m in methods for n in names]
+                               for m in GUIDANCE_METHODS},
+            "one_scale": list(ONE_SCALE)}
+
+
+# the page's sections (the fields of the prompt, size and sampler are its first section)
+GROUPS = {
+    "guidance": ["guidance", "negatives_rule", "negative_scale", "guidance_rescale", "guidance_start", "guidance_end",
+                 "guidance_sigma_min", "guidance_sigma_max", "s_min_uncond", "s_min_uncond_all", "guidance_reuse",
+                 *dict.fromkeys(n for names in METHOD_ONLY.values() for n in names)],
+    "nag": ["nag_scale", *NAG_OPTIONS],
+    "img2img": ["strength", "resize_mode", "initial_noise_multiplier"],
+    "mask": list(MASK_ONLY),
+    "hires": ["enable_hr", *HIRES_ONLY],
+    "text": ["clip_skip", "emphasis", "tiling"],
+    "sdxl": list(SDXL_ONLY),
+}
 
 
 @router.get("/status", summary="Queue length, running jobs, worker health and resident memory")

@@ -28,8 +28,15 @@ def job_warnings(job: Job) -> list[str]:
     return list(dict.fromkeys(w for r in job.results if r is not None for w in r.warnings))
 
 
-def job_json(job: Job, images: bool = True) -> dict[str, Any]:
-    """A job's status, progress and (once done, when asked) its images, seeds and metadata."""
+def preview_base64(job: Job) -> str | None:
+    """The running job's live preview as a base64 PNG (`Job.preview`), or None."""
+    image = job.preview()
+    return _png(image) if image is not None else None
+
+
+def job_json(job: Job, images: bool = True, preview: bool = False) -> dict[str, Any]:
+    """A job's status, progress (with `preview`, the running part's live preview, a base64 PNG or null) and (once
+    done, when asked) its images, seeds and metadata."""
     done, total = job.step
     body: dict[str, Any] = {
         "id": job.id, "kind": job.kind, "model": job.model, "status": job.status,
@@ -38,6 +45,8 @@ def job_json(job: Job, images: bool = True) -> dict[str, Any]:
         "created": job.created, "started": job.started, "ended": job.ended,
         "error": failure_json(job.failure) if job.failure else None,
     }
+    if preview:
+        body["progress"]["preview"] = preview_base64(job)
     if job.status in FINISHED:
         made = job_images(job)
         body["seeds"] = [g.seed for _, g in made]

@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from avert.server.config import ServerConfig
 from avert.server.jobs import JobQueue
+from avert.server.presets_store import PresetStore
 from avert.server.registry import ModelRegistry
 from avert.server.security import client_of
 
@@ -27,6 +28,7 @@ class ServerState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     option_fields: dict = field(default_factory=dict)
     kept_options: dict = field(default_factory=dict)
+    presets: PresetStore = field(default_factory=lambda: PresetStore(None))
 
 
 def get_state(request: Request) -> ServerState:
