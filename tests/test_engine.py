@@ -130,3 +130,40 @@ def test_cfg_scale_below_one_keeps_the_negative_and_warns(tiny, monkeypatch):
     result = generate(BASE.replace(cfg_scale=0.5), tiny)
     assert sizes == [2] * BASE.steps
     assert any("toward the negative" in w for w in result.warnings)
+
+
+# A1111's schedule types as diffusers documents them (schedulers overview), written here from that table, not from
+# avert's: the reference scheduler for the sampler's name with these options
+REFERENCE_SCHEDULES = {"Uniform": {"timestep_spacing": "linspace"}, "Karras": {"use_karras_sigmas": True},
+                       "Exponential": {"use_exponential_sigmas": True}, "SGM Uniform": {"timestep_spacing": "trailing"}}
+
+
+@pytest.mark.parametrize("sampler, schedule", [("Euler", "Karras"), ("Euler", "Exponential"), ("DPM++ 2M", "Uniform"),
+                                               ("DDIM", "SGM Uniform"), ("Heun", "Karras"), ("UniPC", "Exponential"),
+                                               ("Euler a", "SGM Uniform")])
+def test_a_schedule_type_equals_diffusers_with_its_options(tiny, diffusers_pipe, sampler, schedule):
+    request = BASE.replace(sampler=sampler, schedule_type=schedule)
+    ours = pixels(generate(request, tiny).images[0].image)
+    reference = reference_scheduler(sampler, tiny.scheduler_config, request.seed)
+    diffusers_pipe.scheduler = type(reference).from_config(reference.config, **REFERENCE_SCHEDULES[schedule])
+    theirs = pixels(diffusers_pipe(request.prompt, negative_prompt=request.negative_prompt,
+                                   num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+                                   width=request.width, height=request.height,
+                                   generator=torch.Generator("cpu").manual_seed(request.seed)).images[0])
+    assert np.abs(ours - theirs).max() <= 1
+    plain = pixels(generate(BASE.replace(sampler=sampler), tiny).images[0].image)
+    assert np.abs(ours - plain).max() > 1  # the schedule changed the image
+
+
+def test_a_schedule_type_is_written_and_read_back_as_a1111_writes_it(tiny):
+    from avert.output.pnginfo import parse_parameters
+    from avert.pipeline.metadata import request_from_a1111
+
+    made = generate(BASE.replace(sampler="Euler", schedule_type="Exponential", steps=2), tiny).images[0]
+    assert "Sampler: Euler, Schedule type: Exponential, CFG scale" in made.infotext
+    assert request_from_a1111(parse_parameters(made.infotext)).schedule_type == "Exponential"
+    automatic = generate(BASE.replace(steps=2), tiny).images[0].infotext
+    assert "Schedule type" not in automatic
+    karras = parse_parameters("a\nSteps: 2, Sampler: DPM++ 2M, Schedule type: Karras, Seed: 1")
+    assert (request_from_a1111(karras).sampler, request_from_a1111(karras).schedule_type) == ("DPM++ 2M Karras",
+                                                                                              "Automatic")

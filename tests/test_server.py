@@ -79,6 +79,18 @@ def assert_names(response, status: int, field: str) -> dict:
 # ---------------------------------------------------------------- A1111
 
 
+@pytest.mark.parametrize("sampler, scheduler, shown", [("Euler", "karras", "Sampler: Euler, Schedule type: Karras"),
+                                                       ("DPM++ 2M", "karras", "Sampler: DPM++ 2M Karras, CFG"),
+                                                       ("DDIM", "sgm_uniform", "Schedule type: SGM Uniform"),
+                                                       ("Euler", "Exponential", "Schedule type: Exponential"),
+                                                       ("Euler", "automatic", "Sampler: Euler, CFG")])
+def test_a1111_schedulers_are_schedule_types(client, sampler, scheduler, shown):
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "a house", "sampler_name": sampler, "scheduler": scheduler,
+                                               **FAST})
+    assert r.status_code == 200, r.text
+    assert shown in json.loads(r.json()["info"])["infotexts"][0]
+
+
 def test_txt2img_has_a1111_shape_metadata_and_defaults(client):
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "a house on a hill", "negative_prompt": "green tones",
                                                "seed": 7, "batch_size": 2, "sampler_name": "DPM++ 2M",
@@ -146,7 +158,8 @@ def test_txt2img_n_iter_continues_the_seeds(client):
     ({"batch_size": 10**9}, "batch_size"),
     ({"seed": 2**40}, "seed"),
     ({"sampler_name": "Euler z"}, "sampler_name"),
-    ({"scheduler": "exponential"}, "scheduler"),
+    ({"scheduler": "polyexponential"}, "scheduler"),
+    ({"sampler_name": "Euler a", "scheduler": "karras"}, "scheduler"),
     ({"override_settings": {"sd_model_checkpoint": "nope"}}, "override_settings.sd_model_checkpoint"),
     ({"override_settings": {"sd_model_checkpoint": "../../etc/passwd"}}, "override_settings.sd_model_checkpoint"),
     ({"override_settings": {"sd_model_checkpoint": "/tmp"}}, "override_settings.sd_model_checkpoint"),
@@ -192,7 +205,8 @@ def test_malformed_json_and_non_objects_name_the_body(client):
 def test_lists_options_and_styles(client):
     samplers = client.get("/sdapi/v1/samplers").json()
     assert {"name", "aliases", "options"} <= set(samplers[0]) and "DPM++ 2M Karras" in [s["name"] for s in samplers]
-    assert [s["name"] for s in client.get("/sdapi/v1/schedulers").json()] == ["automatic", "karras"]
+    assert [s["name"] for s in client.get("/sdapi/v1/schedulers").json()] == ["automatic", "uniform", "karras",
+                                                                           "exponential", "sgm_uniform"]
     models = client.get("/sdapi/v1/sd-models").json()
     assert models[0]["title"] == "embedded" and "/" not in models[0]["filename"]
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "embedded"

@@ -254,6 +254,7 @@ def test_page_is_a_workbench_for_negatives(server, tmp_path):
             for field, value in (("#steps", "4"), ("#seed", "7"), ("#cfg_scale", "6")):
                 page.fill(field, value)
             page.select_option("#sampler", "DDIM")
+            page.select_option("#schedule_type", "SGM Uniform")
             page.select_option("#guidance", "apg")
             expect(page.locator("#apg_eta")).to_be_visible()
             expect(page.locator("#negative_scale")).to_be_hidden()  # apg guides with cfg_scale alone
@@ -265,14 +266,15 @@ def test_page_is_a_workbench_for_negatives(server, tmp_path):
             body = _sent(page, "#generate")
             assert body["negatives"] == ["green tones", {"text": "sun", "weight": 0.5, "start": 0.25, "end": 1}]
             assert {k: body[k] for k in ("guidance", "apg_eta", "negatives_rule", "nag_scale", "clip_skip", "steps",
-                                         "seed", "cfg_scale", "sampler")} == {
+                                         "seed", "cfg_scale", "sampler", "schedule_type")} == {
                 "guidance": "apg", "apg_eta": 0.5, "negatives_rule": "mean", "nag_scale": 2, "clip_skip": 2,
-                "steps": 4, "seed": 7, "cfg_scale": 6, "sampler": "DDIM"}
+                "steps": 4, "seed": 7, "cfg_scale": 6, "sampler": "DDIM", "schedule_type": "SGM Uniform"}
             assert not set(body) & {"posterior_prior", "enable_hr", "strength", "mask_blur", "prompt_2", "nag_tau"}
             images = page.locator("#gallery figure")
             expect(images).to_have_count(1, timeout=60_000)
             made = images.first.locator("img").get_attribute("title")
-            assert all(k in made for k in ("Guidance: apg", "APG eta: 0.5", "NAG scale: 2", "Negatives rule: mean"))
+            assert all(k in made for k in ("Guidance: apg", "APG eta: 0.5", "NAG scale: 2", "Negatives rule: mean",
+                                           "Schedule type: SGM Uniform"))
             assert images.first.locator("pre").text_content() == made  # the full infotext, beside the image
             assert images.first.locator("img").evaluate("i => i.getBoundingClientRect().width") >= 192  # 32 px, shown big
             assert images.first.locator("img").evaluate("i => getComputedStyle(i).imageRendering") == "pixelated"
@@ -324,6 +326,7 @@ def test_page_is_a_workbench_for_negatives(server, tmp_path):
                     for i in range(page.locator("#negatives .neg-text").count())] == ["clouds"]
             assert page.locator("#steps").input_value() == "9" and page.locator("#seed").input_value() == "12"
             assert page.locator("#sampler").input_value() == "Euler"
+            assert page.locator("#schedule_type").input_value() == "Automatic"  # not in the text: the default
             assert page.locator("#guidance").input_value() == "perp-neg"
             assert page.locator("#nag_scale").input_value() == "1"  # what the infotext does not set: the default
 

@@ -393,3 +393,26 @@ def test_the_hires_prompts_are_held_to_the_parsers_bounds():
     with pytest.raises(ValidationError) as error:
         validate(HIRES.replace(hr_negative_prompt=("[a:b:3], " * 910)[:8190]))
     assert [p.field for p in error.value.problems] == ["hr_negative_prompt"]
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"sampler": "Euler a", "schedule_type": "Karras"}, "EulerAncestralDiscreteScheduler, has not): Euler, LMS"),
+    ({"sampler": "DPM++ 2M Karras", "schedule_type": "Uniform"}, "choose 'DPM++ 2M' and a schedule type"),
+    ({"sampler": "Euler", "schedule_type": "Karras", "enable_hr": True, "hr_sampler": "DDIM"}, "'DDIM'"),
+    ({"schedule_type": "Polyexponential"}, "must be one of: Automatic, Uniform, Karras, Exponential, SGM Uniform"),
+])
+def test_a_schedule_type_that_does_not_go_with_the_sampler_is_refused_by_name(fields, says):
+    with pytest.raises(ValidationError) as error:
+        validate(GenerationRequest(prompt="a", **fields))
+    problem = next(p for p in error.value.problems if p.field == "schedule_type")
+    assert says in str(problem)
+
+
+def test_every_schedule_type_goes_with_the_samplers_whose_scheduler_has_it():
+    from avert.sampling.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
+
+    for schedule in SCHEDULE_TYPES:
+        for sampler in ("Euler", "DPM++ 2M", "UniPC", "LMS"):
+            validate(GenerationRequest(prompt="a", sampler=sampler, schedule_type=schedule))
+    for sampler in SAMPLER_NAMES:  # Automatic goes with every sampler
+        validate(GenerationRequest(prompt="a", sampler=sampler))

@@ -30,8 +30,8 @@ def client(tmp_path_factory):
 def test_the_schema_places_every_field_and_names_each_methods_options(client):
     schema = client.get("/v1/schema").json()
     placed = [n for names in schema["groups"].values() for n in names]
-    page_fields = {"prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "sampler", "eta",
-                   "batch_size"}  # the page's first section
+    page_fields = {"prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "sampler",
+                   "schedule_type", "eta", "batch_size"}  # the page's first section
     assert sorted(placed + sorted(page_fields)) == sorted(p.name for p in PARAMS)
     assert len(placed) == len(set(placed))
     assert schema["method_options"]["apg"] == list(METHOD_ONLY[("apg",)])

@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=bounded("repeats", int, 1, 100), default=None,
                        help="runs of each (default 5; sdxl: 2, in the order avert, diffusers, diffusers, avert)")
     bench.add_argument("--size", type=bounded("size", int, 64, 2048), default=1024, help="sdxl: image size")
+    bench.add_argument("--eval-seeds", type=bounded("eval-seeds", int, 1, 64), default=0, metavar="N",
+                       help="readme: also run the README's avert eval lines, each at N seeds (default: not)")
     bench.add_argument("--docs", type=Path, default=Path("docs"), help="folder the table is written to")
     bench.set_defaults(handler=_run_bench)
     from avert.batch.cli import add_batch_parser
@@ -721,7 +723,7 @@ def _run_bench(args) -> int:
     elif args.what == "readme":
         from avert.bench.readme import run_readme_benchmark
 
-        run_readme_benchmark(docs=args.docs)
+        run_readme_benchmark(docs=args.docs, eval_seeds=args.eval_seeds)
     elif args.what == "nag":
         from avert.bench.nag import run_nag_benchmark
 

@@ -57,6 +57,7 @@ class GenerationRequest:
     width: int | None = None
     height: int | None = None
     sampler: str = "Euler a"
+    schedule_type: str = "Automatic"
     eta: float | None = None
     batch_size: int = 1
     negative_scale: float | None = None

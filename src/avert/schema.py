@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from avert.sampling.samplers import ETA_SAMPLERS, SAMPLER_NAMES
+from avert.sampling.samplers import AUTOMATIC, ETA_SAMPLERS, SAMPLER_NAMES, SCHEDULE_TYPES
 
 SEED_MAX = 2**32 - 1
 
@@ -119,6 +119,10 @@ PARAMS: tuple[Param, ...] = (
     _size_param("width", "-W"),
     _size_param("height", "-H"),
     Param("sampler", str, "Euler a", "sampler, by its AUTOMATIC1111 name", "--sampler", choices=SAMPLER_NAMES),
+    Param("schedule_type", str, AUTOMATIC, "the noise schedule's spacing, A1111's schedule type: Automatic (the "
+          "sampler's own), Uniform (timesteps evenly spaced: diffusers' linspace), Karras (Karras et al. 2022 sigmas), "
+          "Exponential (sigmas evenly spaced in log), SGM Uniform (diffusers' trailing spacing); a sampler whose name "
+          "says Karras takes Automatic only", "--schedule-type", choices=SCHEDULE_TYPES),
     Param("eta", float, None, "noise of each step of the samplers that take eta, as A1111 (k-diffusion) runs them: "
           f"{', '.join(ETA_SAMPLERS)}; 0 adds none (deterministic), 1 is the full ancestral step", "--eta",
           low=lambda l: 0.0, high=lambda l: 1.0, unset="the sampler's own: 1 for ancestral and SDE samplers "

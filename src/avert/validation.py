@@ -12,7 +12,7 @@ from avert.errors import FieldProblem, ValidationError
 from avert.prompts.parse import count_parts, parse_prompt
 from avert.prompts.schedule import PromptTooComplex
 from avert.request import GenerationRequest, Negative
-from avert.sampling.samplers import ETA_SAMPLERS, SAMPLERS
+from avert.sampling.samplers import ETA_SAMPLERS, SAMPLERS, SCHEDULE_TYPES, schedule_problem
 from avert.schema import FALLBACK_GUIDANCE, PARAMS, PARAMS_BY_NAME, RESIZE_MODES, SDXL_ONLY, Limits, Param
 
 
@@ -134,7 +134,8 @@ def check_relations(request: GenerationRequest, model_guidance: str | None = FAL
     if _in_range(start, 0, 1) and _in_range(stop, 0, 1) and start > stop:
         problems.append(FieldProblem("perturbed_guidance_start", start,
                                      f"must be at most perturbed_guidance_stop ({stop})"))
-    return (problems + _method_problems(request, model_guidance) + _eta_problems(request) + _img2img_problems(request)
+    return (problems + _method_problems(request, model_guidance) + _eta_problems(request) + _schedule_problems(request)
+            + _img2img_problems(request)
             + _joined_problems(request) + _nag_problems(request))
 
 
@@ -256,6 +257,18 @@ def _unused(request: GenerationRequest, names: tuple[str, ...], needs: str) -> l
                          f"{getattr(defaults, name)} without one)")
             for name in names if getattr(request, name) != getattr(defaults, name)
             and check_field(PARAMS_BY_NAME[name], getattr(request, name), Limits()) is None]  # else named above
+
+
+def _schedule_problems(request: GenerationRequest) -> list[FieldProblem]:
+    """The schedule type must go with the sampler (and with the hires fix's second-pass sampler)."""
+    samplers = [request.sampler] + ([request.hr_sampler] if request.enable_hr is True and request.hr_sampler else [])
+    if not (isinstance(request.schedule_type, str) and request.schedule_type in SCHEDULE_TYPES):
+        return []
+    for sampler in samplers:
+        problem = schedule_problem(sampler, request.schedule_type) if sampler in SAMPLERS else None
+        if problem:
+            return [FieldProblem("schedule_type", request.schedule_type, problem)]
+    return []
 
 
 def _eta_problems(request: GenerationRequest) -> list[FieldProblem]:

@@ -75,7 +75,8 @@ def _measure(components, pipe, sampler: str, batch: int, repeats: int, steps: in
 
 
 def _run_diffusers(pipe, components, request: GenerationRequest):
-    pipe.scheduler = sampler_spec(request.sampler).build(components.scheduler_config, request.seed, request.eta)
+    pipe.scheduler = sampler_spec(request.sampler).build(components.scheduler_config, request.seed, request.eta,
+                                                       request.schedule_type)
     generators = [torch.Generator("cpu").manual_seed(request.seed + i) for i in range(request.batch_size)]
     return pipe([request.prompt] * request.batch_size, negative_prompt=[request.negative_prompt] * request.batch_size,
                 num_inference_steps=request.steps, guidance_scale=request.cfg_scale, width=request.width,

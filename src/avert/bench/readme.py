@@ -25,17 +25,20 @@ from avert.bench import publish
 from avert.evaluation.common import machine
 
 LONG_RUNS = ("eval", "train", "serve", "batch")  # each says beside it how long it takes
+EVAL = "eval"
 SKIPPED_BENCH = ("startup", "sdxl", "scale", "nag", "readme")
 
 
-def readme_commands(readme: str) -> list[str]:
-    """The README's `avert` command lines, in order, each once, without comments."""
+def readme_commands(readme: str, evals: bool = False) -> list[str]:
+    """The README's `avert` command lines, in order, each once, without comments (with `evals`, its `avert eval`
+    lines instead)."""
     commands: list[str] = []
     for block in re.findall(r"```sh\n(.*?)```", readme, flags=re.S):
         parts = [part for line in block.replace("\\\n", " ").splitlines() for part in line.split(" && ")]
         for line in parts:
             words = shlex.split(line, comments=True) if line.lstrip().startswith("avert ") else []
-            if len(words) < 2 or words[1] in LONG_RUNS or (words[1] == "bench" and words[2:3] != ["engine"]):
+            if len(words) < 2 or (words[1] == EVAL) != evals or words[1] in LONG_RUNS and not evals \
+                    or (words[1] == "bench" and words[2:3] != ["engine"]):
                 continue
             command = shlex.join(words)
             if command not in commands:
@@ -43,7 +46,20 @@ def readme_commands(readme: str) -> list[str]:
     return commands
 
 
-def run_readme_benchmark(readme: Path = Path("README.md"), docs: Path = Path("docs")) -> list[tuple[str, float, int]]:
+def at_seeds(command: str, seeds: int, folder: str) -> list[str]:
+    """An `avert eval` line run at `seeds` seeds, quietly, its pages written into `folder` (not docs/); a `> FILE`
+    redirection is left out (the output is not kept)."""
+    words = shlex.split(command)
+    if ">" in words:
+        del words[words.index(">"):]
+    if "--seeds" in words:
+        at = words.index("--seeds")
+        del words[at:at + 2]
+    return [*words, "--seeds", str(seeds), "-q", "--docs", str(Path(folder) / "docs")]
+
+
+def run_readme_benchmark(readme: Path = Path("README.md"), docs: Path = Path("docs"),
+                         eval_seeds: int = 0) -> list[tuple[str, float, int]]:
     from PIL import Image
 
     rows = []
@@ -60,6 +76,13 @@ def run_readme_benchmark(readme: Path = Path("README.md"), docs: Path = Path("do
                                   text=True)
             rows.append((command, time.perf_counter() - start, done.returncode))
             print(f"{rows[-1][1]:7.1f} s  exit {done.returncode}  {command}", file=sys.stderr)
+        evals = readme_commands(readme.read_text(encoding="utf-8"), evals=True) if eval_seeds else []
+        for command in [c for c in evals if not c.startswith("avert eval pool")]:  # pool: merges files, instant
+            start = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "avert.cli", *at_seeds(command, eval_seeds, folder)[1:]],
+                                  cwd=folder, capture_output=True, text=True)
+            rows.append((f"{command} (at --seeds {eval_seeds})", time.perf_counter() - start, done.returncode))
+            print(f"{rows[-1][1]:7.1f} s  exit {done.returncode}  {rows[-1][0]}", file=sys.stderr)
     publish(table(rows), docs / "benchmarks" / "readme-commands.md")
     return rows
 
@@ -71,7 +94,9 @@ def table(rows: list[tuple[str, float, int]]) -> str:
         f"Measured {date.today().isoformat()} by `avert bench readme` on {machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}: each `avert` line of the README's code blocks (the long runs, "
         "`avert eval`, `train`, `serve`, `batch` and the other benchmarks, say their time beside them), in order, "
-        "as a fresh process in one folder, imports and model loading included.",
+        "as a fresh process in one folder, imports and model loading included; with `--eval-seeds N`, the "
+        "`avert eval` lines too, each at N seeds (an eval's time grows about in proportion to its seeds: the "
+        "default is 64).",
         "",
         "| command | seconds | exit status |",
         "|---|---|---|",

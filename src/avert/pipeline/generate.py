@@ -270,7 +270,7 @@ def negative_warnings(request: GenerationRequest, components: Components | None 
 
 def make_schedulers(request: GenerationRequest, components: Components, seeds, runtime: Runtime) -> list:
     spec = sampler_spec(request.sampler)
-    schedulers = [spec.build(components.scheduler_config, seed, request.eta) for seed in seeds]
+    schedulers = [spec.build(components.scheduler_config, seed, request.eta, request.schedule_type) for seed in seeds]
     for s in schedulers:
         s.set_timesteps(request.steps, device=runtime.device)
     return schedulers

@@ -12,7 +12,7 @@ from avert.models.components import ModelSource
 from avert.output.maps import small_map
 from avert.output.pnginfo import ParsedParameters, format_parameters
 from avert.request import GenerationRequest, Negative
-from avert.sampling.samplers import SAMPLERS
+from avert.sampling.samplers import AUTOMATIC, SAMPLERS
 
 RECORD_FORMAT = 1
 
@@ -22,6 +22,7 @@ def infotext(request: GenerationRequest, seed: int, model: ModelSource) -> str:
     params = (
         ("Steps", request.steps),
         ("Sampler", request.sampler),
+        *((("Schedule type", request.schedule_type),) if request.schedule_type != AUTOMATIC else ()),
         ("CFG scale", request.cfg_scale),
         ("Seed", seed),
         ("Size", f"{request.width}x{request.height}"),
@@ -260,8 +261,7 @@ def request_from_a1111(parsed: ParsedParameters, img2img: bool = False, inpainti
     fields = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg_scale", float),
               "Seed": ("seed", int)}
     changes = {name: convert_value(parsed.get(key), kind) for key, (name, kind) in fields.items() if parsed.get(key)}
-    if parsed.get("Schedule type") == "Karras" and isinstance(changes.get("sampler"), str):
-        changes["sampler"] = changes["sampler"] + " Karras"  # A1111 1.9+ writes the schedule apart
+    changes.update(_schedule_fields(parsed, changes.get("sampler")))
     changes.update(_extra_fields(parsed))
     changes.update(_eta_field(parsed, changes.get("sampler", request.sampler)))
     if not img2img:
@@ -279,6 +279,17 @@ def request_from_a1111(parsed: ParsedParameters, img2img: bool = False, inpainti
         width, _, height = size.partition("x")
         changes.update(width=convert_value(width, int), height=convert_value(height, int))
     return request.replace(**changes)
+
+
+def _schedule_fields(parsed: ParsedParameters, sampler: object) -> dict:
+    """A1111 1.9+ writes the schedule apart ("Schedule type: Karras"): with a sampler that has a Karras name it
+    is that sampler (as earlier A1111 named it), else the schedule type; Automatic, or none, is the sampler's own."""
+    schedule = parsed.get("Schedule type")
+    if not schedule or schedule == AUTOMATIC:
+        return {}
+    if schedule == "Karras" and isinstance(sampler, str) and f"{sampler} Karras" in SAMPLERS:
+        return {"sampler": f"{sampler} Karras"}
+    return {"schedule_type": schedule}
 
 
 def _extra_fields(parsed: ParsedParameters) -> dict:

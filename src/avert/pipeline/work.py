@@ -57,7 +57,7 @@ def estimate(request: GenerationRequest, components: Components, method: str, ma
 
 def evaluations(request: GenerationRequest, components: Components) -> int:
     """Model evaluations over the run: the length of the sampler's timesteps for `request.steps` steps."""
-    scheduler = sampler_spec(request.sampler).build(components.scheduler_config, 0)
+    scheduler = sampler_spec(request.sampler).build(components.scheduler_config, 0, None, request.schedule_type)
     scheduler.set_timesteps(request.steps)
     return len(scheduler.timesteps)
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+AUTOMATIC = "Automatic"  # the schedule type that keeps the sampler's own schedule
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """An A1111 sampler name, the diffusers scheduler class implementing it and the options it needs."""
@@ -27,13 +30,14 @@ class SamplerSpec:
         """The eta it runs at when none is given (A1111's option defaults), None for samplers without eta."""
         return ETA_OPTIONS.get(self.eta_option)
 
-    def build(self, base_config: dict, seed: int, eta: float | None = None) -> Any:
+    def build(self, base_config: dict, seed: int, eta: float | None = None, schedule_type: str = AUTOMATIC) -> Any:
         """A fresh scheduler for one image (schedulers hold per-run state, so one per image), at `eta` (None:
-        the default; a sampler that takes eta only, validation has checked it)."""
+        the default; a sampler that takes eta only, validation has checked it) and with `schedule_type`'s
+        sigmas or spacing (validation has checked that the scheduler has them: `schedule_problem`)."""
         import diffusers  # here, not at the top: the CLI's parser reads SAMPLER_NAMES without loading diffusers
 
         cls = getattr(diffusers, self.scheduler)
-        options = dict(self.options)
+        options = {**dict(self.options), **dict(SCHEDULE_OPTIONS[schedule_type])}
         if self.seeded_noise_sampler:
             options["noise_sampler_seed"] = seed
         if eta is None or eta == self.default_eta:
@@ -46,6 +50,17 @@ class SamplerSpec:
 
 
 ETA_OPTIONS = {"eta_ancestral": 1.0, "eta_ddim": 0.0}  # A1111's defaults
+# A1111's schedule types (1.9+) as diffusers' scheduler options, after diffusers' own table (schedulers overview:
+# "karras" -> use_karras_sigmas, "sgm_uniform" -> timestep_spacing "trailing"); Uniform is k-diffusion's get_sigmas,
+# sigmas at timesteps spaced evenly from the last to the first: diffusers' "linspace" spacing
+SCHEDULE_OPTIONS: dict[str, tuple[tuple[str, Any], ...]] = {
+    AUTOMATIC: (),
+    "Uniform": (("timestep_spacing", "linspace"),),
+    "Karras": (("use_karras_sigmas", True),),
+    "Exponential": (("use_exponential_sigmas", True),),
+    "SGM Uniform": (("timestep_spacing", "trailing"),),
+}
+SCHEDULE_TYPES = tuple(SCHEDULE_OPTIONS)
 _KARRAS = (("use_karras_sigmas", True),)
 _ANCESTRAL = {"eta_option": "eta_ancestral"}  # A1111 passes its eta_ancestral to the SDE samplers too
 _SPECS = (
@@ -87,6 +102,32 @@ def zero_snr_samplers() -> tuple[str, ...]:
 
     return tuple(s.name for s in _SPECS
                  if "rescale_betas_zero_snr" in inspect.signature(getattr(diffusers, s.scheduler).__init__).parameters)
+
+
+def schedule_problem(sampler: str, schedule_type: str) -> str | None:
+    """Why `schedule_type` cannot go with `sampler` (None: it can): a sampler whose name sets the schedule (the
+    Karras ones) takes only Automatic, and the scheduler must have the option (diffusers' Euler a has no sigma
+    schedules)."""
+    if schedule_type == AUTOMATIC:
+        return None
+    if sampler.endswith(" Karras"):
+        return (f"must be Automatic with sampler {sampler!r}, whose name sets the Karras schedule (choose "
+                f"{sampler[:-7]!r} and a schedule type)")
+    if not _takes(sampler, schedule_type):
+        able = [n for n in SAMPLER_NAMES if not n.endswith(" Karras") and _takes(n, schedule_type)]
+        return (f"must go with a sampler whose scheduler has it ({sampler!r}, diffusers' "
+                f"{SAMPLERS[sampler].scheduler}, has not): " + ", ".join(able))
+    return None
+
+
+def _takes(sampler: str, schedule_type: str) -> bool:
+    """Whether the sampler's diffusers scheduler has every option the schedule type sets."""
+    import inspect
+
+    import diffusers
+
+    accepted = inspect.signature(getattr(diffusers, SAMPLERS[sampler].scheduler).__init__).parameters
+    return all(name in accepted for name, _ in SCHEDULE_OPTIONS[schedule_type])
 
 
 def sampler_spec(name: str) -> SamplerSpec:

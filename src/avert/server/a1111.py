@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 
 from avert import __version__
 from avert.errors import FieldProblem, ValidationError
-from avert.sampling.samplers import SAMPLER_NAMES, SAMPLERS
+from avert.sampling.samplers import AUTOMATIC, SAMPLERS
 from avert.server import bodies, openapi
 from avert.server.a1111_info import ETA_OPTIONS, SCHEDULERS, eta_option_problems, model_name, options
 from avert.server.a1111_styles import styled_fields
@@ -143,7 +143,7 @@ def _parse(state: ServerState, raw: bytes, client: str | None, build: Callable) 
 A1111_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "sampler_name": ((str, type(None)), "must be a sampler name (GET /sdapi/v1/samplers) or null"),
     "sampler_index": ((str, type(None)), "must be a sampler name (GET /sdapi/v1/samplers) or null"),
-    "scheduler": ((str, type(None)), "must be one of: automatic, karras, or null"),
+    "scheduler": ((str, type(None)), "must be one of: automatic, uniform, karras, exponential, sgm_uniform, or null"),
     "override_settings": ((dict, type(None)), "must be an object of options, or null"),
     "send_images": ((bool,), "must be true or false"),
     "enable_hr": ((bool, type(None)), "must be true, false or null"),
@@ -188,7 +188,7 @@ def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict
     settings = styled_fields(state.config.styles, {**defaults, **body}, problems)
     model, overrides, override_problems = _override(state, settings.get("override_settings"))
     problems += override_problems
-    sampler = _sampler(settings, problems)
+    sampler, schedule = _sampler(settings, problems)
     rounds = settings["n_iter"]
     limits = state.config.limits
     if not (type(rounds) is int and 1 <= rounds <= limits.max_batch_size):
@@ -210,7 +210,8 @@ def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict
         shared = {k: v for k, v in body.items() if k in bodies.REQUEST_FIELDS and k not in fields
                   and k not in NOT_SHARED and v is not None}
         request = _renamed(lambda: bodies.request_from_fields({**shared, **overrides, **fields,
-                                                               "negative_prompt": negative, "sampler": sampler}))
+                                                               "negative_prompt": negative, "sampler": sampler,
+                                                               "schedule_type": schedule}))
         components = state.registry.components(model)
         _renamed(lambda: bodies.check(request, limits, components, per_image))
     except ValidationError as error:
@@ -226,6 +227,7 @@ def a1111_job(state: ServerState, body: dict, client: str | None, defaults: dict
 
 
 A1111_NAMES = {"sampler": "sampler_name", "strength": "denoising_strength", "hr_sampler": "hr_sampler_name",
+               "schedule_type": "scheduler",
                "init_image": "init_images[0]",
                "clip_skip": "override_settings.CLIP_stop_at_last_layers",
                "guidance": "override_settings.avert_guidance"}
@@ -240,23 +242,23 @@ def _renamed(build: Callable[[], Any]) -> Any:
                                for p in error.problems]) from None
 
 
-def _sampler(settings: dict, problems: list[FieldProblem]) -> str | None:
-    """A1111's sampler_name (or sampler_index) and scheduler, as one avert sampler name."""
+def _sampler(settings: dict, problems: list[FieldProblem]) -> tuple[str | None, str]:
+    """A1111's sampler_name (or sampler_index) and scheduler, as avert's sampler and schedule type: karras with a
+    sampler that has a Karras name is that sampler (as A1111 before 1.9 named it), any other scheduler the
+    schedule type (validation then checks it goes with the sampler)."""
     name = settings.get("sampler_name") or settings.get("sampler_index") or "Euler"
     scheduler = settings.get("scheduler")
-    names = {s["name"] for s in SCHEDULERS} | {s["label"] for s in SCHEDULERS}
-    if scheduler not in (None, "") and scheduler not in names:
-        problems.append(FieldProblem("scheduler", scheduler, "must be one of: automatic, karras"))
-        return name
-    if isinstance(scheduler, str) and scheduler.lower() == "karras" and isinstance(name, str):
-        if not name.endswith(" Karras"):
-            if f"{name} Karras" not in SAMPLERS:
-                problems.append(FieldProblem("scheduler", scheduler, f"karras is not available with {name!r}; "
-                                             "samplers with a Karras schedule: "
-                                             + ", ".join(n[:-7] for n in SAMPLER_NAMES if n.endswith(" Karras"))))
-                return name
-            name = f"{name} Karras"
-    return name
+    labels = {s["name"]: s["label"] for s in SCHEDULERS} | {s["label"]: s["label"] for s in SCHEDULERS}
+    if scheduler in (None, ""):
+        return name, AUTOMATIC
+    if scheduler not in labels:
+        problems.append(FieldProblem("scheduler", scheduler,
+                                     "must be one of: " + ", ".join(s["name"] for s in SCHEDULERS)))
+        return name, AUTOMATIC
+    label = labels[scheduler]
+    if label == "Karras" and isinstance(name, str) and f"{name} Karras" in SAMPLERS:
+        return f"{name} Karras", AUTOMATIC
+    return name, label
 
 
 def _eta(eta: Any, sampler: Any, eta_options: dict[str, Any]) -> Any:

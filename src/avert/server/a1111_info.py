@@ -16,15 +16,16 @@ from avert.errors import AvertError, FieldProblem, ValidationError
 from avert.init_image import decode_base64
 from avert.schema import HR_UPSCALERS, LATENT_UPSCALERS
 from avert.output.pnginfo import parse_parameters, read_png_metadata
-from avert.sampling.samplers import SAMPLERS
+from avert.sampling.samplers import SAMPLERS, SCHEDULE_TYPES
 from avert.server import bodies, openapi
 from avert.server.state import ServerState, get_state
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"])
 
-SCHEDULERS = ({"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": -1.0,
-               "need_inner_model": False},
-              {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0, "need_inner_model": False})
+# A1111's schedulers by name and label (its /sdapi/v1/schedulers), those avert has (`SCHEDULE_TYPES`)
+SCHEDULERS = tuple({"name": label.lower().replace(" ", "_"), "label": label, "aliases": None,
+                    "default_rho": {"Karras": 7.0, "Exponential": 1.0}.get(label, -1.0), "need_inner_model": False}
+                   for label in SCHEDULE_TYPES)
 ANCESTRAL_ETA = 1.0  # diffusers' ancestral and SDE samplers, like A1111's default eta_ancestral
 DDIM_ETA = 0.0  # avert's DDIM, like A1111's default eta_ddim
 

@@ -228,7 +228,8 @@ async def schema(request: Request) -> dict:
             "one_scale": list(ONE_SCALE)}
 
 
-# the page's sections (the fields of the prompt, size and sampler are its first section)
+# the page's sections (the prompt, negatives, model, sampler, schedule type, steps, CFG, seed, size, batch and eta are
+# its first section)
 GROUPS = {
     "guidance": ["guidance", "negatives_rule", "negative_scale", "guidance_rescale", "guidance_start", "guidance_end",
                  "guidance_sigma_min", "guidance_sigma_max", "s_min_uncond", "s_min_uncond_all", "guidance_reuse",

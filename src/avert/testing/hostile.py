@@ -171,7 +171,7 @@ def a1111_cases() -> list[HttpCase]:
     g = "A1111 txt2img: fields"
     values = [
         ("sampler_name", 5), ("sampler_name", []), ("sampler_name", "Euler z"), ("sampler_index", {}),
-        ("scheduler", {}), ("scheduler", []), ("scheduler", "exponential"), ("scheduler", 3),
+        ("scheduler", {}), ("scheduler", []), ("scheduler", "polyexponential"), ("scheduler", 3),
         ("n_iter", 0), ("n_iter", 17), ("n_iter", "2"), ("n_iter", 1.5), ("override_settings", "x"),
         ("override_settings", []), ("override_settings", {"sd_model_checkpoint": "../../etc/passwd"}),
         ("override_settings", {"sd_model_checkpoint": 5}), ("override_settings", {"unknown_option": 1}),

@@ -227,6 +227,7 @@ async function deletePreset() {
 
 function requestBody() {
   const body = {prompt: $("prompt").value, sampler: $("sampler").value, model: $("model").value};
+  if (!isDefault("schedule_type")) body.schedule_type = $("schedule_type").value;
   for (const name of SETTINGS) {
     const text = $(name).value.trim();
     if (text !== "") body[name] = Number(text);
@@ -488,7 +489,7 @@ async function init() {
   params = Object.fromEntries(schema.params.map((p) => [p.name, p]));
   const models = await api("GET", "/v1/models");
   for (const name of models.models) $("model").add(new Option(name, name, false, name === models.default));
-  for (const name of [...SETTINGS, "sampler"]) setUp($(name), params[name]);
+  for (const name of [...SETTINGS, "sampler", "schedule_type"]) setUp($(name), params[name]);
   buildGroups();
   $("negatives-hint").textContent = supportsWeights()
     ? "Each negative has its own weight, and acts from / to a fraction of the run (0 to 1)."
