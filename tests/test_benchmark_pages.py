@@ -66,3 +66,31 @@ def test_the_scale_benchmarks_steady_rate_counts_images_after_every_workers_firs
     rows.append({"chunk": 0, "finished": 15.0, "files": ["c.png"], "worker": "c"})  # a worker that started late
     # from 15.0 (the last first chunk) to 20.003: the chunks written after it (b's and a's third: 8 images)
     assert scale.steady_rate(rows) == pytest.approx(8 / 5.003)
+
+
+def test_the_readme_page_times_exactly_the_readmes_commands_and_each_succeeded():
+    """docs/benchmarks/readme-commands.md (`avert bench readme`) lists the README's usage commands as they are now,
+    in order, each with exit status 0: a command added or changed in the README without a new run is caught."""
+    from avert.bench import readme
+
+    page = (DOCS / "readme-commands.md").read_text()
+    rows = re.findall(r"^\| `(.+)` \| ([\d.]+) \| (\d+) \|$", page, flags=re.M)
+    commands = [c for c, _, _ in rows if not c.endswith(")")]  # the evals' rows end "(at --seeds N)"
+    assert commands == readme.readme_commands((ROOT / "README.md").read_text())
+    assert all(code == "0" for _, _, code in rows), [c for c, _, code in rows if code != "0"]
+    assert page.splitlines()[2].startswith("Measured ") and "CPU flags: " in page.splitlines()[2]
+
+
+def test_the_readmes_commands_are_read_as_a_user_runs_them():
+    from avert.bench import readme
+
+    text = ("```sh\npython3 -m venv .venv && pip install -e . && avert compare \"a b\" -n c -o x.png\n```\n"
+            "```sh\navert generate \"a\" \\\n    --seed 1   # a comment\navert eval negatives --seeds 8\n"
+            "avert bench engine\navert bench startup\navert serve\navert generate \"a\" --seed 1\n```\n")
+    assert readme.readme_commands(text) == ["avert compare 'a b' -n c -o x.png", "avert generate a --seed 1",
+                                            "avert bench engine"]
+    assert readme.readme_commands(text, evals=True) == ["avert eval negatives --seeds 8"]
+    assert readme.at_seeds("avert eval methods --only cfg --json > a.json --seeds 64", 8, "/t") == [
+        "avert", "eval", "methods", "--only", "cfg", "--json", "--seeds", "8", "-q", "--docs", "/t/docs"]
+    assert readme.quick_start("## Quick start\n\n```sh\npython3 -m venv .venv && pip install -e . && avert compare "
+                              "a -n b\n```\n") == ("python3 -m venv .venv && pip install -e .", "avert compare a -n b")

@@ -85,12 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _serve_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks that print a table and write it to docs/")
-    bench.add_argument("what", choices=("engine", "startup", "sdxl", "scale", "nag", "readme"),
+    bench.add_argument("what", choices=("engine", "startup", "sdxl", "scale", "nag", "readme", "first-run"),
                        help="engine: avert vs diffusers on tiny components; startup: the README's main command on the embedded model, as fresh "
                        "processes; sdxl: SDXL base's architecture at 1024x1024 (random weights, about 14 GB of "
                        "memory); scale: avert batch in one process and on a local Ray cluster of 1 and 2 workers "
                        "(needs avert[ray]; about 8 minutes); nag: a negative through NAG at CFG 1 against CFG's second "
-                       "branch, on the embedded model; readme: every usage command of the README, timed")
+                       "branch, on the embedded model; readme: every usage command of the README, timed; first-run: "
+                       "git clone, the README's install line in a fresh environment and its first command")
     bench.add_argument("--requests", type=bounded("requests", int, 16, 10000), default=96,
                        help="scale: requests in the job (default: %(default)s)")
     bench.add_argument("--repeats", type=bounded("repeats", int, 1, 100), default=None,
@@ -181,6 +182,9 @@ def _serve_parser(sub) -> None:
     p.add_argument("--styles", dest="styles_file", type=Path, default=None, metavar="FILE",
                    help="prompt styles clients may name (A1111's styles.csv; GET /sdapi/v1/prompt-styles lists them) "
                    "(default: $AVERT_STYLES)")
+    p.add_argument("--lora-dir", type=Path, default=None, metavar="DIR",
+                   help="LoRA .safetensors files clients name in the prompt as <lora:NAME:WEIGHT> (file stem), "
+                   "applied for that request only (default: $AVERT_LORA_DIR)")
     p.add_argument("--presets", dest="presets_file", type=Path, default=None, metavar="FILE",
                    help="keep the clients' saved presets of negatives in FILE, one JSON file (each API key its own "
                    "presets) (default: $AVERT_PRESETS, else in memory until the server stops)")
@@ -231,7 +235,8 @@ def _run_serve(args) -> int:
                           rate_limit=args.rate_limit, queue_size=args.queue_size,
                           max_body_bytes=int(args.max_body_mb * 1024 * 1024), cors_origins=tuple(args.cors_origin),
                           limits=dataclasses.replace(LIMITS, max_work=args.max_work), device=args.device,
-                          precision=args.precision, styles=_styles(args), presets_file=_presets_file(args))
+                          precision=args.precision, styles=_styles(args), presets_file=_presets_file(args),
+                          lora_dir=_lora_dir(args))
     config.check_bind()
     if args.api_key:
         print("avert serve: warning: --api-key is visible to every user of this machine (ps); prefer $AVERT_API_KEY "
@@ -247,6 +252,12 @@ def _run_serve(args) -> int:
     else:
         serve(config)
     return 0
+
+
+def _lora_dir(args) -> Path | None:
+    import os
+
+    return args.lora_dir or (Path(os.environ["AVERT_LORA_DIR"]) if os.environ.get("AVERT_LORA_DIR") else None)
 
 
 def _presets_file(args) -> Path | None:
@@ -488,7 +499,34 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", type=device_arg, help="torch device (default: cpu)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                         help="fp32 (exact) or bf16 autocast (faster on CPUs with AVX-512 bf16)")
+    parser.add_argument("--lora", dest="lora_files", action="append", default=[], metavar="FILE[:WEIGHT]",
+                        help="apply a LoRA .safetensors file (kohya/A1111 or diffusers layout) at WEIGHT (default 1): "
+                        "the same as <lora:STEM:WEIGHT> in the prompt, which is how the infotext records it (repeat)")
+    parser.add_argument("--lora-dir", type=Path, default=None, metavar="DIR",
+                        help="LoRA files the prompt's <lora:NAME:WEIGHT> tags name, by file stem, as in A1111 "
+                        "(default: $AVERT_LORA_DIR)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _loras(args, request):
+    """The LoRA library (--lora-dir, else $AVERT_LORA_DIR, and the --lora files) and the request with a
+    `<lora:STEM:WEIGHT>` tag for each --lora added to its prompt (where it is not there yet)."""
+    from avert.models.lora import lora_uses, load_loras
+
+    folder = _lora_dir(args)
+    files, tags = [], []
+    for given in args.lora_files:
+        path, _, weight = given.rpartition(":") if re.search(r":-?[\d.]+$", given) else (given, "", "1")
+        try:
+            value = float(weight)
+        except ValueError:
+            raise ValidationError([FieldProblem("--lora", given, "must be FILE or FILE:WEIGHT, e.g. "
+                                                "style.safetensors:0.8")]) from None
+        files.append(Path(path))
+        if Path(path).stem not in {u.name for u in lora_uses(request.prompt)}:
+            tags.append(f"<lora:{Path(path).stem}:{value:g}>")
+    library = load_loras(folder).with_files(files)
+    return library, (request.replace(prompt=" ".join([request.prompt, *tags])) if tags else request)
 
 
 def _typed(param: Param):
@@ -568,12 +606,13 @@ def _run_generate(args) -> int:
                                                if args.from_image else None))
     if not request.prompt and not args.from_image:
         raise ValidationError([FieldProblem("prompt", request.prompt, "give a prompt (or --from IMAGE)")])
+    library, request = _loras(args, request)
     _check_before_loading(request)
     components = _load(args)
     told = _advise(request, components)
     with _progress(args, "Sampling", told) as on_step:
         result = generate(request, components, runtime=_runtime(args), limits=LIMITS, on_step=on_step,
-                          embeddings=load_embeddings(_embeddings_dir(args)))
+                          embeddings=load_embeddings(_embeddings_dir(args)), loras=library)
     _print_warnings([w for w in result.warnings if w not in told])
     for generated, path in zip(result.images, _output_paths(args.output, result.seeds)):
         _save(generated, path, args.upscale)
@@ -613,13 +652,14 @@ def _run_compare(args) -> int:
     from avert.pipeline.compare import compare
     from avert.request import GenerationRequest
 
-    request = _request_from_args(args, GenerationRequest())
+    library, request = _loras(args, _request_from_args(args, GenerationRequest()))
     _check_before_loading(request)
     components = _load(args)
     told = _advise(request.replace(negative_prompt=", ".join(args.negatives)), components)
     with _progress(args, "Comparing", told) as on_step:
         comparison = compare(request, args.negatives, components, runtime=_runtime(args), limits=LIMITS,
-                             on_step=on_step, embeddings=load_embeddings(_embeddings_dir(args)), maps=args.map)
+                             on_step=on_step, embeddings=load_embeddings(_embeddings_dir(args)), maps=args.map,
+                             loras=library)
     first = comparison.columns[0]
     _print_warnings(sorted({w for c in comparison.columns for w in c.warnings if w not in told}))
     path = _output_paths(args.output, first.seeds[:1], prefix="compare-")[0]
@@ -720,6 +760,10 @@ def _run_bench(args) -> int:
         from avert.bench.sdxl import run_sdxl_benchmark
 
         run_sdxl_benchmark(size=args.size, docs=args.docs, repeats=args.repeats or 2)
+    elif args.what == "first-run":
+        from avert.bench.readme import run_first_run_benchmark
+
+        run_first_run_benchmark(docs=args.docs)
     elif args.what == "readme":
         from avert.bench.readme import run_readme_benchmark
 
@@ -786,7 +830,7 @@ class _progress:
         self.enabled = not args.quiet
         self.label = label
         self.bar = None
-        self.estimate = any(w.startswith(SIZE_WARNING_START) or SIZE_WARNING_START in w for w in told)
+        self.estimate = any(SIZE_WARNING_START in w for w in told)
         self.started = time.perf_counter()
 
     def __enter__(self):
@@ -797,7 +841,7 @@ class _progress:
             self.estimate = False
             took = time.perf_counter() - self.started
             print(f"avert: the first of {event.total} steps took {took:.1f} s: about {took * event.total:.0f} s for "
-                  "the run (Ctrl+C stops it)", file=sys.stderr)
+                  "them (Ctrl+C stops the run)", file=sys.stderr)
         if not self.enabled:
             return
         from tqdm import tqdm

@@ -102,3 +102,52 @@ def table(rows: list[tuple[str, float, int]]) -> str:
         "|---|---|---|",
         *[f"| `{c}` | {t:.1f} | {code} |" for c, t, code in rows],
     ])
+
+
+def quick_start(readme: str) -> tuple[str, str]:
+    """The Quick start's line, as (the install, the first avert command)."""
+    section = readme.split("## Quick start", 1)[1]
+    line = re.search(r"```sh\n(.*?)\n```", section, flags=re.S).group(1).strip()
+    install, _, command = line.rpartition(" && avert ")
+    return install, "avert " + command
+
+
+def run_first_run_benchmark(readme: Path = Path("README.md"), docs: Path = Path("docs")) -> dict[str, float]:
+    """From `git clone` to the Quick start's picture, as a new user: a clone of this repository's HEAD in a fresh
+    folder, its install line in a new virtual environment with pip's cache off (what a fresh machine downloads),
+    then its command."""
+    install, command = quick_start(readme.read_text(encoding="utf-8"))
+    times: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        env = {**os.environ, "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        env.pop("VIRTUAL_ENV", None)
+        env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if ".venv" not in p)
+        for step, shell in (("git clone", f"git clone -q {shlex.quote(str(Path.cwd()))} repo"),
+                            ("install", f"cd repo && {install}"),
+                            ("first picture", f"cd repo && . .venv/bin/activate && {command}")):
+            start = time.perf_counter()
+            subprocess.run(["bash", "-c", shell], cwd=folder, env=env, check=True, capture_output=True)
+            times[step] = time.perf_counter() - start
+            print(f"{times[step]:7.1f} s  {step}", file=sys.stderr)
+    publish(first_run_table(install, command, times), docs / "benchmarks" / "first-run.md")
+    return times
+
+
+def first_run_table(install: str, command: str, times: dict[str, float]) -> str:
+    return "\n".join([
+        "# From git clone to the first picture",
+        "",
+        f"Measured {date.today().isoformat()} by `avert bench first-run` on {machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}: a clone of the repository in a fresh folder, the README's Quick start "
+        "line in a new virtual environment with pip's cache off (packages from the registry, torch's CPU wheel from "
+        "this machine's disk), then its first command.",
+        "",
+        f"Install: `{install}`",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| step | seconds |",
+        "|---|---|",
+        *[f"| {step} | {t:.1f} |" for step, t in times.items()],
+        f"| in all | {sum(times.values()):.1f} |",
+    ])

@@ -87,7 +87,8 @@ class TextEncoding:
         return found
 
     def _key(self, text: str) -> tuple:
-        return (text, self.options, self.fingerprint, str(self.device), self.window, self.penultimate)
+        return (text, self.options, self.fingerprint, str(self.device), self.window, self.penultimate,
+                getattr(self.text_encoder, "_avert_loras", ()))  # the LoRAs applied to it (`avert.models.lora`)
 
     def _encode_chunks(self, chunks: list[Chunk]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hidden states [len(chunks), window, dim], each chunk with its own BOS/EOS, weights applied; and the

@@ -1,7 +1,8 @@
 """What a user should hear before a run: words the model does not know, and a size far from its native one.
 
-Both are warnings, never refusals: a word far from the model's captions steers it somewhere arbitrary (as a
-prompt it is ignored, as a negative it may push anywhere: docs/eval/paraphrases.md), and a size far above the
+Both are warnings, never refusals: a word far from the model's captions likely means nothing to it (in a prompt
+it is mostly ignored; as a negative it may push elsewhere than meant, docs/eval/paraphrases.md; how well the bound
+tells such words apart: docs/eval/words.md), and a size far above the
 native one costs in proportion to the pixels (more, with attention) and, on a model trained at one size, gives
 a poorer image. The time a run will take is measured from its first step (`avert.cli` prints it), not guessed.
 """

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 from PIL import Image
 
 from avert.conditioning.embeddings import EmbeddingLibrary
+from avert.models.lora import LoraLibrary
 from avert.errors import FieldProblem, ValidationError
 from avert.models.components import Components
 from avert.output.grid import compare_grid
@@ -71,6 +72,7 @@ def compare(
     on_step: Callable[[StepEvent], None] | None = None,
     embeddings: EmbeddingLibrary = EmbeddingLibrary(),
     maps: bool = False,
+    loras: LoraLibrary = LoraLibrary(),
 ) -> Comparison:
     """Render `request` without a negative and with each of `negatives` (at most `limits.max_negatives`), all with
     the same resolved seed; with `maps`, each negative's column also records where it acted
@@ -83,7 +85,7 @@ def compare(
     base = resolve(check(request, limits, components), components)
     columns = tuple(
         generate(base.replace(negative_prompt=n, negatives=()), components, runtime=runtime, limits=limits,
-                 on_step=on_step, embeddings=embeddings, maps=maps and bool(n))
+                 on_step=on_step, embeddings=embeddings, maps=maps and bool(n), loras=loras)
         for n in ("", *negatives)
     )
     return Comparison(tuple(negatives), columns)

@@ -23,6 +23,7 @@ from avert.guidance.perturb import DEFAULTS, KINDS as PERTURBATIONS, Perturbatio
 from avert.guidance.strategy import (EMPTY, Branch, Guidance, Interval, Posterior, Projection, Term,
                                      negative_branch, prompt_branch)
 from avert.models.components import Components
+from avert.models.lora import without_tags
 from avert.pipeline.runtime import Runtime
 from avert.prompts.parse import ParsedPrompt, parse_prompt
 from avert.request import GenerationRequest
@@ -44,7 +45,7 @@ class RequestConditioning:
 def condition(request: GenerationRequest, components: Components, runtime: Runtime,
               embeddings: EmbeddingLibrary = EmbeddingLibrary()) -> RequestConditioning:
     """Parse, encode (each distinct text once, cached) and assemble the branches of `request`."""
-    prompt = parse_prompt(request.prompt, request.steps)
+    prompt = parse_prompt(without_tags(request.prompt), request.steps)  # <lora:...> tags: applied, not read
     negatives = tuple(parse_prompt(n.text, request.steps) for n in request.guided_negatives())
     options = EncodeOptions(request.clip_skip, request.emphasis)
     encoding = TextEncoding(components.text_encoder, components.tokenizer, embeddings, options, runtime.device,
@@ -104,7 +105,7 @@ def _sdxl_sides(request: GenerationRequest, components: Components, encoded: dic
     """Each side's texts (the prompt's, each negative's) joined with their second-encoder texts (`prompt_2` for the
     prompt's, `negative_prompt_2` for the first negative's), the padding chunk (both encoders' "") and the empty
     prompt's branch: the zero tensor or that padding."""
-    replacements = [request.prompt_2, request.negative_prompt_2] + [""] * (len(parsed) - 2)
+    replacements = [without_tags(request.prompt_2), request.negative_prompt_2] + [""] * (len(parsed) - 2)
     other = second.encode([""] + [t for p in parsed for t in p.texts()] + [r for r in replacements if r])
     blank = sdxl.join(encoded[""], other[""], encoded[""], other[""])
     sides = [{t: sdxl.join(encoded[t], other[r or t], encoded[""], other[""]) for t in p.texts()}

@@ -20,6 +20,7 @@ from avert.guidance.denoiser import Denoiser
 from avert.init_image import InitImage
 from avert.models.components import Components
 from avert.pipeline import hires, img2img, inpaint, metadata, tiling, work
+from avert.models import lora
 from avert.pipeline.advice import advice, native_size
 from avert.pipeline.conditioning import condition, empty_negative
 from avert.pipeline.result import GeneratedImage, GenerationResult, NegativeMap
@@ -29,7 +30,7 @@ from avert.sampling.loop import Cancelled, StepEvent, sample
 from avert.sampling.noise import image_seeds, initial_noise, resolve_seed
 from avert.sampling.samplers import sampler_spec
 from avert.schema import Limits
-from avert.validation import family_problems, schedule_problems, validate
+from avert.validation import family_problems, prompt_fields, schedule_problems, validate
 
 
 @torch.no_grad()  # as diffusers' pipelines run
@@ -43,14 +44,26 @@ def generate(
     should_stop: Callable[[], bool] | None = None,
     embeddings: EmbeddingLibrary = EmbeddingLibrary(),
     maps: bool = False,
+    loras: lora.LoraLibrary = lora.LoraLibrary(),
 ) -> GenerationResult:
     """Render `request.batch_size` images; image i uses seed + i and equals that seed rendered alone. With
     `maps`, each image also gets, per negative, where it acted (`avert.guidance.attribution`; the hires fix's
-    first pass), at the cost of the empty prompt's branch where a step would not evaluate it."""
+    first pass), at the cost of the empty prompt's branch where a step would not evaluate it. The prompt's
+    `<lora:NAME:WEIGHT>` tags name files of `loras`, applied for this run only (`avert.models.lora`)."""
     started = time.perf_counter()
     request = resolve(check(request, limits, components, maps), components)          # 1. validate, defaults
     if maps:
         check_maps(request)
+    problems = lora.lora_problems(request.prompt, [(f, t) for f, t in prompt_fields(request) if f != "prompt"],
+                                  loras)
+    if problems:
+        raise ValidationError(problems)
+    with lora.applied(components, lora.lora_uses(request.prompt), loras) as hashes:  #    LoRAs, for this run
+        return _render(request, components, runtime, on_step, should_stop, embeddings, maps, started, hashes)
+
+
+def _render(request: GenerationRequest, components: Components, runtime: Runtime, on_step, should_stop,
+            embeddings: EmbeddingLibrary, maps: bool, started: float, hashes) -> GenerationResult:
     seeds = image_seeds(request.seed, request.batch_size)
     text = condition(request, components, runtime, embeddings)                       # 2. text -> branches
     schedulers = make_schedulers(request, components, seeds, runtime)               # 3. one scheduler per image
@@ -81,15 +94,16 @@ def generate(
         pictures = [plan.paste(p) for p in pictures]                                 #    paste the rest back
     found = negative_maps(request, denoiser, shape) if maps else [()] * len(seeds)
     return result(request, components, pictures, seeds, text.guidance, denoiser.count, time.perf_counter() - started,
-                  found)                                                             # 8. metadata
+                  found, hashes)                                                     # 8. metadata
 
 
 def result(request: GenerationRequest, components: Components, pictures: list[Image.Image], seeds, guidance,
-           count, seconds: float, found=None) -> GenerationResult:
-    """The images of a run with their infotexts and records (and maps, where `found` holds them)."""
+           count, seconds: float, found=None, loras: tuple[tuple[str, str], ...] = ()) -> GenerationResult:
+    """The images of a run with their infotexts and records (and maps, where `found` holds them); `loras` the
+    (name, hash) of the LoRAs applied (A1111's `Lora hashes`)."""
     found = found or [()] * len(seeds)
     images = tuple(
-        GeneratedImage(img, s, metadata.infotext(request, s, components.source),
+        GeneratedImage(img, s, metadata.infotext(request, s, components.source, loras),
                        metadata.record(request, s, i, components.source, found[i], carriers(request, guidance)),
                        found[i])
         for i, (img, s) in enumerate(zip(pictures, seeds))

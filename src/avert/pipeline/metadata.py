@@ -17,8 +17,9 @@ from avert.sampling.samplers import AUTOMATIC, SAMPLERS
 RECORD_FORMAT = 1
 
 
-def infotext(request: GenerationRequest, seed: int, model: ModelSource) -> str:
-    """The A1111 `parameters` text for one image of `request`, rendered with `seed`."""
+def infotext(request: GenerationRequest, seed: int, model: ModelSource, loras: tuple[tuple[str, str], ...] = ()) -> str:
+    """The A1111 `parameters` text for one image of `request`, rendered with `seed`; `loras` the (name, hash) of the
+    LoRAs its prompt's tags applied, written as A1111 writes them (`Lora hashes: "name: hash, ..."`)."""
     params = (
         ("Steps", request.steps),
         ("Sampler", request.sampler),
@@ -32,6 +33,7 @@ def infotext(request: GenerationRequest, seed: int, model: ModelSource) -> str:
         *hires_params(request),
         *eta_params(request),
         *guidance_params(request),
+        *((("Lora hashes", ", ".join(f"{n}: {h}" for n, h in loras)),) if loras else ()),  # quoted as A1111 does
         ("Version", f"avert {__version__}"),
     )
     return format_parameters(request.prompt, negative_line(request), params)

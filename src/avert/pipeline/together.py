@@ -34,10 +34,10 @@ from avert.schema import Limits
 
 
 def shareable(request: GenerationRequest) -> bool:
-    """A txt2img request without hires fix, without NAG and without a perturbed branch (pag, seg, slg): those act
-    inside one run's UNet call."""
+    """A txt2img request without hires fix, without NAG, without a perturbed branch (pag, seg, slg) and without a
+    LoRA: those act inside one run's UNet call (a LoRA changes the model for its run)."""
     return (request.init_image is None and request.mask is None and not request.enable_hr
-            and request.nag_scale == 1.0 and request.guidance not in PERTURBATIONS)
+            and request.nag_scale == 1.0 and request.guidance not in PERTURBATIONS and "<lora:" not in request.prompt)
 
 
 def loop_key(request: GenerationRequest, components: Components) -> tuple:

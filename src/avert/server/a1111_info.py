@@ -99,10 +99,23 @@ async def latent_upscale_modes() -> list[dict]:
     return [{"name": name} for name in LATENT_UPSCALERS]
 
 
-for _path in ("/sd-vae", "/hypernetworks", "/face-restorers",
-              "/realesrgan-models", "/loras"):
+@router.get("/loras", summary="The LoRA files of --lora-dir, by name (a prompt's <lora:NAME:WEIGHT>)")
+async def loras(request: Request) -> list[dict]:
+    library = get_state(request).queue.loras
+    return [{"name": name, "alias": name, "path": path.name, "metadata": {}} for name, path in library.files.items()]
+
+
+@router.post("/refresh-loras", summary="Read the LoRA folder again")
+async def refresh_loras(request: Request) -> None:
+    from avert.models.lora import load_loras
+
+    state = get_state(request)
+    state.queue.loras = await run_in_threadpool(load_loras, state.config.lora_dir)
+
+
+for _path in ("/sd-vae", "/hypernetworks", "/face-restorers", "/realesrgan-models"):
     router.add_api_route(_path, lambda: [], methods=["GET"], summary="None in avert (an empty list, A1111's shape)")
-for _path in ("/refresh-vae", "/refresh-loras"):
+for _path in ("/refresh-vae",):
     router.add_api_route(_path, lambda: None, methods=["POST"], summary="Nothing to refresh in avert (null)")
 
 

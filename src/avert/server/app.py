@@ -14,6 +14,7 @@ from starlette.responses import FileResponse, JSONResponse
 from avert import __version__
 from avert.conditioning.embeddings import load_embeddings
 from avert.errors import AvertError, ValidationError
+from avert.models.lora import load_loras
 from avert.pipeline.generate import generate
 from avert.pipeline.runtime import Runtime
 from avert.server import a1111, a1111_img2img, a1111_info, native, openapi, presets
@@ -42,7 +43,7 @@ def create_app(config: ServerConfig = ServerConfig(), *, render: Render = genera
         log.warning(warning)
     queue = JobQueue(registry, size=config.queue_size, history=config.job_history, limits=config.limits,
                      runtime=runtime, render=render,
-                     embeddings=load_embeddings(config.embeddings_dir))
+                     embeddings=load_embeddings(config.embeddings_dir), loras=load_loras(config.lora_dir))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

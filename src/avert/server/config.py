@@ -23,6 +23,7 @@ class ServerConfig:
     model: str | None = None  # a name in models_dir, or a path given by the operator; None: the default model
     models_dir: Path | None = None
     embeddings_dir: Path | None = None  # textual-inversion files, used by name (their file stem) in prompts
+    lora_dir: Path | None = None  # LoRA files, named by a prompt's <lora:NAME:WEIGHT> (file stem), never by path
     api_keys: tuple[str, ...] = ()  # each key is a client of its own: jobs belong to the key that made them
     insecure: bool = False
     insecure_key: bool = False  # accept keys shorter than MIN_KEY_CHARS

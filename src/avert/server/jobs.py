@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 from avert.conditioning.embeddings import EmbeddingLibrary
+from avert.models.lora import LoraLibrary
 from avert.errors import AvertError, FieldProblem, ModelLoadError, ValidationError
 from avert.pipeline.generate import generate
 from avert.pipeline.result import GenerationResult
@@ -167,9 +168,10 @@ class JobQueue:
 
     def __init__(self, registry: ModelRegistry, *, size: int = 16, history: int = 64, limits: Limits = Limits(),
                  runtime: Runtime = Runtime(), render: Render = generate,
-                 embeddings: EmbeddingLibrary = EmbeddingLibrary()):
+                 embeddings: EmbeddingLibrary = EmbeddingLibrary(), loras: LoraLibrary = LoraLibrary()):
         self.registry, self.size, self.history = registry, size, history
         self.limits, self.runtime, self.render, self.embeddings = limits, runtime, render, embeddings
+        self.loras = loras  # applied for one run each and unloaded after it (`avert.models.lora`)
         self._cond = threading.Condition()
         self._waiting: dict[str, deque[Job]] = {}
         self._workers: dict[str, threading.Thread] = {}
@@ -303,7 +305,8 @@ class JobQueue:
         try:
             extra = {"maps": True} if part.maps else {}
             result = self.render(part.request, components, runtime=self.runtime, limits=self.limits,
-                                 on_step=job.on_step, should_stop=job.should_stop, embeddings=self.embeddings, **extra)
+                                 on_step=job.on_step, should_stop=job.should_stop, embeddings=self.embeddings,
+                                 loras=self.loras, **extra)
         except Cancelled:
             if job.take_skip():
                 job.results.append(None)
