@@ -28,6 +28,9 @@ DIFFUSERS_TABLE = {
     "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}),
     "PNDM": ("PNDMScheduler", {"skip_prk_steps": False}),
     "UniPC": ("UniPCMultistepScheduler", {}),
+    # Forge's and ComfyUI's few-step samplers: diffusers' LCM and TCD schedulers as its LCM / TCD pipelines use them
+    "LCM": ("LCMScheduler", {}),
+    "TCD": ("TCDScheduler", {}),
 }
 
 

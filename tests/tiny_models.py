@@ -41,3 +41,11 @@ def write_tiny_sdxl_single_file(folder: Path, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(sdxl_to_ldm(*parts), str(out))
     return out
+
+
+
+def beyond_size(warnings) -> list[str]:
+    """The warnings but the one about a size far from the tiny model's native 16x16 (`avert.pipeline.advice`)."""
+    from avert.pipeline.advice import SIZE_WARNING_START
+
+    return [w for w in warnings if SIZE_WARNING_START not in w]

@@ -12,7 +12,7 @@ from avert.errors import FieldProblem, ValidationError
 from avert.prompts.parse import count_parts, parse_prompt
 from avert.prompts.schedule import PromptTooComplex
 from avert.request import GenerationRequest, Negative
-from avert.sampling.samplers import ETA_SAMPLERS, SAMPLERS, SCHEDULE_TYPES, schedule_problem
+from avert.sampling.samplers import ETA_SAMPLERS, FEW_STEP_MAX, SAMPLERS, SCHEDULE_TYPES, schedule_problem
 from avert.schema import FALLBACK_GUIDANCE, PARAMS, PARAMS_BY_NAME, RESIZE_MODES, SDXL_ONLY, Limits, Param
 
 
@@ -135,7 +135,7 @@ def check_relations(request: GenerationRequest, model_guidance: str | None = FAL
         problems.append(FieldProblem("perturbed_guidance_start", start,
                                      f"must be at most perturbed_guidance_stop ({stop})"))
     return (problems + _method_problems(request, model_guidance) + _eta_problems(request) + _schedule_problems(request)
-            + _img2img_problems(request)
+            + _few_step_problems(request) + _img2img_problems(request)
             + _joined_problems(request) + _nag_problems(request))
 
 
@@ -259,13 +259,30 @@ def _unused(request: GenerationRequest, names: tuple[str, ...], needs: str) -> l
             and check_field(PARAMS_BY_NAME[name], getattr(request, name), Limits()) is None]  # else named above
 
 
+def _few_step_problems(request: GenerationRequest) -> list[FieldProblem]:
+    """LCM and TCD: at most FEW_STEP_MAX steps (their schedule is cut from 50 steps), and text to image only (their
+    img2img and hires schedules are not tested against diffusers)."""
+    spec = SAMPLERS.get(request.sampler) if isinstance(request.sampler, str) else None
+    if spec is None or not spec.few_step:
+        return []
+    problems = []
+    if isinstance(request.steps, int) and request.steps > FEW_STEP_MAX:
+        problems.append(FieldProblem("steps", request.steps, f"must be at most {FEW_STEP_MAX} with sampler "
+                                     f"{request.sampler} (its schedule is cut from {FEW_STEP_MAX} steps; 4 to 8 is usual)"))
+    if request.init_image is not None or request.enable_hr is True:
+        problems.append(FieldProblem("sampler", request.sampler, "must be one of the other samplers for img2img, "
+                                     "inpainting and the hires fix (LCM and TCD are text to image only in avert)"))
+    return problems
+
+
 def _schedule_problems(request: GenerationRequest) -> list[FieldProblem]:
     """The schedule type must go with the sampler (and with the hires fix's second-pass sampler)."""
     samplers = [request.sampler] + ([request.hr_sampler] if request.enable_hr is True and request.hr_sampler else [])
     if not (isinstance(request.schedule_type, str) and request.schedule_type in SCHEDULE_TYPES):
         return []
     for sampler in samplers:
-        problem = schedule_problem(sampler, request.schedule_type) if sampler in SAMPLERS else None
+        problem = schedule_problem(sampler, request.schedule_type) if isinstance(sampler, str) and sampler in SAMPLERS \
+            else None
         if problem:
             return [FieldProblem("schedule_type", request.schedule_type, problem)]
     return []

@@ -24,6 +24,7 @@ class SamplerSpec:
     options: tuple[tuple[str, Any], ...] = field(default=())
     seeded_noise_sampler: bool = False  # draws its noise from a Brownian tree seeded by the image seed
     eta_option: str | None = None  # A1111's option its eta defaults to: "eta_ancestral" (1) or "eta_ddim" (0)
+    few_step: bool = False  # a consistency sampler (LCM, TCD): at most FEW_STEP_MAX steps, text to image only
 
     @property
     def default_eta(self) -> float | None:
@@ -84,7 +85,12 @@ _SPECS = (
     SamplerSpec("PLMS", "PNDMScheduler", (("skip_prk_steps", True),)),
     SamplerSpec("PNDM", "PNDMScheduler", (("skip_prk_steps", False),)),
     SamplerSpec("UniPC", "UniPCMultistepScheduler"),
+    # few-step samplers of consistency-distilled models (LCM, LCM-LoRA, TCD), as Forge and ComfyUI name them; TCD's
+    # gamma is diffusers' default 0.3 (its `step`'s eta)
+    SamplerSpec("LCM", "LCMScheduler", few_step=True),
+    SamplerSpec("TCD", "TCDScheduler", few_step=True),
 )
+FEW_STEP_MAX = 50  # diffusers' LCM and TCD schedulers: steps at most their original_inference_steps (50)
 
 SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in _SPECS}
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
