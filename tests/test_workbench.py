@@ -156,3 +156,13 @@ def test_a_running_job_has_a_live_preview_and_a1111_progress_its_current_image(c
     while done.json()["status"] not in ("done", "cancelled", "failed") and time.time() < deadline:
         done = client.get(f"/v1/jobs/{job['id']}?images=false&preview=true")
     assert done.json()["progress"]["preview"] is None  # an ended job has its images, not a preview
+
+
+def test_a_preset_is_bounded_in_size_and_presets_count_against_the_rate_limit(client, tmp_path):
+    big = client.put("/v1/presets/big", json={"negatives": ["x" * 8000] * 3})
+    assert big.status_code == 422 and "must take at most 16384 characters" in big.json()["detail"]
+    with TestClient(create_app(ServerConfig(rate_limit=2, presets_file=tmp_path / "p.json")),
+                    base_url="http://127.0.0.1") as c:
+        codes = [c.put(f"/v1/presets/p{i}", json={"negatives": ["sun"]}).status_code for i in range(3)]
+        assert codes == [200, 200, 429]
+        assert c.get("/v1/presets").status_code == 200  # reading is not limited

@@ -202,7 +202,7 @@ def _serve_parser(sub) -> None:
                    metavar="MP_STEPS", help="the most a request may cost, in megapixel steps (width x height / 10^6 x "
                    "model evaluations x branches x images) (default: %(default)s, a few minutes on a 2-core CPU)")
     p.add_argument("--rate-limit", type=bounded("rate-limit", int, 0, 100000), default=120, metavar="N",
-                   help="POST requests a client may make per minute; 0: no limit (default: 120)")
+                   help="POST, PUT and DELETE requests a client may make per minute; 0: no limit (default: 120)")
     p.add_argument("--queue-size", type=bounded("queue-size", int, 1, 10000), default=16,
                    help="jobs that may wait, over all models; more get 503 with Retry-After (default: 16)")
     p.add_argument("--max-body-mb", type=bounded("max-body-mb", float, 0.01, 1024), default=16.0,

@@ -6,7 +6,7 @@
   unless `--cors-origin` allows that origin (403); a page can send such a request without CORS's consent.
 - Content type: a body is read as JSON only when it is declared `application/json` (415 otherwise): a cross-site
   form or `text/plain` fetch cannot make a "simple" request that the server would parse.
-- Rate: each client (its key, session or address) may make `per_minute` POST requests a minute (429 with
+- Rate: each client (its key, session or address) may make `per_minute` POST, PUT, PATCH and DELETE requests a minute (429 with
   Retry-After beyond).
 - Headers: every response says nosniff, no framing and no referrer; pages get a Content-Security-Policy that
   allows only this server's own files (`PAGE_POLICY`).
@@ -87,7 +87,8 @@ def _has_body(scope: Scope) -> bool:
 
 
 class RateLimitMiddleware:
-    """A token bucket per client for POST requests: `per_minute` a minute, bursts up to that many.
+    """A token bucket per client for state-changing requests (POST, PUT, PATCH, DELETE: jobs, presets): `per_minute`
+    a minute, bursts up to that many.
 
     Clients are told apart by key or session (`client_of`), else by address; at most `clients` buckets are
     kept (the least recently seen dropped), so a flood of addresses cannot grow memory."""
@@ -98,12 +99,12 @@ class RateLimitMiddleware:
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or self.rate <= 0:
+        if scope["type"] != "http" or scope["method"] not in STATE_CHANGING or self.rate <= 0:
             return await self.app(scope, receive, send)
         wait = self._take(client_of(scope) or f"address:{(scope.get('client') or ('?',))[0]}")
         if wait <= 0:
             return await self.app(scope, receive, send)
-        allowed = f"must be at most {self.capacity:g} POST requests a minute per client"
+        allowed = f"must be at most {self.capacity:g} POST, PUT or DELETE requests a minute per client"
         await send_json(send, 429, problem_body("too many requests", "rate", "over the limit", allowed),
                         [(b"retry-after", str(math.ceil(wait)).encode())])
 

@@ -5,11 +5,12 @@ the guidance method, saved on the server per client (per API key; one client whe
 `DELETE /v1/presets/{name}` removes one. Names are checked against `NAME_PATTERN` and never reach the file system:
 every preset lives in one JSON file (`ServerConfig.presets_file`, written atomically, readable by its owner only),
 or in memory where the server has none (`avert.server.presets_store`: each client holds at most 64, the server
-4096).
+1024, each at most `MAX_PRESET_CHARS` as stored).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import typing
 from typing import Any
@@ -30,6 +31,7 @@ from avert.validation import check_field, check_negatives
 NAME_PATTERN = re.compile(r"[\w][\w .,()+-]{0,63}")
 NAME_RULE = "must be 1 to 64 letters, digits, spaces or . , ( ) + - _, starting with a letter, digit or _"
 PRESET_FIELDS = ("negatives", "negatives_rule", "guidance")
+MAX_PRESET_CHARS = 16384  # a preset as stored (JSON): with 1024 presets in all, the file stays under 20 MB
 LOCAL = "local"  # the client of a server without keys on loopback (one user)
 
 router = APIRouter(prefix="/v1", tags=["avert API"])
@@ -61,8 +63,13 @@ def check_preset(body: dict, limits: Limits) -> dict:
             problems += [problem] if problem else []
     if problems:
         raise ValidationError(problems)
-    return {"negatives": [{"text": n.text, "weight": n.weight, "start": n.start, "end": n.end} for n in converted],
-            "negatives_rule": body.get("negatives_rule"), "guidance": body.get("guidance")}
+    preset = {"negatives": [{"text": n.text, "weight": n.weight, "start": n.start, "end": n.end} for n in converted],
+              "negatives_rule": body.get("negatives_rule"), "guidance": body.get("guidance")}
+    size = len(json.dumps(preset, ensure_ascii=False))
+    if size > MAX_PRESET_CHARS:
+        raise ValidationError([FieldProblem("negatives", f"{size} characters as stored", f"must take at most "
+                                            f"{MAX_PRESET_CHARS} characters in all (a preset's texts, as JSON)")])
+    return preset
 
 
 def _client(request: Request) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from avert.errors import FieldProblem, ValidationError
 
 MAX_PRESETS = 64  # per client
-MAX_TOTAL = 4096  # over every client
+MAX_TOTAL = 1024  # over every client
 log = logging.getLogger("avert.server")
 
 
