@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from avert.bench import engine, nag, scale, sdxl, startup
+from avert.bench import engine, nag, readme, scale, sdxl, startup
 from avert.evaluation.common import machine
 
 ROOT = Path(__file__).parents[1]
@@ -51,6 +51,8 @@ def pattern(rendered: str) -> list[re.Pattern]:
     ("nag.md", nag.table([nag.Row(name, 1.0, 20, 20) for name, _ in nag.CASES], 5, 20)),
     ("scale-out.md", scale.table([scale.Run(name, 1, 1, 1.0, 1.0, 1.0, 1.0) for name in
                                   ("one process (no Ray)", "Ray, 1 worker node", "Ray, 2 worker nodes")], 96, 8)),
+    ("first-run.md", readme.first_run_table(*readme.quick_start((ROOT / "README.md").read_text()),
+                                            {"git clone": 1.0, "install": 1.0, "first picture": 1.0})),
 ])
 def test_each_benchmark_page_is_in_its_commands_current_format(page, rendered):
     written = (DOCS / page).read_text().strip().splitlines()

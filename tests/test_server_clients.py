@@ -55,7 +55,7 @@ def test_webuiapi_client_works_unchanged(server):
     assert result.info["all_negative_prompts"] == ["green tones"] * 2 and result.info["all_seeds"] == [21, 22]
     assert result.parameters["negative_prompt"] == "green tones"
     assert "DPM++ 2M Karras" in api.util_get_sampler_names()
-    assert api.util_get_scheduler_names() == ["automatic", "karras"]
+    assert sorted(api.util_get_scheduler_names()) == ["automatic", "exponential", "karras", "sgm_uniform", "uniform"]
     assert api.util_get_model_names() == ["embedded", "tiny-sd"]
     assert api.util_get_current_model() == "embedded"
     api.util_set_model("tiny-sd")
