@@ -283,3 +283,19 @@ def test_bench_options_are_refused_by_name_before_any_work(argv, named, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and named in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["generate", "a", "--lora", "style.ckpt:0.5"], "lora: 'style.ckpt' must be a .safetensors file"),
+    (["generate", "a", "--lora-dir", "/nonexistent-loras"], "lora-dir: '/nonexistent-loras' does not exist"),
+    (["generate", "a", "--schedule-type", "Polyexponential"], "schedule_type"),
+    (["serve", "--presets", "/tmp"], "--presets: '/tmp' is not allowed; must be a file"),
+    (["bench", "readme", "--eval-seeds", "0"], "eval-seeds"),
+])
+def test_the_new_options_refuse_bad_values_by_name(capsys, argv, says):
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own refusals
+        code = exit_.code
+    assert code == 2
+    assert says in capsys.readouterr().err
