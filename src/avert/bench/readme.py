@@ -26,7 +26,6 @@ from avert.evaluation.common import machine
 
 LONG_RUNS = ("eval", "train", "serve", "batch")  # each says beside it how long it takes
 EVAL = "eval"
-SKIPPED_BENCH = ("startup", "sdxl", "scale", "nag", "readme")
 
 
 def readme_commands(readme: str, evals: bool = False) -> list[str]:
@@ -37,13 +36,19 @@ def readme_commands(readme: str, evals: bool = False) -> list[str]:
         parts = [part for line in block.replace("\\\n", " ").splitlines() for part in line.split(" && ")]
         for line in parts:
             words = shlex.split(line, comments=True) if line.lstrip().startswith("avert ") else []
-            if len(words) < 2 or (words[1] == EVAL) != evals or words[1] in LONG_RUNS and not evals \
-                    or (words[1] == "bench" and words[2:3] != ["engine"]):
+            if len(words) < 2 or not _wanted(words, evals):
                 continue
             command = shlex.join(words)
             if command not in commands:
                 commands.append(command)
     return commands
+
+
+def _wanted(words: list[str], evals: bool) -> bool:
+    """An `avert eval` line when `evals`; else a usage line: not a long run, and of the benchmarks only engine."""
+    if evals:
+        return words[1] == EVAL
+    return words[1] not in LONG_RUNS and (words[1] != "bench" or words[2:3] == ["engine"])
 
 
 def at_seeds(command: str, seeds: int, folder: str) -> list[str]:
