@@ -90,13 +90,10 @@ def nearest_known(words, scope: ModelScope, tokenizer, text_encoder) -> list[tup
 def unknown_words(texts, scope: ModelScope) -> list[str]:
     """The distinct words of `texts` (letters only, lower case) outside the vocabulary and its plain plurals,
     in order, at most `MAX_WORDS`."""
-    found = dict.fromkeys(w for text in texts for w in WORD.findall(text.lower()) if not _known(w, scope))
-    return list(found)[:MAX_WORDS]
-
-
-def _known(word: str, scope: ModelScope) -> bool:
     known = set(scope.vocabulary) | set(scope.ignored)
-    return word in known or (word.endswith("s") and word[:-1] in known) or len(word) <= 2
+    found = dict.fromkeys(w for text in texts for w in WORD.findall(text.lower())
+                          if not (w in known or (w.endswith("s") and w[:-1] in known) or len(w) <= 2))
+    return list(found)[:MAX_WORDS]
 
 
 def phrases(texts) -> list[str]:
